@@ -1,0 +1,509 @@
+//! The chunk engine: opening and recovering a data directory, put, get, references, listing.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Sender, channel, sync_channel};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use kv_engine::{KvEngine, RocksEngine, WriteBatch, for_each_in_range, prefix_end};
+
+use crate::aligned::AlignedBuf;
+use crate::commit::{Committer, Op, OpResult, Request};
+use crate::format::{PinnedSettings, format_or_check};
+use crate::fsutil::{fs_capacity, sync_dir};
+use crate::index::{CHUNK_PREFIX, IndexEntry, Location, chunk_key, hash_of_key};
+use crate::record::{HEADER_LEN, RecordHeader, record_span};
+use crate::segment::{BUFFERED_ALIGN, DIRECT_ALIGN, SEGMENT_HEADER_LEN, Segment, parse_segment_name};
+use crate::stats::{Accounting, Counters, EngineStats, SegmentSpace, bump};
+use crate::{ChunkError, ChunkHash, DEFAULT_MAX_CHUNK_SIZE};
+
+/// Largest maximum chunk size a data directory may be formatted with.
+const MAX_CHUNK_SIZE_LIMIT: u32 = 64 << 20;
+/// Aligned write buffers kept for reuse.
+const BUF_POOL: usize = 8;
+
+/// How to open a data directory.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The data directory (FORMAT file, `index/`, `segments/`).
+    pub dir: PathBuf,
+    /// Largest chunk, in bytes; pinned when the directory is formatted.
+    pub max_chunk_size: u32,
+    /// A segment is sealed and a new one started when it would grow past this many bytes.
+    pub segment_size: u64,
+    /// Write large records with O_DIRECT (falls back to buffered I/O where unsupported).
+    pub direct_io: bool,
+    /// Chunks of at least this many bytes go to O_DIRECT segments, smaller ones to buffered ones.
+    pub direct_min_len: u32,
+    /// GC rewrites sealed segments whose live fraction is below this (0.0–1.0).
+    pub gc_live_threshold: f64,
+}
+
+impl EngineConfig {
+    /// Defaults for a data directory at `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        EngineConfig {
+            dir: dir.into(),
+            max_chunk_size: DEFAULT_MAX_CHUNK_SIZE,
+            segment_size: 256 << 20,
+            direct_io: true,
+            direct_min_len: 64 << 10,
+            gc_live_threshold: 0.5,
+        }
+    }
+
+    /// Checks the settings; the error is one readable line.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_chunk_size == 0 || self.max_chunk_size > MAX_CHUNK_SIZE_LIMIT {
+            return Err(format!(
+                "max_chunk_size must be between 1 and {MAX_CHUNK_SIZE_LIMIT} bytes, got {}",
+                self.max_chunk_size
+            ));
+        }
+        if self.segment_size < (1 << 20) {
+            return Err(format!("segment_size must be at least 1 MiB, got {}", self.segment_size));
+        }
+        if !(0.0..=1.0).contains(&self.gc_live_threshold) {
+            return Err(format!("gc_live_threshold must be within 0.0..=1.0, got {}", self.gc_live_threshold));
+        }
+        Ok(())
+    }
+}
+
+/// What a put did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PutOutcome {
+    /// The chunk's name.
+    pub hash: ChunkHash,
+    /// True when the chunk was already stored and only a reference was added.
+    pub deduplicated: bool,
+    /// References after the put.
+    pub refs: u64,
+}
+
+/// What the index says about one chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkInfo {
+    /// Length in bytes.
+    pub len: u32,
+    /// Reference count.
+    pub refs: u64,
+    /// The stored copy failed verification; it must be re-put (repair) before it can be read.
+    pub quarantined: bool,
+}
+
+pub(crate) struct Lane {
+    pub align: u64,
+    pub active: Option<Arc<Segment>>,
+    pub next_off: u64,
+}
+
+/// A chunk store on one local data directory. Cheap to share behind an `Arc`; all methods block.
+pub struct ChunkEngine {
+    pub(crate) cfg: EngineConfig,
+    pub(crate) seg_dir: PathBuf,
+    pub(crate) kv: Arc<dyn KvEngine>,
+    pub(crate) segments: RwLock<HashMap<u64, Arc<Segment>>>,
+    pub(crate) lanes: [Mutex<Lane>; 2],
+    pub(crate) acct: Arc<Mutex<Accounting>>,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) gc_lock: Mutex<()>,
+    next_seg_id: AtomicU64,
+    tx: RwLock<Option<Sender<Request>>>,
+    committer: Mutex<Option<JoinHandle<()>>>,
+    buf_pool: Mutex<Vec<AlignedBuf>>,
+}
+
+impl ChunkEngine {
+    /// Opens `cfg.dir`, formatting it when empty, and recovers from any crash: index entries are
+    /// the truth, record bytes past the last indexed record of a segment are cut off, segments
+    /// with a torn header are removed, and new records always go to fresh segments.
+    pub fn open(cfg: EngineConfig) -> Result<Arc<Self>, ChunkError> {
+        cfg.validate().map_err(ChunkError::FormatMismatch)?;
+        let dir = cfg.dir.clone();
+        let seg_dir = dir.join("segments");
+        for d in [&dir, &seg_dir] {
+            fs::create_dir_all(d).map_err(|e| ChunkError::io(format!("create {}", d.display()), e))?;
+        }
+        format_or_check(&dir, &PinnedSettings::current(cfg.max_chunk_size))?;
+        let kv: Arc<dyn KvEngine> = Arc::new(RocksEngine::open(&dir.join("index"))?);
+
+        let (segments, broken, max_id) = open_segments(&seg_dir, cfg.direct_io)?;
+        let mut acct = Accounting::default();
+        let mut max_end: HashMap<u64, u64> = HashMap::new();
+        let mut lost = WriteBatch::new();
+        for_each_in_range(&*kv, CHUNK_PREFIX, prefix_end(CHUNK_PREFIX).as_deref(), 4096, |k, v| {
+            let mut e = IndexEntry::decode(v).map_err(|e| kv_engine::KvError::Backend(e.to_string()))?;
+            acct.chunks += 1;
+            acct.physical += e.loc.len as u64;
+            acct.logical += e.loc.len as u64 * e.refs;
+            if e.quarantined {
+                return Ok(());
+            }
+            match segments.get(&e.loc.seg) {
+                Some(seg) => {
+                    let span = record_span(e.loc.len, seg.align);
+                    acct.seg(seg.id).live += span;
+                    let end = max_end.entry(seg.id).or_default();
+                    *end = (*end).max(e.loc.off + span);
+                }
+                None => {
+                    tracing::error!(chunk = %hex::encode(&k[1..]), segment = e.loc.seg, "segment file missing; chunk quarantined");
+                    e.quarantined = true;
+                    lost.put(k.to_vec(), e.encode());
+                }
+            }
+            Ok(())
+        })?;
+        if !lost.is_empty() {
+            kv.write(lost, true)?;
+        }
+        for path in broken {
+            tracing::warn!(path = %path.display(), "removing segment with a torn header (crash while it was created)");
+            fs::remove_file(&path).map_err(|e| ChunkError::io(format!("remove {}", path.display()), e))?;
+            sync_dir(&seg_dir)?;
+        }
+        for seg in segments.values() {
+            let end = max_end.get(&seg.id).copied().unwrap_or(SEGMENT_HEADER_LEN).max(SEGMENT_HEADER_LEN);
+            let len = seg.file_len()?;
+            if len > end {
+                tracing::info!(segment = seg.id, dropped = len - end, "dropping unacknowledged tail of segment");
+                seg.truncate(end)?;
+            }
+            let s = acct.seg(seg.id);
+            s.size = end;
+            s.align = seg.align;
+        }
+
+        let acct = Arc::new(Mutex::new(acct));
+        let counters = Arc::new(Counters::default());
+        let (tx, rx) = channel();
+        let committer = Committer { kv: kv.clone(), acct: acct.clone(), counters: counters.clone() };
+        let handle = std::thread::Builder::new()
+            .name("chunk-commit".into())
+            .spawn(move || committer.run(rx))
+            .map_err(|e| ChunkError::io("spawn commit thread", e))?;
+        let lane = |align| Mutex::new(Lane { align, active: None, next_off: 0 });
+        Ok(Arc::new(ChunkEngine {
+            seg_dir,
+            kv,
+            segments: RwLock::new(segments),
+            lanes: [lane(DIRECT_ALIGN), lane(BUFFERED_ALIGN)],
+            acct,
+            counters,
+            gc_lock: Mutex::new(()),
+            next_seg_id: AtomicU64::new(max_id + 1),
+            tx: RwLock::new(Some(tx)),
+            committer: Mutex::new(Some(handle)),
+            buf_pool: Mutex::new(Vec::new()),
+            cfg,
+        }))
+    }
+
+    /// The settings this engine runs with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    /// Stores `data` (durably) and returns its hash; an existing chunk only gains a reference.
+    pub fn put(&self, data: &[u8]) -> Result<PutOutcome, ChunkError> {
+        self.check_len(data.len())?;
+        self.put_hashed(ChunkHash::of(data), data)
+    }
+
+    /// Like [`put`](Self::put), but refuses data whose hash is not `claimed`.
+    pub fn put_verified(&self, claimed: &ChunkHash, data: &[u8]) -> Result<PutOutcome, ChunkError> {
+        self.check_len(data.len())?;
+        let actual = ChunkHash::of(data);
+        if actual != *claimed {
+            return Err(ChunkError::HashMismatch { claimed: *claimed, actual });
+        }
+        self.put_hashed(actual, data)
+    }
+
+    fn check_len(&self, len: usize) -> Result<(), ChunkError> {
+        if len > self.cfg.max_chunk_size as usize {
+            return Err(ChunkError::TooLarge { len, max: self.cfg.max_chunk_size });
+        }
+        Ok(())
+    }
+
+    fn put_hashed(&self, hash: ChunkHash, data: &[u8]) -> Result<PutOutcome, ChunkError> {
+        bump(&self.counters.puts, 1);
+        bump(&self.counters.put_bytes, data.len() as u64);
+        if matches!(self.entry(&hash)?, Some(e) if !e.quarantined) {
+            if let OpResult::Refs(refs) = self.commit_one(Op::AddRef { hash, healthy_only: true })? {
+                bump(&self.counters.dedup_hits, 1);
+                return Ok(PutOutcome { hash, deduplicated: true, refs });
+            }
+        }
+        let (seg, loc) = self.append(&hash, data)?;
+        let res = self.commit_one(Op::Insert { hash, loc, seg: seg.clone() });
+        seg.inflight.fetch_sub(1, Ordering::AcqRel);
+        match res? {
+            OpResult::Inserted { dedup, refs } => {
+                if dedup {
+                    bump(&self.counters.dedup_hits, 1);
+                }
+                Ok(PutOutcome { hash, deduplicated: dedup, refs })
+            }
+            other => unreachable!("insert answered {other:?}"),
+        }
+    }
+
+    /// Appends a record to the active segment of the right lane; the caller must commit an
+    /// operation for it and then decrement the segment's `inflight`.
+    pub(crate) fn append(&self, hash: &ChunkHash, data: &[u8]) -> Result<(Arc<Segment>, Location), ChunkError> {
+        let lane_idx = if self.cfg.direct_io && data.len() >= self.cfg.direct_min_len as usize { 0 } else { 1 };
+        let (seg, off, span) = {
+            let mut lane = self.lanes[lane_idx].lock().expect("lane lock");
+            let span = record_span(data.len() as u32, lane.align);
+            let full = lane.next_off + span > self.cfg.segment_size && lane.next_off > SEGMENT_HEADER_LEN;
+            if lane.active.is_none() || full {
+                let id = self.next_seg_id.fetch_add(1, Ordering::Relaxed);
+                let seg = Arc::new(Segment::create(&self.seg_dir, id, lane.align, self.cfg.direct_io)?);
+                self.segments.write().expect("segments lock").insert(id, seg.clone());
+                let mut acct = self.acct.lock().expect("accounting lock");
+                *acct.seg(id) = SegmentSpace { size: SEGMENT_HEADER_LEN, live: 0, align: lane.align };
+                lane.active = Some(seg);
+                lane.next_off = SEGMENT_HEADER_LEN;
+            }
+            let seg = lane.active.clone().expect("active segment");
+            let off = lane.next_off;
+            lane.next_off += span;
+            seg.inflight.fetch_add(1, Ordering::AcqRel);
+            self.acct.lock().expect("accounting lock").seg(seg.id).size = lane.next_off;
+            (seg, off, span)
+        };
+        let header = RecordHeader { len: data.len() as u32, hash: *hash };
+        let written = if seg.align == DIRECT_ALIGN {
+            let mut buf = self.take_buf(span as usize);
+            let b = buf.as_mut_slice();
+            header.encode(&mut b[..HEADER_LEN]);
+            b[HEADER_LEN..HEADER_LEN + data.len()].copy_from_slice(data);
+            b[HEADER_LEN + data.len()..span as usize].fill(0);
+            let r = seg.write_at(&buf.as_ref()[..span as usize], off);
+            self.give_buf(buf);
+            r
+        } else {
+            let mut b = vec![0u8; span as usize];
+            header.encode(&mut b[..HEADER_LEN]);
+            b[HEADER_LEN..HEADER_LEN + data.len()].copy_from_slice(data);
+            seg.write_at(&b, off)
+        };
+        if let Err(e) = written {
+            seg.inflight.fetch_sub(1, Ordering::AcqRel);
+            return Err(e);
+        }
+        let loc = Location { seg: seg.id, off, len: data.len() as u32 };
+        Ok((seg, loc))
+    }
+
+    fn take_buf(&self, len: usize) -> AlignedBuf {
+        let mut pool = self.buf_pool.lock().expect("buffer pool lock");
+        match pool.iter().position(|b| b.len() >= len) {
+            Some(i) => pool.swap_remove(i),
+            None => AlignedBuf::zeroed(len.max(self.cfg.max_chunk_size as usize + HEADER_LEN)),
+        }
+    }
+
+    fn give_buf(&self, buf: AlignedBuf) {
+        let mut pool = self.buf_pool.lock().expect("buffer pool lock");
+        if pool.len() < BUF_POOL {
+            pool.push(buf);
+        }
+    }
+
+    /// Reads and verifies a chunk. A copy that fails verification is quarantined and reported as
+    /// [`ChunkError::Corrupt`]; its bytes are never returned.
+    pub fn get(&self, hash: &ChunkHash) -> Result<Bytes, ChunkError> {
+        for _ in 0..4 {
+            let e = self.entry(hash)?.ok_or(ChunkError::NotFound(*hash))?;
+            if e.quarantined {
+                return Err(ChunkError::Corrupt {
+                    hash: *hash,
+                    detail: "quarantined after failing verification; awaiting repair".into(),
+                });
+            }
+            match self.read_verified(hash, &e.loc)? {
+                Ok(data) => {
+                    bump(&self.counters.gets, 1);
+                    bump(&self.counters.get_bytes, data.len() as u64);
+                    return Ok(data);
+                }
+                Err(detail) => {
+                    if self.entry(hash)?.map(|n| n.loc) != Some(e.loc) {
+                        continue; // moved by GC while we read: read the new copy
+                    }
+                    self.quarantine(hash, e.loc, &detail)?;
+                    return Err(ChunkError::Corrupt { hash: *hash, detail });
+                }
+            }
+        }
+        Err(ChunkError::NotFound(*hash))
+    }
+
+    /// Reads the record at `loc` and checks header and hash. Inner `Err` is a verification
+    /// failure (what was wrong); outer `Err` an I/O error.
+    pub(crate) fn read_verified(&self, hash: &ChunkHash, loc: &Location) -> Result<Result<Bytes, String>, ChunkError> {
+        let Some(seg) = self.segment(loc.seg) else {
+            return Ok(Err(format!("segment {} is missing", loc.seg)));
+        };
+        let span = record_span(loc.len, seg.align);
+        let raw = seg.read_at(loc.off, span)?;
+        let header = match RecordHeader::decode(&raw) {
+            Ok(h) => h,
+            Err(why) => return Ok(Err(format!("segment {} offset {}: {why}", loc.seg, loc.off))),
+        };
+        if header.hash != *hash || header.len != loc.len {
+            return Ok(Err(format!("segment {} offset {}: record belongs to another chunk", loc.seg, loc.off)));
+        }
+        let data = raw.slice(HEADER_LEN..HEADER_LEN + loc.len as usize);
+        let actual = ChunkHash::of(&data);
+        if actual != *hash {
+            return Ok(Err(format!("segment {} offset {}: data hashes to {actual}", loc.seg, loc.off)));
+        }
+        Ok(Ok(data))
+    }
+
+    pub(crate) fn quarantine(&self, hash: &ChunkHash, loc: Location, detail: &str) -> Result<(), ChunkError> {
+        bump(&self.counters.corruptions, 1);
+        tracing::error!(chunk = %hash, %detail, "chunk failed verification; quarantined");
+        self.commit_one(Op::Quarantine { hash: *hash, loc })?;
+        Ok(())
+    }
+
+    /// The index entry of a chunk, if any.
+    pub fn info(&self, hash: &ChunkHash) -> Result<Option<ChunkInfo>, ChunkError> {
+        Ok(self.entry(hash)?.map(|e| ChunkInfo { len: e.loc.len, refs: e.refs, quarantined: e.quarantined }))
+    }
+
+    /// Adds a reference to a stored chunk and returns the new count.
+    pub fn add_ref(&self, hash: &ChunkHash) -> Result<u64, ChunkError> {
+        match self.commit_one(Op::AddRef { hash: *hash, healthy_only: false })? {
+            OpResult::Refs(n) => Ok(n),
+            _ => Err(ChunkError::NotFound(*hash)),
+        }
+    }
+
+    /// Drops a reference and returns the count left; at 0 the chunk is gone (its space is
+    /// reclaimed by GC).
+    pub fn unref(&self, hash: &ChunkHash) -> Result<u64, ChunkError> {
+        match self.commit_one(Op::Unref { hash: *hash })? {
+            OpResult::Refs(n) => Ok(n),
+            _ => Err(ChunkError::NotFound(*hash)),
+        }
+    }
+
+    /// Up to `limit` chunks in hash order, starting after `after`.
+    pub fn list(&self, after: Option<&ChunkHash>, limit: usize) -> Result<Vec<(ChunkHash, ChunkInfo)>, ChunkError> {
+        let start = match after {
+            Some(h) => {
+                let mut k = chunk_key(h);
+                k.push(0);
+                k
+            }
+            None => CHUNK_PREFIX.to_vec(),
+        };
+        let end = prefix_end(CHUNK_PREFIX);
+        self.kv
+            .scan(&start, end.as_deref(), limit)?
+            .into_iter()
+            .map(|(k, v)| {
+                let e = IndexEntry::decode(&v)?;
+                Ok((hash_of_key(&k)?, ChunkInfo { len: e.loc.len, refs: e.refs, quarantined: e.quarantined }))
+            })
+            .collect()
+    }
+
+    /// Capacity and activity figures.
+    pub fn stats(&self) -> EngineStats {
+        let mut s = EngineStats::default();
+        {
+            let acct = self.acct.lock().expect("accounting lock");
+            for seg in acct.segments.values() {
+                s.used_bytes += seg.size;
+                s.dead_bytes += seg.size.saturating_sub(SEGMENT_HEADER_LEN + seg.live);
+            }
+            s.segments = acct.segments.len() as u64;
+            s.chunks = acct.chunks;
+            s.physical_bytes = acct.physical;
+            s.logical_bytes = acct.logical;
+        }
+        s.dedup_ratio = if s.physical_bytes == 0 { 1.0 } else { s.logical_bytes as f64 / s.physical_bytes as f64 };
+        (s.total_bytes, s.free_bytes) = fs_capacity(&self.cfg.dir);
+        self.counters.fill(&mut s);
+        s
+    }
+
+    pub(crate) fn entry(&self, hash: &ChunkHash) -> Result<Option<IndexEntry>, ChunkError> {
+        match self.kv.get(&chunk_key(hash))? {
+            Some(v) => Ok(Some(IndexEntry::decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) fn segment(&self, id: u64) -> Option<Arc<Segment>> {
+        self.segments.read().expect("segments lock").get(&id).cloned()
+    }
+
+    pub(crate) fn commit(&self, ops: Vec<Op>) -> Result<Vec<OpResult>, ChunkError> {
+        let (reply, rx) = sync_channel(1);
+        {
+            let tx = self.tx.read().expect("commit channel lock");
+            let tx = tx.as_ref().ok_or(ChunkError::Closed)?;
+            tx.send(Request { ops, reply }).map_err(|_| ChunkError::Closed)?;
+        }
+        rx.recv()
+            .map_err(|_| ChunkError::Closed)?
+            .map_err(|msg| ChunkError::io("group commit", std::io::Error::other(msg)))
+    }
+
+    fn commit_one(&self, op: Op) -> Result<OpResult, ChunkError> {
+        Ok(self.commit(vec![op])?.pop().expect("one result per op"))
+    }
+
+    /// Stops the commit thread after it has finished what is queued. Later calls fail with
+    /// [`ChunkError::Closed`]. Called by `Drop` too.
+    pub fn close(&self) {
+        self.tx.write().expect("commit channel lock").take();
+        if let Some(h) = self.committer.lock().expect("committer lock").take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for ChunkEngine {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+type OpenedSegments = (HashMap<u64, Arc<Segment>>, Vec<PathBuf>, u64);
+
+fn open_segments(seg_dir: &Path, direct: bool) -> Result<OpenedSegments, ChunkError> {
+    let mut segments = HashMap::new();
+    let mut broken = Vec::new();
+    let mut max_id = 0;
+    let rd = fs::read_dir(seg_dir).map_err(|e| ChunkError::io(format!("list {}", seg_dir.display()), e))?;
+    for ent in rd {
+        let ent = ent.map_err(|e| ChunkError::io(format!("list {}", seg_dir.display()), e))?;
+        let name = ent.file_name().to_string_lossy().into_owned();
+        let Some(id) = parse_segment_name(&name) else { continue };
+        max_id = max_id.max(id);
+        match Segment::open(seg_dir, id, direct) {
+            Ok(seg) => {
+                segments.insert(id, Arc::new(seg));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "segment unreadable");
+                broken.push(ent.path());
+            }
+        }
+    }
+    Ok((segments, broken, max_id))
+}

@@ -1,0 +1,292 @@
+//! Engine tests on a temporary data directory: durability across reopen, dedup, corruption,
+//! scrub, GC, recovery of torn tails, format pinning and bad input.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use rand::RngCore;
+
+use crate::{ChunkEngine, ChunkError, ChunkHash, EngineConfig};
+
+fn random(len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    rand::thread_rng().fill_bytes(&mut v);
+    v
+}
+
+fn cfg(dir: &std::path::Path) -> EngineConfig {
+    let mut c = EngineConfig::new(dir);
+    c.segment_size = 1 << 20;
+    c
+}
+
+fn du(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir.join("segments")).unwrap() {
+        total += e.unwrap().metadata().unwrap().len();
+    }
+    total
+}
+
+#[test]
+fn put_get_roundtrip_small_and_large_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = random(100);
+    let large = random(300_000);
+    let empty = Vec::new();
+    let (hs, hl, he) = {
+        let e = ChunkEngine::open(cfg(dir.path())).unwrap();
+        let hs = e.put(&small).unwrap().hash;
+        let hl = e.put(&large).unwrap().hash;
+        let he = e.put(&empty).unwrap().hash;
+        assert_eq!(hs, ChunkHash::of(&small));
+        assert_eq!(&e.get(&hs).unwrap()[..], &small[..]);
+        assert_eq!(&e.get(&hl).unwrap()[..], &large[..]);
+        (hs, hl, he)
+    };
+    let e = ChunkEngine::open(cfg(dir.path())).unwrap();
+    assert_eq!(&e.get(&hs).unwrap()[..], &small[..]);
+    assert_eq!(&e.get(&hl).unwrap()[..], &large[..]);
+    assert!(e.get(&he).unwrap().is_empty());
+    assert_eq!(e.stats().chunks, 3);
+}
+
+#[test]
+fn dedup_stores_once_and_counts_references() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = ChunkEngine::open(cfg(dir.path())).unwrap();
+    let data = random(200_000);
+    let a = e.put(&data).unwrap();
+    let used = e.stats().used_bytes;
+    let b = e.put(&data).unwrap();
+    assert!(!a.deduplicated && b.deduplicated);
+    assert_eq!(b.refs, 2);
+    let s = e.stats();
+    assert_eq!(s.used_bytes, used, "second put must write no data");
+    assert_eq!(s.physical_bytes, 200_000);
+    assert_eq!(s.logical_bytes, 400_000);
+    assert!((s.dedup_ratio - 2.0).abs() < 1e-9);
+    assert_eq!(e.add_ref(&a.hash).unwrap(), 3);
+    assert_eq!(e.unref(&a.hash).unwrap(), 2);
+    assert_eq!(e.unref(&a.hash).unwrap(), 1);
+    assert_eq!(e.unref(&a.hash).unwrap(), 0);
+    assert!(matches!(e.get(&a.hash), Err(ChunkError::NotFound(_))));
+    assert!(matches!(e.unref(&a.hash), Err(ChunkError::NotFound(_))));
+    assert!(matches!(e.add_ref(&a.hash), Err(ChunkError::NotFound(_))));
+}
+
+#[test]
+fn concurrent_puts_of_same_chunk_keep_exact_refcount() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = ChunkEngine::open(cfg(dir.path())).unwrap();
+    let data = Arc::new(random(70_000));
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let (e, d) = (e.clone(), data.clone());
+            std::thread::spawn(move || {
+                for _ in 0..10 {
+                    e.put(&d).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let info = e.info(&ChunkHash::of(&data)).unwrap().unwrap();
+    assert_eq!(info.refs, 80);
+    assert_eq!(e.stats().chunks, 1);
+}
+
+fn flip_byte_of(dir: &std::path::Path, needle: &[u8]) {
+    for ent in std::fs::read_dir(dir.join("segments")).unwrap() {
+        let path = ent.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        if let Some(pos) = bytes.windows(needle.len()).position(|w| w == needle) {
+            let f = OpenOptions::new().write(true).open(&path).unwrap();
+            f.write_all_at(&[bytes[pos + 10] ^ 0x55], (pos + 10) as u64).unwrap();
+            f.sync_all().unwrap();
+            return;
+        }
+    }
+    panic!("data not found in any segment");
+}
+
+#[test]
+fn corruption_is_detected_quarantined_and_scrubbed() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = ChunkEngine::open(cfg(dir.path())).unwrap();
+    let good: Vec<_> = (0..20).map(|i| random(1000 + i * 5000)).collect();
+    let hashes: Vec<_> = good.iter().map(|d| e.put(d).unwrap().hash).collect();
+    let victim = 7;
+    flip_byte_of(dir.path(), &good[victim][..64]);
+    match e.get(&hashes[victim]) {
+        Err(ChunkError::Corrupt { hash, .. }) => assert_eq!(hash, hashes[victim]),
+        other => panic!("expected corruption, got {other:?}"),
+    }
+    // Quarantined: stays an error, never data.
+    assert!(matches!(e.get(&hashes[victim]), Err(ChunkError::Corrupt { .. })));
+    assert_eq!(e.stats().corruptions, 1);
+    let report = e.scrub(|_| {}).unwrap();
+    assert_eq!(report.damaged, vec![hashes[victim]]);
+    assert_eq!(report.checked, 20);
+    for (i, h) in hashes.iter().enumerate() {
+        if i != victim {
+            assert_eq!(&e.get(h).unwrap()[..], &good[i][..]);
+        }
+    }
+    // Repair by putting the good data again.
+    e.put(&good[victim]).unwrap();
+    assert_eq!(&e.get(&hashes[victim]).unwrap()[..], &good[victim][..]);
+    assert!(e.scrub(|_| {}).unwrap().damaged.is_empty());
+}
+
+#[test]
+fn scrub_finds_corruption_nobody_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = ChunkEngine::open(cfg(dir.path())).unwrap();
+    let data: Vec<_> = (0..5).map(|_| random(90_000)).collect();
+    let hashes: Vec<_> = data.iter().map(|d| e.put(d).unwrap().hash).collect();
+    flip_byte_of(dir.path(), &data[3][1000..1064]);
+    let mut last = None;
+    let report = e.scrub(|p| last = Some(*p)).unwrap();
+    assert_eq!(report.damaged, vec![hashes[3]]);
+    assert_eq!(last.unwrap().checked, 5);
+}
+
+#[test]
+fn gc_gives_space_back_and_keeps_live_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = ChunkEngine::open(cfg(dir.path())).unwrap();
+    let data: Vec<_> = (0..60).map(|_| random(100_000)).collect();
+    let hashes: Vec<_> = data.iter().map(|d| e.put(d).unwrap().hash).collect();
+    let before = du(dir.path());
+    assert!(before >= 6_000_000);
+    for h in hashes.iter().skip(6) {
+        e.unref(h).unwrap();
+    }
+    // Seal the active segments by filling them, so GC may take every old one.
+    let filler: Vec<_> = (0..12).map(|_| random(100_000)).collect();
+    let filler_hashes: Vec<_> = filler.iter().map(|d| e.put(d).unwrap().hash).collect();
+    let report = e.gc().unwrap();
+    assert!(report.segments_removed >= 3, "{report:?}");
+    let after = du(dir.path());
+    assert!(after < before / 2, "disk usage {before} -> {after}");
+    for (h, d) in hashes.iter().zip(&data).take(6) {
+        assert_eq!(&e.get(h).unwrap()[..], &d[..]);
+    }
+    for (h, d) in filler_hashes.iter().zip(&filler) {
+        assert_eq!(&e.get(h).unwrap()[..], &d[..]);
+    }
+    drop(e);
+    let e = ChunkEngine::open(cfg(dir.path())).unwrap();
+    for (h, d) in hashes.iter().zip(&data).take(6) {
+        assert_eq!(&e.get(h).unwrap()[..], &d[..]);
+    }
+    assert!(matches!(e.get(&hashes[30]), Err(ChunkError::NotFound(_))));
+}
+
+#[test]
+fn gc_runs_while_writers_and_readers_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = ChunkEngine::open(cfg(dir.path())).unwrap();
+    let keep: Vec<_> = (0..20).map(|_| random(50_000)).collect();
+    let keep_h: Vec<_> = keep.iter().map(|d| e.put(d).unwrap().hash).collect();
+    for _ in 0..40 {
+        let h = e.put(&random(50_000)).unwrap().hash;
+        e.unref(&h).unwrap();
+    }
+    let writer = {
+        let e = e.clone();
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            for _ in 0..100 {
+                let d = random(30_000);
+                out.push((e.put(&d).unwrap().hash, d));
+            }
+            out
+        })
+    };
+    for _ in 0..3 {
+        e.gc().unwrap();
+        for (h, d) in keep_h.iter().zip(&keep) {
+            assert_eq!(&e.get(h).unwrap()[..], &d[..]);
+        }
+    }
+    for (h, d) in writer.join().unwrap() {
+        assert_eq!(&e.get(&h).unwrap()[..], &d[..]);
+    }
+}
+
+#[test]
+fn torn_tail_is_dropped_on_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = random(5000);
+    let h = {
+        let e = ChunkEngine::open(cfg(dir.path())).unwrap();
+        e.put(&data).unwrap().hash
+    };
+    // Simulate a crash mid-append: garbage after the last indexed record.
+    let seg = std::fs::read_dir(dir.path().join("segments")).unwrap().next().unwrap().unwrap().path();
+    let len_before = std::fs::metadata(&seg).unwrap().len();
+    OpenOptions::new().append(true).open(&seg).unwrap().write_all(&random(3000)).unwrap();
+    // And a segment whose header never made it.
+    std::fs::write(dir.path().join("segments/0000000099.seg"), b"CAIRN").unwrap();
+    let e = ChunkEngine::open(cfg(dir.path())).unwrap();
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), len_before);
+    assert!(!dir.path().join("segments/0000000099.seg").exists());
+    assert_eq!(&e.get(&h).unwrap()[..], &data[..]);
+    let h2 = e.put(&random(10)).unwrap().hash;
+    assert!(e.get(&h2).is_ok());
+}
+
+#[test]
+fn bad_input_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path());
+    c.max_chunk_size = 1 << 20;
+    let e = ChunkEngine::open(c).unwrap();
+    assert!(matches!(e.put(&vec![0u8; (1 << 20) + 1]), Err(ChunkError::TooLarge { .. })));
+    let data = random(100);
+    let wrong = ChunkHash::of(b"something else");
+    assert!(matches!(e.put_verified(&wrong, &data), Err(ChunkError::HashMismatch { .. })));
+    assert!(e.info(&ChunkHash::of(&data)).unwrap().is_none(), "refused data is not stored");
+    assert!(matches!(e.get(&wrong), Err(ChunkError::NotFound(_))));
+    assert!(matches!("xyz".parse::<ChunkHash>(), Err(ChunkError::InvalidHash(_))));
+}
+
+#[test]
+fn other_settings_refuse_to_start_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(ChunkEngine::open(cfg(dir.path())).unwrap());
+    let mut c = cfg(dir.path());
+    c.max_chunk_size = 1 << 20;
+    let err = ChunkEngine::open(c).err().expect("must refuse");
+    let msg = err.to_string();
+    assert!(matches!(err, ChunkError::FormatMismatch(_)));
+    assert!(msg.contains("max_chunk_size 4194304 on disk vs 1048576 configured"), "{msg}");
+    assert!(!msg.contains('\n'));
+}
+
+#[test]
+fn list_pages_through_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = ChunkEngine::open(cfg(dir.path())).unwrap();
+    for i in 0..25u32 {
+        e.put(&i.to_le_bytes()).unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = e.list(after.as_ref(), 10).unwrap();
+        if page.is_empty() {
+            break;
+        }
+        after = Some(page.last().unwrap().0);
+        seen.extend(page.into_iter().map(|(h, _)| h));
+    }
+    assert_eq!(seen.len(), 25);
+    assert!(seen.windows(2).all(|w| w[0] < w[1]));
+}

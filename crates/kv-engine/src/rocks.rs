@@ -1,0 +1,76 @@
+//! The RocksDB implementation of [`KvEngine`]; the only module in the workspace that names RocksDB.
+
+use std::path::Path;
+
+use rocksdb::{DB, Direction, IteratorMode, Options, WriteOptions};
+
+use crate::{BatchOp, KvEngine, KvError, KvPair, WriteBatch};
+
+/// A RocksDB database used as one ordered keyspace.
+pub struct RocksEngine {
+    db: DB,
+}
+
+impl RocksEngine {
+    /// Opens (creating if missing) the database in directory `path`.
+    pub fn open(path: &Path) -> Result<Self, KvError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.set_max_background_jobs(2);
+        opts.set_bytes_per_sync(1 << 20);
+        opts.set_keep_log_file_num(4);
+        opts.set_max_log_file_size(8 << 20);
+        let db = DB::open(&opts, path).map_err(|e| KvError::Open {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Ok(Self { db })
+    }
+}
+
+fn backend(e: rocksdb::Error) -> KvError {
+    KvError::Backend(e.to_string())
+}
+
+impl KvEngine for RocksEngine {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
+        self.db.get(key).map_err(backend)
+    }
+
+    fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), KvError> {
+        let mut wb = rocksdb::WriteBatch::default();
+        for op in batch.into_ops() {
+            match op {
+                BatchOp::Put(k, v) => wb.put(k, v),
+                BatchOp::Delete(k) => wb.delete(k),
+            }
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(sync);
+        self.db.write_opt(wb, &wo).map_err(backend)
+    }
+
+    fn scan(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KvPair>, KvError> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        for item in self.db.iterator(IteratorMode::From(start, Direction::Forward)) {
+            let (k, v) = item.map_err(backend)?;
+            if let Some(e) = end {
+                if k.as_ref() >= e {
+                    break;
+                }
+            }
+            out.push((k.into_vec(), v.into_vec()));
+            if out.len() == limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn flush(&self) -> Result<(), KvError> {
+        self.db.flush_wal(true).map_err(backend)
+    }
+}
