@@ -467,6 +467,11 @@ impl ChunkEngine {
         Ok(self.commit(vec![op])?.pop().expect("one result per op"))
     }
 
+    /// False once [`close`](Self::close) has been called.
+    pub fn is_open(&self) -> bool {
+        self.tx.read().expect("commit channel lock").is_some()
+    }
+
     /// Stops the commit thread after it has finished what is queued. Later calls fail with
     /// [`ChunkError::Closed`]. Called by `Drop` too.
     pub fn close(&self) {

@@ -1,0 +1,67 @@
+//! `cairn`, the operator CLI. Every error is one readable line on stderr and a non-zero exit.
+
+mod chunks;
+mod manifest;
+mod node;
+mod progress;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Operate a Cairn storage cluster.
+#[derive(Parser)]
+#[command(name = "cairn", version, about)]
+struct Cli {
+    /// Storage node gRPC endpoint.
+    #[arg(long, global = true, env = "CAIRN_NODE", default_value = "http://127.0.0.1:7700")]
+    node: String,
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Store files as chunks and read them back by manifest.
+    #[command(subcommand)]
+    Chunk(chunks::ChunkCmd),
+    /// Inspect and maintain a storage node.
+    #[command(subcommand)]
+    Node(node::NodeCmd),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let res = rt.block_on(async {
+        match cli.cmd {
+            Command::Chunk(c) => chunks::run(&cli.node, c).await,
+            Command::Node(c) => node::run(&cli.node, c).await,
+        }
+    });
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes joined on one line.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let s = cause.to_string().replace('\n', " ");
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+    }
+    parts.join(": ")
+}

@@ -1,0 +1,490 @@
+//! chunk-bench: compares the chunk engine with the raw disk under it — sequential 4 MiB write and
+//! read throughput (buffered and O_DIRECT), engine 4 MiB put/get throughput with 1 and 4 threads,
+//! and durable 4 KiB puts per second with 1 and 16 writers (the group-commit factor).
+
+use std::error::Error;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chunk_engine::{ChunkEngine, ChunkHash, EngineConfig};
+use clap::Parser;
+use rand::RngCore;
+
+type Res<T> = Result<T, Box<dyn Error + Send + Sync>>;
+
+const MIB: usize = 1 << 20;
+/// Block size of the raw tests and chunk size of the engine throughput tests.
+const BLOCK: usize = 4 * MIB;
+const SMALL: usize = 4096;
+const ALIGN: usize = 4096;
+const WRITE_TARGET: f64 = 0.80;
+const GROUP_COMMIT_TARGET: f64 = 10.0;
+
+#[derive(Parser, Debug)]
+#[command(about = "Raw-disk vs chunk-engine throughput benchmark")]
+struct Args {
+    /// Working directory (its `raw/` and `engine/` subdirectories are recreated and removed).
+    #[arg(long, default_value = "./data/bench")]
+    dir: PathBuf,
+    /// Bytes per throughput test, in MiB.
+    #[arg(long, default_value_t = 1024)]
+    size_mib: usize,
+    /// Duration of each 4 KiB put test, in seconds.
+    #[arg(long, default_value_t = 3.0)]
+    small_secs: f64,
+    /// Also print a one-line JSON summary.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Err(e) = run(&args) {
+        eprintln!("chunk-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// One measured figure: a label and a rate.
+struct Row {
+    key: &'static str,
+    label: String,
+    value: f64,
+    unit: &'static str,
+    /// Against which baseline the ratio is printed.
+    base: Base,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Base {
+    None,
+    RawWrite,
+    RawRead,
+}
+
+fn run(args: &Args) -> Res<()> {
+    if args.size_mib < 4 {
+        return Err("--size-mib must be at least 4".into());
+    }
+    if args.small_secs <= 0.0 {
+        return Err("--small-secs must be positive".into());
+    }
+    let raw_dir = args.dir.join("raw");
+    let eng_dir = args.dir.join("engine");
+    let total = (args.size_mib * MIB).next_multiple_of(BLOCK);
+    let small = Duration::from_secs_f64(args.small_secs);
+    let result = measure_all(&raw_dir, &eng_dir, total, small);
+    cleanup(&args.dir, &[&raw_dir, &eng_dir]);
+    let rows = result?;
+    print_report(args, total, &rows);
+    Ok(())
+}
+
+fn measure_all(raw_dir: &Path, eng_dir: &Path, total: usize, small: Duration) -> Res<Vec<Row>> {
+    fresh_dir(raw_dir)?;
+    let mut rows = Vec::new();
+    let row = |key, label: &str, value, unit, base| Row {
+        key,
+        label: label.to_string(),
+        value,
+        unit,
+        base,
+    };
+    let gb = |bytes: usize, d: Duration| bytes as f64 / d.as_secs_f64() / 1e9;
+
+    eprintln!("raw disk: {} MiB sequential in 4 MiB blocks ...", total / MIB);
+    let file = raw_dir.join("raw.dat");
+    let d = raw_write(&file, total, false)?;
+    rows.push(row(
+        "raw_write_buffered",
+        "raw write, buffered + fdatasync",
+        gb(total, d),
+        "GB/s",
+        Base::None,
+    ));
+    let d = raw_read(&file, total, false)?;
+    rows.push(row(
+        "raw_read_buffered",
+        "raw read, buffered (cache dropped)",
+        gb(total, d),
+        "GB/s",
+        Base::None,
+    ));
+    fs::remove_file(&file)?;
+    let d = raw_write(&file, total, true)?;
+    rows.push(row(
+        "raw_write_direct",
+        "raw write, O_DIRECT + fdatasync",
+        gb(total, d),
+        "GB/s",
+        Base::None,
+    ));
+    let d = raw_read(&file, total, true)?;
+    rows.push(row(
+        "raw_read_direct",
+        "raw read, O_DIRECT",
+        gb(total, d),
+        "GB/s",
+        Base::None,
+    ));
+    fs::remove_file(&file)?;
+
+    eprintln!("engine: 4 MiB puts ...");
+    let n = total / BLOCK;
+    let (d, _) = engine_puts(eng_dir, n, 1)?;
+    rows.push(row(
+        "engine_put_4m_t1",
+        "engine put 4 MiB, 1 writer",
+        gb(total, d),
+        "GB/s",
+        Base::RawWrite,
+    ));
+    let (d, stored) = engine_puts(eng_dir, n, 4)?;
+    rows.push(row(
+        "engine_put_4m_t4",
+        "engine put 4 MiB, 4 writers",
+        gb(total, d),
+        "GB/s",
+        Base::RawWrite,
+    ));
+    eprintln!("engine: 4 MiB gets ...");
+    for (threads, key, label) in [
+        (1, "engine_get_4m_t1", "engine get+verify 4 MiB, 1 reader"),
+        (4, "engine_get_4m_t4", "engine get+verify 4 MiB, 4 readers"),
+    ] {
+        let engine = ChunkEngine::open(EngineConfig::new(eng_dir))?;
+        drop_dir_cache(&eng_dir.join("segments"))?;
+        let d = engine_gets(&engine, &stored, threads)?;
+        rows.push(row(key, label, gb(total, d), "GB/s", Base::RawRead));
+    }
+
+    eprintln!("engine: durable 4 KiB puts, {:.1} s each ...", small.as_secs_f64());
+    let one = small_puts(eng_dir, 1, small)?;
+    rows.push(row(
+        "small_put_t1",
+        "engine put 4 KiB, 1 writer",
+        one,
+        "puts/s",
+        Base::None,
+    ));
+    let many = small_puts(eng_dir, 16, small)?;
+    rows.push(row(
+        "small_put_t16",
+        "engine put 4 KiB, 16 writers",
+        many,
+        "puts/s",
+        Base::None,
+    ));
+    Ok(rows)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw disk
+
+/// A heap buffer aligned for O_DIRECT, filled with random bytes.
+struct AlignedBuf {
+    ptr: std::ptr::NonNull<u8>,
+    layout: std::alloc::Layout,
+}
+
+impl AlignedBuf {
+    fn random(len: usize) -> Self {
+        let layout = std::alloc::Layout::from_size_align(len, ALIGN).expect("valid layout");
+        // SAFETY: len is non-zero (callers pass BLOCK).
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        let ptr = std::ptr::NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        let mut buf = AlignedBuf { ptr, layout };
+        rand::thread_rng().fill_bytes(buf.as_mut());
+        buf
+    }
+}
+
+impl AsRef<[u8]> for AlignedBuf {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: ptr is valid for layout.size() bytes while self lives.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.layout.size()) }
+    }
+}
+
+impl AsMut<[u8]> for AlignedBuf {
+    fn as_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as above, uniquely borrowed.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.layout.size()) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `random` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
+    }
+}
+
+fn open_raw(path: &Path, write: bool, direct: bool) -> Res<File> {
+    let mut o = OpenOptions::new();
+    o.read(true);
+    if write {
+        o.write(true).create(true).truncate(true);
+    }
+    if direct {
+        o.custom_flags(libc::O_DIRECT);
+    }
+    o.open(path).map_err(|e| format!("open {}: {e}", path.display()).into())
+}
+
+/// Sequential write of `total` bytes in 4 MiB blocks, timed including the final fdatasync.
+fn raw_write(path: &Path, total: usize, direct: bool) -> Res<Duration> {
+    let buf = AlignedBuf::random(BLOCK);
+    let mut f = open_raw(path, true, direct)?;
+    let start = Instant::now();
+    for _ in 0..total / BLOCK {
+        f.write_all(buf.as_ref())?;
+    }
+    f.sync_data()?;
+    Ok(start.elapsed())
+}
+
+/// Sequential read of `total` bytes in 4 MiB blocks, after dropping the file's page cache.
+fn raw_read(path: &Path, total: usize, direct: bool) -> Res<Duration> {
+    drop_file_cache(path)?;
+    let mut buf = AlignedBuf::random(BLOCK);
+    let mut f = open_raw(path, false, direct)?;
+    let start = Instant::now();
+    let mut done = 0;
+    while done < total {
+        f.read_exact(buf.as_mut())?;
+        done += BLOCK;
+    }
+    let d = start.elapsed();
+    std::hint::black_box(buf.as_ref()[0]);
+    Ok(d)
+}
+
+/// Fsyncs `path` and asks the kernel to drop its (now clean) cached pages.
+fn drop_file_cache(path: &Path) -> Res<()> {
+    let f = File::open(path)?;
+    f.sync_all()?;
+    // SAFETY: plain syscall on an fd we own.
+    let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if rc != 0 {
+        return Err(format!(
+            "posix_fadvise {}: {}",
+            path.display(),
+            std::io::Error::from_raw_os_error(rc)
+        )
+        .into());
+    }
+    Ok(())
+}
+
+fn drop_dir_cache(dir: &Path) -> Res<()> {
+    for ent in fs::read_dir(dir)? {
+        let path = ent?.path();
+        if path.is_file() {
+            drop_file_cache(&path)?;
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Engine
+
+/// Writes `counter` into the first 8 bytes, making the buffer's content unique per put.
+fn stamp(buf: &mut [u8], counter: u64) {
+    buf[..8].copy_from_slice(&counter.to_le_bytes());
+}
+
+fn fresh_engine(dir: &Path) -> Res<Arc<ChunkEngine>> {
+    fresh_dir(dir)?;
+    Ok(ChunkEngine::open(EngineConfig::new(dir))?)
+}
+
+/// Puts `n` unique 4 MiB chunks with `threads` writers on a fresh engine; returns the time and
+/// the (counter, hash) of every chunk. Each writer owns one random buffer and stamps a global
+/// counter into it before each put, so no data is generated inside the timed loop.
+fn engine_puts(dir: &Path, n: usize, threads: usize) -> Res<(Duration, Vec<(u64, ChunkHash)>)> {
+    let engine = fresh_engine(dir)?;
+    let mut bufs: Vec<Vec<u8>> = (0..threads).map(|_| random_vec(BLOCK)).collect();
+    let next = AtomicU64::new(0);
+    let start = Instant::now();
+    let parts = std::thread::scope(|s| {
+        let handles: Vec<_> = bufs
+            .iter_mut()
+            .map(|buf| {
+                let (engine, next) = (&engine, &next);
+                s.spawn(move || -> Res<Vec<(u64, ChunkHash)>> {
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= n as u64 {
+                            return Ok(out);
+                        }
+                        stamp(buf, i);
+                        out.push((i, engine.put(buf)?.hash));
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().map(join).collect::<Res<Vec<_>>>()
+    })?;
+    let d = start.elapsed();
+    engine.close();
+    Ok((d, parts.into_iter().flatten().collect()))
+}
+
+/// Gets every chunk with `threads` readers. The engine verifies each chunk's blake3 hash; the
+/// bench also checks the length and the stamped counter.
+fn engine_gets(engine: &ChunkEngine, chunks: &[(u64, ChunkHash)], threads: usize) -> Res<Duration> {
+    let next = AtomicU64::new(0);
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let next = &next;
+                s.spawn(move || -> Res<()> {
+                    while let Some((i, hash)) = chunks.get(next.fetch_add(1, Ordering::Relaxed) as usize) {
+                        let data = engine.get(hash)?;
+                        if data.len() != BLOCK || data[..8] != i.to_le_bytes() {
+                            return Err(format!("chunk {hash} came back with the wrong content").into());
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles.into_iter().try_for_each(join)
+    })?;
+    Ok(start.elapsed())
+}
+
+/// Durable 4 KiB puts of unique chunks by `threads` writers for `dur`; returns puts per second.
+fn small_puts(dir: &Path, threads: usize, dur: Duration) -> Res<f64> {
+    let engine = fresh_engine(dir)?;
+    let next = AtomicU64::new(0);
+    let start = Instant::now();
+    let deadline = start + dur;
+    let count: u64 = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let (engine, next) = (&engine, &next);
+                let mut buf = random_vec(SMALL);
+                s.spawn(move || -> Res<u64> {
+                    let mut done = 0;
+                    while Instant::now() < deadline {
+                        stamp(&mut buf, next.fetch_add(1, Ordering::Relaxed));
+                        engine.put(&buf)?;
+                        done += 1;
+                    }
+                    Ok(done)
+                })
+            })
+            .collect();
+        handles.into_iter().map(join).sum::<Res<u64>>()
+    })?;
+    let secs = start.elapsed().as_secs_f64();
+    engine.close();
+    Ok(count as f64 / secs)
+}
+
+fn join<T>(h: std::thread::ScopedJoinHandle<'_, Res<T>>) -> Res<T> {
+    h.join().map_err(|_| "benchmark thread panicked")?
+}
+
+fn random_vec(len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    rand::thread_rng().fill_bytes(&mut v);
+    v
+}
+
+// ---------------------------------------------------------------------------------------------
+// Directories
+
+fn fresh_dir(dir: &Path) -> Res<()> {
+    match fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("remove {}: {e}", dir.display()).into()),
+    }
+    fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()).into())
+}
+
+/// Removes the working subdirectories, and `root` too when that leaves it empty.
+fn cleanup(root: &Path, dirs: &[&Path]) {
+    for d in dirs {
+        if let Err(e) = fs::remove_dir_all(d)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            eprintln!("chunk-bench: warning: could not remove {}: {e}", d.display());
+        }
+    }
+    let _ = fs::remove_dir(root); // only succeeds when empty
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report
+
+fn value(rows: &[Row], key: &str) -> f64 {
+    rows.iter().find(|r| r.key == key).map_or(f64::NAN, |r| r.value)
+}
+
+fn print_report(args: &Args, total: usize, rows: &[Row]) {
+    let best_write = value(rows, "raw_write_buffered").max(value(rows, "raw_write_direct"));
+    let best_read = value(rows, "raw_read_buffered").max(value(rows, "raw_read_direct"));
+    let ingest = value(rows, "engine_put_4m_t4") / best_write;
+    let group = value(rows, "small_put_t16") / value(rows, "small_put_t1");
+
+    println!();
+    println!(
+        "chunk-bench  dir={}  size={} MiB  small={:.1}s",
+        args.dir.display(),
+        total / MIB,
+        args.small_secs
+    );
+    println!("{:<40} {:>12} {:<7} {:>22}", "test", "result", "unit", "ratio");
+    println!("{}", "-".repeat(84));
+    for r in rows {
+        let ratio = match r.base {
+            Base::None => String::new(),
+            Base::RawWrite => format!("{:.2} x best raw write", r.value / best_write),
+            Base::RawRead => format!("{:.2} x best raw read", r.value / best_read),
+        };
+        let val = if r.unit == "GB/s" {
+            format!("{:.3}", r.value)
+        } else {
+            format!("{:.0}", r.value)
+        };
+        println!("{:<40} {:>12} {:<7} {:>22}", r.label, val, r.unit, ratio);
+    }
+    println!("{}", "-".repeat(84));
+    println!("{:<40} {:>12.3} GB/s", "best raw write", best_write);
+    println!("{:<40} {:>12.3} GB/s", "best raw read", best_read);
+    println!();
+    let mark = |ok: bool| if ok { "OK" } else { "MISS" };
+    println!(
+        "ingest 4MiB x4 / best raw write = {ingest:.2} (target >= {WRITE_TARGET:.2}) {}",
+        mark(ingest >= WRITE_TARGET)
+    );
+    println!(
+        "4KiB puts 16 writers / 1 writer = {group:.1} (target >= {GROUP_COMMIT_TARGET:.0}) {}",
+        mark(group >= GROUP_COMMIT_TARGET)
+    );
+    if args.json {
+        let mut m = serde_json::Map::new();
+        for r in rows {
+            m.insert(r.key.into(), serde_json::json!(r.value));
+        }
+        m.insert("best_raw_write_gbps".into(), serde_json::json!(best_write));
+        m.insert("best_raw_read_gbps".into(), serde_json::json!(best_read));
+        m.insert("ingest_ratio".into(), serde_json::json!(ingest));
+        m.insert("group_commit_factor".into(), serde_json::json!(group));
+        m.insert("size_mib".into(), serde_json::json!(total / MIB));
+        println!("{}", serde_json::Value::Object(m));
+    }
+}

@@ -1,0 +1,109 @@
+//! `cairn-local`: every part built so far in one process, on embedded defaults, with its data
+//! under one directory. While it runs it keeps `<data>/local.env` (KEY=value lines) so that
+//! `set -a; . data/local.env` points clients at it; the file is removed on clean shutdown.
+
+mod env_file;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use storage_node::NodeConfig;
+
+/// Run Cairn locally in one process.
+#[derive(Parser)]
+#[command(name = "cairn-local", version, about)]
+struct Cli {
+    /// Where all data lives.
+    #[arg(long, env = "CAIRN_DATA", default_value = "./data")]
+    data: PathBuf,
+    /// Storage node gRPC address.
+    #[arg(long, env = "CAIRN_LOCAL_NODE_LISTEN", default_value = "127.0.0.1:7700")]
+    node_listen: SocketAddr,
+    /// Storage node /metrics address.
+    #[arg(long, env = "CAIRN_LOCAL_NODE_HTTP", default_value = "127.0.0.1:7701")]
+    node_http: SocketAddr,
+    /// Log filter.
+    #[arg(long, env = "CAIRN_LOG", default_value = "info")]
+    log: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    daemon_kit::init_tracing(&cli.log);
+    let node = NodeConfig {
+        data_dir: cli.data.join("node"),
+        listen: cli.node_listen,
+        http_listen: cli.node_http,
+        log: cli.log.clone(),
+        ..NodeConfig::default()
+    };
+    if let Err(e) = node.validate() {
+        eprintln!("cairn-local: {e}");
+        return ExitCode::from(2);
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cairn-local: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let env = env_file::LocalEnv::new(&cli.data);
+    let vars = vec![
+        ("CAIRN_NODE".to_string(), format!("http://{}", cli.node_listen)),
+        ("CAIRN_NODE_METRICS_URL".to_string(), format!("http://{}/metrics", cli.node_http)),
+        ("CAIRN_DATA".to_string(), cli.data.display().to_string()),
+    ];
+    let res = rt.block_on(async {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut node_task = tokio::spawn(storage_node::run(node, stopped(stop_rx)));
+        let publish = async {
+            if wait_ready(cli.node_http).await {
+                match env.write(&vars) {
+                    Ok(()) => tracing::info!("local system ready; run `set -a; . {}` to use it", env.path().display()),
+                    Err(e) => tracing::error!(error = %e, "cannot write local.env"),
+                }
+            }
+            std::future::pending::<()>().await
+        };
+        tokio::select! {
+            r = &mut node_task => return flatten(r),
+            _ = daemon_kit::shutdown_signal() => {}
+            _ = publish => {}
+        }
+        let _ = stop_tx.send(true);
+        flatten(node_task.await)
+    });
+    env.remove();
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cairn-local: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn wait_ready(http: SocketAddr) -> bool {
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(http).await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    false
+}
+
+async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+fn flatten(r: Result<Result<(), storage_node::NodeError>, tokio::task::JoinError>) -> Result<(), String> {
+    match r {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(format!("storage node task failed: {e}")),
+    }
+}

@@ -1,0 +1,191 @@
+//! A client for one storage node: connects, streams chunks in and out, verifies what it reads.
+
+use bytes::Bytes;
+use cairn_proto::chunk::v1 as pb;
+use cairn_proto::chunk::v1::chunk_store_client::ChunkStoreClient;
+use chunk_engine::ChunkHash;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Streaming};
+
+use crate::service::STREAM_PIECE;
+
+/// What a call to a storage node can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The endpoint is malformed or unreachable.
+    #[error("cannot connect to storage node {endpoint}: {reason}")]
+    Connect {
+        /// The address tried.
+        endpoint: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The node answered with an error.
+    #[error("storage node {endpoint}: {code:?}: {message}")]
+    Rpc {
+        /// The node.
+        endpoint: String,
+        /// gRPC status code.
+        code: Code,
+        /// The node's message.
+        message: String,
+    },
+    /// The node sent data that does not hash to what was asked for.
+    #[error("storage node {endpoint} returned data for {hash} that does not verify")]
+    BadData {
+        /// The node.
+        endpoint: String,
+        /// The chunk asked for.
+        hash: ChunkHash,
+    },
+}
+
+impl ClientError {
+    /// The gRPC code, for errors the node returned.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            ClientError::Rpc { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// A connection to one storage node; cheap to clone.
+#[derive(Clone)]
+pub struct NodeClient {
+    endpoint: String,
+    inner: ChunkStoreClient<Channel>,
+}
+
+impl NodeClient {
+    /// Connects to `endpoint` (`http://host:port` or `host:port`).
+    pub async fn connect(endpoint: &str) -> Result<Self, ClientError> {
+        let url = if endpoint.contains("://") { endpoint.to_string() } else { format!("http://{endpoint}") };
+        let err = |reason: String| ClientError::Connect { endpoint: url.clone(), reason };
+        let ep = Endpoint::from_shared(url.clone())
+            .map_err(|e| err(e.to_string()))?
+            .tcp_nodelay(true)
+            .connect_timeout(std::time::Duration::from_secs(5));
+        let channel = ep.connect().await.map_err(|e| {
+            let mut reason = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                reason = format!("{reason}: {s}");
+                src = s.source();
+            }
+            err(reason)
+        })?;
+        let inner = ChunkStoreClient::new(channel).max_decoding_message_size(2 * STREAM_PIECE + 4096);
+        Ok(NodeClient { endpoint: url, inner })
+    }
+
+    /// The address this client talks to.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    fn rpc(&self, s: tonic::Status) -> ClientError {
+        ClientError::Rpc { endpoint: self.endpoint.clone(), code: s.code(), message: s.message().to_string() }
+    }
+
+    /// Stores a chunk; with `claimed` the node refuses data with another hash.
+    pub async fn put(&self, claimed: Option<ChunkHash>, data: Bytes) -> Result<pb::PutResponse, ClientError> {
+        let len = data.len() as u64;
+        let mut msgs = Vec::with_capacity(data.len() / STREAM_PIECE + 1);
+        let mut off = 0;
+        loop {
+            let end = (off + STREAM_PIECE).min(data.len());
+            let first = off == 0;
+            msgs.push(pb::PutRequest {
+                hash: if first { claimed.map(|h| h.0.to_vec()).unwrap_or_default() } else { Vec::new() },
+                length: if first { len } else { 0 },
+                data: data.slice(off..end).to_vec(),
+            });
+            off = end;
+            if off >= data.len() {
+                break;
+            }
+        }
+        let mut c = self.inner.clone();
+        c.put(tokio_stream::iter(msgs)).await.map(|r| r.into_inner()).map_err(|s| self.rpc(s))
+    }
+
+    /// Reads a chunk and verifies its hash here too.
+    pub async fn get(&self, hash: &ChunkHash) -> Result<Bytes, ClientError> {
+        let mut c = self.inner.clone();
+        let mut stream = c
+            .get(pb::GetRequest { hash: hash.0.to_vec() })
+            .await
+            .map_err(|s| self.rpc(s))?
+            .into_inner();
+        let mut buf = Vec::new();
+        while let Some(m) = stream.message().await.map_err(|s| self.rpc(s))? {
+            if buf.is_empty() {
+                buf.reserve(m.length as usize);
+            }
+            buf.extend_from_slice(&m.data);
+        }
+        if ChunkHash::of(&buf) != *hash {
+            return Err(ClientError::BadData { endpoint: self.endpoint.clone(), hash: *hash });
+        }
+        Ok(Bytes::from(buf))
+    }
+
+    /// What the node holds of each hash.
+    pub async fn has(&self, hashes: &[ChunkHash]) -> Result<Vec<pb::ChunkState>, ClientError> {
+        let mut c = self.inner.clone();
+        let req = pb::HasRequest { hashes: hashes.iter().map(|h| h.0.to_vec()).collect() };
+        c.has(req).await.map(|r| r.into_inner().chunks).map_err(|s| self.rpc(s))
+    }
+
+    /// Adds a reference; returns the new count.
+    pub async fn add_ref(&self, hash: &ChunkHash) -> Result<u64, ClientError> {
+        let mut c = self.inner.clone();
+        c.r#ref(pb::RefRequest { hash: hash.0.to_vec() }).await.map(|r| r.into_inner().refs).map_err(|s| self.rpc(s))
+    }
+
+    /// Drops a reference; returns the count left.
+    pub async fn unref(&self, hash: &ChunkHash) -> Result<u64, ClientError> {
+        let mut c = self.inner.clone();
+        c.unref(pb::RefRequest { hash: hash.0.to_vec() }).await.map(|r| r.into_inner().refs).map_err(|s| self.rpc(s))
+    }
+
+    /// One page of the node's chunks, after `after`.
+    pub async fn list(&self, after: Option<&ChunkHash>, limit: u32) -> Result<pb::ListResponse, ClientError> {
+        let mut c = self.inner.clone();
+        let req = pb::ListRequest { after: after.map(|h| h.0.to_vec()).unwrap_or_default(), limit };
+        c.list(req).await.map(|r| r.into_inner()).map_err(|s| self.rpc(s))
+    }
+
+    /// Capacity and counters.
+    pub async fn stats(&self) -> Result<pb::StatsResponse, ClientError> {
+        let mut c = self.inner.clone();
+        c.stats(pb::StatsRequest {}).await.map(|r| r.into_inner()).map_err(|s| self.rpc(s))
+    }
+
+    /// Starts a scrub; the stream yields progress and finally the report.
+    pub async fn scrub(&self) -> Result<ScrubEvents, ClientError> {
+        let mut c = self.inner.clone();
+        let stream = c.scrub(pb::ScrubRequest {}).await.map_err(|s| self.rpc(s))?.into_inner();
+        Ok(ScrubEvents { client: self.clone(), stream })
+    }
+
+    /// Runs a GC pass now.
+    pub async fn gc(&self) -> Result<pb::GcResponse, ClientError> {
+        let mut c = self.inner.clone();
+        c.gc(pb::GcRequest {}).await.map(|r| r.into_inner()).map_err(|s| self.rpc(s))
+    }
+}
+
+/// Progress events of a running scrub.
+pub struct ScrubEvents {
+    client: NodeClient,
+    stream: Streaming<pb::ScrubEvent>,
+}
+
+impl ScrubEvents {
+    /// The next event; `None` after the last.
+    pub async fn next(&mut self) -> Result<Option<pb::ScrubEvent>, ClientError> {
+        self.stream.message().await.map_err(|s| self.client.rpc(s))
+    }
+}

@@ -1,0 +1,162 @@
+//! The storage node's one configuration: defaults, then a TOML file, then environment
+//! variables and flags (highest wins), validated before anything starts.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use chunk_engine::{DEFAULT_MAX_CHUNK_SIZE, EngineConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::NodeError;
+
+/// Every setting of a storage node. File keys use these field names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Data directory (FORMAT, index/, segments/). Default `./data/node`.
+    pub data_dir: PathBuf,
+    /// gRPC listen address. Default `127.0.0.1:7700`.
+    pub listen: SocketAddr,
+    /// HTTP listen address for `/metrics` and `/healthz`. Default `127.0.0.1:7701`.
+    pub http_listen: SocketAddr,
+    /// Largest chunk in bytes; pinned when the data directory is formatted. Default 4 MiB.
+    pub max_chunk_size: u32,
+    /// Segment file size in bytes before a new one is started. Default 256 MiB.
+    pub segment_size: u64,
+    /// O_DIRECT for large chunks. Default true.
+    pub direct_io: bool,
+    /// GC rewrites sealed segments whose live fraction is below this. Default 0.5.
+    pub gc_live_threshold: f64,
+    /// Seconds between background GC passes; 0 disables them. Default 300.
+    pub gc_interval_secs: u64,
+    /// Log filter (`RUST_LOG` syntax). Default `info`.
+    pub log: String,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            data_dir: PathBuf::from("./data/node"),
+            listen: "127.0.0.1:7700".parse().expect("default address"),
+            http_listen: "127.0.0.1:7701".parse().expect("default address"),
+            max_chunk_size: DEFAULT_MAX_CHUNK_SIZE,
+            segment_size: 256 << 20,
+            direct_io: true,
+            gc_live_threshold: 0.5,
+            gc_interval_secs: 300,
+            log: "info".into(),
+        }
+    }
+}
+
+/// Command-line flags; each also reads an environment variable.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct NodeArgs {
+    /// TOML file with any of the settings below (flags and environment override it).
+    #[arg(long, env = "CAIRN_NODE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory.
+    #[arg(long, env = "CAIRN_NODE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// gRPC listen address (host:port).
+    #[arg(long, env = "CAIRN_NODE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// /metrics and /healthz listen address (host:port).
+    #[arg(long, env = "CAIRN_NODE_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+    /// Maximum chunk size in bytes (pinned at format time).
+    #[arg(long, env = "CAIRN_NODE_MAX_CHUNK_SIZE")]
+    pub max_chunk_size: Option<u32>,
+    /// Segment file size in bytes.
+    #[arg(long, env = "CAIRN_NODE_SEGMENT_SIZE")]
+    pub segment_size: Option<u64>,
+    /// Use O_DIRECT for large chunks (true/false).
+    #[arg(long, env = "CAIRN_NODE_DIRECT_IO")]
+    pub direct_io: Option<bool>,
+    /// GC live-fraction threshold (0.0–1.0).
+    #[arg(long, env = "CAIRN_NODE_GC_LIVE_THRESHOLD")]
+    pub gc_live_threshold: Option<f64>,
+    /// Seconds between background GC passes (0: off).
+    #[arg(long, env = "CAIRN_NODE_GC_INTERVAL_SECS")]
+    pub gc_interval_secs: Option<u64>,
+    /// Log filter.
+    #[arg(long, env = "CAIRN_NODE_LOG")]
+    pub log: Option<String>,
+}
+
+impl NodeConfig {
+    /// Builds the configuration from defaults, the file named by `args.config`, then `args`.
+    pub fn load(args: &NodeArgs) -> Result<Self, NodeError> {
+        let mut c = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| NodeError::Config(format!("cannot read config file {}: {e}", path.display())))?;
+                toml::from_str(&text).map_err(|e| {
+                    NodeError::Config(format!("config file {}: {}", path.display(), e.message()))
+                })?
+            }
+            None => NodeConfig::default(),
+        };
+        macro_rules! over {
+            ($($f:ident),*) => { $( if let Some(v) = &args.$f { c.$f = v.clone(); } )* };
+        }
+        over!(data_dir, listen, http_listen, max_chunk_size, segment_size, direct_io, gc_live_threshold, gc_interval_secs, log);
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks every setting; the error names the setting in one line.
+    pub fn validate(&self) -> Result<(), NodeError> {
+        self.engine().validate().map_err(NodeError::Config)?;
+        if self.listen == self.http_listen {
+            return Err(NodeError::Config(format!(
+                "listen and http_listen must differ (both are {})",
+                self.listen
+            )));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(NodeError::Config("data_dir must not be empty".into()));
+        }
+        Ok(())
+    }
+
+    /// The chunk-engine settings this configuration implies.
+    pub fn engine(&self) -> EngineConfig {
+        let mut e = EngineConfig::new(&self.data_dir);
+        e.max_chunk_size = self.max_chunk_size;
+        e.segment_size = self.segment_size;
+        e.direct_io = self.direct_io;
+        e.gc_live_threshold = self.gc_live_threshold;
+        e
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_flags_override_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(&file, "data_dir = \"/srv/x\"\nsegment_size = 2097152\n").unwrap();
+        let args = NodeArgs { config: Some(file), segment_size: Some(4 << 20), ..Default::default() };
+        let c = NodeConfig::load(&args).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/srv/x"));
+        assert_eq!(c.segment_size, 4 << 20);
+        assert_eq!(c.max_chunk_size, DEFAULT_MAX_CHUNK_SIZE);
+    }
+
+    #[test]
+    fn bad_settings_are_one_line_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(&file, "segmnt_size = 1\n").unwrap();
+        let err = NodeConfig::load(&NodeArgs { config: Some(file), ..Default::default() }).unwrap_err();
+        assert!(err.to_string().contains("unknown field `segmnt_size`"), "{err}");
+        let err = NodeConfig::load(&NodeArgs { gc_live_threshold: Some(3.0), ..Default::default() }).unwrap_err();
+        assert!(err.to_string().contains("gc_live_threshold"), "{err}");
+        let same = NodeArgs { listen: Some("127.0.0.1:1".parse().unwrap()), http_listen: Some("127.0.0.1:1".parse().unwrap()), ..Default::default() };
+        assert!(NodeConfig::load(&same).is_err());
+    }
+}

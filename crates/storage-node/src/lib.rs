@@ -1,0 +1,99 @@
+//! The storage-node daemon: a [`chunk_engine::ChunkEngine`] served over gRPC
+//! (`cairn.chunk.v1.ChunkStore`), with `/metrics`, `/healthz`, background GC and clean
+//! shutdown; plus [`NodeClient`], the client every other component uses to reach a node.
+
+pub mod client;
+mod config;
+mod error;
+mod metrics;
+mod service;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_proto::chunk::v1::chunk_store_server::ChunkStoreServer;
+use chunk_engine::ChunkEngine;
+use daemon_kit::{HttpState, serve_http};
+use tokio::sync::watch;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+pub use client::{ClientError, NodeClient};
+pub use config::{NodeArgs, NodeConfig};
+pub use error::{NodeError, chunk_error_code};
+pub use metrics::NodeMetrics;
+pub use service::{ChunkService, STREAM_PIECE};
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// Runs a storage node until `shutdown` resolves: in-flight requests then finish, the commit
+/// thread drains, and the engine closes (nothing half-written).
+pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), NodeError> {
+    let engine_cfg = cfg.engine();
+    let engine = tokio::task::spawn_blocking(move || ChunkEngine::open(engine_cfg))
+        .await
+        .map_err(|e| NodeError::Serve(format!("engine open task: {e}")))??;
+    let metrics = Arc::new(NodeMetrics::new(engine.clone()).map_err(|e| NodeError::Serve(e.to_string()))?);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| NodeError::Bind { addr: cfg.listen, source })?;
+    let incoming = TcpIncoming::from_listener(listener, true, Some(Duration::from_secs(60)))
+        .map_err(|e| NodeError::Serve(e.to_string()))?;
+    let health_engine = engine.clone();
+    let http = serve_http(
+        cfg.http_listen,
+        HttpState {
+            registry: metrics.registry.clone(),
+            health: Arc::new(move || if health_engine.is_open() { Ok(()) } else { Err("engine closed".into()) }),
+        },
+        stopped(stop_rx.clone()),
+    )
+    .await?;
+
+    let service = ChunkService::new(engine.clone(), metrics.clone());
+    let max_msg = engine.config().max_chunk_size as usize + 2 * STREAM_PIECE;
+    let grpc = Server::builder().add_service(
+        ChunkStoreServer::new(service).max_decoding_message_size(max_msg).max_encoding_message_size(max_msg),
+    );
+    let grpc = grpc.serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
+
+    let gc = tokio::spawn(gc_loop(engine.clone(), cfg.gc_interval_secs, stop_rx.clone()));
+    tracing::info!(grpc = %cfg.listen, http = %cfg.http_listen, data_dir = %cfg.data_dir.display(), "storage node ready");
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let (g, h) = tokio::join!(grpc, http);
+    let _ = gc.await;
+    tokio::task::spawn_blocking(move || engine.close()).await.ok();
+    tracing::info!("storage node stopped cleanly");
+    g.map_err(|e| NodeError::Serve(e.to_string()))?;
+    h?;
+    Ok(())
+}
+
+async fn gc_loop(engine: Arc<ChunkEngine>, every_secs: u64, mut stop: watch::Receiver<bool>) {
+    if every_secs == 0 {
+        return;
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(every_secs));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let e = engine.clone();
+        match tokio::task::spawn_blocking(move || e.gc()).await {
+            Ok(Ok(r)) if r.segments_removed > 0 => tracing::info!(reclaimed = r.bytes_reclaimed, "background gc"),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "background gc failed"),
+            Err(e) => tracing::error!(error = %e, "background gc task failed"),
+        }
+    }
+}

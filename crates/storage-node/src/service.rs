@@ -1,0 +1,249 @@
+//! The `cairn.chunk.v1.ChunkStore` gRPC service over a [`ChunkEngine`].
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use cairn_proto::chunk::v1 as pb;
+use cairn_proto::chunk::v1::chunk_store_server::ChunkStore;
+use chunk_engine::{ChunkEngine, ChunkError, ChunkHash, ChunkInfo};
+use futures::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::NodeError;
+use crate::metrics::NodeMetrics;
+
+/// Data bytes per streamed message.
+pub const STREAM_PIECE: usize = 1 << 20;
+const LIST_DEFAULT: usize = 1000;
+const LIST_MAX: usize = 10_000;
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// The service; cheap to clone.
+#[derive(Clone)]
+pub struct ChunkService {
+    engine: Arc<ChunkEngine>,
+    metrics: Arc<NodeMetrics>,
+}
+
+fn status(e: ChunkError) -> Status {
+    NodeError::Engine(e).into()
+}
+
+fn parse_hash(b: &[u8]) -> Result<ChunkHash, Status> {
+    ChunkHash::from_slice(b).map_err(status)
+}
+
+fn state(hash: ChunkHash, info: Option<ChunkInfo>) -> pb::ChunkState {
+    pb::ChunkState {
+        hash: hash.0.to_vec(),
+        present: info.is_some(),
+        length: info.map_or(0, |i| i.len),
+        refs: info.map_or(0, |i| i.refs),
+        quarantined: info.is_some_and(|i| i.quarantined),
+    }
+}
+
+impl ChunkService {
+    /// Serves `engine`, recording into `metrics`.
+    pub fn new(engine: Arc<ChunkEngine>, metrics: Arc<NodeMetrics>) -> Self {
+        ChunkService { engine, metrics }
+    }
+
+    /// Runs blocking engine work off the async threads, records the request, maps errors.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        method: &str,
+        started: Instant,
+        work: impl FnOnce(&ChunkEngine) -> Result<T, ChunkError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let engine = self.engine.clone();
+        let res = match tokio::task::spawn_blocking(move || work(&engine)).await {
+            Ok(r) => r.map_err(status),
+            Err(e) => Err(Status::internal(format!("engine task failed: {e}"))),
+        };
+        self.metrics.observe(method, started, &res);
+        res
+    }
+
+    async fn receive_put(&self, mut stream: Streaming<pb::PutRequest>) -> Result<(Option<ChunkHash>, Vec<u8>), Status> {
+        let first = stream.message().await?.ok_or_else(|| Status::invalid_argument("put stream carried no message"))?;
+        let claimed = if first.hash.is_empty() { None } else { Some(parse_hash(&first.hash)?) };
+        let max = self.engine.config().max_chunk_size;
+        if first.length > max as u64 {
+            return Err(status(ChunkError::TooLarge { len: first.length as usize, max }));
+        }
+        let len = first.length as usize;
+        let mut buf = Vec::with_capacity(len);
+        let mut piece = first.data;
+        loop {
+            if buf.len() + piece.len() > len {
+                return Err(Status::invalid_argument(format!("put sent more than its declared length of {len} bytes")));
+            }
+            buf.extend_from_slice(&piece);
+            match stream.message().await? {
+                Some(m) => piece = m.data,
+                None => break,
+            }
+        }
+        if buf.len() != len {
+            return Err(Status::invalid_argument(format!(
+                "put stream ended after {} of its declared {len} bytes",
+                buf.len()
+            )));
+        }
+        Ok((claimed, buf))
+    }
+}
+
+#[tonic::async_trait]
+impl ChunkStore for ChunkService {
+    async fn put(&self, req: Request<Streaming<pb::PutRequest>>) -> Result<Response<pb::PutResponse>, Status> {
+        let started = Instant::now();
+        let received = self.receive_put(req.into_inner()).await;
+        if received.is_err() {
+            self.metrics.observe("Put", started, &received);
+        }
+        let (claimed, data) = received?;
+        let out = self
+            .blocking("Put", started, move |e| match claimed {
+                Some(h) => e.put_verified(&h, &data),
+                None => e.put(&data),
+            })
+            .await?;
+        Ok(Response::new(pb::PutResponse { hash: out.hash.0.to_vec(), deduplicated: out.deduplicated, refs: out.refs }))
+    }
+
+    type GetStream = BoxStream<pb::GetResponse>;
+
+    async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<Self::GetStream>, Status> {
+        let started = Instant::now();
+        let hash = parse_hash(&req.get_ref().hash)?;
+        let data: Bytes = self.blocking("Get", started, move |e| e.get(&hash)).await?;
+        let len = data.len() as u64;
+        let mut pieces = Vec::with_capacity(data.len() / STREAM_PIECE + 1);
+        let mut off = 0;
+        loop {
+            let end = (off + STREAM_PIECE).min(data.len());
+            pieces.push(Ok(pb::GetResponse { length: if off == 0 { len } else { 0 }, data: data.slice(off..end).to_vec() }));
+            off = end;
+            if off >= data.len() {
+                break;
+            }
+        }
+        Ok(Response::new(Box::pin(tokio_stream::iter(pieces))))
+    }
+
+    async fn has(&self, req: Request<pb::HasRequest>) -> Result<Response<pb::HasResponse>, Status> {
+        let started = Instant::now();
+        let hashes = req.into_inner().hashes.iter().map(|h| parse_hash(h)).collect::<Result<Vec<_>, _>>()?;
+        let chunks = self
+            .blocking("Has", started, move |e| {
+                hashes.into_iter().map(|h| Ok(state(h, e.info(&h)?))).collect::<Result<Vec<_>, _>>()
+            })
+            .await?;
+        Ok(Response::new(pb::HasResponse { chunks }))
+    }
+
+    async fn r#ref(&self, req: Request<pb::RefRequest>) -> Result<Response<pb::RefResponse>, Status> {
+        let started = Instant::now();
+        let hash = parse_hash(&req.get_ref().hash)?;
+        let refs = self.blocking("Ref", started, move |e| e.add_ref(&hash)).await?;
+        Ok(Response::new(pb::RefResponse { refs }))
+    }
+
+    async fn unref(&self, req: Request<pb::RefRequest>) -> Result<Response<pb::RefResponse>, Status> {
+        let started = Instant::now();
+        let hash = parse_hash(&req.get_ref().hash)?;
+        let refs = self.blocking("Unref", started, move |e| e.unref(&hash)).await?;
+        Ok(Response::new(pb::RefResponse { refs }))
+    }
+
+    async fn list(&self, req: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
+        let started = Instant::now();
+        let req = req.into_inner();
+        let after = if req.after.is_empty() { None } else { Some(parse_hash(&req.after)?) };
+        let limit = match req.limit as usize {
+            0 => LIST_DEFAULT,
+            n => n.min(LIST_MAX),
+        };
+        let page = self.blocking("List", started, move |e| e.list(after.as_ref(), limit)).await?;
+        let next_after = if page.len() == limit { page.last().map(|(h, _)| h.0.to_vec()).unwrap_or_default() } else { Vec::new() };
+        let chunks = page.into_iter().map(|(h, i)| state(h, Some(i))).collect();
+        Ok(Response::new(pb::ListResponse { chunks, next_after }))
+    }
+
+    async fn stats(&self, _req: Request<pb::StatsRequest>) -> Result<Response<pb::StatsResponse>, Status> {
+        let started = Instant::now();
+        let (s, max) = self.blocking("Stats", started, |e| Ok((e.stats(), e.config().max_chunk_size))).await?;
+        Ok(Response::new(pb::StatsResponse {
+            total_bytes: s.total_bytes,
+            free_bytes: s.free_bytes,
+            used_bytes: s.used_bytes,
+            dead_bytes: s.dead_bytes,
+            logical_bytes: s.logical_bytes,
+            physical_bytes: s.physical_bytes,
+            dedup_ratio: s.dedup_ratio,
+            chunks: s.chunks,
+            segments: s.segments,
+            puts: s.puts,
+            dedup_hits: s.dedup_hits,
+            gets: s.gets,
+            corruptions: s.corruptions,
+            commit_batches: s.commit_batches,
+            commit_ops: s.commit_ops,
+            gc_runs: s.gc_runs,
+            gc_reclaimed_bytes: s.gc_reclaimed_bytes,
+            max_chunk_size: max,
+            node_version: env!("CARGO_PKG_VERSION").to_string(),
+        }))
+    }
+
+    type ScrubStream = BoxStream<pb::ScrubEvent>;
+
+    async fn scrub(&self, _req: Request<pb::ScrubRequest>) -> Result<Response<Self::ScrubStream>, Status> {
+        let started = Instant::now();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let engine = self.engine.clone();
+        let metrics = self.metrics.clone();
+        tokio::task::spawn_blocking(move || {
+            let progress_tx = tx.clone();
+            let res = engine.scrub(|p| {
+                let _ = progress_tx.blocking_send(Ok(pb::ScrubEvent {
+                    checked: p.checked,
+                    total: p.total,
+                    bytes: p.bytes,
+                    damaged_count: p.damaged,
+                    ..Default::default()
+                }));
+            });
+            let res = res.map_err(status);
+            metrics.observe("Scrub", started, &res);
+            let last = res.map(|r| pb::ScrubEvent {
+                checked: r.checked,
+                total: r.checked,
+                bytes: r.bytes,
+                damaged_count: r.damaged.len() as u64,
+                done: true,
+                damaged: r.damaged.iter().map(|h| h.0.to_vec()).collect(),
+            });
+            let _ = tx.blocking_send(last);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn gc(&self, _req: Request<pb::GcRequest>) -> Result<Response<pb::GcResponse>, Status> {
+        let started = Instant::now();
+        let r = self.blocking("Gc", started, |e| e.gc()).await?;
+        Ok(Response::new(pb::GcResponse {
+            segments_examined: r.segments_examined,
+            segments_removed: r.segments_removed,
+            bytes_reclaimed: r.bytes_reclaimed,
+            chunks_moved: r.chunks_moved,
+            bytes_moved: r.bytes_moved,
+        }))
+    }
+}

@@ -1,0 +1,19 @@
+//! Compiles the .proto files with the vendored protoc (no system install needed).
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    let include = protoc_bin_vendored::include_path()?;
+    // SAFETY: build scripts are single-threaded; prost-build reads PROTOC from the environment.
+    unsafe {
+        std::env::set_var("PROTOC", protoc);
+    }
+    let protos = ["csi.proto", "chunk.proto"];
+    for p in protos {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    tonic_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_protos(&protos, &[std::path::PathBuf::from("."), include])?;
+    Ok(())
+}

@@ -1,0 +1,175 @@
+//! Test harness: find the built binaries, pick free ports, start daemons as child processes,
+//! wait until they are healthy, and kill them (SIGKILL or SIGTERM). Every process is killed
+//! when its handle drops, so a failing test leaves nothing running.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use rand::RngCore;
+use storage_node::NodeClient;
+
+/// Path of a workspace binary: `$CAIRN_BIN_DIR/<name>`, or next to the test's target directory.
+pub fn bin(name: &str) -> PathBuf {
+    let dir = match std::env::var_os("CAIRN_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let exe = std::env::current_exe().expect("test executable path");
+            exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+        }
+    };
+    let p = dir.join(name);
+    assert!(p.exists(), "{} is missing: build the binaries first (`cargo build --workspace --bins`)", p.display());
+    p
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind port 0").local_addr().expect("local addr").port()
+}
+
+/// `len` random bytes.
+pub fn random_bytes(len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    rand::thread_rng().fill_bytes(&mut v);
+    v
+}
+
+/// A minimal HTTP/1.0 GET: (status code, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let code = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((code, body))
+}
+
+/// Bytes used by the files under `dir`.
+pub fn du(dir: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let m = e.metadata().expect("metadata");
+            total += if m.is_dir() { du(&e.path()) } else { m.len() };
+        }
+    }
+    total
+}
+
+/// A storage-node child process.
+pub struct NodeProc {
+    child: Option<Child>,
+    /// gRPC endpoint (`http://127.0.0.1:port`).
+    pub grpc: String,
+    /// `/metrics` and `/healthz` address.
+    pub http: SocketAddr,
+    /// Its data directory.
+    pub dir: PathBuf,
+    log: PathBuf,
+}
+
+impl NodeProc {
+    fn spawn(dir: &Path, extra: &[&str]) -> NodeProc {
+        let (gp, hp) = (free_port(), free_port());
+        let log = dir.with_extension(format!("{gp}.log"));
+        let logf = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(bin("storage-node"))
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["--listen", &format!("127.0.0.1:{gp}"), "--http-listen", &format!("127.0.0.1:{hp}")])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(logf)
+            .spawn()
+            .expect("spawn storage-node");
+        NodeProc {
+            child: Some(child),
+            grpc: format!("http://127.0.0.1:{gp}"),
+            http: format!("127.0.0.1:{hp}").parse().expect("addr"),
+            dir: dir.to_path_buf(),
+            log,
+        }
+    }
+
+    /// Starts a node on `dir` and waits until `/healthz` answers 200.
+    pub fn start(dir: &Path, extra: &[&str]) -> NodeProc {
+        let mut n = NodeProc::spawn(dir, extra);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok((200, _)) = http_get(n.http, "/healthz") {
+                return n;
+            }
+            if let Some(st) = n.child.as_mut().and_then(|c| c.try_wait().expect("try_wait")) {
+                panic!("storage-node exited with {st} before it was ready:\n{}", n.log_text());
+            }
+            assert!(Instant::now() < deadline, "storage-node not healthy after 60 s:\n{}", n.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts a node expected to refuse to start; returns its exit status and stderr.
+    pub fn start_expecting_failure(dir: &Path, extra: &[&str]) -> (ExitStatus, String) {
+        let mut n = NodeProc::spawn(dir, extra);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = n.child.as_mut().and_then(|c| c.try_wait().expect("try_wait")) {
+                n.child = None;
+                return (st, n.log_text());
+            }
+            assert!(Instant::now() < deadline, "storage-node kept running:\n{}", n.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// What the node wrote to stderr so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A connected client.
+    pub async fn client(&self) -> NodeClient {
+        NodeClient::connect(&self.grpc).await.expect("connect to storage node")
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for the exit (at most 60 s, then SIGKILL and panic).
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("node running");
+        // SAFETY: sending a signal to our own child's pid.
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(st) = c.try_wait().expect("try_wait") {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!("storage-node ignored SIGTERM for 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}

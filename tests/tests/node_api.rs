@@ -1,0 +1,191 @@
+//! The storage node as a user drives it over gRPC and HTTP: dedup, corruption + scrub, GC,
+//! bad input, pinned format, metrics and health.
+
+use std::os::unix::fs::FileExt;
+
+use bytes::Bytes;
+use chunk_engine::ChunkHash;
+use integration_tests::{NodeProc, du, http_get, random_bytes};
+use tonic::Code;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn same_data_put_twice_takes_the_space_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProc::start(&dir.path().join("n"), &[]);
+    let c = node.client().await;
+    let data = Bytes::from(random_bytes(3 << 20));
+    let first = c.put(None, data.clone()).await.unwrap();
+    let used = c.stats().await.unwrap().used_bytes;
+    let disk = du(&node.dir.join("segments"));
+    let second = c.put(None, data.clone()).await.unwrap();
+    assert!(!first.deduplicated && second.deduplicated);
+    assert_eq!(second.refs, 2);
+    let s = c.stats().await.unwrap();
+    assert_eq!(s.used_bytes, used);
+    assert_eq!(du(&node.dir.join("segments")), disk, "no data written for the duplicate");
+    assert_eq!(s.physical_bytes, 3 << 20);
+    assert_eq!(s.logical_bytes, 6 << 20);
+    assert!((s.dedup_ratio - 2.0).abs() < 1e-9);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn flipped_byte_is_a_corruption_error_and_scrub_names_that_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("n");
+    let mut node = NodeProc::start(&data_dir, &[]);
+    let c = node.client().await;
+    let chunks: Vec<Vec<u8>> = (0..10).map(|i| random_bytes(10_000 + i * 70_000)).collect();
+    let mut hashes = Vec::new();
+    for d in &chunks {
+        hashes.push(ChunkHash::from_slice(&c.put(None, Bytes::from(d.clone())).await.unwrap().hash).unwrap());
+    }
+    assert!(node.terminate().success());
+    // Flip one byte in the middle of chunk 4's data on disk.
+    let victim = 4;
+    let needle = &chunks[victim][5000..5064];
+    let mut flipped = false;
+    for e in std::fs::read_dir(data_dir.join("segments")).unwrap() {
+        let p = e.unwrap().path();
+        let bytes = std::fs::read(&p).unwrap();
+        if let Some(pos) = bytes.windows(needle.len()).position(|w| w == needle) {
+            let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+            f.write_all_at(&[bytes[pos] ^ 0xff], pos as u64).unwrap();
+            f.sync_all().unwrap();
+            flipped = true;
+        }
+    }
+    assert!(flipped);
+    let node = NodeProc::start(&data_dir, &[]);
+    let c = node.client().await;
+    let err = c.get(&hashes[victim]).await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::DataLoss), "{err}");
+    let mut events = c.scrub().await.unwrap();
+    let mut last = None;
+    while let Some(ev) = events.next().await.unwrap() {
+        last = Some(ev);
+    }
+    let last = last.unwrap();
+    assert!(last.done);
+    assert_eq!(last.checked, 10);
+    assert_eq!(last.damaged, vec![hashes[victim].0.to_vec()]);
+    for (i, h) in hashes.iter().enumerate() {
+        if i != victim {
+            assert_eq!(&c.get(h).await.unwrap()[..], &chunks[i][..]);
+        }
+    }
+    let (_, metrics) = http_get(node.http, "/metrics").unwrap();
+    assert!(metrics.contains("cairn_node_corruptions_total 1"), "{metrics}");
+    // A good copy put again repairs it.
+    c.put(Some(hashes[victim]), Bytes::from(chunks[victim].clone())).await.unwrap();
+    assert_eq!(&c.get(&hashes[victim]).await.unwrap()[..], &chunks[victim][..]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gc_after_unreferencing_most_chunks_shrinks_the_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProc::start(&dir.path().join("n"), &["--segment-size", "4194304", "--gc-interval-secs", "0"]);
+    let c = node.client().await;
+    let mut kept = Vec::new();
+    let mut dropped = Vec::new();
+    for i in 0..48 {
+        let d = random_bytes(700_000);
+        let h = ChunkHash::from_slice(&c.put(None, Bytes::from(d.clone())).await.unwrap().hash).unwrap();
+        if i % 8 == 0 { kept.push((h, d)) } else { dropped.push(h) }
+    }
+    let before = du(&node.dir.join("segments"));
+    for h in &dropped {
+        assert_eq!(c.unref(h).await.unwrap(), 0);
+    }
+    // Seal the active segment so every old one is eligible.
+    let mut filler = Vec::new();
+    for _ in 0..6 {
+        let d = random_bytes(700_000);
+        filler.push((ChunkHash::from_slice(&c.put(None, Bytes::from(d.clone())).await.unwrap().hash).unwrap(), d));
+    }
+    let r = c.gc().await.unwrap();
+    assert!(r.segments_removed > 0, "{r:?}");
+    let after = du(&node.dir.join("segments"));
+    let live = (kept.len() + filler.len()) as u64 * 700_000;
+    assert!(after < before / 2, "segments {before} -> {after} bytes");
+    assert!(after < live * 2 + (8 << 20), "segments {after} bytes for {live} live bytes");
+    for (h, d) in kept.iter().chain(&filler) {
+        assert_eq!(&c.get(h).await.unwrap()[..], &d[..]);
+    }
+    for h in dropped.iter().take(3) {
+        assert_eq!(c.get(h).await.unwrap_err().code(), Some(Code::NotFound));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_gets_the_right_codes_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProc::start(&dir.path().join("n"), &["--max-chunk-size", "1048576"]);
+    let c = node.client().await;
+    let data = Bytes::from(random_bytes(1000));
+    let wrong = ChunkHash::of(b"not this data");
+    let err = c.put(Some(wrong), data.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::InvalidArgument), "{err}");
+    assert!(err.to_string().contains("claimed"), "{err}");
+    assert_eq!(c.stats().await.unwrap().chunks, 0);
+    let err = c.get(&wrong).await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::NotFound), "{err}");
+    let err = c.put(None, Bytes::from(vec![1u8; (1 << 20) + 1])).await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::InvalidArgument), "{err}");
+    let err = c.unref(&wrong).await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::NotFound), "{err}");
+    let states = c.has(&[wrong]).await.unwrap();
+    assert!(!states[0].present);
+    // Raw protocol misuse: a short hash and a length that the data does not match.
+    let mut raw = cairn_proto_client(&node.grpc).await;
+    let bad_hash = raw.get(cairn_proto::chunk::v1::GetRequest { hash: vec![1, 2, 3] }).await.unwrap_err();
+    assert_eq!(bad_hash.code(), Code::InvalidArgument);
+    let short = cairn_proto::chunk::v1::PutRequest { hash: vec![], length: 100, data: vec![0; 10] };
+    let err = raw.put(tokio_stream_iter(vec![short])).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("10 of its declared 100"), "{}", err.message());
+}
+
+async fn cairn_proto_client(
+    url: &str,
+) -> cairn_proto::chunk::v1::chunk_store_client::ChunkStoreClient<tonic::transport::Channel> {
+    cairn_proto::chunk::v1::chunk_store_client::ChunkStoreClient::connect(url.to_string()).await.unwrap()
+}
+
+fn tokio_stream_iter<T: Send + 'static>(v: Vec<T>) -> impl tokio_stream::Stream<Item = T> + Send + 'static {
+    tokio_stream::iter(v)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn data_directory_formatted_with_other_settings_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("n");
+    let mut node = NodeProc::start(&data_dir, &[]);
+    assert!(node.terminate().success());
+    let (status, stderr) = NodeProc::start_expecting_failure(&data_dir, &["--max-chunk-size", "1048576"]);
+    assert!(!status.success());
+    let line = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
+    assert!(line.contains("max_chunk_size 4194304 on disk vs 1048576 configured"), "{stderr}");
+    assert!(line.contains("refusing to start"), "{stderr}");
+    // A bad setting is refused before anything starts.
+    let (status, stderr) = NodeProc::start_expecting_failure(&data_dir, &["--gc-live-threshold", "7"]);
+    assert_eq!(status.code(), Some(2));
+    assert!(stderr.contains("gc_live_threshold"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_and_health_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProc::start(&dir.path().join("n"), &[]);
+    let c = node.client().await;
+    c.put(None, Bytes::from_static(b"hello")).await.unwrap();
+    let (code, body) = http_get(node.http, "/healthz").unwrap();
+    assert_eq!((code, body.trim()), (200, "ok"));
+    let (code, body) = http_get(node.http, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    for series in ["cairn_node_chunks 1", "cairn_node_capacity_bytes", "cairn_node_rpc_total{code=\"OK\",method=\"Put\"} 1", "cairn_node_commit_batches_total"] {
+        assert!(body.contains(series), "missing {series} in:\n{body}");
+    }
+    let listed = c.list(None, 10).await.unwrap();
+    assert_eq!(listed.chunks.len(), 1);
+    assert!(listed.next_after.is_empty());
+}
