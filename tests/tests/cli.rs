@@ -17,7 +17,10 @@ fn file_round_trip_stats_scrub_gc() {
     let data = random_bytes(5 * 1024 * 1024 + 123);
     std::fs::write(&file, &data).unwrap();
     let manifest = dir.path().join("in.manifest.json");
-    let out = cairn(&node, &["chunk", "put", file.to_str().unwrap(), "--chunk-size", "1048576", "-o", manifest.to_str().unwrap()]);
+    let out = cairn(
+        &node,
+        &["chunk", "put", file.to_str().unwrap(), "--chunk-size", "1048576", "-o", manifest.to_str().unwrap()],
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
     assert_eq!(m["chunks"].as_array().unwrap().len(), 6);

@@ -182,7 +182,12 @@ async fn metrics_and_health_are_served() {
     assert_eq!((code, body.trim()), (200, "ok"));
     let (code, body) = http_get(node.http, "/metrics").unwrap();
     assert_eq!(code, 200);
-    for series in ["cairn_node_chunks 1", "cairn_node_capacity_bytes", "cairn_node_rpc_total{code=\"OK\",method=\"Put\"} 1", "cairn_node_commit_batches_total"] {
+    for series in [
+        "cairn_node_chunks 1",
+        "cairn_node_capacity_bytes",
+        "cairn_node_rpc_total{code=\"OK\",method=\"Put\"} 1",
+        "cairn_node_commit_batches_total",
+    ] {
         assert!(body.contains(series), "missing {series} in:\n{body}");
     }
     let listed = c.list(None, 10).await.unwrap();

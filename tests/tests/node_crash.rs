@@ -21,7 +21,8 @@ async fn acknowledged_chunks_survive_sigkill_at_random_moments() {
         let client = node.client().await;
         // Everything acknowledged before earlier kills must still be there and verify.
         for (h, len) in acked.lock().unwrap().clone() {
-            let got = client.get(&h).await.unwrap_or_else(|e| panic!("round {round}: acknowledged chunk {h} lost: {e}"));
+            let got =
+                client.get(&h).await.unwrap_or_else(|e| panic!("round {round}: acknowledged chunk {h} lost: {e}"));
             assert_eq!(got.len(), len);
         }
         let mut writers = Vec::new();

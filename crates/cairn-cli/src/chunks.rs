@@ -119,7 +119,8 @@ fn tokio_stream_from<T: Send + 'static>(mut rx: tokio::sync::mpsc::Receiver<T>) 
 }
 
 async fn get(node: &str, manifest: PathBuf, output: PathBuf) -> anyhow::Result<()> {
-    let text = tokio::fs::read_to_string(&manifest).await.with_context(|| format!("cannot read {}", manifest.display()))?;
+    let text =
+        tokio::fs::read_to_string(&manifest).await.with_context(|| format!("cannot read {}", manifest.display()))?;
     let m = Manifest::parse(&text).with_context(|| format!("{}", manifest.display()))?;
     let hashes = m.chunks.iter().map(|h| h.parse::<ChunkHash>()).collect::<Result<Vec<_>, _>>()?;
     let client = NodeClient::connect(node).await?;

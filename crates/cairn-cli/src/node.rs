@@ -43,7 +43,12 @@ pub async fn run(node: &str, cmd: NodeCmd) -> anyhow::Result<()> {
                 println!("node            {}", client.endpoint());
                 println!("version         {}", s.node_version);
                 println!("capacity        {} total, {} free", gib(s.total_bytes), gib(s.free_bytes));
-                println!("segments        {} files, {} used, {} reclaimable", s.segments, gib(s.used_bytes), gib(s.dead_bytes));
+                println!(
+                    "segments        {} files, {} used, {} reclaimable",
+                    s.segments,
+                    gib(s.used_bytes),
+                    gib(s.dead_bytes)
+                );
                 println!("chunks          {}", s.chunks);
                 println!("logical         {}", gib(s.logical_bytes));
                 println!("physical        {}", gib(s.physical_bytes));

@@ -144,13 +144,14 @@ impl Committer {
         batch: &mut WriteBatch,
         d: &mut Delta,
     ) -> Result<OpResult, ChunkError> {
-        let mut set = |overlay: &mut HashMap<ChunkHash, Option<IndexEntry>>, hash: &ChunkHash, e: Option<IndexEntry>| {
-            match e {
-                Some(e) => batch.put(chunk_key(hash), e.encode()),
-                None => batch.delete(chunk_key(hash)),
-            }
-            overlay.insert(*hash, e);
-        };
+        let mut set =
+            |overlay: &mut HashMap<ChunkHash, Option<IndexEntry>>, hash: &ChunkHash, e: Option<IndexEntry>| {
+                match e {
+                    Some(e) => batch.put(chunk_key(hash), e.encode()),
+                    None => batch.delete(chunk_key(hash)),
+                }
+                overlay.insert(*hash, e);
+            };
         Ok(match op {
             Op::Insert { hash, loc, seg } => {
                 let span = record_span(loc.len, seg.align);

@@ -61,9 +61,6 @@ pub enum ChunkError {
 impl ChunkError {
     /// Wraps an I/O error with what was being done.
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        ChunkError::Io {
-            context: context.into(),
-            source,
-        }
+        ChunkError::Io { context: context.into(), source }
     }
 }

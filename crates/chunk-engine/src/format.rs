@@ -27,11 +27,7 @@ pub struct PinnedSettings {
 impl PinnedSettings {
     /// The settings this build writes for a given maximum chunk size.
     pub fn current(max_chunk_size: u32) -> Self {
-        PinnedSettings {
-            format_version: FORMAT_VERSION,
-            hash: HASH_NAME.to_string(),
-            max_chunk_size,
-        }
+        PinnedSettings { format_version: FORMAT_VERSION, hash: HASH_NAME.to_string(), max_chunk_size }
     }
 }
 
@@ -41,10 +37,7 @@ pub(crate) fn format_or_check(dir: &Path, want: &PinnedSettings) -> Result<(), C
     match std::fs::read(&path) {
         Ok(bytes) => {
             let have: PinnedSettings = serde_json::from_slice(&bytes).map_err(|e| {
-                ChunkError::FormatMismatch(format!(
-                    "{} is unreadable ({e}); refusing to start",
-                    path.display()
-                ))
+                ChunkError::FormatMismatch(format!("{} is unreadable ({e}); refusing to start", path.display()))
             })?;
             let mut diffs = Vec::new();
             if have.format_version != want.format_version {

@@ -12,13 +12,13 @@ use std::sync::atomic::Ordering;
 use kv_engine::{for_each_in_range, prefix_end};
 use serde::Serialize;
 
+use crate::ChunkError;
 use crate::commit::Op;
 use crate::engine::ChunkEngine;
 use crate::fsutil::sync_dir;
 use crate::index::{CHUNK_PREFIX, IndexEntry, hash_of_key};
 use crate::segment::SEGMENT_HEADER_LEN;
 use crate::stats::bump;
-use crate::ChunkError;
 
 /// Moves committed per index batch during GC.
 const GC_BATCH: usize = 32;
@@ -43,11 +43,8 @@ impl ChunkEngine {
     pub fn gc(&self) -> Result<GcReport, ChunkError> {
         let _only_one = self.gc_lock.lock().expect("gc lock");
         bump(&self.counters.gc_runs, 1);
-        let active: HashSet<u64> = self
-            .lanes
-            .iter()
-            .filter_map(|l| l.lock().expect("lane lock").active.as_ref().map(|s| s.id))
-            .collect();
+        let active: HashSet<u64> =
+            self.lanes.iter().filter_map(|l| l.lock().expect("lane lock").active.as_ref().map(|s| s.id)).collect();
         let candidates: HashSet<u64> = {
             let acct = self.acct.lock().expect("accounting lock");
             acct.segments
@@ -124,4 +121,3 @@ impl ChunkEngine {
         Ok(report)
     }
 }
-

@@ -31,9 +31,7 @@ impl ChunkHash {
 
     /// Builds a hash from raw bytes, which must be exactly 32.
     pub fn from_slice(b: &[u8]) -> Result<Self, ChunkError> {
-        let arr: [u8; 32] = b
-            .try_into()
-            .map_err(|_| ChunkError::InvalidHash(format!("{} bytes", b.len())))?;
+        let arr: [u8; 32] = b.try_into().map_err(|_| ChunkError::InvalidHash(format!("{} bytes", b.len())))?;
         Ok(ChunkHash(arr))
     }
 }

@@ -72,11 +72,7 @@ mod tests {
 
     #[test]
     fn entry_roundtrip() {
-        let e = IndexEntry {
-            loc: Location { seg: 7, off: 4096 * 3, len: 99 },
-            refs: 5,
-            quarantined: true,
-        };
+        let e = IndexEntry { loc: Location { seg: 7, off: 4096 * 3, len: 99 }, refs: 5, quarantined: true };
         assert_eq!(IndexEntry::decode(&e.encode()).unwrap(), e);
         assert!(IndexEntry::decode(&[2u8; 30]).is_err());
         let k = chunk_key(&ChunkHash([9; 32]));

@@ -47,10 +47,7 @@ impl RecordHeader {
         if version != RECORD_VERSION {
             return Err(format!("record format version {version} is not supported"));
         }
-        Ok(RecordHeader {
-            len: u32_at(8),
-            hash: ChunkHash(buf[16..48].try_into().expect("32 bytes")),
-        })
+        Ok(RecordHeader { len: u32_at(8), hash: ChunkHash(buf[16..48].try_into().expect("32 bytes")) })
     }
 }
 
@@ -65,10 +62,7 @@ mod tests {
 
     #[test]
     fn header_roundtrip_and_damage() {
-        let h = RecordHeader {
-            len: 12345,
-            hash: ChunkHash::of(b"x"),
-        };
+        let h = RecordHeader { len: 12345, hash: ChunkHash::of(b"x") };
         let mut buf = [0u8; HEADER_LEN];
         h.encode(&mut buf);
         assert_eq!(RecordHeader::decode(&buf).unwrap(), h);

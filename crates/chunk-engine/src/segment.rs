@@ -48,12 +48,7 @@ pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
 }
 
 fn open_direct(path: &Path) -> Option<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-        .ok()
+    OpenOptions::new().read(true).write(true).custom_flags(libc::O_DIRECT).open(path).ok()
 }
 
 impl Segment {
@@ -86,11 +81,8 @@ impl Segment {
     pub(crate) fn open(dir: &Path, id: u64, want_direct: bool) -> Result<Self, ChunkError> {
         let path = segment_path(dir, id);
         let ctx = |what: &str| format!("{what} segment {}", path.display());
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| ChunkError::io(ctx("open"), e))?;
+        let mut file =
+            OpenOptions::new().read(true).write(true).open(&path).map_err(|e| ChunkError::io(ctx("open"), e))?;
         let mut header = [0u8; 28];
         file.read_exact(&mut header).map_err(|e| ChunkError::io(ctx("read header of"), e))?;
         let bad = |why: &str| ChunkError::Io {
@@ -122,10 +114,7 @@ impl Segment {
 
     /// Current file length.
     pub(crate) fn file_len(&self) -> Result<u64, ChunkError> {
-        self.file
-            .metadata()
-            .map(|m| m.len())
-            .map_err(|e| ChunkError::io(format!("stat {}", self.path.display()), e))
+        self.file.metadata().map(|m| m.len()).map_err(|e| ChunkError::io(format!("stat {}", self.path.display()), e))
     }
 
     /// Cuts the file to `len` bytes (dropping an incomplete tail) and makes that durable.
@@ -142,8 +131,7 @@ impl Segment {
             Some(d) if (buf.as_ptr() as usize).is_multiple_of(IO_ALIGN) && buf.len().is_multiple_of(IO_ALIGN) => d,
             _ => &self.file,
         };
-        f.write_all_at(buf, off)
-            .map_err(|e| ChunkError::io(format!("write {} at {off}", self.path.display()), e))
+        f.write_all_at(buf, off).map_err(|e| ChunkError::io(format!("write {} at {off}", self.path.display()), e))
     }
 
     /// Reads `span` bytes at `off` (O_DIRECT when the segment has it); short reads past the end
@@ -163,9 +151,7 @@ impl Segment {
 
     /// fdatasync: every record written so far is durable.
     pub(crate) fn sync(&self) -> Result<(), ChunkError> {
-        self.file
-            .sync_data()
-            .map_err(|e| ChunkError::io(format!("fdatasync {}", self.path.display()), e))
+        self.file.sync_data().map_err(|e| ChunkError::io(format!("fdatasync {}", self.path.display()), e))
     }
 }
 

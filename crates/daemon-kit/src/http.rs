@@ -63,10 +63,6 @@ pub async fn serve_http(
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| HttpError::Bind { addr, source })?;
     let app = Router::new().route("/metrics", get(metrics)).route("/healthz", get(healthz)).with_state(state);
     Ok(async move {
-        axum::serve(listener, app)
-            .tcp_nodelay(true)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(HttpError::Serve)
+        axum::serve(listener, app).tcp_nodelay(true).with_graceful_shutdown(shutdown).await.map_err(HttpError::Serve)
     })
 }

@@ -20,10 +20,8 @@ impl RocksEngine {
         opts.set_bytes_per_sync(1 << 20);
         opts.set_keep_log_file_num(4);
         opts.set_max_log_file_size(8 << 20);
-        let db = DB::open(&opts, path).map_err(|e| KvError::Open {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let db = DB::open(&opts, path)
+            .map_err(|e| KvError::Open { path: path.display().to_string(), reason: e.to_string() })?;
         Ok(Self { db })
     }
 }

@@ -113,11 +113,7 @@ impl NodeClient {
     /// Reads a chunk and verifies its hash here too.
     pub async fn get(&self, hash: &ChunkHash) -> Result<Bytes, ClientError> {
         let mut c = self.inner.clone();
-        let mut stream = c
-            .get(pb::GetRequest { hash: hash.0.to_vec() })
-            .await
-            .map_err(|s| self.rpc(s))?
-            .into_inner();
+        let mut stream = c.get(pb::GetRequest { hash: hash.0.to_vec() }).await.map_err(|s| self.rpc(s))?.into_inner();
         let mut buf = Vec::new();
         while let Some(m) = stream.message().await.map_err(|s| self.rpc(s))? {
             if buf.is_empty() {

@@ -91,16 +91,25 @@ impl NodeConfig {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| NodeError::Config(format!("cannot read config file {}: {e}", path.display())))?;
-                toml::from_str(&text).map_err(|e| {
-                    NodeError::Config(format!("config file {}: {}", path.display(), e.message()))
-                })?
+                toml::from_str(&text)
+                    .map_err(|e| NodeError::Config(format!("config file {}: {}", path.display(), e.message())))?
             }
             None => NodeConfig::default(),
         };
         macro_rules! over {
             ($($f:ident),*) => { $( if let Some(v) = &args.$f { c.$f = v.clone(); } )* };
         }
-        over!(data_dir, listen, http_listen, max_chunk_size, segment_size, direct_io, gc_live_threshold, gc_interval_secs, log);
+        over!(
+            data_dir,
+            listen,
+            http_listen,
+            max_chunk_size,
+            segment_size,
+            direct_io,
+            gc_live_threshold,
+            gc_interval_secs,
+            log
+        );
         c.validate()?;
         Ok(c)
     }
@@ -109,10 +118,7 @@ impl NodeConfig {
     pub fn validate(&self) -> Result<(), NodeError> {
         self.engine().validate().map_err(NodeError::Config)?;
         if self.listen == self.http_listen {
-            return Err(NodeError::Config(format!(
-                "listen and http_listen must differ (both are {})",
-                self.listen
-            )));
+            return Err(NodeError::Config(format!("listen and http_listen must differ (both are {})", self.listen)));
         }
         if self.data_dir.as_os_str().is_empty() {
             return Err(NodeError::Config("data_dir must not be empty".into()));
@@ -156,7 +162,11 @@ mod tests {
         assert!(err.to_string().contains("unknown field `segmnt_size`"), "{err}");
         let err = NodeConfig::load(&NodeArgs { gc_live_threshold: Some(3.0), ..Default::default() }).unwrap_err();
         assert!(err.to_string().contains("gc_live_threshold"), "{err}");
-        let same = NodeArgs { listen: Some("127.0.0.1:1".parse().unwrap()), http_listen: Some("127.0.0.1:1".parse().unwrap()), ..Default::default() };
+        let same = NodeArgs {
+            listen: Some("127.0.0.1:1".parse().unwrap()),
+            http_listen: Some("127.0.0.1:1".parse().unwrap()),
+            ..Default::default()
+        };
         assert!(NodeConfig::load(&same).is_err());
     }
 }

@@ -32,7 +32,9 @@ impl EngineCollector {
             Ok(Series::Counter(Counter::with_opts(Opts::new(name, help))?, read))
         };
         let series = vec![
-            g("cairn_node_capacity_bytes", "Size of the filesystem holding the data directory", |s| s.total_bytes as f64)?,
+            g("cairn_node_capacity_bytes", "Size of the filesystem holding the data directory", |s| {
+                s.total_bytes as f64
+            })?,
             g("cairn_node_free_bytes", "Space available on that filesystem", |s| s.free_bytes as f64)?,
             g("cairn_node_used_bytes", "Bytes in segment files", |s| s.used_bytes as f64)?,
             g("cairn_node_dead_bytes", "Bytes in segment files no live chunk uses", |s| s.dead_bytes as f64)?,
@@ -46,12 +48,18 @@ impl EngineCollector {
             c("cairn_node_dedup_hits_total", "Puts that only added a reference", |s| s.dedup_hits as f64)?,
             c("cairn_node_chunk_gets_total", "Chunk gets served", |s| s.gets as f64)?,
             c("cairn_node_chunk_get_bytes_total", "Bytes served by gets", |s| s.get_bytes as f64)?,
-            c("cairn_node_corruptions_total", "Chunk copies that failed verification and were quarantined", |s| s.corruptions as f64)?,
+            c("cairn_node_corruptions_total", "Chunk copies that failed verification and were quarantined", |s| {
+                s.corruptions as f64
+            })?,
             c("cairn_node_commit_batches_total", "Group commits (fsync rounds)", |s| s.commit_batches as f64)?,
             c("cairn_node_commit_ops_total", "Index operations committed", |s| s.commit_ops as f64)?,
             c("cairn_node_gc_runs_total", "Garbage collection passes", |s| s.gc_runs as f64)?,
-            c("cairn_node_gc_reclaimed_bytes_total", "Bytes given back to the filesystem by GC", |s| s.gc_reclaimed_bytes as f64)?,
-            c("cairn_node_gc_moved_bytes_total", "Live bytes GC copied out of sparse segments", |s| s.gc_moved_bytes as f64)?,
+            c("cairn_node_gc_reclaimed_bytes_total", "Bytes given back to the filesystem by GC", |s| {
+                s.gc_reclaimed_bytes as f64
+            })?,
+            c("cairn_node_gc_moved_bytes_total", "Live bytes GC copied out of sparse segments", |s| {
+                s.gc_moved_bytes as f64
+            })?,
         ];
         let descs = series
             .iter()

@@ -128,7 +128,10 @@ impl ChunkStore for ChunkService {
         let mut off = 0;
         loop {
             let end = (off + STREAM_PIECE).min(data.len());
-            pieces.push(Ok(pb::GetResponse { length: if off == 0 { len } else { 0 }, data: data.slice(off..end).to_vec() }));
+            pieces.push(Ok(pb::GetResponse {
+                length: if off == 0 { len } else { 0 },
+                data: data.slice(off..end).to_vec(),
+            }));
             off = end;
             if off >= data.len() {
                 break;
@@ -171,7 +174,8 @@ impl ChunkStore for ChunkService {
             n => n.min(LIST_MAX),
         };
         let page = self.blocking("List", started, move |e| e.list(after.as_ref(), limit)).await?;
-        let next_after = if page.len() == limit { page.last().map(|(h, _)| h.0.to_vec()).unwrap_or_default() } else { Vec::new() };
+        let next_after =
+            if page.len() == limit { page.last().map(|(h, _)| h.0.to_vec()).unwrap_or_default() } else { Vec::new() };
         let chunks = page.into_iter().map(|(h, i)| state(h, Some(i))).collect();
         Ok(Response::new(pb::ListResponse { chunks, next_after }))
     }

@@ -89,70 +89,28 @@ fn run(args: &Args) -> Res<()> {
 fn measure_all(raw_dir: &Path, eng_dir: &Path, total: usize, small: Duration) -> Res<Vec<Row>> {
     fresh_dir(raw_dir)?;
     let mut rows = Vec::new();
-    let row = |key, label: &str, value, unit, base| Row {
-        key,
-        label: label.to_string(),
-        value,
-        unit,
-        base,
-    };
+    let row = |key, label: &str, value, unit, base| Row { key, label: label.to_string(), value, unit, base };
     let gb = |bytes: usize, d: Duration| bytes as f64 / d.as_secs_f64() / 1e9;
 
     eprintln!("raw disk: {} MiB sequential in 4 MiB blocks ...", total / MIB);
     let file = raw_dir.join("raw.dat");
     let d = raw_write(&file, total, false)?;
-    rows.push(row(
-        "raw_write_buffered",
-        "raw write, buffered + fdatasync",
-        gb(total, d),
-        "GB/s",
-        Base::None,
-    ));
+    rows.push(row("raw_write_buffered", "raw write, buffered + fdatasync", gb(total, d), "GB/s", Base::None));
     let d = raw_read(&file, total, false)?;
-    rows.push(row(
-        "raw_read_buffered",
-        "raw read, buffered (cache dropped)",
-        gb(total, d),
-        "GB/s",
-        Base::None,
-    ));
+    rows.push(row("raw_read_buffered", "raw read, buffered (cache dropped)", gb(total, d), "GB/s", Base::None));
     fs::remove_file(&file)?;
     let d = raw_write(&file, total, true)?;
-    rows.push(row(
-        "raw_write_direct",
-        "raw write, O_DIRECT + fdatasync",
-        gb(total, d),
-        "GB/s",
-        Base::None,
-    ));
+    rows.push(row("raw_write_direct", "raw write, O_DIRECT + fdatasync", gb(total, d), "GB/s", Base::None));
     let d = raw_read(&file, total, true)?;
-    rows.push(row(
-        "raw_read_direct",
-        "raw read, O_DIRECT",
-        gb(total, d),
-        "GB/s",
-        Base::None,
-    ));
+    rows.push(row("raw_read_direct", "raw read, O_DIRECT", gb(total, d), "GB/s", Base::None));
     fs::remove_file(&file)?;
 
     eprintln!("engine: 4 MiB puts ...");
     let n = total / BLOCK;
     let (d, _) = engine_puts(eng_dir, n, 1)?;
-    rows.push(row(
-        "engine_put_4m_t1",
-        "engine put 4 MiB, 1 writer",
-        gb(total, d),
-        "GB/s",
-        Base::RawWrite,
-    ));
+    rows.push(row("engine_put_4m_t1", "engine put 4 MiB, 1 writer", gb(total, d), "GB/s", Base::RawWrite));
     let (d, stored) = engine_puts(eng_dir, n, 4)?;
-    rows.push(row(
-        "engine_put_4m_t4",
-        "engine put 4 MiB, 4 writers",
-        gb(total, d),
-        "GB/s",
-        Base::RawWrite,
-    ));
+    rows.push(row("engine_put_4m_t4", "engine put 4 MiB, 4 writers", gb(total, d), "GB/s", Base::RawWrite));
     eprintln!("engine: 4 MiB gets ...");
     for (threads, key, label) in [
         (1, "engine_get_4m_t1", "engine get+verify 4 MiB, 1 reader"),
@@ -166,21 +124,9 @@ fn measure_all(raw_dir: &Path, eng_dir: &Path, total: usize, small: Duration) ->
 
     eprintln!("engine: durable 4 KiB puts, {:.1} s each ...", small.as_secs_f64());
     let one = small_puts(eng_dir, 1, small)?;
-    rows.push(row(
-        "small_put_t1",
-        "engine put 4 KiB, 1 writer",
-        one,
-        "puts/s",
-        Base::None,
-    ));
+    rows.push(row("small_put_t1", "engine put 4 KiB, 1 writer", one, "puts/s", Base::None));
     let many = small_puts(eng_dir, 16, small)?;
-    rows.push(row(
-        "small_put_t16",
-        "engine put 4 KiB, 16 writers",
-        many,
-        "puts/s",
-        Base::None,
-    ));
+    rows.push(row("small_put_t16", "engine put 4 KiB, 16 writers", many, "puts/s", Base::None));
     Ok(rows)
 }
 
@@ -273,12 +219,7 @@ fn drop_file_cache(path: &Path) -> Res<()> {
     // SAFETY: plain syscall on an fd we own.
     let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
     if rc != 0 {
-        return Err(format!(
-            "posix_fadvise {}: {}",
-            path.display(),
-            std::io::Error::from_raw_os_error(rc)
-        )
-        .into());
+        return Err(format!("posix_fadvise {}: {}", path.display(), std::io::Error::from_raw_os_error(rc)).into());
     }
     Ok(())
 }
@@ -441,12 +382,7 @@ fn print_report(args: &Args, total: usize, rows: &[Row]) {
     let group = value(rows, "small_put_t16") / value(rows, "small_put_t1");
 
     println!();
-    println!(
-        "chunk-bench  dir={}  size={} MiB  small={:.1}s",
-        args.dir.display(),
-        total / MIB,
-        args.small_secs
-    );
+    println!("chunk-bench  dir={}  size={} MiB  small={:.1}s", args.dir.display(), total / MIB, args.small_secs);
     println!("{:<40} {:>12} {:<7} {:>22}", "test", "result", "unit", "ratio");
     println!("{}", "-".repeat(84));
     for r in rows {
@@ -455,11 +391,7 @@ fn print_report(args: &Args, total: usize, rows: &[Row]) {
             Base::RawWrite => format!("{:.2} x best raw write", r.value / best_write),
             Base::RawRead => format!("{:.2} x best raw read", r.value / best_read),
         };
-        let val = if r.unit == "GB/s" {
-            format!("{:.3}", r.value)
-        } else {
-            format!("{:.0}", r.value)
-        };
+        let val = if r.unit == "GB/s" { format!("{:.3}", r.value) } else { format!("{:.0}", r.value) };
         println!("{:<40} {:>12} {:<7} {:>22}", r.label, val, r.unit, ratio);
     }
     println!("{}", "-".repeat(84));
