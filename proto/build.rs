@@ -7,7 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     unsafe {
         std::env::set_var("PROTOC", protoc);
     }
-    let protos = ["csi.proto", "chunk.proto"];
+    let protos = ["csi.proto", "chunk.proto", "meta.proto"];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

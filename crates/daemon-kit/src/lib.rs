@@ -2,6 +2,7 @@
 //! HTTP endpoint serving Prometheus `/metrics` and `/healthz`.
 
 mod http;
+pub mod metrics;
 mod signals;
 
 pub use http::{HttpError, HttpState, serve_http};

@@ -65,7 +65,7 @@ impl ChunkService {
             Ok(r) => r.map_err(status),
             Err(e) => Err(Status::internal(format!("engine task failed: {e}"))),
         };
-        self.metrics.observe(method, started, &res);
+        self.metrics.rpc.observe_result(method, started, &res);
         res
     }
 
@@ -105,7 +105,7 @@ impl ChunkStore for ChunkService {
         let started = Instant::now();
         let received = self.receive_put(req.into_inner()).await;
         if received.is_err() {
-            self.metrics.observe("Put", started, &received);
+            self.metrics.rpc.observe_result("Put", started, &received);
         }
         let (claimed, data) = received?;
         let out = self
@@ -225,7 +225,7 @@ impl ChunkStore for ChunkService {
                 }));
             });
             let res = res.map_err(status);
-            metrics.observe("Scrub", started, &res);
+            metrics.rpc.observe_result("Scrub", started, &res);
             let last = res.map(|r| pb::ScrubEvent {
                 checked: r.checked,
                 total: r.checked,

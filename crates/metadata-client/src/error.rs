@@ -1,0 +1,29 @@
+//! The metadata client's error type.
+
+use std::time::Duration;
+
+/// What a metadata call can fail with. "Not leader" never appears: the client follows it.
+#[derive(Debug, thiserror::Error)]
+pub enum MetaClientError {
+    /// The request is malformed (oversized or empty key, bad transaction, ...).
+    #[error("invalid request: {0}")]
+    InvalidArgument(String),
+    /// No node could serve the request before the retry deadline.
+    #[error("metadata service unavailable after {waited:?}: {last_error}")]
+    Unavailable {
+        /// How long the client kept trying.
+        waited: Duration,
+        /// The last error seen.
+        last_error: String,
+    },
+    /// A transaction was sent but its outcome is unknown (the node went away or timed out): read
+    /// the keys again before deciding.
+    #[error("transaction outcome unknown: {0}")]
+    Indeterminate(String),
+    /// A watch fell behind or was cut off.
+    #[error("watch aborted: {0}")]
+    Aborted(String),
+    /// The service reported an internal error.
+    #[error("metadata service error: {0}")]
+    Internal(String),
+}

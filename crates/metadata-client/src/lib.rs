@@ -1,0 +1,298 @@
+//! The metadata client: talks to any metadata node, finds and follows the leader, retries on
+//! leader changes and transient errors with backoff, and returns typed errors. Callers never see
+//! "not leader".
+
+mod error;
+mod txn;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cairn_proto::meta::v1 as pb;
+use cairn_proto::meta::v1::admin_client::AdminClient;
+use cairn_proto::meta::v1::kv_client::KvClient;
+use futures::Stream;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+pub use cairn_proto::meta::v1::{KeyValue, Member, StatusResponse};
+pub use error::MetaClientError;
+pub use txn::{Txn, TxnOutcome};
+
+/// Header carrying the leader's API address on a "not leader" answer.
+const LEADER_HEADER: &str = "x-cairn-leader";
+
+/// How long and how often to retry.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Give up after this long.
+    pub deadline: Duration,
+    /// First pause between attempts.
+    pub initial_backoff: Duration,
+    /// Longest pause between attempts.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            deadline: Duration::from_secs(20),
+            initial_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+/// One page of a range scan.
+#[derive(Debug, Clone, Default)]
+pub struct RangePage {
+    /// Pairs in key order.
+    pub kvs: Vec<KeyValue>,
+    /// Where the next page starts; `None` when the range is exhausted.
+    pub next_key: Option<Vec<u8>>,
+    /// Store revision of the read.
+    pub revision: u64,
+}
+
+struct Inner {
+    endpoints: Vec<String>,
+    leader: Mutex<Option<String>>,
+    channels: Mutex<HashMap<String, Channel>>,
+    policy: RetryPolicy,
+}
+
+/// A client of the metadata service; cheap to clone.
+#[derive(Clone)]
+pub struct MetaClient {
+    inner: Arc<Inner>,
+}
+
+/// Whether a failed call may be sent again.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Safe to repeat whatever happened (reads, puts, deletes).
+    Always,
+    /// Only when the request surely was not applied (transactions).
+    IfNotApplied,
+}
+
+fn normalize(addr: &str) -> String {
+    if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") }
+}
+
+impl MetaClient {
+    /// A client for the metadata nodes at `endpoints` (`host:port` or `http://host:port`).
+    /// Connects lazily: no I/O happens until the first call.
+    pub fn new(endpoints: &[impl AsRef<str>]) -> Result<Self, MetaClientError> {
+        Self::with_policy(endpoints, RetryPolicy::default())
+    }
+
+    /// As [`new`](Self::new) with another retry policy.
+    pub fn with_policy(endpoints: &[impl AsRef<str>], policy: RetryPolicy) -> Result<Self, MetaClientError> {
+        let endpoints: Vec<String> =
+            endpoints.iter().map(|e| e.as_ref().trim()).filter(|e| !e.is_empty()).map(normalize).collect();
+        if endpoints.is_empty() {
+            return Err(MetaClientError::InvalidArgument("no metadata endpoint given".into()));
+        }
+        for e in &endpoints {
+            Endpoint::from_shared(e.clone())
+                .map_err(|err| MetaClientError::InvalidArgument(format!("bad metadata endpoint {e}: {err}")))?;
+        }
+        Ok(MetaClient {
+            inner: Arc::new(Inner {
+                endpoints,
+                leader: Mutex::new(None),
+                channels: Mutex::new(HashMap::new()),
+                policy,
+            }),
+        })
+    }
+
+    fn channel(&self, ep: &str) -> Result<Channel, MetaClientError> {
+        let mut chans = self.inner.channels.lock().expect("channels lock");
+        if let Some(c) = chans.get(ep) {
+            return Ok(c.clone());
+        }
+        let c = Endpoint::from_shared(ep.to_string())
+            .map_err(|e| MetaClientError::InvalidArgument(format!("bad metadata endpoint {ep}: {e}")))?
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(10))
+            .connect_lazy();
+        chans.insert(ep.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// Runs `f` against the leader (or any node), following redirects and retrying.
+    async fn call<T, F, Fut>(&self, retry: Retry, f: F) -> Result<T, MetaClientError>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let policy = self.inner.policy;
+        let deadline = Instant::now() + policy.deadline;
+        let mut backoff = policy.initial_backoff;
+        let mut rotate = 0usize;
+        let mut last_error: String;
+        loop {
+            let ep = match self.inner.leader.lock().expect("leader lock").clone() {
+                Some(l) => l,
+                None => self.inner.endpoints[rotate % self.inner.endpoints.len()].clone(),
+            };
+            let mut redirected = false;
+            match f(self.channel(&ep)?).await {
+                Ok(v) => {
+                    *self.inner.leader.lock().expect("leader lock") = Some(ep);
+                    return Ok(v);
+                }
+                Err(s) => {
+                    last_error = format!("{ep}: {}", s.message());
+                    match s.code() {
+                        Code::InvalidArgument => return Err(MetaClientError::InvalidArgument(s.message().into())),
+                        Code::Aborted => return Err(MetaClientError::Aborted(s.message().into())),
+                        Code::DeadlineExceeded | Code::Cancelled | Code::Unknown if retry == Retry::IfNotApplied => {
+                            *self.inner.leader.lock().expect("leader lock") = None;
+                            return Err(MetaClientError::Indeterminate(last_error));
+                        }
+                        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
+                            let hint = s.metadata().get(LEADER_HEADER).and_then(|v| v.to_str().ok()).map(normalize);
+                            let mut leader = self.inner.leader.lock().expect("leader lock");
+                            match hint {
+                                Some(h) if h != ep => {
+                                    *leader = Some(h);
+                                    redirected = true;
+                                }
+                                _ => {
+                                    *leader = None;
+                                    rotate += 1;
+                                }
+                            }
+                        }
+                        _ => return Err(MetaClientError::Internal(last_error)),
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(MetaClientError::Unavailable { waited: policy.deadline, last_error });
+            }
+            if !redirected {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(policy.max_backoff);
+            }
+        }
+    }
+
+    /// Reads a key (linearizable).
+    pub async fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, MetaClientError> {
+        self.get_with(key, false).await
+    }
+
+    /// Reads a key from whichever node answers, without asking the leader (may be stale).
+    pub async fn get_serializable(&self, key: &[u8]) -> Result<Option<KeyValue>, MetaClientError> {
+        self.get_with(key, true).await
+    }
+
+    async fn get_with(&self, key: &[u8], serializable: bool) -> Result<Option<KeyValue>, MetaClientError> {
+        let req = pb::GetRequest { key: key.to_vec(), serializable };
+        let r = self.call(Retry::Always, |ch| async { KvClient::new(ch).get(req.clone()).await }).await?;
+        Ok(r.into_inner().kv)
+    }
+
+    /// Sets a key; returns the store revision of the write.
+    pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<u64, MetaClientError> {
+        let req = pb::PutRequest { key: key.to_vec(), value: value.to_vec() };
+        let r = self.call(Retry::Always, |ch| async { KvClient::new(ch).put(req.clone()).await }).await?;
+        Ok(r.into_inner().revision)
+    }
+
+    /// Removes a key; returns whether it existed.
+    pub async fn delete(&self, key: &[u8]) -> Result<bool, MetaClientError> {
+        let req = pb::DeleteRequest { key: key.to_vec() };
+        let r = self.call(Retry::Always, |ch| async { KvClient::new(ch).delete(req.clone()).await }).await?;
+        Ok(r.into_inner().deleted)
+    }
+
+    /// One page of keys in `[start, end)` (`end` empty: to the end), linearizable.
+    pub async fn range(&self, start: &[u8], end: &[u8], limit: u32) -> Result<RangePage, MetaClientError> {
+        self.range_with(start, end, limit, false).await
+    }
+
+    /// As [`range`](Self::range), served by whichever node answers (may be stale).
+    pub async fn range_serializable(&self, start: &[u8], end: &[u8], limit: u32) -> Result<RangePage, MetaClientError> {
+        self.range_with(start, end, limit, true).await
+    }
+
+    async fn range_with(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: u32,
+        serializable: bool,
+    ) -> Result<RangePage, MetaClientError> {
+        let req = pb::RangeRequest { start: start.to_vec(), end: end.to_vec(), limit, serializable };
+        let r = self.call(Retry::Always, |ch| async { KvClient::new(ch).range(req.clone()).await }).await?.into_inner();
+        Ok(RangePage {
+            kvs: r.kvs,
+            next_key: if r.next_key.is_empty() { None } else { Some(r.next_key) },
+            revision: r.revision,
+        })
+    }
+
+    /// Runs a transaction. Retried only when it surely was not applied; otherwise an
+    /// [`MetaClientError::Indeterminate`] tells the caller to re-read.
+    pub async fn txn(&self, txn: Txn) -> Result<TxnOutcome, MetaClientError> {
+        let req = txn.into_request();
+        let r = self.call(Retry::IfNotApplied, |ch| async { KvClient::new(ch).txn(req.clone()).await }).await?;
+        Ok(TxnOutcome::from(r.into_inner()))
+    }
+
+    /// Changes under `prefix` from now on. The stream ends with [`MetaClientError::Aborted`] if
+    /// the watcher falls behind, or with Unavailable if the node goes away: re-read and re-watch.
+    pub async fn watch(
+        &self,
+        prefix: &[u8],
+    ) -> Result<impl Stream<Item = Result<pb::WatchEvent, MetaClientError>> + use<>, MetaClientError> {
+        use futures::StreamExt;
+        let req = pb::WatchRequest { prefix: prefix.to_vec() };
+        let stream =
+            self.call(Retry::Always, |ch| async { KvClient::new(ch).watch(req.clone()).await }).await?.into_inner();
+        Ok(stream.map(|r| {
+            r.map_err(|s| match s.code() {
+                Code::Aborted => MetaClientError::Aborted(s.message().into()),
+                _ => MetaClientError::Unavailable { waited: Duration::ZERO, last_error: s.message().into() },
+            })
+        }))
+    }
+
+    /// Status of the node at `endpoint` (no redirect, no retry).
+    pub async fn status_of(endpoint: &str) -> Result<StatusResponse, MetaClientError> {
+        let c = MetaClient::with_policy(&[endpoint], RetryPolicy { deadline: Duration::ZERO, ..Default::default() })?;
+        let r = c.call(Retry::Always, |ch| async { AdminClient::new(ch).status(pb::StatusRequest {}).await }).await?;
+        Ok(r.into_inner())
+    }
+
+    /// Status of the leader.
+    pub async fn status(&self) -> Result<StatusResponse, MetaClientError> {
+        let r =
+            self.call(Retry::Always, |ch| async { AdminClient::new(ch).status(pb::StatusRequest {}).await }).await?;
+        Ok(r.into_inner())
+    }
+
+    /// Adds a voter (as learner first, until it caught up).
+    pub async fn add_voter(&self, id: u64, api_addr: &str, peer_addr: &str) -> Result<Vec<Member>, MetaClientError> {
+        let req = pb::AddVoterRequest {
+            member: Some(Member { id, api_addr: api_addr.to_string(), peer_addr: peer_addr.to_string() }),
+        };
+        let r =
+            self.call(Retry::IfNotApplied, |ch| async { AdminClient::new(ch).add_voter(req.clone()).await }).await?;
+        Ok(r.into_inner().voters)
+    }
+
+    /// Removes a voter.
+    pub async fn remove_voter(&self, id: u64) -> Result<Vec<Member>, MetaClientError> {
+        let req = pb::RemoveVoterRequest { id };
+        let r = self.call(Retry::IfNotApplied, |ch| async { AdminClient::new(ch).remove_voter(req).await }).await?;
+        Ok(r.into_inner().voters)
+    }
+}
