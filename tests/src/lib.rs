@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use rand::RngCore;
 use storage_node::NodeClient;
 
+pub mod meta;
+
 /// Path of a workspace binary: `$CAIRN_BIN_DIR/<name>`, or next to the test's target directory.
 pub fn bin(name: &str) -> PathBuf {
     let dir = match std::env::var_os("CAIRN_BIN_DIR") {

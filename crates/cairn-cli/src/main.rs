@@ -2,6 +2,7 @@
 
 mod chunks;
 mod manifest;
+mod meta;
 mod node;
 mod progress;
 
@@ -16,6 +17,9 @@ struct Cli {
     /// Storage node gRPC endpoint.
     #[arg(long, global = true, env = "CAIRN_NODE", default_value = "http://127.0.0.1:7700")]
     node: String,
+    /// Metadata service endpoints (comma-separated).
+    #[arg(long, global = true, env = "CAIRN_META", default_value = "http://127.0.0.1:7710")]
+    meta: String,
     #[command(subcommand)]
     cmd: Command,
 }
@@ -28,6 +32,9 @@ enum Command {
     /// Inspect and maintain a storage node.
     #[command(subcommand)]
     Node(node::NodeCmd),
+    /// Read and write metadata keys; inspect and change the metadata group.
+    #[command(subcommand)]
+    Meta(meta::MetaCmd),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +50,7 @@ fn main() -> ExitCode {
         match cli.cmd {
             Command::Chunk(c) => chunks::run(&cli.node, c).await,
             Command::Node(c) => node::run(&cli.node, c).await,
+            Command::Meta(c) => meta::run(&cli.meta, c).await,
         }
     });
     match res {
