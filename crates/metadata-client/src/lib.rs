@@ -39,7 +39,7 @@ impl Default for RetryPolicy {
         RetryPolicy {
             deadline: Duration::from_secs(20),
             initial_backoff: Duration::from_millis(50),
-            max_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_millis(300),
         }
     }
 }

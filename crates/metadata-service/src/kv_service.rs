@@ -3,7 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use cairn_proto::meta::v1 as pb;
 use cairn_proto::meta::v1::kv_server::Kv;
@@ -14,19 +14,18 @@ use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
 
 use crate::MetaError;
+use crate::batcher::Batcher;
 use crate::state_machine::{KeyValue, Shared};
-use crate::types::{Command, CommandResult, MetaNode, NodeId, Raft};
+use crate::types::{Command, CommandResult, MetaNode, NodeId};
 use crate::validate;
 
-/// How long a write or a linearizable read may wait for a quorum.
-pub const QUORUM_WAIT: Duration = Duration::from_secs(5);
 const RANGE_DEFAULT: usize = 1000;
 const RANGE_MAX: usize = 10_000;
 
 /// The service; cheap to clone.
 #[derive(Clone)]
 pub struct KvService {
-    raft: Raft,
+    batcher: Batcher,
     sm: Arc<Shared>,
     rpc: RpcMetrics,
 }
@@ -41,7 +40,7 @@ pub(crate) fn from_write_error(e: RaftError<NodeId, ClientWriteError<NodeId, Met
     }
 }
 
-fn from_read_error(e: RaftError<NodeId, CheckIsLeaderError<NodeId, MetaNode>>) -> MetaError {
+pub(crate) fn from_read_error(e: RaftError<NodeId, CheckIsLeaderError<NodeId, MetaNode>>) -> MetaError {
     match e {
         RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => {
             MetaError::NotLeader(f.leader_node.map(|n| n.api_addr))
@@ -57,19 +56,14 @@ fn to_pb(kv: KeyValue) -> pb::KeyValue {
 
 impl KvService {
     /// Serves `raft` and its state machine.
-    pub fn new(raft: Raft, sm: Arc<Shared>, rpc: RpcMetrics) -> Self {
-        KvService { raft, sm, rpc }
+    pub fn new(batcher: Batcher, sm: Arc<Shared>, rpc: RpcMetrics) -> Self {
+        KvService { batcher, sm, rpc }
     }
 
-    /// Replicates a command; an answer means it is committed and applied.
-    pub(crate) async fn write(&self, cmd: Command) -> Result<CommandResult, Status> {
-        match tokio::time::timeout(QUORUM_WAIT, self.raft.client_write(cmd)).await {
-            Ok(Ok(resp)) => Ok(resp.data),
-            Ok(Err(e)) => Err(from_write_error(e).into()),
-            Err(_) => Err(Status::deadline_exceeded(format!(
-                "write not committed within {QUORUM_WAIT:?} (no quorum reachable?); it may still commit"
-            ))),
-        }
+    /// Replicates a command (batched with concurrent ones); an answer means it is committed
+    /// and applied.
+    async fn write(&self, cmd: Command) -> Result<CommandResult, Status> {
+        self.batcher.propose(cmd).await
     }
 
     /// Waits until this node may serve a linearizable read (it is the leader, a quorum confirms
@@ -78,11 +72,7 @@ impl KvService {
         if serializable {
             return Ok(());
         }
-        match tokio::time::timeout(QUORUM_WAIT, self.raft.ensure_linearizable()).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(from_read_error(e).into()),
-            Err(_) => Err(Status::unavailable(format!("no quorum confirmed leadership within {QUORUM_WAIT:?}"))),
-        }
+        self.batcher.linearize().await
     }
 
     async fn metered<T>(&self, method: &str, f: impl Future<Output = Result<T, Status>>) -> Result<T, Status> {

@@ -3,6 +3,7 @@
 //! `kv-engine`). Serves the `Kv` and `Admin` APIs to clients and `RaftPeer` to other nodes.
 
 mod admin_service;
+mod batcher;
 mod config;
 mod error;
 mod kv_service;
@@ -28,9 +29,9 @@ use tokio::sync::watch;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
+pub use batcher::QUORUM_WAIT;
 pub use config::{MetaArgs, MetaConfig, parse_members};
 pub use error::{LEADER_HEADER, MetaError};
-pub use kv_service::QUORUM_WAIT;
 pub use validate::{MAX_KEY, MAX_TXN_ITEMS, MAX_VALUE};
 
 use crate::admin_service::AdminService;
@@ -112,7 +113,7 @@ pub async fn run(cfg: MetaConfig, shutdown: impl Future<Output = ()> + Send + 's
         )
         .serve_with_incoming_shutdown(peer_incoming, stopped(stop_rx.clone()));
     let api = Server::builder()
-        .add_service(KvServer::new(KvService::new(raft.clone(), shared.clone(), rpc.clone())))
+        .add_service(KvServer::new(KvService::new(batcher::Batcher::start(raft.clone()), shared.clone(), rpc.clone())))
         .add_service(AdminServer::new(AdminService::new(raft.clone(), shared.clone(), rpc)))
         .serve_with_incoming_shutdown(api_incoming, stopped(stop_rx.clone()));
     let peer = tokio::spawn(peer);

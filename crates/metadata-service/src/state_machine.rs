@@ -209,6 +209,10 @@ impl Applier<'_> {
 
     fn exec(&mut self, cmd: Command) -> Result<CommandResult, StorageError> {
         Ok(match cmd {
+            Command::Batch(cmds) => {
+                let batch = cmds.into_iter().map(|c| self.exec(c)).collect::<Result<Vec<_>, _>>()?;
+                CommandResult { revision: self.revision, succeeded: true, batch, ..Default::default() }
+            }
             Command::Put { key, value } => {
                 self.revision += 1;
                 self.put(key, value, self.revision)?;
@@ -228,7 +232,7 @@ impl Applier<'_> {
                             revision: self.revision,
                             succeeded: false,
                             failed_condition: Some(i as u32),
-                            deleted: false,
+                            ..Default::default()
                         });
                     }
                 }

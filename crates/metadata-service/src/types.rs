@@ -64,6 +64,9 @@ pub enum Command {
         /// Applied in order when every condition holds.
         ops: Vec<TxnOp>,
     },
+    /// Several independent commands proposed together (one log entry, one fsync), applied in
+    /// order; each has its own result.
+    Batch(Vec<Command>),
 }
 
 /// What applying a command did.
@@ -77,6 +80,8 @@ pub struct CommandResult {
     pub failed_condition: Option<u32>,
     /// Delete: the key existed.
     pub deleted: bool,
+    /// Batch: one result per command, in order.
+    pub batch: Vec<CommandResult>,
 }
 
 openraft::declare_raft_types!(

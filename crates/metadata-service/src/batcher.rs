@@ -1,0 +1,174 @@
+//! Group commit for Raft: concurrent proposals become one log entry (one append, one fsync per
+//! replica), and concurrent linearizable reads share one leadership check.
+//!
+//! openraft 0.9 makes each proposal's log append durable before it takes the next, so without
+//! this every write would pay a full fsync round on its own.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tonic::Status;
+
+use crate::MetaError;
+use crate::kv_service::{from_read_error, from_write_error};
+use crate::types::{Command, CommandResult, Raft};
+
+/// How long a write or a linearizable read may wait for a quorum.
+pub const QUORUM_WAIT: Duration = Duration::from_secs(5);
+/// Most proposals in one entry.
+const MAX_BATCH: usize = 1024;
+/// Stop adding proposals to an entry past this many key + value bytes.
+const MAX_BATCH_BYTES: usize = 4 << 20;
+/// Entries being committed at once (so appends and replication overlap).
+const IN_FLIGHT: usize = 4;
+
+struct Proposal {
+    cmd: Command,
+    bytes: usize,
+    reply: oneshot::Sender<Result<CommandResult, Status>>,
+}
+
+/// Batches writes and linearizable reads for one Raft node.
+#[derive(Clone)]
+pub struct Batcher {
+    writes: mpsc::Sender<Proposal>,
+    reads: mpsc::Sender<oneshot::Sender<Result<(), Status>>>,
+}
+
+fn command_bytes(cmd: &Command) -> usize {
+    use crate::types::{Condition, TxnOp};
+    match cmd {
+        Command::Put { key, value } => key.len() + value.len(),
+        Command::Delete { key } => key.len(),
+        Command::Txn { conditions, ops } => {
+            conditions
+                .iter()
+                .map(|c| match c {
+                    Condition::Exists(k) | Condition::Absent(k) | Condition::ModRevisionEquals(k, _) => k.len(),
+                    Condition::ValueEquals(k, v) => k.len() + v.len(),
+                })
+                .sum::<usize>()
+                + ops
+                    .iter()
+                    .map(|o| match o {
+                        TxnOp::Put(k, v) => k.len() + v.len(),
+                        TxnOp::Delete(k) => k.len(),
+                    })
+                    .sum::<usize>()
+        }
+        Command::Batch(cmds) => cmds.iter().map(command_bytes).sum(),
+    }
+}
+
+impl Batcher {
+    /// Starts the batching tasks for `raft`.
+    pub fn start(raft: Raft) -> Self {
+        let (writes, wrx) = mpsc::channel(4 * MAX_BATCH);
+        let (reads, rrx) = mpsc::channel(4 * MAX_BATCH);
+        tokio::spawn(run_writes(raft.clone(), wrx));
+        tokio::spawn(run_reads(raft, rrx));
+        Batcher { writes, reads }
+    }
+
+    /// Replicates `cmd`; an answer means it is committed and applied.
+    pub async fn propose(&self, cmd: Command) -> Result<CommandResult, Status> {
+        let (reply, rx) = oneshot::channel();
+        let bytes = command_bytes(&cmd);
+        self.writes.send(Proposal { cmd, bytes, reply }).await.map_err(|_| stopping())?;
+        rx.await.map_err(|_| stopping())?
+    }
+
+    /// Returns once a linearizable read may be served from the local state machine.
+    pub async fn linearize(&self) -> Result<(), Status> {
+        let (reply, rx) = oneshot::channel();
+        self.reads.send(reply).await.map_err(|_| stopping())?;
+        rx.await.map_err(|_| stopping())?
+    }
+}
+
+fn stopping() -> Status {
+    MetaError::Unavailable("metadata node is shutting down".into()).into()
+}
+
+async fn run_writes(raft: Raft, mut rx: mpsc::Receiver<Proposal>) {
+    let permits = Arc::new(Semaphore::new(IN_FLIGHT));
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else { return };
+        let Some(first) = rx.recv().await else { return };
+        let mut bytes = first.bytes;
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(p) => {
+                    bytes += p.bytes;
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            commit(&raft, batch).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn commit(raft: &Raft, mut batch: Vec<Proposal>) {
+    let single = batch.len() == 1;
+    let cmd = if single { batch[0].cmd.clone() } else { Command::Batch(batch.iter().map(|p| p.cmd.clone()).collect()) };
+    let outcome = tokio::time::timeout(QUORUM_WAIT, raft.client_write(cmd)).await;
+    match outcome {
+        Ok(Ok(resp)) if single => {
+            let p = batch.pop().expect("one proposal");
+            let _ = p.reply.send(Ok(resp.data));
+        }
+        Ok(Ok(resp)) => {
+            for (p, r) in batch.into_iter().zip(resp.data.batch) {
+                let _ = p.reply.send(Ok(r));
+            }
+        }
+        Ok(Err(e)) => {
+            let e = from_write_error(e);
+            for p in batch {
+                let _ = p.reply.send(Err(clone_error(&e).into()));
+            }
+        }
+        Err(_) => {
+            for p in batch {
+                let _ = p.reply.send(Err(Status::deadline_exceeded(format!(
+                    "write not committed within {QUORUM_WAIT:?} (no quorum reachable?); it may still commit"
+                ))));
+            }
+        }
+    }
+}
+
+fn clone_error(e: &MetaError) -> MetaError {
+    match e {
+        MetaError::NotLeader(l) => MetaError::NotLeader(l.clone()),
+        MetaError::InvalidArgument(m) => MetaError::InvalidArgument(m.clone()),
+        MetaError::Unavailable(m) => MetaError::Unavailable(m.clone()),
+        other => MetaError::Internal(other.to_string()),
+    }
+}
+
+async fn run_reads(raft: Raft, mut rx: mpsc::Receiver<oneshot::Sender<Result<(), Status>>>) {
+    // Every read waiting when a check starts is served by that check; reads arriving during it
+    // wait for the next one (a check that began before a read arrived cannot vouch for it).
+    while let Some(first) = rx.recv().await {
+        let mut waiting = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            waiting.push(more);
+        }
+        let res = match tokio::time::timeout(QUORUM_WAIT, raft.ensure_linearizable()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(from_read_error(e)),
+            Err(_) => Err(MetaError::Unavailable(format!("no quorum confirmed leadership within {QUORUM_WAIT:?}"))),
+        };
+        for w in waiting {
+            let _ = w.send(res.as_ref().map(|_| ()).map_err(|e| clone_error(e).into()));
+        }
+    }
+}
