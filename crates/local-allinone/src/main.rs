@@ -1,4 +1,5 @@
-//! `cairn-local`: every part built so far in one process, on embedded defaults, with its data
+//! `cairn-local`: every part built so far (a storage node and a single-voter metadata group) in
+//! one process, on embedded defaults, with its data
 //! under one directory. While it runs it keeps `<data>/local.env` (KEY=value lines) so that
 //! `set -a; . data/local.env` points clients at it; the file is removed on clean shutdown.
 
@@ -9,6 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use metadata_service::MetaConfig;
 use storage_node::NodeConfig;
 
 /// Run Cairn locally in one process.
@@ -24,6 +26,15 @@ struct Cli {
     /// Storage node /metrics address.
     #[arg(long, env = "CAIRN_LOCAL_NODE_HTTP", default_value = "127.0.0.1:7701")]
     node_http: SocketAddr,
+    /// Metadata service API address.
+    #[arg(long, env = "CAIRN_LOCAL_META_LISTEN", default_value = "127.0.0.1:7710")]
+    meta_listen: SocketAddr,
+    /// Metadata Raft peer address.
+    #[arg(long, env = "CAIRN_LOCAL_META_PEER", default_value = "127.0.0.1:7711")]
+    meta_peer: SocketAddr,
+    /// Metadata /metrics address.
+    #[arg(long, env = "CAIRN_LOCAL_META_HTTP", default_value = "127.0.0.1:7712")]
+    meta_http: SocketAddr,
     /// Log filter.
     #[arg(long, env = "CAIRN_LOG", default_value = "info")]
     log: String,
@@ -43,6 +54,20 @@ fn main() -> ExitCode {
         eprintln!("cairn-local: {e}");
         return ExitCode::from(2);
     }
+    // A single-voter metadata group, embedded.
+    let meta = MetaConfig {
+        id: 1,
+        data_dir: cli.data.join("meta"),
+        listen: cli.meta_listen,
+        peer_listen: cli.meta_peer,
+        http_listen: cli.meta_http,
+        log: cli.log.clone(),
+        ..MetaConfig::default()
+    };
+    if let Err(e) = meta.validate() {
+        eprintln!("cairn-local: {e}");
+        return ExitCode::from(2);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -54,13 +79,16 @@ fn main() -> ExitCode {
     let vars = vec![
         ("CAIRN_NODE".to_string(), format!("http://{}", cli.node_listen)),
         ("CAIRN_NODE_METRICS_URL".to_string(), format!("http://{}/metrics", cli.node_http)),
+        ("CAIRN_META".to_string(), format!("http://{}", cli.meta_listen)),
+        ("CAIRN_META_METRICS_URL".to_string(), format!("http://{}/metrics", cli.meta_http)),
         ("CAIRN_DATA".to_string(), cli.data.display().to_string()),
     ];
     let res = rt.block_on(async {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let mut node_task = tokio::spawn(storage_node::run(node, stopped(stop_rx)));
+        let mut node_task = tokio::spawn(storage_node::run(node, stopped(stop_rx.clone())));
+        let mut meta_task = tokio::spawn(metadata_service::run(meta, stopped(stop_rx)));
         let publish = async {
-            if wait_ready(cli.node_http).await {
+            if wait_ready(cli.node_http).await && wait_ready(cli.meta_http).await {
                 match env.write(&vars) {
                     Ok(()) => tracing::info!("local system ready; run `set -a; . {}` to use it", env.path().display()),
                     Err(e) => tracing::error!(error = %e, "cannot write local.env"),
@@ -69,12 +97,15 @@ fn main() -> ExitCode {
             std::future::pending::<()>().await
         };
         tokio::select! {
-            r = &mut node_task => return flatten(r),
+            r = &mut node_task => return flatten(r.map(|r| r.map_err(|e| e.to_string()))),
+            r = &mut meta_task => return flatten(r.map(|r| r.map_err(|e| e.to_string()))),
             _ = daemon_kit::shutdown_signal() => {}
             _ = publish => {}
         }
         let _ = stop_tx.send(true);
-        flatten(node_task.await)
+        let (n, m) = tokio::join!(node_task, meta_task);
+        flatten(n.map(|r| r.map_err(|e| e.to_string())))?;
+        flatten(m.map(|r| r.map_err(|e| e.to_string())))
     });
     env.remove();
     match res {
@@ -100,10 +131,9 @@ async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
-fn flatten(r: Result<Result<(), storage_node::NodeError>, tokio::task::JoinError>) -> Result<(), String> {
+fn flatten(r: Result<Result<(), String>, tokio::task::JoinError>) -> Result<(), String> {
     match r {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(e) => Err(format!("storage node task failed: {e}")),
+        Ok(r) => r,
+        Err(e) => Err(format!("task failed: {e}")),
     }
 }

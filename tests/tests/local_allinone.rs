@@ -1,0 +1,73 @@
+//! `cairn-local`, the README's first command, as a user runs it: it comes up on its own, writes
+//! `data/local.env`, clients pointed by that file work, and SIGTERM stops it cleanly.
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use integration_tests::{bin, free_port, random_bytes};
+
+#[test]
+fn local_system_publishes_its_env_file_and_serves_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let addr = || format!("127.0.0.1:{}", free_port());
+    let mut child = Command::new(bin("cairn-local"))
+        .arg("--data")
+        .arg(&data)
+        .args(["--node-listen", &addr(), "--node-http", &addr()])
+        .args(["--meta-listen", &addr(), "--meta-peer", &addr(), "--meta-http", &addr()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let env_path = data.join("local.env");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !env_path.exists() {
+        assert!(child.try_wait().unwrap().is_none(), "cairn-local exited early");
+        assert!(Instant::now() < deadline, "no local.env after 60 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pid = child.id();
+    let guard = Kill(child);
+    let env: HashMap<String, String> = std::fs::read_to_string(&env_path)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect();
+    for key in ["CAIRN_NODE", "CAIRN_META"] {
+        assert!(env.contains_key(key), "local.env lacks {key}: {env:?}");
+    }
+    let cairn = |args: &[&str]| Command::new(bin("cairn")).envs(&env).args(args).output().unwrap();
+    let out = cairn(&["meta", "put", "hello", "world"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cairn(&["meta", "get", "hello"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "world");
+    let file = dir.path().join("f.bin");
+    std::fs::write(&file, random_bytes(300_000)).unwrap();
+    let out = cairn(&["chunk", "put", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGTERM);
+    }
+    let mut guard = guard;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = guard.0.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "cairn-local ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(!env_path.exists(), "local.env must go away when the system stops");
+}
