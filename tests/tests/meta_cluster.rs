@@ -358,3 +358,37 @@ async fn watch_sees_changes_under_its_prefix_in_order() {
     );
     assert!(seen.windows(2).all(|p| p[0].2 < p[1].2), "revisions must increase: {seen:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_health_and_clean_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = meta_cluster(3, dir.path(), &[]);
+    let c = client(&nodes);
+    for i in 0..20 {
+        c.put(format!("m/{i}").as_bytes(), b"v").await.unwrap();
+    }
+    let leader = leader_id(&c).await as usize - 1;
+    let (code, body) = integration_tests::http_get(nodes[leader].addrs.http, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    for series in [
+        "cairn_meta_is_leader 1",
+        "cairn_meta_term ",
+        "cairn_meta_commit_index ",
+        "cairn_meta_apply_lag ",
+        "cairn_meta_voters 3",
+        "cairn_meta_rpc_total{code=\"OK\",method=\"Put\"}",
+    ] {
+        assert!(body.contains(series), "missing {series} in:\n{body}");
+    }
+    let (code, _) = integration_tests::http_get(nodes[(leader + 1) % 3].addrs.http, "/healthz").unwrap();
+    assert_eq!(code, 200);
+    let follower = (leader + 1) % 3;
+    let st = nodes[follower].terminate();
+    assert!(st.success(), "{st:?}");
+    assert!(nodes[follower].log_text().contains("stopped cleanly"));
+    c.put(b"after-sigterm", b"1").await.unwrap();
+    nodes[follower].restart();
+    let last = c.status().await.unwrap().last_applied;
+    wait_converged(&nodes, last).await;
+    assert_eq!(full_scan(&nodes[follower].addrs.api).await.len(), 21);
+}
