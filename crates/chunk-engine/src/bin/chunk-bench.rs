@@ -86,32 +86,56 @@ fn run(args: &Args) -> Res<()> {
     Ok(())
 }
 
+impl Row {
+    fn new(key: &'static str, label: &str, value: f64, unit: &'static str, base: Base) -> Self {
+        Row { key, label: label.to_string(), value, unit, base }
+    }
+
+    /// A throughput row: `bytes` moved in `d`, in GB/s.
+    fn gbps(key: &'static str, label: &str, bytes: usize, d: Duration, base: Base) -> Self {
+        Row::new(key, label, bytes as f64 / d.as_secs_f64() / 1e9, "GB/s", base)
+    }
+}
+
 fn measure_all(raw_dir: &Path, eng_dir: &Path, total: usize, small: Duration) -> Res<Vec<Row>> {
-    fresh_dir(raw_dir)?;
-    let mut rows = Vec::new();
-    let row = |key, label: &str, value, unit, base| Row { key, label: label.to_string(), value, unit, base };
-    let gb = |bytes: usize, d: Duration| bytes as f64 / d.as_secs_f64() / 1e9;
+    let mut rows = raw_tests(raw_dir, total)?;
+    rows.extend(engine_large_tests(eng_dir, total)?);
+    rows.extend(engine_small_tests(eng_dir, small)?);
+    Ok(rows)
+}
 
+fn raw_tests(raw_dir: &Path, total: usize) -> Res<Vec<Row>> {
     eprintln!("raw disk: {} MiB sequential in 4 MiB blocks ...", total / MIB);
+    fresh_dir(raw_dir)?;
     let file = raw_dir.join("raw.dat");
-    let d = raw_write(&file, total, false)?;
-    rows.push(row("raw_write_buffered", "raw write, buffered + fdatasync", gb(total, d), "GB/s", Base::None));
-    let d = raw_read(&file, total, false)?;
-    rows.push(row("raw_read_buffered", "raw read, buffered (cache dropped)", gb(total, d), "GB/s", Base::None));
-    fs::remove_file(&file)?;
-    let d = raw_write(&file, total, true)?;
-    rows.push(row("raw_write_direct", "raw write, O_DIRECT + fdatasync", gb(total, d), "GB/s", Base::None));
-    let d = raw_read(&file, total, true)?;
-    rows.push(row("raw_read_direct", "raw read, O_DIRECT", gb(total, d), "GB/s", Base::None));
-    fs::remove_file(&file)?;
+    let mut rows = Vec::new();
+    for (direct, wkey, wlabel, rkey, rlabel) in [
+        (
+            false,
+            "raw_write_buffered",
+            "raw write, buffered + fdatasync",
+            "raw_read_buffered",
+            "raw read, buffered (cache dropped)",
+        ),
+        (true, "raw_write_direct", "raw write, O_DIRECT + fdatasync", "raw_read_direct", "raw read, O_DIRECT"),
+    ] {
+        let d = raw_write(&file, total, direct)?;
+        rows.push(Row::gbps(wkey, wlabel, total, d, Base::None));
+        let d = raw_read(&file, total, direct)?;
+        rows.push(Row::gbps(rkey, rlabel, total, d, Base::None));
+        fs::remove_file(&file)?;
+    }
+    Ok(rows)
+}
 
-    eprintln!("engine: 4 MiB puts ...");
+fn engine_large_tests(eng_dir: &Path, total: usize) -> Res<Vec<Row>> {
+    eprintln!("engine: 4 MiB puts and gets ...");
     let n = total / BLOCK;
+    let mut rows = Vec::new();
     let (d, _) = engine_puts(eng_dir, n, 1)?;
-    rows.push(row("engine_put_4m_t1", "engine put 4 MiB, 1 writer", gb(total, d), "GB/s", Base::RawWrite));
+    rows.push(Row::gbps("engine_put_4m_t1", "engine put 4 MiB, 1 writer", total, d, Base::RawWrite));
     let (d, stored) = engine_puts(eng_dir, n, 4)?;
-    rows.push(row("engine_put_4m_t4", "engine put 4 MiB, 4 writers", gb(total, d), "GB/s", Base::RawWrite));
-    eprintln!("engine: 4 MiB gets ...");
+    rows.push(Row::gbps("engine_put_4m_t4", "engine put 4 MiB, 4 writers", total, d, Base::RawWrite));
     for (threads, key, label) in [
         (1, "engine_get_4m_t1", "engine get+verify 4 MiB, 1 reader"),
         (4, "engine_get_4m_t4", "engine get+verify 4 MiB, 4 readers"),
@@ -119,15 +143,19 @@ fn measure_all(raw_dir: &Path, eng_dir: &Path, total: usize, small: Duration) ->
         let engine = ChunkEngine::open(EngineConfig::new(eng_dir))?;
         drop_dir_cache(&eng_dir.join("segments"))?;
         let d = engine_gets(&engine, &stored, threads)?;
-        rows.push(row(key, label, gb(total, d), "GB/s", Base::RawRead));
+        rows.push(Row::gbps(key, label, total, d, Base::RawRead));
     }
+    Ok(rows)
+}
 
+fn engine_small_tests(eng_dir: &Path, small: Duration) -> Res<Vec<Row>> {
     eprintln!("engine: durable 4 KiB puts, {:.1} s each ...", small.as_secs_f64());
     let one = small_puts(eng_dir, 1, small)?;
-    rows.push(row("small_put_t1", "engine put 4 KiB, 1 writer", one, "puts/s", Base::None));
     let many = small_puts(eng_dir, 16, small)?;
-    rows.push(row("small_put_t16", "engine put 4 KiB, 16 writers", many, "puts/s", Base::None));
-    Ok(rows)
+    Ok(vec![
+        Row::new("small_put_t1", "engine put 4 KiB, 1 writer", one, "puts/s", Base::None),
+        Row::new("small_put_t16", "engine put 4 KiB, 16 writers", many, "puts/s", Base::None),
+    ])
 }
 
 // ---------------------------------------------------------------------------------------------
