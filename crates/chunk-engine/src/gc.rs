@@ -79,7 +79,7 @@ impl ChunkEngine {
             for (hash, from) in group {
                 match self.read_verified(hash, from)? {
                     Ok(data) => {
-                        let (seg, to) = self.append(hash, &data)?;
+                        let (seg, to) = self.append(hash, &data, None)?;
                         reserved.push(seg.clone());
                         ops.push(Op::Relocate { hash: *hash, from: *from, to, seg });
                         report.chunks_moved += 1;
