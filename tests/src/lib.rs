@@ -149,23 +149,27 @@ impl NodeProc {
 
     /// SIGTERM, then wait for the exit (at most 60 s, then SIGKILL and panic).
     pub fn terminate(&mut self) -> ExitStatus {
-        let mut c = self.child.take().expect("node running");
-        // SAFETY: sending a signal to our own child's pid.
-        unsafe {
-            libc::kill(c.id() as i32, libc::SIGTERM);
+        terminate_child(self.child.take().expect("node running"), "storage-node")
+    }
+}
+
+/// Sends SIGTERM to `child` and waits up to 60 s for it to exit (then SIGKILL and panic).
+pub fn terminate_child(mut c: Child, what: &str) -> ExitStatus {
+    // SAFETY: sending a signal to our own child's pid.
+    unsafe {
+        libc::kill(c.id() as i32, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(st) = c.try_wait().expect("try_wait") {
+            return st;
         }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(st) = c.try_wait().expect("try_wait") {
-                return st;
-            }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                let _ = c.wait();
-                panic!("storage-node ignored SIGTERM for 60 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if Instant::now() > deadline {
+            let _ = c.kill();
+            let _ = c.wait();
+            panic!("{what} ignored SIGTERM for 60 s");
         }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

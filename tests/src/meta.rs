@@ -121,25 +121,9 @@ impl MetaProc {
         }
     }
 
-    /// SIGTERM, then wait (at most 30 s) for the exit status.
+    /// SIGTERM, then wait for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut c = self.child.take().expect("node running");
-        // SAFETY: signalling our own child.
-        unsafe {
-            libc::kill(c.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(st) = c.try_wait().expect("try_wait") {
-                return st;
-            }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                let _ = c.wait();
-                panic!("metadata-node ignored SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::terminate_child(self.child.take().expect("node running"), "metadata-node")
     }
 
     /// True while the process runs.

@@ -6,7 +6,7 @@ pub mod metrics;
 mod signals;
 
 pub use http::{HttpError, HttpState, serve_http};
-pub use signals::shutdown_signal;
+pub use signals::{ShutdownSignal, shutdown_signal};
 
 /// Initialises `tracing` logs on stderr. `filter` uses `RUST_LOG` syntax (e.g. `info`,
 /// `storage_node=debug`); `RUST_LOG`, when set, wins. Safe to call twice.
@@ -14,4 +14,42 @@ pub fn init_tracing(filter: &str) {
     let env = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
     let _ = tracing_subscriber::fmt().with_env_filter(env).with_target(true).with_writer(std::io::stderr).try_init();
+}
+
+/// The whole `main` of a daemon: a configuration error is one line on stderr and exit code 2;
+/// otherwise logging starts, `run` serves until SIGTERM/SIGINT, and a failure is one line and
+/// exit code 1.
+pub fn run_daemon<C, E1, E2, F>(
+    name: &str,
+    config: Result<C, E1>,
+    log_filter: impl FnOnce(&C) -> String,
+    run: impl FnOnce(C, signals::ShutdownSignal) -> F,
+) -> std::process::ExitCode
+where
+    E1: std::fmt::Display,
+    E2: std::fmt::Display,
+    F: std::future::Future<Output = Result<(), E2>>,
+{
+    let cfg = match config {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    init_tracing(&log_filter(&cfg));
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{name}: cannot start runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cfg, shutdown_signal())) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

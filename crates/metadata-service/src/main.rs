@@ -16,26 +16,5 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let cfg = match MetaConfig::load(&cli.meta) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("metadata-node: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    daemon_kit::init_tracing(&cfg.log);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("metadata-node: cannot start runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(metadata_service::run(cfg, daemon_kit::shutdown_signal())) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("metadata-node: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    daemon_kit::run_daemon("metadata-node", MetaConfig::load(&cli.meta), |c| c.log.clone(), metadata_service::run)
 }

@@ -16,26 +16,5 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let cfg = match NodeConfig::load(&cli.node) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("storage-node: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    daemon_kit::init_tracing(&cfg.log);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("storage-node: cannot start runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(storage_node::run(cfg, daemon_kit::shutdown_signal())) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("storage-node: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    daemon_kit::run_daemon("storage-node", NodeConfig::load(&cli.node), |c| c.log.clone(), storage_node::run)
 }
