@@ -73,7 +73,7 @@ pub async fn run(cfg: MetaConfig, shutdown: impl Future<Output = ()> + Send + 's
         install_snapshot_timeout: 10_000,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_logs),
         max_in_snapshot_log_to_keep: (cfg.snapshot_logs / 10).max(100),
-        purge_batch_size: 256,
+        purge_batch_size: 64,
         max_payload_entries: 1000,
         ..Default::default()
     }
