@@ -27,9 +27,18 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, never one this test process was handed before (the
+/// kernel may offer a just-released port again, and two daemons would then share it).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind port 0").local_addr().expect("local addr").port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().expect("port list lock");
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0").expect("bind port 0").local_addr().expect("local addr").port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// `len` random bytes.
