@@ -53,3 +53,10 @@ where
         }
     }
 }
+
+/// Reads a daemon's TOML config file; the error is one line naming the file (and, for unknown or
+/// mistyped keys, the key).
+pub fn read_toml_file<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<T, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("config file {}: {}", path.display(), e.message()))
+}

@@ -114,12 +114,7 @@ impl MetaConfig {
     /// Builds the configuration from defaults, the file named by `args.config`, then `args`.
     pub fn load(args: &MetaArgs) -> Result<Self, MetaError> {
         let mut c = match &args.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| MetaError::Config(format!("cannot read config file {}: {e}", path.display())))?;
-                toml::from_str(&text)
-                    .map_err(|e| MetaError::Config(format!("config file {}: {}", path.display(), e.message())))?
-            }
+            Some(path) => daemon_kit::read_toml_file(path).map_err(MetaError::Config)?,
             None => MetaConfig::default(),
         };
         macro_rules! over {

@@ -88,12 +88,7 @@ impl NodeConfig {
     /// Builds the configuration from defaults, the file named by `args.config`, then `args`.
     pub fn load(args: &NodeArgs) -> Result<Self, NodeError> {
         let mut c = match &args.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| NodeError::Config(format!("cannot read config file {}: {e}", path.display())))?;
-                toml::from_str(&text)
-                    .map_err(|e| NodeError::Config(format!("config file {}: {}", path.display(), e.message())))?
-            }
+            Some(path) => daemon_kit::read_toml_file(path).map_err(NodeError::Config)?,
             None => NodeConfig::default(),
         };
         macro_rules! over {
