@@ -1,19 +1,23 @@
 //! Group commit: the single thread that changes the index.
 //!
-//! Writers append their records to segments themselves, then hand index operations to the
-//! committer. It takes everything queued, fdatasyncs each segment those operations point into,
-//! applies all operations as one index batch written with sync, and only then answers. Many
-//! concurrent puts therefore share one pair of fsyncs. Being the only index writer, it also
-//! resolves races (two puts of the same chunk, an unref racing a GC move) without locks.
+//! Writers of large chunks append their records to O_DIRECT segments themselves; small chunks are
+//! handed over whole and the committer writes the new ones of a batch as one contiguous write
+//! (a chunk already stored only gains a reference, and no write happens while a sync runs). For
+//! each batch it then fdatasyncs every segment the batch points into, applies all operations as
+//! one index batch written with sync, and only then answers. Many concurrent puts therefore share
+//! one pair of fsyncs. Being the only index writer, it also resolves races (two puts of the same
+//! chunk, an unref racing a GC move) without locks.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 
 use kv_engine::{KvEngine, WriteBatch};
 
 use crate::index::{IndexEntry, Location, chunk_key};
-use crate::record::record_span;
+use crate::lanes::{SMALL_LANE, SegmentSet};
+use crate::record::{HEADER_LEN, RecordHeader, record_span};
 use crate::segment::Segment;
 use crate::stats::{Accounting, Counters, bump};
 use crate::{ChunkError, ChunkHash};
@@ -26,6 +30,8 @@ pub(crate) enum Op {
     /// A record for `hash` was written at `loc`: index it, or add a reference if the chunk
     /// already exists (the new record is then dead space).
     Insert { hash: ChunkHash, loc: Location, seg: Arc<Segment> },
+    /// Store a small chunk: add a reference if it exists, else the committer writes its record.
+    InsertSmall { hash: ChunkHash, data: Vec<u8> },
     /// Add a reference to an existing chunk; `healthy_only` refuses quarantined chunks.
     AddRef { hash: ChunkHash, healthy_only: bool },
     /// Drop a reference; the entry goes when none are left.
@@ -56,6 +62,7 @@ pub(crate) struct Request {
 
 pub(crate) struct Committer {
     pub kv: Arc<dyn KvEngine>,
+    pub segs: Arc<SegmentSet>,
     pub acct: Arc<Mutex<Accounting>>,
     pub counters: Arc<Counters>,
 }
@@ -65,21 +72,18 @@ impl Committer {
     pub(crate) fn run(self, rx: Receiver<Request>) {
         while let Ok(first) = rx.recv() {
             let mut reqs = vec![first];
-            while reqs.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(r) => reqs.push(r),
-                    Err(_) => break,
-                }
-            }
-            match self.commit(&reqs) {
+            drain(&rx, &mut reqs);
+            let outcome = self.commit(&rx, &mut reqs).map_err(|e| {
+                tracing::error!(error = %e, "group commit failed; nothing in it was acknowledged");
+                e.to_string()
+            });
+            match outcome {
                 Ok(results) => {
                     for (req, res) in reqs.into_iter().zip(results) {
                         let _ = req.reply.send(Ok(res));
                     }
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, "group commit failed; nothing in it was acknowledged");
-                    let msg = e.to_string();
+                Err(msg) => {
                     for req in reqs {
                         let _ = req.reply.send(Err(msg.clone()));
                     }
@@ -88,30 +92,43 @@ impl Committer {
         }
     }
 
-    fn commit(&self, reqs: &[Request]) -> Result<Vec<Vec<OpResult>>, ChunkError> {
-        // 1. Make the records durable before anything points at them.
-        let mut to_sync: HashMap<u64, &Arc<Segment>> = HashMap::new();
-        for op in reqs.iter().flat_map(|r| &r.ops) {
-            if let Op::Insert { seg, .. } | Op::Relocate { seg, .. } = op {
-                to_sync.entry(seg.id).or_insert(seg);
-            }
-        }
-        for seg in to_sync.values() {
-            seg.sync()?;
-        }
-        // 2. Compute the new entries against the committed index plus this batch's own changes.
+    /// Commits `reqs`, plus the requests that arrive while their records are being written
+    /// (writers woken by the previous commit catch this one instead of waiting for the next).
+    fn commit(&self, rx: &Receiver<Request>, reqs: &mut Vec<Request>) -> Result<Vec<Vec<OpResult>>, ChunkError> {
+        // 1. Compute the new entries against the committed index plus this batch's own changes,
+        //    and write the records of new small chunks.
+        let mut staged = Staged::default();
         let mut overlay: HashMap<ChunkHash, Option<IndexEntry>> = HashMap::new();
         let mut batch = WriteBatch::new();
         let mut delta = Delta::default();
         let mut results = Vec::with_capacity(reqs.len());
         let mut nops = 0u64;
-        for req in reqs {
-            let mut out = Vec::with_capacity(req.ops.len());
-            for op in &req.ops {
-                nops += 1;
-                out.push(self.apply(op, &mut overlay, &mut batch, &mut delta)?);
+        let mut to_sync: HashMap<u64, Arc<Segment>> = HashMap::new();
+        loop {
+            for req in &reqs[results.len()..] {
+                let mut out = Vec::with_capacity(req.ops.len());
+                for op in &req.ops {
+                    nops += 1;
+                    if let Op::Insert { seg, .. } | Op::Relocate { seg, .. } = op {
+                        to_sync.entry(seg.id).or_insert_with(|| seg.clone());
+                    }
+                    let mut cx = Cx { overlay: &mut overlay, batch: &mut batch, d: &mut delta };
+                    out.push(self.apply(op, &mut cx, &mut staged)?);
+                }
+                results.push(out);
             }
-            results.push(out);
+            for w in &staged.writes[staged.written..] {
+                w.seg.write_at(&w.buf, w.off)?;
+                to_sync.entry(w.seg.id).or_insert_with(|| w.seg.clone());
+            }
+            staged.written = staged.writes.len();
+            if !drain(rx, reqs) {
+                break;
+            }
+        }
+        // 2. Make every record the batch points at durable.
+        for seg in to_sync.values() {
+            seg.sync()?;
         }
         // 3. One durable index write for all of it.
         if !batch.is_empty() {
@@ -123,12 +140,32 @@ impl Committer {
         Ok(results)
     }
 
-    fn lookup(
-        &self,
-        hash: &ChunkHash,
-        overlay: &HashMap<ChunkHash, Option<IndexEntry>>,
-    ) -> Result<Option<IndexEntry>, ChunkError> {
-        if let Some(e) = overlay.get(hash) {
+    /// Reserves room for a small chunk's record in the small lane and stages its bytes.
+    fn stage_small(&self, hash: &ChunkHash, data: &[u8], staged: &mut Staged) -> Result<Location, ChunkError> {
+        let span = record_span(data.len() as u32, self.segs.align(SMALL_LANE)) as usize;
+        let (seg, off) = self.segs.reserve(SMALL_LANE, span as u64)?;
+        let open = staged.writes.len() > staged.written;
+        let w = match staged.writes.last_mut() {
+            Some(w) if open && w.seg.id == seg.id && w.off + w.buf.len() as u64 == off => {
+                seg.inflight.fetch_sub(1, Ordering::AcqRel); // the write already holds one
+                w
+            }
+            _ => {
+                staged.writes.push(StagedWrite { seg: seg.clone(), off, buf: Vec::with_capacity(64 << 10) });
+                staged.writes.last_mut().expect("just pushed")
+            }
+        };
+        let start = w.buf.len();
+        w.buf.resize(start + span, 0);
+        RecordHeader { len: data.len() as u32, hash: *hash }.encode(&mut w.buf[start..start + HEADER_LEN]);
+        w.buf[start + HEADER_LEN..start + HEADER_LEN + data.len()].copy_from_slice(data);
+        Ok(Location { seg: seg.id, off, len: data.len() as u32 })
+    }
+
+    /// The entry for `hash` as of everything before the op: this batch's own changes, then the
+    /// committed index.
+    fn lookup(&self, hash: &ChunkHash, cx: &Cx<'_>) -> Result<Option<IndexEntry>, ChunkError> {
+        if let Some(e) = cx.overlay.get(hash) {
             return Ok(*e);
         }
         match self.kv.get(&chunk_key(hash))? {
@@ -137,29 +174,22 @@ impl Committer {
         }
     }
 
-    fn apply(
-        &self,
-        op: &Op,
-        overlay: &mut HashMap<ChunkHash, Option<IndexEntry>>,
-        batch: &mut WriteBatch,
-        d: &mut Delta,
-    ) -> Result<OpResult, ChunkError> {
-        let mut set =
-            |overlay: &mut HashMap<ChunkHash, Option<IndexEntry>>, hash: &ChunkHash, e: Option<IndexEntry>| {
-                match e {
-                    Some(e) => batch.put(chunk_key(hash), e.encode()),
-                    None => batch.delete(chunk_key(hash)),
-                }
-                overlay.insert(*hash, e);
-            };
+    fn apply(&self, op: &Op, cx: &mut Cx<'_>, staged: &mut Staged) -> Result<OpResult, ChunkError> {
+        let set = |cx: &mut Cx<'_>, hash: &ChunkHash, e: Option<IndexEntry>| {
+            match e {
+                Some(e) => cx.batch.put(chunk_key(hash), e.encode()),
+                None => cx.batch.delete(chunk_key(hash)),
+            }
+            cx.overlay.insert(*hash, e);
+        };
         Ok(match op {
             Op::Insert { hash, loc, seg } => {
                 let span = record_span(loc.len, seg.align);
-                match self.lookup(hash, overlay)? {
+                match self.lookup(hash, cx)? {
                     Some(mut e) if !e.quarantined => {
                         e.refs += 1;
-                        d.logical += loc.len as i64;
-                        set(overlay, hash, Some(e));
+                        cx.d.logical += loc.len as i64;
+                        set(cx, hash, Some(e));
                         OpResult::Inserted { dedup: true, refs: e.refs }
                     }
                     Some(mut e) => {
@@ -167,65 +197,90 @@ impl Committer {
                         e.refs += 1;
                         e.loc = *loc;
                         e.quarantined = false;
-                        d.live(loc.seg, span as i64);
-                        d.logical += loc.len as i64;
-                        set(overlay, hash, Some(e));
+                        cx.d.live(loc.seg, span as i64);
+                        cx.d.logical += loc.len as i64;
+                        set(cx, hash, Some(e));
                         OpResult::Inserted { dedup: false, refs: e.refs }
                     }
                     None => {
                         let e = IndexEntry { loc: *loc, refs: 1, quarantined: false };
-                        d.live(loc.seg, span as i64);
-                        d.chunks += 1;
-                        d.physical += loc.len as i64;
-                        d.logical += loc.len as i64;
-                        set(overlay, hash, Some(e));
+                        cx.d.live(loc.seg, span as i64);
+                        cx.d.chunks += 1;
+                        cx.d.physical += loc.len as i64;
+                        cx.d.logical += loc.len as i64;
+                        set(cx, hash, Some(e));
                         OpResult::Inserted { dedup: false, refs: 1 }
                     }
                 }
             }
-            Op::AddRef { hash, healthy_only } => match self.lookup(hash, overlay)? {
+            Op::InsertSmall { hash, data } => match self.lookup(hash, cx)? {
+                Some(mut e) if !e.quarantined => {
+                    e.refs += 1;
+                    cx.d.logical += data.len() as i64;
+                    set(cx, hash, Some(e));
+                    OpResult::Inserted { dedup: true, refs: e.refs }
+                }
+                found => {
+                    let loc = self.stage_small(hash, data, staged)?;
+                    let span = record_span(loc.len, self.segs.align(SMALL_LANE));
+                    cx.d.live(loc.seg, span as i64);
+                    cx.d.logical += loc.len as i64;
+                    let e = match found {
+                        // A healthy copy replaces the quarantined one.
+                        Some(e) => IndexEntry { loc, refs: e.refs + 1, quarantined: false },
+                        None => {
+                            cx.d.chunks += 1;
+                            cx.d.physical += loc.len as i64;
+                            IndexEntry { loc, refs: 1, quarantined: false }
+                        }
+                    };
+                    set(cx, hash, Some(e));
+                    OpResult::Inserted { dedup: false, refs: e.refs }
+                }
+            },
+            Op::AddRef { hash, healthy_only } => match self.lookup(hash, cx)? {
                 Some(e) if *healthy_only && e.quarantined => OpResult::NotFound,
                 Some(mut e) => {
                     e.refs += 1;
-                    d.logical += e.loc.len as i64;
-                    set(overlay, hash, Some(e));
+                    cx.d.logical += e.loc.len as i64;
+                    set(cx, hash, Some(e));
                     OpResult::Refs(e.refs)
                 }
                 None => OpResult::NotFound,
             },
-            Op::Unref { hash } => match self.lookup(hash, overlay)? {
+            Op::Unref { hash } => match self.lookup(hash, cx)? {
                 Some(mut e) => {
                     e.refs -= 1;
-                    d.logical -= e.loc.len as i64;
+                    cx.d.logical -= e.loc.len as i64;
                     if e.refs == 0 {
                         if !e.quarantined {
-                            d.live(e.loc.seg, -(self.span_of(&e) as i64));
+                            cx.d.live(e.loc.seg, -(self.span_of(&e) as i64));
                         }
-                        d.chunks -= 1;
-                        d.physical -= e.loc.len as i64;
-                        set(overlay, hash, None);
+                        cx.d.chunks -= 1;
+                        cx.d.physical -= e.loc.len as i64;
+                        set(cx, hash, None);
                     } else {
-                        set(overlay, hash, Some(e));
+                        set(cx, hash, Some(e));
                     }
                     OpResult::Refs(e.refs)
                 }
                 None => OpResult::NotFound,
             },
-            Op::Relocate { hash, from, to, seg } => match self.lookup(hash, overlay)? {
+            Op::Relocate { hash, from, to, seg } => match self.lookup(hash, cx)? {
                 Some(mut e) if e.loc == *from && !e.quarantined => {
-                    d.live(from.seg, -(self.span_of(&e) as i64));
-                    d.live(to.seg, record_span(to.len, seg.align) as i64);
+                    cx.d.live(from.seg, -(self.span_of(&e) as i64));
+                    cx.d.live(to.seg, record_span(to.len, seg.align) as i64);
                     e.loc = *to;
-                    set(overlay, hash, Some(e));
+                    set(cx, hash, Some(e));
                     OpResult::Applied(true)
                 }
                 _ => OpResult::Applied(false),
             },
-            Op::Quarantine { hash, loc } => match self.lookup(hash, overlay)? {
+            Op::Quarantine { hash, loc } => match self.lookup(hash, cx)? {
                 Some(mut e) if e.loc == *loc && !e.quarantined => {
-                    d.live(loc.seg, -(self.span_of(&e) as i64));
+                    cx.d.live(loc.seg, -(self.span_of(&e) as i64));
                     e.quarantined = true;
-                    set(overlay, hash, Some(e));
+                    set(cx, hash, Some(e));
                     OpResult::Applied(true)
                 }
                 _ => OpResult::Applied(false),
@@ -237,6 +292,46 @@ impl Committer {
         let acct = self.acct.lock().expect("accounting lock");
         let align = acct.segments.get(&e.loc.seg).map_or(1, |s| s.align.max(1));
         record_span(e.loc.len, align)
+    }
+}
+
+/// What applying one op works against and produces.
+struct Cx<'a> {
+    overlay: &'a mut HashMap<ChunkHash, Option<IndexEntry>>,
+    batch: &'a mut WriteBatch,
+    d: &'a mut Delta,
+}
+
+/// Moves queued requests into `reqs` (up to [`MAX_BATCH`]); true when it moved any.
+fn drain(rx: &Receiver<Request>, reqs: &mut Vec<Request>) -> bool {
+    let before = reqs.len();
+    while reqs.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(r) => reqs.push(r),
+            Err(_) => break,
+        }
+    }
+    reqs.len() > before
+}
+
+/// Records of new small chunks written by the committer, contiguous runs merged into one write.
+#[derive(Default)]
+struct Staged {
+    writes: Vec<StagedWrite>,
+    /// `writes[..written]` are on their way to disk and take no more records.
+    written: usize,
+}
+
+struct StagedWrite {
+    seg: Arc<Segment>,
+    off: u64,
+    buf: Vec<u8>,
+}
+
+impl Drop for StagedWrite {
+    fn drop(&mut self) {
+        // Written and committed, or abandoned: either way GC may look at the segment again.
+        self.seg.inflight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Sender, channel, sync_channel};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -16,9 +16,10 @@ use crate::commit::{Committer, Op, OpResult, Request};
 use crate::format::{PinnedSettings, format_or_check};
 use crate::fsutil::{fs_capacity, sync_dir};
 use crate::index::{CHUNK_PREFIX, IndexEntry, Location, chunk_key, hash_of_key};
+use crate::lanes::{DIRECT_LANE, SMALL_LANE, SegmentSet};
 use crate::record::{HEADER_LEN, RecordHeader, record_span};
-use crate::segment::{BUFFERED_ALIGN, DIRECT_ALIGN, SEGMENT_HEADER_LEN, Segment, parse_segment_name};
-use crate::stats::{Accounting, Counters, EngineStats, SegmentSpace, bump};
+use crate::segment::{DIRECT_ALIGN, SEGMENT_HEADER_LEN, Segment, parse_segment_name};
+use crate::stats::{Accounting, Counters, EngineStats, bump};
 use crate::{ChunkError, ChunkHash, DEFAULT_MAX_CHUNK_SIZE};
 
 /// Largest maximum chunk size a data directory may be formatted with.
@@ -96,23 +97,14 @@ pub struct ChunkInfo {
     pub quarantined: bool,
 }
 
-pub(crate) struct Lane {
-    pub align: u64,
-    pub active: Option<Arc<Segment>>,
-    pub next_off: u64,
-}
-
 /// A chunk store on one local data directory. Cheap to share behind an `Arc`; all methods block.
 pub struct ChunkEngine {
     pub(crate) cfg: EngineConfig,
-    pub(crate) seg_dir: PathBuf,
     pub(crate) kv: Arc<dyn KvEngine>,
-    pub(crate) segments: RwLock<HashMap<u64, Arc<Segment>>>,
-    pub(crate) lanes: [Mutex<Lane>; 2],
+    pub(crate) segs: Arc<SegmentSet>,
     pub(crate) acct: Arc<Mutex<Accounting>>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) gc_lock: Mutex<()>,
-    next_seg_id: AtomicU64,
     tx: RwLock<Option<Sender<Request>>>,
     committer: Mutex<Option<JoinHandle<()>>>,
     buf_pool: Mutex<Vec<AlignedBuf>>,
@@ -180,23 +172,21 @@ impl ChunkEngine {
         }
 
         let acct = Arc::new(Mutex::new(acct));
+        let segs = Arc::new(SegmentSet::new(seg_dir, cfg.segment_size, cfg.direct_io, segments, max_id, acct.clone()));
         let counters = Arc::new(Counters::default());
         let (tx, rx) = channel();
-        let committer = Committer { kv: kv.clone(), acct: acct.clone(), counters: counters.clone() };
+        let committer =
+            Committer { kv: kv.clone(), segs: segs.clone(), acct: acct.clone(), counters: counters.clone() };
         let handle = std::thread::Builder::new()
             .name("chunk-commit".into())
             .spawn(move || committer.run(rx))
             .map_err(|e| ChunkError::io("spawn commit thread", e))?;
-        let lane = |align| Mutex::new(Lane { align, active: None, next_off: 0 });
         Ok(Arc::new(ChunkEngine {
-            seg_dir,
             kv,
-            segments: RwLock::new(segments),
-            lanes: [lane(DIRECT_ALIGN), lane(BUFFERED_ALIGN)],
+            segs,
             acct,
             counters,
             gc_lock: Mutex::new(()),
-            next_seg_id: AtomicU64::new(max_id + 1),
             tx: RwLock::new(Some(tx)),
             committer: Mutex::new(Some(handle)),
             buf_pool: Mutex::new(Vec::new()),
@@ -261,14 +251,27 @@ impl ChunkEngine {
     fn put_hashed(&self, hash: ChunkHash, data: &[u8], prepared: Option<AlignedBuf>) -> Result<PutOutcome, ChunkError> {
         bump(&self.counters.puts, 1);
         bump(&self.counters.put_bytes, data.len() as u64);
-        if matches!(self.entry(&hash)?, Some(e) if !e.quarantined) {
-            if let OpResult::Refs(refs) = self.commit_one(Op::AddRef { hash, healthy_only: true })? {
-                bump(&self.counters.dedup_hits, 1);
-                if let Some(buf) = prepared {
-                    self.give_buf(buf);
+        if prepared.is_none() && !self.goes_direct(data.len()) {
+            // Small chunk: the committer checks for a stored copy and writes the record itself,
+            // together with the rest of its batch in one write.
+            return match self.commit_one(Op::InsertSmall { hash, data: data.to_vec() })? {
+                OpResult::Inserted { dedup, refs } => {
+                    if dedup {
+                        bump(&self.counters.dedup_hits, 1);
+                    }
+                    Ok(PutOutcome { hash, deduplicated: dedup, refs })
                 }
-                return Ok(PutOutcome { hash, deduplicated: true, refs });
+                other => unreachable!("insert answered {other:?}"),
+            };
+        }
+        if matches!(self.entry(&hash)?, Some(e) if !e.quarantined)
+            && let OpResult::Refs(refs) = self.commit_one(Op::AddRef { hash, healthy_only: true })?
+        {
+            bump(&self.counters.dedup_hits, 1);
+            if let Some(buf) = prepared {
+                self.give_buf(buf);
             }
+            return Ok(PutOutcome { hash, deduplicated: true, refs });
         }
         let (seg, loc) = self.append(&hash, data, prepared)?;
         let res = self.commit_one(Op::Insert { hash, loc, seg: seg.clone() });
@@ -293,27 +296,9 @@ impl ChunkEngine {
         data: &[u8],
         prepared: Option<AlignedBuf>,
     ) -> Result<(Arc<Segment>, Location), ChunkError> {
-        let lane_idx = if self.goes_direct(data.len()) { 0 } else { 1 };
-        let (seg, off, span) = {
-            let mut lane = self.lanes[lane_idx].lock().expect("lane lock");
-            let span = record_span(data.len() as u32, lane.align);
-            let full = lane.next_off + span > self.cfg.segment_size && lane.next_off > SEGMENT_HEADER_LEN;
-            if lane.active.is_none() || full {
-                let id = self.next_seg_id.fetch_add(1, Ordering::Relaxed);
-                let seg = Arc::new(Segment::create(&self.seg_dir, id, lane.align, self.cfg.direct_io)?);
-                self.segments.write().expect("segments lock").insert(id, seg.clone());
-                let mut acct = self.acct.lock().expect("accounting lock");
-                *acct.seg(id) = SegmentSpace { size: SEGMENT_HEADER_LEN, live: 0, align: lane.align };
-                lane.active = Some(seg);
-                lane.next_off = SEGMENT_HEADER_LEN;
-            }
-            let seg = lane.active.clone().expect("active segment");
-            let off = lane.next_off;
-            lane.next_off += span;
-            seg.inflight.fetch_add(1, Ordering::AcqRel);
-            self.acct.lock().expect("accounting lock").seg(seg.id).size = lane.next_off;
-            (seg, off, span)
-        };
+        let lane = if self.goes_direct(data.len()) { DIRECT_LANE } else { SMALL_LANE };
+        let span = record_span(data.len() as u32, self.segs.align(lane));
+        let (seg, off) = self.segs.reserve(lane, span)?;
         let header = RecordHeader { len: data.len() as u32, hash: *hash };
         let written = if seg.align == DIRECT_ALIGN {
             let filled = prepared.is_some();
@@ -486,7 +471,7 @@ impl ChunkEngine {
     }
 
     pub(crate) fn segment(&self, id: u64) -> Option<Arc<Segment>> {
-        self.segments.read().expect("segments lock").get(&id).cloned()
+        self.segs.get(id)
     }
 
     pub(crate) fn commit(&self, ops: Vec<Op>) -> Result<Vec<OpResult>, ChunkError> {

@@ -43,8 +43,7 @@ impl ChunkEngine {
     pub fn gc(&self) -> Result<GcReport, ChunkError> {
         let _only_one = self.gc_lock.lock().expect("gc lock");
         bump(&self.counters.gc_runs, 1);
-        let active: HashSet<u64> =
-            self.lanes.iter().filter_map(|l| l.lock().expect("lane lock").active.as_ref().map(|s| s.id)).collect();
+        let active: HashSet<u64> = self.segs.active_ids();
         let candidates: HashSet<u64> = {
             let acct = self.acct.lock().expect("accounting lock");
             acct.segments
@@ -105,7 +104,7 @@ impl ChunkEngine {
             if !empty {
                 continue; // a put revived a quarantined chunk into it meanwhile, or a move lost a race
             }
-            let Some(seg) = self.segments.write().expect("segments lock").remove(&id) else { continue };
+            let Some(seg) = self.segs.remove(id) else { continue };
             let size = seg.file_len().unwrap_or(0);
             std::fs::remove_file(seg.path())
                 .map_err(|e| ChunkError::io(format!("remove {}", seg.path().display()), e))?;
@@ -114,7 +113,7 @@ impl ChunkEngine {
             report.bytes_reclaimed += size;
         }
         if report.segments_removed > 0 {
-            sync_dir(&self.seg_dir)?;
+            sync_dir(self.segs.dir())?;
         }
         bump(&self.counters.gc_reclaimed_bytes, report.bytes_reclaimed);
         tracing::info!(?report, "gc pass done");

@@ -16,6 +16,7 @@ mod fsutil;
 mod gc;
 mod hash;
 mod index;
+mod lanes;
 mod record;
 mod scrub;
 mod segment;

@@ -79,25 +79,30 @@ fn dedup_stores_once_and_counts_references() {
 
 #[test]
 fn concurrent_puts_of_same_chunk_keep_exact_refcount() {
+    // A small chunk (written by the committer) and a large one (written by the putting thread).
     let dir = tempfile::tempdir().unwrap();
     let e = ChunkEngine::open(cfg(dir.path())).unwrap();
-    let data = Arc::new(random(70_000));
-    let threads: Vec<_> = (0..8)
-        .map(|_| {
-            let (e, d) = (e.clone(), data.clone());
-            std::thread::spawn(move || {
-                for _ in 0..10 {
-                    e.put(&d).unwrap();
-                }
+    for (n, len) in [3000usize, 70_000].into_iter().enumerate() {
+        let data = Arc::new(random(len));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (e, d) = (e.clone(), data.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..10 {
+                        e.put(&d).unwrap();
+                    }
+                })
             })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let info = e.info(&ChunkHash::of(&data)).unwrap().unwrap();
+        assert_eq!(info.refs, 80);
+        let s = e.stats();
+        assert_eq!(s.chunks, n as u64 + 1);
+        assert_eq!(&e.get(&ChunkHash::of(&data)).unwrap()[..], &data[..]);
     }
-    let info = e.info(&ChunkHash::of(&data)).unwrap().unwrap();
-    assert_eq!(info.refs, 80);
-    assert_eq!(e.stats().chunks, 1);
 }
 
 fn flip_byte_of(dir: &std::path::Path, needle: &[u8]) {

@@ -45,10 +45,10 @@ impl KvEngine for MemEngine {
             Some(e) => Bound::Excluded(e.to_vec()),
             None => Bound::Unbounded,
         };
-        if let Some(e) = end {
-            if e <= start {
-                return Ok(Vec::new());
-            }
+        if let Some(e) = end
+            && e <= start
+        {
+            return Ok(Vec::new());
         }
         Ok(map
             .range((Bound::Included(start.to_vec()), upper))
