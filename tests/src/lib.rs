@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use node_client::NodeClient;
 use rand::RngCore;
-use storage_node::NodeClient;
 
 pub mod meta;
 

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use chunk_engine::ChunkHash;
 use clap::Subcommand;
 use futures::{StreamExt, TryStreamExt};
-use storage_node::NodeClient;
+use node_client::NodeClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::manifest::{MANIFEST_VERSION, Manifest};

@@ -1,7 +1,7 @@
 //! `cairn node stats|scrub|gc`: look at and maintain one storage node.
 
 use clap::Subcommand;
-use storage_node::NodeClient;
+use node_client::NodeClient;
 
 use crate::progress::items_bar;
 

@@ -31,6 +31,18 @@ pub struct NodeConfig {
     pub gc_interval_secs: u64,
     /// Log filter (`RUST_LOG` syntax). Default `info`.
     pub log: String,
+    /// Metadata service endpoints (`host:port`); empty runs the node standalone (no node map).
+    pub meta: Vec<String>,
+    /// This node's id in the cluster, stable across restarts. Default `<host>-<listen port>`.
+    pub node_id: String,
+    /// Address other components reach the gRPC service at. Default: `listen`.
+    pub advertise: String,
+    /// Failure domain: zone. Default empty (unknown).
+    pub zone: String,
+    /// Failure domain: host. Default: this machine's hostname.
+    pub host: String,
+    /// Milliseconds between heartbeats to the node map. Default 1000.
+    pub heartbeat_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -45,8 +57,19 @@ impl Default for NodeConfig {
             gc_live_threshold: 0.5,
             gc_interval_secs: 300,
             log: "info".into(),
+            meta: Vec::new(),
+            node_id: String::new(),
+            advertise: String::new(),
+            zone: String::new(),
+            host: String::new(),
+            heartbeat_ms: 1000,
         }
     }
+}
+
+/// This machine's hostname (empty if unknown).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
 /// Command-line flags; each also reads an environment variable.
@@ -82,6 +105,24 @@ pub struct NodeArgs {
     /// Log filter.
     #[arg(long, env = "CAIRN_NODE_LOG")]
     pub log: Option<String>,
+    /// Metadata service endpoints, comma-separated (empty: standalone).
+    #[arg(long, env = "CAIRN_NODE_META", value_delimiter = ',')]
+    pub meta: Option<Vec<String>>,
+    /// Node id in the cluster.
+    #[arg(long, env = "CAIRN_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Address others reach this node's gRPC service at (host:port).
+    #[arg(long, env = "CAIRN_NODE_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Failure domain: zone.
+    #[arg(long, env = "CAIRN_NODE_ZONE")]
+    pub zone: Option<String>,
+    /// Failure domain: host.
+    #[arg(long, env = "CAIRN_NODE_HOST")]
+    pub host: Option<String>,
+    /// Milliseconds between heartbeats.
+    #[arg(long, env = "CAIRN_NODE_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u64>,
 }
 
 impl NodeConfig {
@@ -103,8 +144,23 @@ impl NodeConfig {
             direct_io,
             gc_live_threshold,
             gc_interval_secs,
-            log
+            log,
+            meta,
+            node_id,
+            advertise,
+            zone,
+            host,
+            heartbeat_ms
         );
+        if c.host.is_empty() {
+            c.host = hostname();
+        }
+        if c.node_id.is_empty() {
+            c.node_id = format!("{}-{}", if c.host.is_empty() { "node" } else { &c.host }, c.listen.port());
+        }
+        if c.advertise.is_empty() {
+            c.advertise = c.listen.to_string();
+        }
         c.validate()?;
         Ok(c)
     }
@@ -114,6 +170,12 @@ impl NodeConfig {
         self.engine().validate().map_err(NodeError::Config)?;
         if self.listen == self.http_listen {
             return Err(NodeError::Config(format!("listen and http_listen must differ (both are {})", self.listen)));
+        }
+        if self.heartbeat_ms < 100 {
+            return Err(NodeError::Config(format!("heartbeat_ms must be at least 100, got {}", self.heartbeat_ms)));
+        }
+        if self.node_id.contains('/') || self.node_id.chars().any(char::is_whitespace) {
+            return Err(NodeError::Config(format!("node_id must not contain '/' or spaces, got {:?}", self.node_id)));
         }
         if self.data_dir.as_os_str().is_empty() {
             return Err(NodeError::Config("data_dir must not be empty".into()));

@@ -1,8 +1,7 @@
 //! The storage-node daemon: a [`chunk_engine::ChunkEngine`] served over gRPC
 //! (`cairn.chunk.v1.ChunkStore`), with `/metrics`, `/healthz`, background GC and clean
-//! shutdown; plus [`NodeClient`], the client every other component uses to reach a node.
+//! shutdown. The client side lives in the `node-client` crate.
 
-pub mod client;
 mod config;
 mod error;
 mod metrics;
@@ -19,11 +18,10 @@ use tokio::sync::watch;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
-pub use client::{ClientError, NodeClient};
 pub use config::{NodeArgs, NodeConfig};
 pub use error::{NodeError, chunk_error_code};
 pub use metrics::NodeMetrics;
-pub use service::{ChunkService, STREAM_PIECE};
+pub use service::ChunkService;
 
 async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
@@ -56,13 +54,34 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     .await?;
 
     let service = ChunkService::new(engine.clone(), metrics.clone());
-    let max_msg = engine.config().max_chunk_size as usize + 2 * STREAM_PIECE;
+    let max_msg = engine.config().max_chunk_size as usize + 2 * node_client::STREAM_PIECE;
     let grpc = Server::builder().add_service(
         ChunkStoreServer::new(service).max_decoding_message_size(max_msg).max_encoding_message_size(max_msg),
     );
     let grpc = grpc.serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
 
     let gc = tokio::spawn(gc_loop(engine.clone(), cfg.gc_interval_secs, stop_rx.clone()));
+    if !cfg.meta.is_empty() {
+        let meta = metadata_client::MetaClient::new(&cfg.meta).map_err(|e| NodeError::Config(e.to_string()))?;
+        let (e, c) = (engine.clone(), cfg.clone());
+        let record = move || {
+            let s = e.stats();
+            cluster::NodeRecord {
+                version: cluster::nodemap::NODE_RECORD_VERSION,
+                id: c.node_id.clone(),
+                addr: c.advertise.clone(),
+                zone: c.zone.clone(),
+                host: c.host.clone(),
+                capacity_bytes: s.total_bytes,
+                free_bytes: s.free_bytes,
+                chunks: s.chunks,
+                heartbeat_unix_ms: cluster::nodemap::now_unix_ms(),
+            }
+        };
+        let every = Duration::from_millis(cfg.heartbeat_ms);
+        tokio::spawn(cluster::nodemap::heartbeat_loop(meta, every, record, stopped(stop_rx.clone())));
+        tracing::info!(node_id = %cfg.node_id, meta = ?cfg.meta, "joining the node map");
+    }
     tracing::info!(grpc = %cfg.listen, http = %cfg.http_listen, data_dir = %cfg.data_dir.display(), "storage node ready");
     tokio::spawn(async move {
         shutdown.await;

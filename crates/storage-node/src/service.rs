@@ -15,8 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::NodeError;
 use crate::metrics::NodeMetrics;
 
-/// Data bytes per streamed message.
-pub const STREAM_PIECE: usize = 1 << 20;
+use node_client::STREAM_PIECE;
 const LIST_DEFAULT: usize = 1000;
 const LIST_MAX: usize = 10_000;
 

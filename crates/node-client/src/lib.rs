@@ -1,4 +1,5 @@
-//! A client for one storage node: connects, streams chunks in and out, verifies what it reads.
+//! The client for one storage node (`cairn.chunk.v1.ChunkStore`): connects, streams chunks in
+//! and out, verifies what it reads. Every component that talks to storage nodes uses it.
 
 use bytes::Bytes;
 use cairn_proto::chunk::v1 as pb;
@@ -7,7 +8,8 @@ use chunk_engine::ChunkHash;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Streaming};
 
-use crate::service::STREAM_PIECE;
+/// Data bytes per streamed message, both ways (the storage node uses the same piece size).
+pub const STREAM_PIECE: usize = 1 << 20;
 
 /// What a call to a storage node can fail with.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,297 @@
+//! The replicated chunk client every frontend uses: puts to the R placed nodes in parallel, reads
+//! from the first healthy replica with verification and fallback, bounded and timed everywhere.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use chunk_engine::ChunkHash;
+use metadata_client::MetaClient;
+use node_client::{ClientError, NodeClient};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Semaphore, watch};
+
+use crate::ClusterError;
+use crate::nodemap::{NodeMap, NodeState, Timeouts, now_unix_ms, watch_node_map};
+
+/// `cluster/under/<hash hex>` → [`UnderReplicated`] (JSON): chunks acknowledged with fewer than R
+/// copies, for repair to complete.
+pub const UNDER_PREFIX: &str = "cluster/under/";
+
+/// How the client replicates.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Copies of every chunk (R).
+    pub replicas: usize,
+    /// Fewest durable copies a put may be acknowledged with when placed nodes are down; the chunk
+    /// is then recorded as under-replicated.
+    pub min_replicas: usize,
+    /// When nodes count as down and out.
+    pub timeouts: Timeouts,
+    /// Deadline of one call to one storage node.
+    pub rpc_timeout: Duration,
+    /// Most chunk transfers in flight from this client at once.
+    pub max_inflight: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            replicas: 3,
+            min_replicas: 2,
+            timeouts: Timeouts::default(),
+            rpc_timeout: Duration::from_secs(30),
+            max_inflight: 64,
+        }
+    }
+}
+
+impl ClientConfig {
+    /// Checks the settings; the error is one line.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.replicas == 0 || self.replicas > 16 {
+            return Err(format!("replicas must be between 1 and 16, got {}", self.replicas));
+        }
+        if self.min_replicas == 0 || self.min_replicas > self.replicas {
+            return Err(format!(
+                "min_replicas must be between 1 and replicas ({}), got {}",
+                self.replicas, self.min_replicas
+            ));
+        }
+        if self.max_inflight == 0 {
+            return Err("max_inflight must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// A chunk acknowledged with fewer than R copies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnderReplicated {
+    /// Nodes that hold a durable copy.
+    pub have: Vec<String>,
+    /// Placed nodes the put could not reach.
+    pub missing: Vec<String>,
+    /// When it was recorded (ms since the Unix epoch).
+    pub at_unix_ms: u64,
+}
+
+/// What a put achieved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutReport {
+    /// The chunk's name.
+    pub hash: ChunkHash,
+    /// Nodes holding a durable copy.
+    pub stored_on: Vec<String>,
+    /// True when fewer than R copies were made (and the chunk was recorded for repair).
+    pub under_replicated: bool,
+}
+
+struct Inner {
+    meta: MetaClient,
+    cfg: ClientConfig,
+    map: watch::Receiver<Arc<NodeMap>>,
+    conns: Mutex<HashMap<String, NodeClient>>,
+    inflight: Semaphore,
+}
+
+/// The pool's chunk client; cheap to clone.
+#[derive(Clone)]
+pub struct ChunkClient {
+    inner: Arc<Inner>,
+}
+
+/// One placed node, as the client sees it at the time of a call.
+#[derive(Debug, Clone)]
+struct Target {
+    id: String,
+    addr: String,
+    state: NodeState,
+}
+
+impl ChunkClient {
+    /// Reads the node map from the metadata service and keeps following it.
+    pub async fn new(meta: MetaClient, cfg: ClientConfig) -> Result<Self, ClusterError> {
+        cfg.validate().map_err(ClusterError::Config)?;
+        let map = NodeMap::load(&meta).await?;
+        let map = watch_node_map(meta.clone(), map);
+        let inflight = Semaphore::new(cfg.max_inflight);
+        Ok(ChunkClient { inner: Arc::new(Inner { meta, cfg, map, conns: Mutex::new(HashMap::new()), inflight }) })
+    }
+
+    /// The node map as this client currently sees it.
+    pub fn node_map(&self) -> Arc<NodeMap> {
+        self.inner.map.borrow().clone()
+    }
+
+    /// Waits until the map shows at least `n` nodes up (for start-up and tests).
+    pub async fn wait_for_up(&self, n: usize, within: Duration) -> Result<(), ClusterError> {
+        let mut rx = self.inner.map.clone();
+        let t = self.inner.cfg.timeouts;
+        let enough = |m: &NodeMap| {
+            let now = now_unix_ms();
+            m.nodes.keys().filter(|id| m.state(id, now, &t) == Some(NodeState::Up)).count() >= n
+        };
+        let waited = tokio::time::timeout(within, async {
+            loop {
+                if enough(&rx.borrow_and_update()) {
+                    return Ok(());
+                }
+                tokio::select! {
+                    r = rx.changed() => r.map_err(|_| ClusterError::Unavailable("node map watcher stopped".into()))?,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
+        })
+        .await;
+        waited.unwrap_or_else(|_| {
+            Err(ClusterError::Unavailable(format!("fewer than {n} storage nodes up after {within:?}")))
+        })
+    }
+
+    /// All nodes for `hash` in placement order (the first R are where it belongs), with their
+    /// addresses and current states.
+    fn ranked(&self, hash: &ChunkHash) -> Vec<Target> {
+        let map = self.node_map();
+        let now = now_unix_ms();
+        let t = &self.inner.cfg.timeouts;
+        let nodes = map.placement_nodes(now, t);
+        placement::rank(&hash.0, &nodes, self.inner.cfg.replicas)
+            .into_iter()
+            .filter_map(|n| {
+                let rec = map.nodes.get(&n.id)?;
+                Some(Target { id: n.id.clone(), addr: rec.addr.clone(), state: map.state(&n.id, now, t)? })
+            })
+            .collect()
+    }
+
+    /// The R nodes `hash` is placed on.
+    pub fn placed(&self, hash: &ChunkHash) -> Vec<String> {
+        let r = self.inner.cfg.replicas;
+        self.ranked(hash).into_iter().take(r).map(|t| t.id).collect()
+    }
+
+    async fn conn(&self, addr: &str) -> Result<NodeClient, ClientError> {
+        if let Some(c) = self.inner.conns.lock().expect("conns lock").get(addr) {
+            return Ok(c.clone());
+        }
+        let c = NodeClient::connect(addr).await?;
+        self.inner.conns.lock().expect("conns lock").insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// Stores a chunk on its R placed nodes in parallel and returns once all are durable — or,
+    /// when some placed nodes are down or fail, once at least `min_replicas` are, recording the
+    /// chunk as under-replicated for repair.
+    pub async fn put(&self, data: Bytes) -> Result<PutReport, ClusterError> {
+        let hash = hash_of(&data).await;
+        let _slot =
+            self.inner.inflight.acquire().await.map_err(|_| ClusterError::Unavailable("client closed".into()))?;
+        let cfg = &self.inner.cfg;
+        let placed: Vec<Target> = self.ranked(&hash).into_iter().take(cfg.replicas).collect();
+        if placed.len() < cfg.min_replicas {
+            return Err(ClusterError::Unavailable(format!(
+                "{} storage nodes in the pool, {} copies needed",
+                placed.len(),
+                cfg.min_replicas
+            )));
+        }
+        let sends = placed.iter().map(|t| {
+            let data = data.clone();
+            async move {
+                if t.state == NodeState::Down {
+                    return Err(format!("{} is down", t.id));
+                }
+                let call = async {
+                    let c = self.conn(&t.addr).await.map_err(|e| e.to_string())?;
+                    c.put(Some(hash), data).await.map_err(|e| e.to_string())
+                };
+                match tokio::time::timeout(cfg.rpc_timeout, call).await {
+                    Ok(r) => r.map(|_| ()),
+                    Err(_) => Err(format!("{} timed out after {:?}", t.id, cfg.rpc_timeout)),
+                }
+            }
+        });
+        let results = futures::future::join_all(sends).await;
+        let mut stored_on = Vec::new();
+        let mut missing = Vec::new();
+        let mut errors = Vec::new();
+        for (t, r) in placed.iter().zip(results) {
+            match r {
+                Ok(()) => stored_on.push(t.id.clone()),
+                Err(e) => {
+                    missing.push(t.id.clone());
+                    errors.push(e);
+                }
+            }
+        }
+        if stored_on.len() < cfg.min_replicas {
+            return Err(ClusterError::Unavailable(format!(
+                "chunk {hash}: {} of {} copies durable, {} needed: {}",
+                stored_on.len(),
+                placed.len(),
+                cfg.min_replicas,
+                errors.join("; ")
+            )));
+        }
+        let under = !missing.is_empty() || placed.len() < cfg.replicas;
+        if under {
+            tracing::debug!(chunk = %hash, ?missing, "chunk stored under-replicated");
+            let rec = UnderReplicated { have: stored_on.clone(), missing, at_unix_ms: now_unix_ms() };
+            let key = format!("{UNDER_PREFIX}{hash}");
+            self.inner.meta.put(key.as_bytes(), &serde_json::to_vec(&rec).expect("serializes")).await?;
+        }
+        Ok(PutReport { hash, stored_on, under_replicated: under })
+    }
+
+    /// Reads a chunk from the first replica that has a good copy: placed nodes that are up
+    /// first, then the rest of the ranking (copies left behind by moves), down nodes last. Every
+    /// copy is verified; a bad one is reported and the next replica is tried.
+    pub async fn get(&self, hash: &ChunkHash) -> Result<Bytes, ClusterError> {
+        let _slot =
+            self.inner.inflight.acquire().await.map_err(|_| ClusterError::Unavailable("client closed".into()))?;
+        let mut order = self.ranked(hash);
+        // Stable: keeps placement order within each group.
+        order.sort_by_key(|t| match t.state {
+            NodeState::Up | NodeState::Draining => 0,
+            NodeState::Down => 1,
+            NodeState::Out => 2,
+        });
+        let mut errors = Vec::new();
+        let mut all_not_found = true;
+        for t in &order {
+            let call = async {
+                let c = self.conn(&t.addr).await?;
+                c.get(hash).await
+            };
+            match tokio::time::timeout(self.inner.cfg.rpc_timeout, call).await {
+                Ok(Ok(data)) => return Ok(data),
+                Ok(Err(e)) => {
+                    if matches!(&e, ClientError::BadData { .. } | ClientError::Rpc { code: tonic::Code::DataLoss, .. })
+                    {
+                        tracing::warn!(chunk = %hash, node = %t.id, error = %e, "bad copy; reading another replica");
+                    }
+                    all_not_found &= e.code() == Some(tonic::Code::NotFound);
+                    errors.push(format!("{}: {e}", t.id));
+                }
+                Err(_) => {
+                    all_not_found = false;
+                    errors.push(format!("{}: timed out", t.id));
+                }
+            }
+        }
+        if all_not_found {
+            return Err(ClusterError::NotFound(*hash));
+        }
+        Err(ClusterError::Unavailable(format!("chunk {hash}: no replica could serve it: {}", errors.join("; "))))
+    }
+}
+
+async fn hash_of(data: &Bytes) -> ChunkHash {
+    if data.len() < (256 << 10) {
+        return ChunkHash::of(data);
+    }
+    let d = data.clone();
+    tokio::task::spawn_blocking(move || ChunkHash::of(&d)).await.expect("hash task")
+}

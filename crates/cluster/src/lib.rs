@@ -1,0 +1,11 @@
+//! The storage pool as one: the node map (registrations, heartbeats, states) in the metadata
+//! service, placement of chunks on nodes, and [`ChunkClient`], the replicated chunk client every
+//! frontend uses.
+
+mod client;
+mod error;
+pub mod nodemap;
+
+pub use client::{ChunkClient, ClientConfig, PutReport, UNDER_PREFIX, UnderReplicated};
+pub use error::ClusterError;
+pub use nodemap::{AdminState, NodeMap, NodeRecord, NodeState, Timeouts};

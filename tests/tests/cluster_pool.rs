@@ -1,0 +1,172 @@
+//! The pool: storage nodes register in the node map, the replicated chunk client places R copies
+//! where placement says, and reads survive SIGKILLed nodes (real processes on loopback).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use chunk_engine::ChunkHash;
+use cluster::{ChunkClient, ClientConfig, NodeState, Timeouts, UNDER_PREFIX};
+use integration_tests::meta::meta_cluster;
+use integration_tests::{NodeProc, random_bytes};
+use metadata_client::MetaClient;
+
+struct Pool {
+    _meta: Vec<integration_tests::meta::MetaProc>,
+    meta_api: String,
+    nodes: Vec<NodeProc>,
+    _dir: tempfile::TempDir,
+}
+
+fn start_pool(n: usize) -> Pool {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = meta_cluster(1, dir.path(), &[]);
+    let meta_api = meta[0].addrs.api.clone();
+    let nodes = (1..=n)
+        .map(|i| {
+            let id = format!("n{i}");
+            let zone = format!("z{}", i % 3);
+            NodeProc::start(
+                &dir.path().join(&id),
+                &["--meta", &meta_api, "--node-id", &id, "--zone", &zone, "--host", &id, "--heartbeat-ms", "200"],
+            )
+        })
+        .collect();
+    Pool { _meta: meta, meta_api, nodes, _dir: dir }
+}
+
+fn client_config() -> ClientConfig {
+    ClientConfig {
+        replicas: 3,
+        min_replicas: 2,
+        timeouts: Timeouts { down_after: Duration::from_millis(1500), out_after: Duration::from_secs(600) },
+        rpc_timeout: Duration::from_secs(10),
+        max_inflight: 16,
+    }
+}
+
+async fn holders(pool: &Pool, hash: &ChunkHash) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, n) in pool.nodes.iter().enumerate() {
+        let st = n.client().await.has(&[*hash]).await.unwrap();
+        if st[0].refs > 0 {
+            out.push(format!("n{}", i + 1));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicated_chunks_survive_killed_nodes() {
+    let mut pool = start_pool(5);
+    let meta = MetaClient::new(&[&pool.meta_api]).unwrap();
+    let client = ChunkClient::new(meta.clone(), client_config()).await.unwrap();
+    client.wait_for_up(5, Duration::from_secs(30)).await.unwrap();
+    let map = client.node_map();
+    assert_eq!(map.nodes.len(), 5);
+    assert_eq!(map.nodes["n2"].zone, "z2");
+    assert!(map.nodes["n1"].capacity_bytes > 0);
+
+    // Every chunk lands on exactly its three placed nodes, in three different zones.
+    let mut chunks = Vec::new();
+    for i in 0..40 {
+        let data = Bytes::from(random_bytes(1000 + i * 20_000));
+        let rep = client.put(data.clone()).await.unwrap();
+        assert!(!rep.under_replicated, "{rep:?}");
+        let mut placed = client.placed(&rep.hash);
+        placed.sort();
+        let mut stored = rep.stored_on.clone();
+        stored.sort();
+        assert_eq!(stored, placed);
+        let zones: std::collections::HashSet<_> = placed.iter().map(|id| map.nodes[id].zone.clone()).collect();
+        assert_eq!(zones.len(), 3, "replicas of {} share a zone: {placed:?}", rep.hash);
+        chunks.push((rep.hash, data));
+    }
+    for (hash, _) in chunks.iter().take(10) {
+        assert_eq!(holders(&pool, hash).await, {
+            let mut p = client.placed(hash);
+            p.sort();
+            p
+        });
+    }
+
+    // SIGKILL one node: every chunk still reads back verified, at once.
+    pool.nodes[0].kill9();
+    for (hash, data) in &chunks {
+        assert_eq!(&client.get(hash).await.unwrap(), data);
+    }
+    // The node map notices (no polling by us: the client follows the watch).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = client.node_map();
+        if m.state("n1", cluster::nodemap::now_unix_ms(), &client_config().timeouts) == Some(NodeState::Down) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "n1 never went down in the node map");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Writes go on with a node down: chunks placed on it are acknowledged with two copies and
+    // recorded as under-replicated.
+    let mut under = 0;
+    for i in 0..30 {
+        let data = Bytes::from(random_bytes(5000 + i));
+        let rep = client.put(data.clone()).await.unwrap();
+        let placed = client.placed(&rep.hash);
+        assert_eq!(rep.under_replicated, placed.contains(&"n1".to_string()), "{rep:?} placed {placed:?}");
+        if rep.under_replicated {
+            under += 1;
+            assert_eq!(rep.stored_on.len(), 2);
+            let key = format!("{UNDER_PREFIX}{}", rep.hash);
+            assert!(meta.get(key.as_bytes()).await.unwrap().is_some(), "under-replicated chunk not recorded");
+        }
+        chunks.push((rep.hash, data));
+    }
+    assert!(under > 5, "only {under} of 30 chunks were placed on the down node");
+
+    // Kill a second node: with R=3 everything written before still reads.
+    pool.nodes[3].kill9();
+    for (hash, data) in &chunks {
+        assert_eq!(&client.get(hash).await.unwrap(), data, "chunk {hash}");
+    }
+    // A chunk nobody stored is NotFound, not an error about the dead nodes... unless they might
+    // hold it: with nodes down the client cannot tell, so it says unavailable.
+    let missing = ChunkHash::of(b"never stored");
+    assert!(client.get(&missing).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_copy_is_skipped_and_unknown_chunk_is_not_found() {
+    let pool = start_pool(3);
+    let meta = MetaClient::new(&[&pool.meta_api]).unwrap();
+    let client = ChunkClient::new(meta, client_config()).await.unwrap();
+    client.wait_for_up(3, Duration::from_secs(30)).await.unwrap();
+    assert!(matches!(client.get(&ChunkHash::of(b"nothing")).await, Err(cluster::ClusterError::NotFound(_))));
+
+    let data = Bytes::from(random_bytes(200_000));
+    let rep = client.put(data.clone()).await.unwrap();
+    assert_eq!(rep.stored_on.len(), 3);
+    // Damage the copy on the first node reads go to.
+    let first = client.placed(&rep.hash)[0].clone();
+    let idx: usize = first[1..].parse::<usize>().unwrap() - 1;
+    flip_byte(&pool.nodes[idx].dir, &data[..64]);
+    assert_eq!(client.get(&rep.hash).await.unwrap(), data);
+    // The damaged copy is quarantined on its node.
+    let st = pool.nodes[idx].client().await.has(&[rep.hash]).await.unwrap();
+    assert!(st[0].quarantined, "{st:?}");
+}
+
+fn flip_byte(dir: &std::path::Path, needle: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    for ent in std::fs::read_dir(dir.join("segments")).unwrap() {
+        let path = ent.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        if let Some(pos) = bytes.windows(needle.len()).position(|w| w == needle) {
+            let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            f.write_all_at(&[bytes[pos + 10] ^ 0x55], (pos + 10) as u64).unwrap();
+            f.sync_all().unwrap();
+            return;
+        }
+    }
+    panic!("data not found in {}", dir.display());
+}
