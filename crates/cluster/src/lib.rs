@@ -5,7 +5,9 @@
 mod client;
 mod error;
 pub mod nodemap;
+mod repair_status;
 
 pub use client::{ChunkClient, ClientConfig, PutReport, UNDER_PREFIX, UnderReplicated};
 pub use error::ClusterError;
 pub use nodemap::{AdminState, NodeMap, NodeRecord, NodeState, Timeouts};
+pub use repair_status::{REPAIR_PREFIX, RepairProgress};

@@ -43,6 +43,17 @@ pub struct NodeConfig {
     pub host: String,
     /// Milliseconds between heartbeats to the node map. Default 1000.
     pub heartbeat_ms: u64,
+    /// Copies of every chunk (R); must be the same on every node and client. Default 3.
+    pub replicas: usize,
+    /// A node without heartbeat for this many milliseconds is down. Default 10000.
+    pub down_after_ms: u64,
+    /// A node without heartbeat for this many milliseconds is out and its chunks are repaired
+    /// elsewhere. Default 600000 (10 minutes).
+    pub out_after_ms: u64,
+    /// Seconds between full repair passes (membership changes start one sooner). Default 300.
+    pub repair_interval_secs: u64,
+    /// Bandwidth repair and rebalance may use, in MiB/s (0: unlimited). Default 200.
+    pub repair_rate_mib: u64,
 }
 
 impl Default for NodeConfig {
@@ -63,6 +74,11 @@ impl Default for NodeConfig {
             zone: String::new(),
             host: String::new(),
             heartbeat_ms: 1000,
+            replicas: 3,
+            down_after_ms: 10_000,
+            out_after_ms: 600_000,
+            repair_interval_secs: 300,
+            repair_rate_mib: 200,
         }
     }
 }
@@ -123,6 +139,21 @@ pub struct NodeArgs {
     /// Milliseconds between heartbeats.
     #[arg(long, env = "CAIRN_NODE_HEARTBEAT_MS")]
     pub heartbeat_ms: Option<u64>,
+    /// Copies of every chunk (R).
+    #[arg(long, env = "CAIRN_NODE_REPLICAS")]
+    pub replicas: Option<usize>,
+    /// Milliseconds without heartbeat before a node is down.
+    #[arg(long, env = "CAIRN_NODE_DOWN_AFTER_MS")]
+    pub down_after_ms: Option<u64>,
+    /// Milliseconds without heartbeat before a node is out (its chunks are repaired elsewhere).
+    #[arg(long, env = "CAIRN_NODE_OUT_AFTER_MS")]
+    pub out_after_ms: Option<u64>,
+    /// Seconds between full repair passes.
+    #[arg(long, env = "CAIRN_NODE_REPAIR_INTERVAL_SECS")]
+    pub repair_interval_secs: Option<u64>,
+    /// Repair bandwidth in MiB/s (0: unlimited).
+    #[arg(long, env = "CAIRN_NODE_REPAIR_RATE_MIB")]
+    pub repair_rate_mib: Option<u64>,
 }
 
 impl NodeConfig {
@@ -150,7 +181,12 @@ impl NodeConfig {
             advertise,
             zone,
             host,
-            heartbeat_ms
+            heartbeat_ms,
+            replicas,
+            down_after_ms,
+            out_after_ms,
+            repair_interval_secs,
+            repair_rate_mib
         );
         if c.host.is_empty() {
             c.host = hostname();
@@ -174,6 +210,18 @@ impl NodeConfig {
         if self.heartbeat_ms < 100 {
             return Err(NodeError::Config(format!("heartbeat_ms must be at least 100, got {}", self.heartbeat_ms)));
         }
+        if self.replicas == 0 || self.replicas > 16 {
+            return Err(NodeError::Config(format!("replicas must be between 1 and 16, got {}", self.replicas)));
+        }
+        if self.down_after_ms < 2 * self.heartbeat_ms || self.out_after_ms < self.down_after_ms {
+            return Err(NodeError::Config(format!(
+                "need 2 x heartbeat_ms <= down_after_ms <= out_after_ms, got {} / {} / {}",
+                self.heartbeat_ms, self.down_after_ms, self.out_after_ms
+            )));
+        }
+        if self.repair_interval_secs == 0 {
+            return Err(NodeError::Config("repair_interval_secs must be at least 1".into()));
+        }
         if self.node_id.contains('/') || self.node_id.chars().any(char::is_whitespace) {
             return Err(NodeError::Config(format!("node_id must not contain '/' or spaces, got {:?}", self.node_id)));
         }
@@ -181,6 +229,14 @@ impl NodeConfig {
             return Err(NodeError::Config("data_dir must not be empty".into()));
         }
         Ok(())
+    }
+
+    /// When nodes count as down and out.
+    pub fn timeouts(&self) -> cluster::Timeouts {
+        cluster::Timeouts {
+            down_after: std::time::Duration::from_millis(self.down_after_ms),
+            out_after: std::time::Duration::from_millis(self.out_after_ms),
+        }
     }
 
     /// The chunk-engine settings this configuration implies.

@@ -5,6 +5,7 @@
 mod config;
 mod error;
 mod metrics;
+mod repair;
 mod service;
 
 use std::future::Future;
@@ -21,6 +22,7 @@ use tonic::transport::server::TcpIncoming;
 pub use config::{NodeArgs, NodeConfig};
 pub use error::{NodeError, chunk_error_code};
 pub use metrics::NodeMetrics;
+pub use repair::{Reconciler, RepairConfig, RepairStats};
 pub use service::ChunkService;
 
 async fn stopped(mut rx: watch::Receiver<bool>) {
@@ -34,7 +36,11 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     let engine = tokio::task::spawn_blocking(move || ChunkEngine::open(engine_cfg))
         .await
         .map_err(|e| NodeError::Serve(format!("engine open task: {e}")))??;
-    let metrics = Arc::new(NodeMetrics::new(engine.clone()).map_err(|e| NodeError::Serve(e.to_string()))?);
+    let repair_stats = Arc::new(RepairStats::default());
+    let metrics = Arc::new(
+        NodeMetrics::new(engine.clone(), repair_stats.clone(), &cfg.node_id)
+            .map_err(|e| NodeError::Serve(e.to_string()))?,
+    );
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -79,7 +85,17 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
             }
         };
         let every = Duration::from_millis(cfg.heartbeat_ms);
-        tokio::spawn(cluster::nodemap::heartbeat_loop(meta, every, record, stopped(stop_rx.clone())));
+        tokio::spawn(cluster::nodemap::heartbeat_loop(meta.clone(), every, record, stopped(stop_rx.clone())));
+        let map = cluster::nodemap::watch_node_map(meta.clone(), cluster::NodeMap::default());
+        let repair_cfg = RepairConfig {
+            self_id: cfg.node_id.clone(),
+            replicas: cfg.replicas,
+            timeouts: cfg.timeouts(),
+            interval: Duration::from_secs(cfg.repair_interval_secs),
+            rate_bytes_per_sec: cfg.repair_rate_mib << 20,
+        };
+        let reconciler = Reconciler::new(engine.clone(), meta, map, repair_cfg, repair_stats.clone());
+        tokio::spawn(reconciler.run(stop_rx.clone()));
         tracing::info!(node_id = %cfg.node_id, meta = ?cfg.meta, "joining the node map");
     }
     tracing::info!(grpc = %cfg.listen, http = %cfg.http_listen, data_dir = %cfg.data_dir.display(), "storage node ready");

@@ -3,6 +3,9 @@
 use std::sync::Arc;
 
 use chunk_engine::{ChunkEngine, EngineStats};
+use cluster::RepairProgress;
+
+use crate::RepairStats;
 use daemon_kit::metrics::{RpcMetrics, ScrapeCollector};
 use prometheus::Registry;
 
@@ -16,7 +19,7 @@ pub struct NodeMetrics {
 
 impl NodeMetrics {
     /// Registers the engine series and the RPC instruments.
-    pub fn new(engine: Arc<ChunkEngine>) -> prometheus::Result<Self> {
+    pub fn new(engine: Arc<ChunkEngine>, repair: Arc<RepairStats>, node_id: &str) -> prometheus::Result<Self> {
         let registry = Registry::new();
         let engine_series = ScrapeCollector::<EngineStats>::new(move || engine.stats())
             .gauge("cairn_node_capacity_bytes", "Size of the filesystem holding the data directory", |s| {
@@ -50,6 +53,40 @@ impl NodeMetrics {
                 s.gc_moved_bytes as f64
             })?;
         registry.register(Box::new(engine_series))?;
+        let id = node_id.to_string();
+        let repair_series = ScrapeCollector::<RepairProgress>::new(move || repair.snapshot(&id))
+            .counter("cairn_node_repair_passes_total", "Reconciliation passes started", |p| p.passes as f64)?
+            .gauge("cairn_node_repair_active", "1 while a reconciliation pass runs", |p| f64::from(u8::from(p.active)))?
+            .gauge("cairn_node_repair_pass_total_chunks", "Local chunks when the pass started", |p| {
+                p.pass_total as f64
+            })?
+            .gauge("cairn_node_repair_pass_scanned_chunks", "Local chunks examined in this pass", |p| {
+                p.pass_scanned as f64
+            })?
+            .gauge("cairn_node_repair_pending_chunks", "Copies found missing, not yet made", |p| {
+                p.pending_chunks as f64
+            })?
+            .gauge("cairn_node_repair_pending_bytes", "Bytes of those copies", |p| p.pending_bytes as f64)?
+            .gauge(
+                "cairn_node_repair_under_replicated_chunks",
+                "Coordinated chunks short of R reachable copies",
+                |p| p.under_replicated as f64,
+            )?
+            .counter("cairn_node_repair_copied_chunks_total", "Copies pushed to other nodes", |p| {
+                p.copied_chunks as f64
+            })?
+            .counter("cairn_node_repair_copied_bytes_total", "Bytes pushed to other nodes", |p| p.copied_bytes as f64)?
+            .counter("cairn_node_repair_dropped_chunks_total", "Surplus local copies dropped", |p| {
+                p.dropped_chunks as f64
+            })?
+            .counter("cairn_node_repair_healed_chunks_total", "Damaged local copies replaced", |p| {
+                p.healed_chunks as f64
+            })?
+            .counter("cairn_node_repair_errors_total", "Failed repair attempts", |p| p.errors as f64)?
+            .gauge("cairn_node_repair_rate_bytes_per_second", "Push rate of the current pass", |p| {
+                p.rate_bytes_per_sec
+            })?;
+        registry.register(Box::new(repair_series))?;
         let rpc = RpcMetrics::register(&registry, "cairn_node")?;
         Ok(NodeMetrics { registry, rpc })
     }

@@ -1,0 +1,392 @@
+//! Background reconciliation on each storage node — repair, rebalance and scrub healing in one
+//! idempotent pass: for every local chunk the nodes placement puts it on must hold a good copy
+//! (the first live holder in placement order pushes the missing ones), a damaged local copy is
+//! replaced from a good replica, and a copy placement no longer wants is dropped once every
+//! placed node holds a good one. A pass only ever asks and copies what is missing, so a returning
+//! node receives nothing it already has, and a restart simply starts a new pass.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chunk_engine::{ChunkEngine, ChunkHash, ChunkInfo};
+use cluster::nodemap::now_unix_ms;
+use cluster::{NodeMap, NodeState, REPAIR_PREFIX, RepairProgress, Timeouts};
+use futures::StreamExt;
+use metadata_client::MetaClient;
+use node_client::NodeClient;
+use tokio::sync::watch;
+
+/// Chunks examined per step of a pass.
+const PAGE: usize = 256;
+/// Copies pushed at once.
+const PARALLEL_PUSHES: usize = 4;
+
+/// How a node reconciles.
+#[derive(Debug, Clone)]
+pub struct RepairConfig {
+    /// This node's id in the node map.
+    pub self_id: String,
+    /// Copies of every chunk (R), the same on every node.
+    pub replicas: usize,
+    /// When nodes count as down and out, the same on every node.
+    pub timeouts: Timeouts,
+    /// A full pass at least this often; membership changes start one sooner.
+    pub interval: Duration,
+    /// Push bandwidth limit in bytes per second (0: unlimited), so foreground I/O keeps going.
+    pub rate_bytes_per_sec: u64,
+}
+
+/// Live figures, read by `/metrics` and published to the metadata service.
+#[derive(Default)]
+pub struct RepairStats {
+    passes: AtomicU64,
+    active: AtomicBool,
+    pass_total: AtomicU64,
+    pass_scanned: AtomicU64,
+    pending_chunks: AtomicU64,
+    pending_bytes: AtomicU64,
+    under_replicated: AtomicU64,
+    copied_chunks: AtomicU64,
+    copied_bytes: AtomicU64,
+    dropped_chunks: AtomicU64,
+    healed_chunks: AtomicU64,
+    errors: AtomicU64,
+    pass_bytes: AtomicU64,
+    started_unix_ms: AtomicU64,
+}
+
+fn get(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+fn add(a: &AtomicU64, n: u64) {
+    a.fetch_add(n, Ordering::Relaxed);
+}
+
+impl RepairStats {
+    /// The figures now.
+    pub fn snapshot(&self, node: &str) -> RepairProgress {
+        let now = now_unix_ms();
+        let started = get(&self.started_unix_ms);
+        let secs = now.saturating_sub(started) as f64 / 1000.0;
+        RepairProgress {
+            node: node.to_string(),
+            passes: get(&self.passes),
+            active: self.active.load(Ordering::Relaxed),
+            pass_total: get(&self.pass_total),
+            pass_scanned: get(&self.pass_scanned),
+            pending_chunks: get(&self.pending_chunks),
+            pending_bytes: get(&self.pending_bytes),
+            under_replicated: get(&self.under_replicated),
+            copied_chunks: get(&self.copied_chunks),
+            copied_bytes: get(&self.copied_bytes),
+            dropped_chunks: get(&self.dropped_chunks),
+            healed_chunks: get(&self.healed_chunks),
+            errors: get(&self.errors),
+            rate_bytes_per_sec: if secs > 0.0 { get(&self.pass_bytes) as f64 / secs } else { 0.0 },
+            started_unix_ms: started,
+            updated_unix_ms: now,
+        }
+    }
+}
+
+/// The membership as placement sees it: a new pass starts when this changes.
+fn membership(map: &NodeMap, t: &Timeouts) -> Vec<(String, u64, Option<NodeState>)> {
+    let now = now_unix_ms();
+    let weights: BTreeMap<_, _> = map.placement_nodes(now, t).into_iter().map(|n| (n.id, n.weight > 0)).collect();
+    map.nodes
+        .keys()
+        .map(|id| (id.clone(), u64::from(weights.get(id).copied().unwrap_or(false)), map.state(id, now, t)))
+        .collect()
+}
+
+/// One node's reconciler.
+pub struct Reconciler {
+    engine: Arc<ChunkEngine>,
+    meta: MetaClient,
+    map: watch::Receiver<Arc<NodeMap>>,
+    cfg: RepairConfig,
+    stats: Arc<RepairStats>,
+    conns: Mutex<HashMap<String, NodeClient>>,
+}
+
+/// What one page of local chunks needs.
+struct Plan {
+    hash: ChunkHash,
+    info: ChunkInfo,
+    /// Placement order of every member, with each one's state.
+    rank: Vec<(String, NodeState)>,
+}
+
+impl Reconciler {
+    /// A reconciler for `engine`, following the node map `map`.
+    pub fn new(
+        engine: Arc<ChunkEngine>,
+        meta: MetaClient,
+        map: watch::Receiver<Arc<NodeMap>>,
+        cfg: RepairConfig,
+        stats: Arc<RepairStats>,
+    ) -> Self {
+        Reconciler { engine, meta, map, cfg, stats, conns: Mutex::new(HashMap::new()) }
+    }
+
+    /// Runs passes until `stop` turns true: every `interval`, and a second after the membership
+    /// changes (a node going down, out, draining, or joining).
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut last_members = None;
+        let mut last_pass = Instant::now() - self.cfg.interval;
+        loop {
+            let members = membership(&self.map.borrow(), &self.cfg.timeouts);
+            if last_members.as_ref() != Some(&members) || last_pass.elapsed() >= self.cfg.interval {
+                last_members = Some(members);
+                last_pass = Instant::now();
+                let pass = self.pass();
+                tokio::select! {
+                    r = pass => if let Err(e) = r {
+                        add(&self.stats.errors, 1);
+                        tracing::warn!(error = %e, "repair pass stopped early; the next one resumes");
+                    },
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                self.stats.active.store(false, Ordering::Relaxed);
+                self.publish().await;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    async fn publish(&self) {
+        let p = self.stats.snapshot(&self.cfg.self_id);
+        let key = format!("{REPAIR_PREFIX}{}", self.cfg.self_id);
+        let value = serde_json::to_vec(&p).expect("progress serializes");
+        if let Err(e) = self.meta.put(key.as_bytes(), &value).await {
+            tracing::debug!(error = %e, "could not publish repair progress");
+        }
+    }
+
+    async fn conn(&self, addr: &str) -> Result<NodeClient, String> {
+        if let Some(c) = self.conns.lock().expect("conns lock").get(addr) {
+            return Ok(c.clone());
+        }
+        let c = NodeClient::connect(addr).await.map_err(|e| e.to_string())?;
+        self.conns.lock().expect("conns lock").insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&ChunkEngine) -> Result<T, chunk_engine::ChunkError> + Send + 'static,
+    ) -> Result<T, String> {
+        let e = self.engine.clone();
+        tokio::task::spawn_blocking(move || f(&e)).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
+    }
+
+    /// One pass over every local chunk.
+    async fn pass(&self) -> Result<(), String> {
+        let s = &self.stats;
+        add(&s.passes, 1);
+        s.active.store(true, Ordering::Relaxed);
+        s.pass_total.store(self.engine.stats().chunks, Ordering::Relaxed);
+        for a in [&s.pass_scanned, &s.pending_chunks, &s.pending_bytes, &s.under_replicated, &s.pass_bytes] {
+            a.store(0, Ordering::Relaxed);
+        }
+        s.started_unix_ms.store(now_unix_ms(), Ordering::Relaxed);
+        let mut budget = Throttle::new(self.cfg.rate_bytes_per_sec);
+        let mut after: Option<ChunkHash> = None;
+        let mut last_publish = Instant::now();
+        loop {
+            let page = self.blocking(move |e| e.list(after.as_ref(), PAGE)).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.0);
+            self.page(page, &mut budget).await?;
+            if last_publish.elapsed() >= Duration::from_secs(1) {
+                self.publish().await;
+                last_publish = Instant::now();
+            }
+        }
+        Ok(())
+    }
+
+    async fn page(&self, page: Vec<(ChunkHash, ChunkInfo)>, budget: &mut Throttle) -> Result<(), String> {
+        let map = self.map.borrow().clone();
+        let now = now_unix_ms();
+        let t = &self.cfg.timeouts;
+        let members = map.placement_nodes(now, t);
+        let r = self.cfg.replicas;
+        let me = self.cfg.self_id.as_str();
+        let plans: Vec<Plan> = page
+            .into_iter()
+            .map(|(hash, info)| {
+                let rank = placement::rank(&hash.0, &members, r)
+                    .into_iter()
+                    .filter_map(|n| Some((n.id.clone(), map.state(&n.id, now, t)?)))
+                    .collect();
+                Plan { hash, info, rank }
+            })
+            .collect();
+
+        // Ask the other live nodes that matter (the placed ones, and any ranked before us)
+        // which of these chunks they hold in good shape: one call per node per page.
+        let mut ask: HashMap<String, Vec<ChunkHash>> = HashMap::new();
+        for p in &plans {
+            let my_pos = p.rank.iter().position(|(id, _)| id == me).unwrap_or(usize::MAX);
+            for (i, (id, state)) in p.rank.iter().enumerate() {
+                let relevant = i < r || i < my_pos;
+                if id != me && relevant && matches!(state, NodeState::Up | NodeState::Draining) {
+                    ask.entry(id.clone()).or_default().push(p.hash);
+                }
+            }
+        }
+        let answers = futures::future::join_all(ask.into_iter().map(|(id, hashes)| {
+            let addr = map.nodes.get(&id).map(|n| n.addr.clone()).unwrap_or_default();
+            async move {
+                let res = async {
+                    let c = self.conn(&addr).await?;
+                    c.has(&hashes).await.map_err(|e| e.to_string())
+                };
+                match tokio::time::timeout(Duration::from_secs(10), res).await {
+                    Ok(Ok(states)) => states
+                        .into_iter()
+                        .filter(|s| s.present && !s.quarantined)
+                        .map(|s| (id.clone(), s.hash))
+                        .collect(),
+                    Ok(Err(e)) => {
+                        tracing::debug!(node = %id, error = %e, "has() failed; treating its copies as missing");
+                        Vec::new()
+                    }
+                    Err(_) => Vec::new(),
+                }
+            }
+        }))
+        .await;
+        let good: std::collections::HashSet<(String, Vec<u8>)> = answers.into_iter().flatten().collect();
+        let holds = |id: &str, p: &Plan| {
+            if id == me { !p.info.quarantined } else { good.contains(&(id.to_string(), p.hash.0.to_vec())) }
+        };
+
+        let mut pushes = Vec::new();
+        for p in &plans {
+            add(&self.stats.pass_scanned, 1);
+            let live = |s: &NodeState| matches!(s, NodeState::Up | NodeState::Draining);
+            if p.info.quarantined {
+                // Scrub found (or a read hit) a damaged copy here: take a good one from a replica.
+                let source =
+                    p.rank.iter().find(|(id, s)| id != me && live(s) && holds(id, p)).map(|(id, _)| id.clone());
+                match source {
+                    Some(src) => match self.heal(&map, &src, &p.hash).await {
+                        Ok(()) => add(&self.stats.healed_chunks, 1),
+                        Err(e) => {
+                            add(&self.stats.errors, 1);
+                            tracing::warn!(chunk = %p.hash, error = %e, "could not heal damaged copy");
+                        }
+                    },
+                    None => tracing::warn!(chunk = %p.hash, "damaged copy and no good replica reachable"),
+                }
+                continue;
+            }
+            let coordinator = p.rank.iter().find(|(id, s)| live(s) && holds(id, p)).map(|(id, _)| id.as_str());
+            let placed = &p.rank[..p.rank.len().min(r)];
+            if coordinator == Some(me) {
+                let mut short = false;
+                for (id, state) in placed {
+                    if id == me || holds(id, p) {
+                        continue;
+                    }
+                    if *state == NodeState::Up {
+                        pushes.push((id.clone(), p.hash, p.info.len as u64));
+                        add(&self.stats.pending_chunks, 1);
+                        add(&self.stats.pending_bytes, p.info.len as u64);
+                    } else {
+                        short = true;
+                    }
+                }
+                if short || placed.len() < r {
+                    add(&self.stats.under_replicated, 1);
+                }
+            }
+            let wanted_here = placed.iter().any(|(id, _)| id == me);
+            let all_placed_hold = placed.len() == r && placed.iter().all(|(id, s)| *s == NodeState::Up && holds(id, p));
+            if !wanted_here && all_placed_hold {
+                let (hash, refs) = (p.hash, p.info.refs);
+                match self.blocking(move |e| (0..refs).try_for_each(|_| e.unref(&hash).map(|_| ()))).await {
+                    Ok(()) => add(&self.stats.dropped_chunks, 1),
+                    Err(e) => {
+                        add(&self.stats.errors, 1);
+                        tracing::warn!(chunk = %p.hash, error = %e, "could not drop surplus copy");
+                    }
+                }
+            }
+        }
+
+        // Push the missing copies, a few at a time, within the bandwidth budget.
+        let mut done = futures::stream::iter(pushes.into_iter().map(|(id, hash, len)| {
+            let addr = map.nodes.get(&id).map(|n| n.addr.clone()).unwrap_or_default();
+            async move { (self.push(&addr, &hash).await.map_err(|e| format!("push {hash} to {id}: {e}")), len) }
+        }))
+        .buffer_unordered(PARALLEL_PUSHES);
+        while let Some((res, len)) = done.next().await {
+            self.stats.pending_chunks.fetch_sub(1, Ordering::Relaxed);
+            self.stats.pending_bytes.fetch_sub(len, Ordering::Relaxed);
+            match res {
+                Ok(()) => {
+                    add(&self.stats.copied_chunks, 1);
+                    add(&self.stats.copied_bytes, len);
+                    add(&self.stats.pass_bytes, len);
+                    budget.spend(len).await;
+                }
+                Err(e) => {
+                    add(&self.stats.errors, 1);
+                    tracing::warn!(error = %e, "repair copy failed; retried next pass");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn push(&self, addr: &str, hash: &ChunkHash) -> Result<(), String> {
+        let h = *hash;
+        let data = self.blocking(move |e| e.get(&h)).await?;
+        let c = self.conn(addr).await?;
+        c.put(Some(*hash), data).await.map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    async fn heal(&self, map: &NodeMap, src: &str, hash: &ChunkHash) -> Result<(), String> {
+        let addr = map.nodes.get(src).map(|n| n.addr.clone()).ok_or("source left the map")?;
+        let data = self.conn(&addr).await?.get(hash).await.map_err(|e| e.to_string())?;
+        let h = *hash;
+        self.blocking(move |e| e.put_verified(&h, &data)).await?;
+        tracing::info!(chunk = %hash, from = src, "damaged copy replaced from a good replica");
+        Ok(())
+    }
+}
+
+/// Keeps pushes under a byte rate.
+struct Throttle {
+    rate: u64,
+    start: Instant,
+    spent: u64,
+}
+
+impl Throttle {
+    fn new(rate: u64) -> Self {
+        Throttle { rate, start: Instant::now(), spent: 0 }
+    }
+
+    async fn spend(&mut self, bytes: u64) {
+        if self.rate == 0 {
+            return;
+        }
+        self.spent += bytes;
+        let due = Duration::from_secs_f64(self.spent as f64 / self.rate as f64);
+        let elapsed = self.start.elapsed();
+        if due > elapsed {
+            tokio::time::sleep(due - elapsed).await;
+        }
+    }
+}
