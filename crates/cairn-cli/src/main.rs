@@ -1,6 +1,7 @@
 //! `cairn`, the operator CLI. Every error is one readable line on stderr and a non-zero exit.
 
 mod chunks;
+mod cluster;
 mod manifest;
 mod meta;
 mod node;
@@ -20,6 +21,15 @@ struct Cli {
     /// Metadata service endpoints (comma-separated).
     #[arg(long, global = true, env = "CAIRN_META", default_value = "http://127.0.0.1:7710")]
     meta: String,
+    /// Cluster CA certificate (PEM), when the cluster uses mutual TLS.
+    #[arg(long, global = true, env = "CAIRN_TLS_CA")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) signed by the cluster CA.
+    #[arg(long, global = true, env = "CAIRN_TLS_CERT")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// Client private key (PEM).
+    #[arg(long, global = true, env = "CAIRN_TLS_KEY")]
+    tls_key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     cmd: Command,
 }
@@ -29,9 +39,12 @@ enum Command {
     /// Store files as chunks and read them back by manifest.
     #[command(subcommand)]
     Chunk(chunks::ChunkCmd),
-    /// Inspect and maintain a storage node.
+    /// Inspect and maintain a storage node; drain, undrain or remove it from the pool.
     #[command(subcommand)]
     Node(node::NodeCmd),
+    /// The storage pool: node states, under-replicated chunks, repair progress.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCmd),
     /// Read and write metadata keys; inspect and change the metadata group.
     #[command(subcommand)]
     Meta(meta::MetaCmd),
@@ -39,6 +52,11 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let tls = mtls::TlsFiles { ca: cli.tls_ca.clone(), cert: cli.tls_cert.clone(), key: cli.tls_key.clone() };
+    if let Err(e) = mtls::install_client_identity(&tls) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -49,7 +67,8 @@ fn main() -> ExitCode {
     let res = rt.block_on(async {
         match cli.cmd {
             Command::Chunk(c) => chunks::run(&cli.node, c).await,
-            Command::Node(c) => node::run(&cli.node, c).await,
+            Command::Node(c) => node::run(&cli.node, &cli.meta, c).await,
+            Command::Cluster(c) => cluster::run(&cli.meta, c).await,
             Command::Meta(c) => meta::run(&cli.meta, c).await,
         }
     });

@@ -1,8 +1,11 @@
-//! `cairn node stats|scrub|gc`: look at and maintain one storage node.
+//! `cairn node stats|scrub|gc`: look at and maintain one storage node (`--node`);
+//! `cairn node drain|undrain|remove`: change a node's membership in the pool (`--meta`).
 
+use ::cluster::AdminState;
 use clap::Subcommand;
 use node_client::NodeClient;
 
+use crate::cluster::set_admin;
 use crate::progress::items_bar;
 
 /// Node commands.
@@ -18,14 +21,34 @@ pub enum NodeCmd {
     Scrub,
     /// Run a garbage-collection pass now.
     Gc,
+    /// Stop placing new chunks on node ID and copy its chunks to the other nodes (uses `--meta`).
+    Drain {
+        /// The node's id in the node map.
+        id: String,
+    },
+    /// Make node ID a full member again after `drain` or `remove` (uses `--meta`).
+    Undrain {
+        /// The node's id in the node map.
+        id: String,
+    },
+    /// Take node ID out of the pool: its chunks are re-replicated onto the other nodes (uses `--meta`).
+    Remove {
+        /// The node's id in the node map.
+        id: String,
+    },
 }
 
 fn gib(b: u64) -> String {
     format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
 }
 
-pub async fn run(node: &str, cmd: NodeCmd) -> anyhow::Result<()> {
-    let client = NodeClient::connect(node).await?;
+pub async fn run(node: &str, meta: &str, cmd: NodeCmd) -> anyhow::Result<()> {
+    let client = match cmd {
+        NodeCmd::Drain { id } => return set_admin(meta, &id, AdminState::Draining).await,
+        NodeCmd::Undrain { id } => return set_admin(meta, &id, AdminState::In).await,
+        NodeCmd::Remove { id } => return set_admin(meta, &id, AdminState::Out).await,
+        NodeCmd::Stats { .. } | NodeCmd::Scrub | NodeCmd::Gc => NodeClient::connect(node).await?,
+    };
     match cmd {
         NodeCmd::Stats { json } => {
             let s = client.stats().await?;
@@ -84,6 +107,7 @@ pub async fn run(node: &str, cmd: NodeCmd) -> anyhow::Result<()> {
                 r.segments_examined, r.segments_removed, r.bytes_reclaimed, r.chunks_moved, r.bytes_moved
             );
         }
+        NodeCmd::Drain { .. } | NodeCmd::Undrain { .. } | NodeCmd::Remove { .. } => unreachable!("handled above"),
     }
     Ok(())
 }

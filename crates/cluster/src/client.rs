@@ -86,6 +86,8 @@ pub struct PutReport {
     pub stored_on: Vec<String>,
     /// True when fewer than R copies were made (and the chunk was recorded for repair).
     pub under_replicated: bool,
+    /// When the put was acknowledged: its reference must be committed within the write window.
+    pub acked_at: std::time::Instant,
 }
 
 struct Inner {
@@ -242,7 +244,7 @@ impl ChunkClient {
             let key = format!("{UNDER_PREFIX}{hash}");
             self.inner.meta.put(key.as_bytes(), &serde_json::to_vec(&rec).expect("serializes")).await?;
         }
-        Ok(PutReport { hash, stored_on, under_replicated: under })
+        Ok(PutReport { hash, stored_on, under_replicated: under, acked_at: std::time::Instant::now() })
     }
 
     /// Reads a chunk from the first replica that has a good copy: placed nodes that are up

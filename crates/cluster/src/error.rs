@@ -14,6 +14,9 @@ pub enum ClusterError {
     /// No node holds the chunk.
     #[error("chunk {0} not found on any storage node")]
     NotFound(ChunkHash),
+    /// Chunks were put too long ago to be referenced safely; put them again.
+    #[error("{0}")]
+    Stale(String),
     /// Not enough storage nodes could be reached.
     #[error("{0}")]
     Unavailable(String),

@@ -4,7 +4,9 @@
 
 mod client;
 mod error;
+pub mod gc;
 pub mod nodemap;
+pub mod refs;
 mod repair_status;
 
 pub use client::{ChunkClient, ClientConfig, PutReport, UNDER_PREFIX, UnderReplicated};

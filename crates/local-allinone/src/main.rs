@@ -1,5 +1,5 @@
-//! `cairn-local`: every part built so far (a storage node and a single-voter metadata group) in
-//! one process, on embedded defaults, with its data
+//! `cairn-local`: every part built so far (a storage node joined to a single-voter metadata
+//! group, mutual TLS with a CA of its own) in one process, on embedded defaults, with its data
 //! under one directory. While it runs it keeps `<data>/local.env` (KEY=value lines) so that
 //! `set -a; . data/local.env` points clients at it; the file is removed on clean shutdown.
 
@@ -43,11 +43,30 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     daemon_kit::init_tracing(&cli.log);
+    // Only members get in: a CA of its own (made at first start), one certificate for the
+    // daemons in this process and one for clients (named in local.env).
+    let tls = mtls::LocalCa::open_or_create(&cli.data.join("tls"))
+        .and_then(|ca| Ok((ca.member("local")?, ca.member("client")?)));
+    let (member, client) = match tls {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("cairn-local: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let node = NodeConfig {
         data_dir: cli.data.join("node"),
         listen: cli.node_listen,
         http_listen: cli.node_http,
         log: cli.log.clone(),
+        meta: vec![cli.meta_listen.to_string()],
+        node_id: "local-1".into(),
+        advertise: cli.node_listen.to_string(),
+        host: "local".into(),
+        replicas: 1,
+        tls_ca: member.ca.clone(),
+        tls_cert: member.cert.clone(),
+        tls_key: member.key.clone(),
         ..NodeConfig::default()
     };
     if let Err(e) = node.validate() {
@@ -62,6 +81,9 @@ fn main() -> ExitCode {
         peer_listen: cli.meta_peer,
         http_listen: cli.meta_http,
         log: cli.log.clone(),
+        tls_ca: member.ca.clone(),
+        tls_cert: member.cert.clone(),
+        tls_key: member.key.clone(),
         ..MetaConfig::default()
     };
     if let Err(e) = meta.validate() {
@@ -76,11 +98,15 @@ fn main() -> ExitCode {
         }
     };
     let env = env_file::LocalEnv::new(&cli.data);
+    let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
     let vars = vec![
-        ("CAIRN_NODE".to_string(), format!("http://{}", cli.node_listen)),
+        ("CAIRN_NODE".to_string(), cli.node_listen.to_string()),
         ("CAIRN_NODE_METRICS_URL".to_string(), format!("http://{}/metrics", cli.node_http)),
-        ("CAIRN_META".to_string(), format!("http://{}", cli.meta_listen)),
+        ("CAIRN_META".to_string(), cli.meta_listen.to_string()),
         ("CAIRN_META_METRICS_URL".to_string(), format!("http://{}/metrics", cli.meta_http)),
+        ("CAIRN_TLS_CA".to_string(), path(&client.ca)),
+        ("CAIRN_TLS_CERT".to_string(), path(&client.cert)),
+        ("CAIRN_TLS_KEY".to_string(), path(&client.key)),
         ("CAIRN_DATA".to_string(), cli.data.display().to_string()),
     ];
     let res = rt.block_on(async {

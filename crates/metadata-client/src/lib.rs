@@ -13,7 +13,7 @@ use cairn_proto::meta::v1 as pb;
 use cairn_proto::meta::v1::admin_client::AdminClient;
 use cairn_proto::meta::v1::kv_client::KvClient;
 use futures::Stream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
 pub use cairn_proto::meta::v1::{KeyValue, Member, StatusResponse};
@@ -60,6 +60,7 @@ struct Inner {
     leader: Mutex<Option<String>>,
     channels: Mutex<HashMap<String, Channel>>,
     policy: RetryPolicy,
+    tls: Option<ClientTlsConfig>,
 }
 
 /// A client of the metadata service; cheap to clone.
@@ -88,8 +89,18 @@ impl MetaClient {
         Self::with_policy(endpoints, RetryPolicy::default())
     }
 
-    /// As [`new`](Self::new) with another retry policy.
+    /// As [`new`](Self::new) with another retry policy. Uses this process's TLS identity when one
+    /// is installed (see `mtls::install_client_identity`).
     pub fn with_policy(endpoints: &[impl AsRef<str>], policy: RetryPolicy) -> Result<Self, MetaClientError> {
+        Self::with_tls(endpoints, policy, mtls::process_client_config())
+    }
+
+    /// As [`with_policy`](Self::with_policy) with the given TLS client config (None: plaintext).
+    pub fn with_tls(
+        endpoints: &[impl AsRef<str>],
+        policy: RetryPolicy,
+        tls: Option<ClientTlsConfig>,
+    ) -> Result<Self, MetaClientError> {
         let endpoints: Vec<String> =
             endpoints.iter().map(|e| e.as_ref().trim()).filter(|e| !e.is_empty()).map(normalize).collect();
         if endpoints.is_empty() {
@@ -105,6 +116,7 @@ impl MetaClient {
                 leader: Mutex::new(None),
                 channels: Mutex::new(HashMap::new()),
                 policy,
+                tls,
             }),
         })
     }
@@ -114,8 +126,8 @@ impl MetaClient {
         if let Some(c) = chans.get(ep) {
             return Ok(c.clone());
         }
-        let c = Endpoint::from_shared(ep.to_string())
-            .map_err(|e| MetaClientError::InvalidArgument(format!("bad metadata endpoint {ep}: {e}")))?
+        let c = mtls::endpoint(ep, self.inner.tls.as_ref())
+            .map_err(|e| MetaClientError::InvalidArgument(format!("metadata endpoint: {e}")))?
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(1))
             .timeout(Duration::from_secs(10))

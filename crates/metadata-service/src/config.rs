@@ -41,6 +41,13 @@ pub struct MetaConfig {
     pub election_timeout_ms: u64,
     /// Log filter (`RUST_LOG` syntax). Default `info`.
     pub log: String,
+    /// Cluster CA certificate (PEM); with `tls_cert` and `tls_key` every gRPC link is mutual
+    /// TLS: callers must present a certificate from this CA. Default: none (plaintext).
+    pub tls_ca: Option<PathBuf>,
+    /// This member's certificate (PEM), signed by the cluster CA.
+    pub tls_cert: Option<PathBuf>,
+    /// This member's private key (PEM).
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for MetaConfig {
@@ -59,6 +66,9 @@ impl Default for MetaConfig {
             heartbeat_ms: 150,
             election_timeout_ms: 1000,
             log: "info".into(),
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -108,6 +118,15 @@ pub struct MetaArgs {
     /// Log filter.
     #[arg(long, env = "CAIRN_META_LOG")]
     pub log: Option<String>,
+    /// Cluster CA certificate (PEM) for mutual TLS.
+    #[arg(long, env = "CAIRN_META_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// This member's certificate (PEM).
+    #[arg(long, env = "CAIRN_META_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// This member's private key (PEM).
+    #[arg(long, env = "CAIRN_META_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl MetaConfig {
@@ -139,12 +158,25 @@ impl MetaConfig {
         if args.advertise_peer.is_some() {
             c.advertise_peer = args.advertise_peer.clone();
         }
+        for (field, arg) in
+            [(&mut c.tls_ca, &args.tls_ca), (&mut c.tls_cert, &args.tls_cert), (&mut c.tls_key, &args.tls_key)]
+        {
+            if arg.is_some() {
+                *field = arg.clone();
+            }
+        }
         c.validate()?;
         Ok(c)
     }
 
+    /// The mutual-TLS files (all or none).
+    pub fn tls(&self) -> mtls::TlsFiles {
+        mtls::TlsFiles { ca: self.tls_ca.clone(), cert: self.tls_cert.clone(), key: self.tls_key.clone() }
+    }
+
     /// Checks every setting; the error names the setting in one line.
     pub fn validate(&self) -> Result<(), MetaError> {
+        self.tls().validate().map_err(|e| MetaError::Config(e.to_string()))?;
         let bad = |m: String| Err(MetaError::Config(m));
         if self.id == 0 {
             return bad("id must be non-zero".into());

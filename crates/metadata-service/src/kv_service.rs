@@ -28,6 +28,8 @@ pub struct KvService {
     batcher: Batcher,
     sm: Arc<Shared>,
     rpc: RpcMetrics,
+    /// Turns true at shutdown: open watch streams end (graceful shutdown waits for streams).
+    stop: tokio::sync::watch::Receiver<bool>,
 }
 
 pub(crate) fn from_write_error(e: RaftError<NodeId, ClientWriteError<NodeId, MetaNode>>) -> MetaError {
@@ -56,8 +58,8 @@ fn to_pb(kv: KeyValue) -> pb::KeyValue {
 
 impl KvService {
     /// Serves `raft` and its state machine.
-    pub fn new(batcher: Batcher, sm: Arc<Shared>, rpc: RpcMetrics) -> Self {
-        KvService { batcher, sm, rpc }
+    pub fn new(batcher: Batcher, sm: Arc<Shared>, rpc: RpcMetrics, stop: tokio::sync::watch::Receiver<bool>) -> Self {
+        KvService { batcher, sm, rpc, stop }
     }
 
     /// Replicates a command (batched with concurrent ones); an answer means it is committed
@@ -169,9 +171,17 @@ impl Kv for KvService {
         let prefix = req.into_inner().prefix;
         let mut rx = self.sm.subscribe();
         let (tx, out) = tokio::sync::mpsc::channel(256);
+        let mut stop = self.stop.clone();
         tokio::spawn(async move {
             loop {
-                let item = match rx.recv().await {
+                let next = tokio::select! {
+                    r = rx.recv() => r,
+                    _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+                        let _ = tx.send(Err(Status::unavailable("metadata node shutting down; re-watch"))).await;
+                        return;
+                    }
+                };
+                let item = match next {
                     Ok(ev) if ev.kv.key.starts_with(&prefix) => {
                         Ok(pb::WatchEvent { revision: ev.kv.mod_revision, deleted: ev.deleted, kv: Some(to_pb(ev.kv)) })
                     }

@@ -105,15 +105,29 @@ pub async fn run(cfg: MetaConfig, shutdown: impl Future<Output = ()> + Send + 's
         stopped(stop_rx.clone()),
     )
     .await?;
-    let peer = Server::builder()
+    let tls = cfg.tls();
+    mtls::install_client_identity(&tls).map_err(|e| MetaError::Config(e.to_string()))?;
+    let server = || -> Result<Server, MetaError> {
+        let mut b = Server::builder();
+        if let Some(t) = tls.server_config().map_err(|e| MetaError::Config(e.to_string()))? {
+            b = b.tls_config(t).map_err(|e| MetaError::Config(format!("TLS: {e}")))?;
+        }
+        Ok(b)
+    };
+    let peer = server()?
         .add_service(
             RaftPeerServer::new(PeerService::new(raft.clone()))
                 .max_decoding_message_size(MAX_PEER_MESSAGE)
                 .max_encoding_message_size(MAX_PEER_MESSAGE),
         )
         .serve_with_incoming_shutdown(peer_incoming, stopped(stop_rx.clone()));
-    let api = Server::builder()
-        .add_service(KvServer::new(KvService::new(batcher::Batcher::start(raft.clone()), shared.clone(), rpc.clone())))
+    let api = server()?
+        .add_service(KvServer::new(KvService::new(
+            batcher::Batcher::start(raft.clone()),
+            shared.clone(),
+            rpc.clone(),
+            stop_rx.clone(),
+        )))
         .add_service(AdminServer::new(AdminService::new(raft.clone(), shared.clone(), rpc)))
         .serve_with_incoming_shutdown(api_incoming, stopped(stop_rx.clone()));
     let peer = tokio::spawn(peer);

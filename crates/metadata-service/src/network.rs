@@ -14,7 +14,7 @@ use openraft::raft::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::types::{MetaNode, NodeId, Raft, TypeConfig, decode, encode};
@@ -48,8 +48,8 @@ impl PeerClient {
         if let Some(c) = &self.client {
             return Ok(c.clone());
         }
-        let ep = Endpoint::from_shared(format!("http://{}", self.addr))
-            .map_err(|e| NetworkError::new(&e))?
+        let ep = mtls::endpoint(&self.addr, mtls::process_client_config().as_ref())
+            .map_err(|e| NetworkError::new(&std::io::Error::other(e)))?
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(1));
         let c = RaftPeerClient::new(ep.connect_lazy())

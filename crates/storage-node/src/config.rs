@@ -54,6 +54,13 @@ pub struct NodeConfig {
     pub repair_interval_secs: u64,
     /// Bandwidth repair and rebalance may use, in MiB/s (0: unlimited). Default 200.
     pub repair_rate_mib: u64,
+    /// Cluster CA certificate (PEM); with `tls_cert` and `tls_key` every gRPC link is mutual
+    /// TLS: callers must present a certificate from this CA. Default: none (plaintext).
+    pub tls_ca: Option<PathBuf>,
+    /// This member's certificate (PEM), signed by the cluster CA.
+    pub tls_cert: Option<PathBuf>,
+    /// This member's private key (PEM).
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for NodeConfig {
@@ -68,6 +75,9 @@ impl Default for NodeConfig {
             gc_live_threshold: 0.5,
             gc_interval_secs: 300,
             log: "info".into(),
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
             meta: Vec::new(),
             node_id: String::new(),
             advertise: String::new(),
@@ -121,6 +131,15 @@ pub struct NodeArgs {
     /// Log filter.
     #[arg(long, env = "CAIRN_NODE_LOG")]
     pub log: Option<String>,
+    /// Cluster CA certificate (PEM) for mutual TLS.
+    #[arg(long, env = "CAIRN_NODE_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// This member's certificate (PEM).
+    #[arg(long, env = "CAIRN_NODE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// This member's private key (PEM).
+    #[arg(long, env = "CAIRN_NODE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
     /// Metadata service endpoints, comma-separated (empty: standalone).
     #[arg(long, env = "CAIRN_NODE_META", value_delimiter = ',')]
     pub meta: Option<Vec<String>>,
@@ -197,12 +216,25 @@ impl NodeConfig {
         if c.advertise.is_empty() {
             c.advertise = c.listen.to_string();
         }
+        for (field, arg) in
+            [(&mut c.tls_ca, &args.tls_ca), (&mut c.tls_cert, &args.tls_cert), (&mut c.tls_key, &args.tls_key)]
+        {
+            if arg.is_some() {
+                *field = arg.clone();
+            }
+        }
         c.validate()?;
         Ok(c)
     }
 
+    /// The mutual-TLS files (all or none).
+    pub fn tls(&self) -> mtls::TlsFiles {
+        mtls::TlsFiles { ca: self.tls_ca.clone(), cert: self.tls_cert.clone(), key: self.tls_key.clone() }
+    }
+
     /// Checks every setting; the error names the setting in one line.
     pub fn validate(&self) -> Result<(), NodeError> {
+        self.tls().validate().map_err(|e| NodeError::Config(e.to_string()))?;
         self.engine().validate().map_err(NodeError::Config)?;
         if self.listen == self.http_listen {
             return Err(NodeError::Config(format!("listen and http_listen must differ (both are {})", self.listen)));

@@ -5,6 +5,7 @@
 mod config;
 mod error;
 mod metrics;
+mod pool_gc;
 mod repair;
 mod service;
 
@@ -22,6 +23,7 @@ use tonic::transport::server::TcpIncoming;
 pub use config::{NodeArgs, NodeConfig};
 pub use error::{NodeError, chunk_error_code};
 pub use metrics::NodeMetrics;
+pub use pool_gc::PutTracker;
 pub use repair::{Reconciler, RepairConfig, RepairStats};
 pub use service::ChunkService;
 
@@ -59,9 +61,18 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     )
     .await?;
 
-    let service = ChunkService::new(engine.clone(), metrics.clone());
+    let tracker = Arc::new(PutTracker::default());
+    let service = ChunkService::new(engine.clone(), metrics.clone(), tracker.clone());
     let max_msg = engine.config().max_chunk_size as usize + 2 * node_client::STREAM_PIECE;
-    let grpc = Server::builder().add_service(
+    let tls = cfg.tls();
+    mtls::install_client_identity(&tls).map_err(|e| NodeError::Config(e.to_string()))?;
+    let mut builder = Server::builder()
+        .initial_stream_window_size(node_client::STREAM_WINDOW)
+        .initial_connection_window_size(node_client::CONNECTION_WINDOW);
+    if let Some(server_tls) = tls.server_config().map_err(|e| NodeError::Config(e.to_string()))? {
+        builder = builder.tls_config(server_tls).map_err(|e| NodeError::Config(format!("TLS: {e}")))?;
+    }
+    let grpc = builder.add_service(
         ChunkStoreServer::new(service).max_decoding_message_size(max_msg).max_encoding_message_size(max_msg),
     );
     let grpc = grpc.serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
@@ -94,8 +105,10 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
             interval: Duration::from_secs(cfg.repair_interval_secs),
             rate_bytes_per_sec: cfg.repair_rate_mib << 20,
         };
-        let reconciler = Reconciler::new(engine.clone(), meta, map, repair_cfg, repair_stats.clone());
+        let reconciler =
+            Reconciler::new(engine.clone(), meta.clone(), map, repair_cfg, repair_stats.clone(), tracker.clone());
         tokio::spawn(reconciler.run(stop_rx.clone()));
+        tokio::spawn(pool_gc::pool_gc_loop(engine.clone(), meta, tracker, cfg.node_id.clone(), stop_rx.clone()));
         tracing::info!(node_id = %cfg.node_id, meta = ?cfg.meta, "joining the node map");
     }
     tracing::info!(grpc = %cfg.listen, http = %cfg.http_listen, data_dir = %cfg.data_dir.display(), "storage node ready");

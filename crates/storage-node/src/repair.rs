@@ -18,6 +18,8 @@ use metadata_client::MetaClient;
 use node_client::NodeClient;
 use tokio::sync::watch;
 
+use crate::PutTracker;
+
 /// Chunks examined per step of a pass.
 const PAGE: usize = 256;
 /// Copies pushed at once.
@@ -109,7 +111,9 @@ pub struct Reconciler {
     map: watch::Receiver<Arc<NodeMap>>,
     cfg: RepairConfig,
     stats: Arc<RepairStats>,
+    tracker: Arc<PutTracker>,
     conns: Mutex<HashMap<String, NodeClient>>,
+    last_publish: Mutex<Instant>,
 }
 
 /// What one page of local chunks needs.
@@ -128,8 +132,18 @@ impl Reconciler {
         map: watch::Receiver<Arc<NodeMap>>,
         cfg: RepairConfig,
         stats: Arc<RepairStats>,
+        tracker: Arc<PutTracker>,
     ) -> Self {
-        Reconciler { engine, meta, map, cfg, stats, conns: Mutex::new(HashMap::new()) }
+        Reconciler {
+            engine,
+            meta,
+            map,
+            cfg,
+            stats,
+            tracker,
+            conns: Mutex::new(HashMap::new()),
+            last_publish: Mutex::new(Instant::now()),
+        }
     }
 
     /// Runs passes until `stop` turns true: every `interval`, and a second after the membership
@@ -160,7 +174,20 @@ impl Reconciler {
         }
     }
 
+    /// Publishes the figures if the last publication is a second old (or `now`).
+    async fn publish_every_second(&self) {
+        {
+            let mut last = self.last_publish.lock().expect("publish lock");
+            if last.elapsed() < Duration::from_secs(1) {
+                return;
+            }
+            *last = Instant::now();
+        }
+        self.publish().await;
+    }
+
     async fn publish(&self) {
+        *self.last_publish.lock().expect("publish lock") = Instant::now();
         let p = self.stats.snapshot(&self.cfg.self_id);
         let key = format!("{REPAIR_PREFIX}{}", self.cfg.self_id);
         let value = serde_json::to_vec(&p).expect("progress serializes");
@@ -196,18 +223,15 @@ impl Reconciler {
             a.store(0, Ordering::Relaxed);
         }
         s.started_unix_ms.store(now_unix_ms(), Ordering::Relaxed);
+        self.publish().await;
         let mut budget = Throttle::new(self.cfg.rate_bytes_per_sec);
         let mut after: Option<ChunkHash> = None;
-        let mut last_publish = Instant::now();
         loop {
             let page = self.blocking(move |e| e.list(after.as_ref(), PAGE)).await?;
             let Some(last) = page.last() else { break };
             after = Some(last.0);
             self.page(page, &mut budget).await?;
-            if last_publish.elapsed() >= Duration::from_secs(1) {
-                self.publish().await;
-                last_publish = Instant::now();
-            }
+            self.publish_every_second().await;
         }
         Ok(())
     }
@@ -338,6 +362,7 @@ impl Reconciler {
                     add(&self.stats.copied_bytes, len);
                     add(&self.stats.pass_bytes, len);
                     budget.spend(len).await;
+                    self.publish_every_second().await;
                 }
                 Err(e) => {
                     add(&self.stats.errors, 1);
@@ -360,6 +385,7 @@ impl Reconciler {
         let addr = map.nodes.get(src).map(|n| n.addr.clone()).ok_or("source left the map")?;
         let data = self.conn(&addr).await?.get(hash).await.map_err(|e| e.to_string())?;
         let h = *hash;
+        self.tracker.record(hash);
         self.blocking(move |e| e.put_verified(&h, &data)).await?;
         tracing::info!(chunk = %hash, from = src, "damaged copy replaced from a good replica");
         Ok(())

@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::NodeError;
 use crate::metrics::NodeMetrics;
+use crate::pool_gc::PutTracker;
 
 use node_client::STREAM_PIECE;
 const LIST_DEFAULT: usize = 1000;
@@ -26,6 +27,7 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 pub struct ChunkService {
     engine: Arc<ChunkEngine>,
     metrics: Arc<NodeMetrics>,
+    tracker: Arc<PutTracker>,
 }
 
 fn status(e: ChunkError) -> Status {
@@ -47,9 +49,9 @@ fn state(hash: ChunkHash, info: Option<ChunkInfo>) -> pb::ChunkState {
 }
 
 impl ChunkService {
-    /// Serves `engine`, recording into `metrics`.
-    pub fn new(engine: Arc<ChunkEngine>, metrics: Arc<NodeMetrics>) -> Self {
-        ChunkService { engine, metrics }
+    /// Serves `engine`, recording into `metrics` and noting puts in `tracker` for pool GC.
+    pub fn new(engine: Arc<ChunkEngine>, metrics: Arc<NodeMetrics>, tracker: Arc<PutTracker>) -> Self {
+        ChunkService { engine, metrics, tracker }
     }
 
     /// Runs blocking engine work off the async threads, records the request, maps errors.
@@ -107,10 +109,14 @@ impl ChunkStore for ChunkService {
             self.metrics.rpc.observe_result("Put", started, &received);
         }
         let (claimed, data) = received?;
+        if let Some(h) = &claimed {
+            self.tracker.record(h); // before the put is acknowledged (pool GC)
+        }
+        let tracker = self.tracker.clone();
         let out = self
             .blocking("Put", started, move |e| match claimed {
                 Some(h) => e.put_verified(&h, &data),
-                None => e.put(&data),
+                None => e.put(&data).inspect(|o| tracker.record(&o.hash)),
             })
             .await?;
         Ok(Response::new(pb::PutResponse { hash: out.hash.0.to_vec(), deduplicated: out.deduplicated, refs: out.refs }))
@@ -153,6 +159,7 @@ impl ChunkStore for ChunkService {
     async fn r#ref(&self, req: Request<pb::RefRequest>) -> Result<Response<pb::RefResponse>, Status> {
         let started = Instant::now();
         let hash = parse_hash(&req.get_ref().hash)?;
+        self.tracker.record(&hash);
         let refs = self.blocking("Ref", started, move |e| e.add_ref(&hash)).await?;
         Ok(Response::new(pb::RefResponse { refs }))
     }

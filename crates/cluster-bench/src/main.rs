@@ -1,0 +1,306 @@
+//! cluster-bench: a real storage pool (one metadata node and five storage nodes as processes on
+//! loopback, all on this one disk) against the raw disk under it — replicated 4 MiB put
+//! throughput with R=1 and R=3 against the limit raw / R, and the repair rate after a storage node
+//! is SIGKILLed and declared out against the raw write.
+
+mod pool;
+mod raw;
+
+use std::error::Error;
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use clap::Parser;
+use cluster::nodemap::now_unix_ms;
+use cluster::{ChunkClient, ClientConfig, NodeState, PutReport, Timeouts};
+use metadata_client::MetaClient;
+use rand::RngCore;
+
+use crate::pool::Pool;
+
+type Res<T> = Result<T, Box<dyn Error + Send + Sync>>;
+
+const MIB: usize = 1 << 20;
+/// Chunk size of every put, and block size of the raw baseline.
+const BLOCK: usize = 4 * MIB;
+/// Storage nodes in each pool.
+const NODES: usize = 5;
+/// Puts in flight during the write test.
+const PUTS_IN_FLIGHT: usize = 8;
+/// Short timeouts, so that a killed node is out two seconds after its last heartbeat.
+const TIMEOUTS: Timeouts = Timeouts { down_after: Duration::from_millis(1000), out_after: Duration::from_millis(2000) };
+/// How often the repair test reads the survivors' metrics.
+const POLL: Duration = Duration::from_millis(50);
+/// Longest wait for the repair to finish.
+const REPAIR_LIMIT: Duration = Duration::from_secs(600);
+const WRITE_TARGET: f64 = 0.80;
+const REPAIR_TARGET: f64 = 0.50;
+
+#[derive(Parser, Debug)]
+#[command(about = "Replicated pool put throughput and repair rate vs the raw disk")]
+struct Args {
+    /// Working directory (its `raw/` and `pool-r*/` subdirectories are recreated and removed).
+    #[arg(long, default_value = "./data/cluster-bench")]
+    dir: PathBuf,
+    /// Bytes of the raw write and of each pool write, in MiB.
+    #[arg(long, default_value_t = 1024)]
+    size_mib: usize,
+    /// Also print a one-line JSON summary.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() {
+    let args = Args::parse();
+    let result = run(&args);
+    let _ = fs::remove_dir(&args.dir); // only succeeds when empty
+    if let Err(e) = result {
+        eprintln!("cluster-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// What was measured.
+struct Figures {
+    raw: f64,
+    put_r1: f64,
+    put_r3: f64,
+    repair: Repair,
+}
+
+/// The repair after one node of the R=3 pool went out.
+struct Repair {
+    /// Bytes the survivors copied.
+    bytes: u64,
+    /// From the moment the node was out until the pool was quiet again.
+    time: Duration,
+    /// From the moment the node was out until the first copy was seen.
+    first_copy: Duration,
+}
+
+impl Repair {
+    fn gbps(&self) -> f64 {
+        self.bytes as f64 / self.time.as_secs_f64() / 1e9
+    }
+}
+
+fn run(args: &Args) -> Res<()> {
+    if args.size_mib < 4 {
+        return Err("--size-mib must be at least 4".into());
+    }
+    let total = (args.size_mib * MIB).next_multiple_of(BLOCK);
+    eprintln!("raw disk: {} MiB sequential O_DIRECT writes in 4 MiB blocks ...", total / MIB);
+    let raw_dir = args.dir.join("raw");
+    fresh_dir(&raw_dir)?;
+    let raw = raw::direct_write(&raw_dir.join("raw.dat"), total);
+    let _ = fs::remove_dir_all(&raw_dir);
+    let raw = gbps(total as u64, raw?);
+    // Pools are started inside `block_on`, on the main thread (see `Pool::spawn`).
+    let figures = tokio::runtime::Runtime::new()?.block_on(pools(args, total, raw))?;
+    print_report(args, total, &figures);
+    Ok(())
+}
+
+/// The R=1 write, then the R=3 write and the repair, each on a fresh pool.
+async fn pools(args: &Args, total: usize, raw: f64) -> Res<Figures> {
+    let (pool, client) = start_pool(&args.dir.join("pool-r1"), 1, total).await?;
+    let (d, _) = write(&client, total / BLOCK).await?;
+    let put_r1 = gbps(total as u64, d);
+    drop((client, pool));
+    let (mut pool, client) = start_pool(&args.dir.join("pool-r3"), 3, total).await?;
+    let (d, reports) = write(&client, total / BLOCK).await?;
+    let put_r3 = gbps(total as u64, d);
+    let repair = measure_repair(&mut pool, &client, &reports).await?;
+    Ok(Figures { raw, put_r1, put_r3, repair })
+}
+
+/// A fresh pool keeping `r` copies and a client of it, once every storage node is up.
+async fn start_pool(dir: &Path, r: usize, total: usize) -> Res<(Pool, ChunkClient)> {
+    eprintln!("pool R={r}: {NODES} storage nodes, {} MiB in 4 MiB puts, {PUTS_IN_FLIGHT} in flight ...", total / MIB);
+    let mut pool = Pool::start(dir, NODES, r, &TIMEOUTS).await?;
+    let cfg = ClientConfig {
+        replicas: r,
+        min_replicas: r,
+        timeouts: TIMEOUTS,
+        rpc_timeout: Duration::from_secs(60),
+        ..ClientConfig::default()
+    };
+    let client = ChunkClient::new(MetaClient::new(&[&pool.meta_api])?, cfg).await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while let Err(e) = client.wait_for_up(NODES, Duration::from_secs(1)).await {
+        pool.check()?;
+        if Instant::now() > deadline {
+            return Err(e.into());
+        }
+    }
+    Ok((pool, client))
+}
+
+/// Puts `n` unique 4 MiB chunks, `PUTS_IN_FLIGHT` at a time. Each put is one random buffer with a
+/// counter stamped into its first 8 bytes, so no random data is generated inside the timed loop.
+async fn write(client: &ChunkClient, n: usize) -> Res<(Duration, Vec<PutReport>)> {
+    let mut base = vec![0u8; BLOCK];
+    rand::thread_rng().fill_bytes(&mut base);
+    let base = Bytes::from(base);
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..PUTS_IN_FLIGHT {
+        let (client, next, base) = (client.clone(), next.clone(), base.clone());
+        tasks.spawn(async move {
+            let mut reports = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return Ok::<_, cluster::ClusterError>(reports);
+                }
+                let mut chunk = BytesMut::from(&base[..]);
+                chunk[..8].copy_from_slice(&(i as u64).to_le_bytes());
+                reports.push(client.put(chunk.freeze()).await?);
+            }
+        });
+    }
+    let mut reports = Vec::with_capacity(n);
+    while let Some(r) = tasks.join_next().await {
+        reports.extend(r??);
+    }
+    let d = start.elapsed();
+    if let Some(r) = reports.iter().find(|r| r.under_replicated) {
+        return Err(format!("chunk {} was stored under-replicated on {:?}", r.hash, r.stored_on).into());
+    }
+    Ok((d, reports))
+}
+
+/// SIGKILLs the first storage node, waits until the node map shows it out, then times the
+/// survivors' repair until every copy it held is made again (their `repair_copied_bytes` grew by
+/// that much), nothing is pending and no pass runs, seen on two polls in a row.
+async fn measure_repair(pool: &mut Pool, client: &ChunkClient, reports: &[PutReport]) -> Res<Repair> {
+    let victim = pool.nodes[0].id.clone();
+    let survivors: Vec<_> = pool.nodes[1..].iter().map(|n| n.http).collect();
+    let lost = reports.iter().filter(|r| r.stored_on.contains(&victim)).count() as u64;
+    let expected = lost * BLOCK as u64;
+    let copied_before = Totals::scrape(&survivors).await?.copied;
+    eprintln!("repair: SIGKILL {victim} ({lost} chunks), waiting until it is out ...");
+    pool.kill_node(0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.node_map().state(&victim, now_unix_ms(), &TIMEOUTS) != Some(NodeState::Out) {
+        if Instant::now() > deadline {
+            return Err(format!("{victim} not out 30 s after SIGKILL").into());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let out = Instant::now();
+    let mut first_copy = None;
+    let mut quiet_since = None;
+    loop {
+        pool.check()?;
+        let Totals { copied, pending, active } = Totals::scrape(&survivors).await?;
+        let copied = copied.saturating_sub(copied_before);
+        let at = out.elapsed();
+        if copied > 0 && first_copy.is_none() {
+            first_copy = Some(at);
+        }
+        if copied >= expected && pending == 0 && active == 0 {
+            match quiet_since {
+                Some(time) => return Ok(Repair { bytes: copied, time, first_copy: first_copy.unwrap_or(time) }),
+                None => quiet_since = Some(at),
+            }
+        } else {
+            quiet_since = None;
+        }
+        if at > REPAIR_LIMIT {
+            return Err(format!(
+                "repair not done after {REPAIR_LIMIT:?}: {} of {} MiB copied, {pending} chunks pending, {active} passes running",
+                copied / MIB as u64,
+                expected / MIB as u64
+            )
+            .into());
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The survivors' repair figures, summed.
+struct Totals {
+    copied: u64,
+    pending: u64,
+    active: u64,
+}
+
+impl Totals {
+    async fn scrape(addrs: &[SocketAddr]) -> Res<Totals> {
+        let mut t = Totals { copied: 0, pending: 0, active: 0 };
+        for a in addrs {
+            let m = pool::scrape(*a).await?;
+            let get = |name: &str| m.get(name).copied().unwrap_or(0.0) as u64;
+            t.copied += get("cairn_node_repair_copied_bytes_total");
+            t.pending += get("cairn_node_repair_pending_chunks");
+            t.active += get("cairn_node_repair_active");
+        }
+        Ok(t)
+    }
+}
+
+fn gbps(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / d.as_secs_f64() / 1e9
+}
+
+fn fresh_dir(dir: &Path) -> Res<()> {
+    match fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("remove {}: {e}", dir.display()).into()),
+    }
+    fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()).into())
+}
+
+fn print_report(args: &Args, total: usize, f: &Figures) {
+    let r1 = f.put_r1 / f.raw;
+    let r3 = f.put_r3 / (f.raw / 3.0);
+    let rep = f.repair.gbps() / f.raw;
+    println!();
+    println!("cluster-bench  dir={}  size={} MiB  nodes={NODES}", args.dir.display(), total / MIB);
+    println!("{:<40} {:>12} {:<7} {:>22}", "test", "result", "unit", "ratio");
+    println!("{}", "-".repeat(84));
+    let row = |label: &str, value: f64, unit: &str, ratio: String| {
+        println!("{label:<40} {value:>12.3} {unit:<7} {ratio:>22}");
+    };
+    row("raw write, O_DIRECT + fdatasync", f.raw, "GB/s", String::new());
+    row(&format!("pool put 4 MiB x{PUTS_IN_FLIGHT}, R=1"), f.put_r1, "GB/s", format!("{r1:.2} x raw / 1"));
+    row(&format!("pool put 4 MiB x{PUTS_IN_FLIGHT}, R=3"), f.put_r3, "GB/s", format!("{r3:.2} x raw / 3"));
+    row("repair after SIGKILL, R=3", f.repair.gbps(), "GB/s", format!("{rep:.2} x raw write"));
+    row("  copied", f.repair.bytes as f64 / MIB as f64, "MiB", String::new());
+    row("  from out to quiet", f.repair.time.as_secs_f64(), "s", String::new());
+    row("  from out to first copy", f.repair.first_copy.as_secs_f64(), "s", String::new());
+    println!("{}", "-".repeat(84));
+    println!();
+    let mark = |ok: bool| if ok { "OK" } else { "MISS" };
+    for (what, v, target) in [
+        ("put R=1 / (raw / 1)", r1, WRITE_TARGET),
+        ("put R=3 / (raw / 3)", r3, WRITE_TARGET),
+        ("repair / raw write", rep, REPAIR_TARGET),
+    ] {
+        println!("{what} = {v:.2} (target >= {target:.2}) {}", mark(v >= target));
+    }
+    if args.json {
+        let j = serde_json::json!({
+            "size_mib": total / MIB,
+            "raw_write_direct_gbps": f.raw,
+            "put_r1_gbps": f.put_r1,
+            "put_r1_ratio": r1,
+            "put_r3_gbps": f.put_r3,
+            "put_r3_ratio": r3,
+            "repair_gbps": f.repair.gbps(),
+            "repair_ratio": rep,
+            "repair_copied_bytes": f.repair.bytes,
+            "repair_secs": f.repair.time.as_secs_f64(),
+            "repair_first_copy_secs": f.repair.first_copy.as_secs_f64(),
+        });
+        println!("{j}");
+    }
+}

@@ -1,0 +1,93 @@
+//! Garbage collection across the pool: the epoch record that starts a round, and what each
+//! storage node reports when its sweep is done. The protocol and why it is safe are in
+//! `docs/ARCHITECTURE.md` ("Garbage collection across the pool"); the node side is the storage
+//! node's `pool_gc` module.
+
+use std::time::Duration;
+
+use metadata_client::{MetaClient, Txn};
+use serde::{Deserialize, Serialize};
+
+use crate::ClusterError;
+use crate::nodemap::now_unix_ms;
+
+/// `cluster/gc/epoch` → [`GcEpoch`] (JSON): the current round.
+pub const EPOCH_KEY: &str = "cluster/gc/epoch";
+/// `cluster/gc/done/<epoch>/<node>` → [`GcSweep`] (JSON).
+pub const DONE_PREFIX: &str = "cluster/gc/done/";
+/// Default write window: reference keys must be committed this soon after their chunks' puts.
+pub const WRITE_WINDOW: Duration = Duration::from_secs(600);
+
+/// One round of pool GC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcEpoch {
+    /// Increases by one per round.
+    pub epoch: u64,
+    /// Writers' window in milliseconds: a node sweeps no sooner than this after it started
+    /// tracking puts for the round.
+    pub write_window_ms: u64,
+    /// When the round was started (ms since the Unix epoch; informational).
+    pub started_unix_ms: u64,
+}
+
+/// What one node's sweep did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcSweep {
+    /// The node.
+    pub node: String,
+    /// Local chunks examined.
+    pub examined: u64,
+    /// Chunks deleted (no reference key, not put since tracking began).
+    pub deleted: u64,
+    /// Bytes of those.
+    pub deleted_bytes: u64,
+    /// When it finished.
+    pub finished_unix_ms: u64,
+}
+
+/// The current epoch record, if any round was ever started.
+pub async fn current_epoch(meta: &MetaClient) -> Result<Option<GcEpoch>, ClusterError> {
+    match meta.get(EPOCH_KEY.as_bytes()).await? {
+        Some(kv) => serde_json::from_slice(&kv.value)
+            .map(Some)
+            .map_err(|e| ClusterError::Unavailable(format!("unreadable {EPOCH_KEY}: {e}"))),
+        None => Ok(None),
+    }
+}
+
+/// Starts the next round (compare-and-set on the epoch record, so two starters make one
+/// round) and returns it.
+pub async fn start_epoch(meta: &MetaClient, write_window: Duration) -> Result<GcEpoch, ClusterError> {
+    loop {
+        let cur = meta.get(EPOCH_KEY.as_bytes()).await?;
+        let (next, txn) = match &cur {
+            Some(kv) => {
+                let e: GcEpoch = serde_json::from_slice(&kv.value)
+                    .map_err(|e| ClusterError::Unavailable(format!("unreadable {EPOCH_KEY}: {e}")))?;
+                (e.epoch + 1, Txn::new().mod_revision_equals(EPOCH_KEY.as_bytes(), kv.mod_revision))
+            }
+            None => (1, Txn::new().absent(EPOCH_KEY.as_bytes())),
+        };
+        let rec =
+            GcEpoch { epoch: next, write_window_ms: write_window.as_millis() as u64, started_unix_ms: now_unix_ms() };
+        let out = meta.txn(txn.put(EPOCH_KEY.as_bytes(), &serde_json::to_vec(&rec).expect("serializes"))).await?;
+        if out.succeeded {
+            return Ok(rec);
+        }
+    }
+}
+
+/// The sweeps reported for `epoch` so far, by node.
+pub async fn sweeps(meta: &MetaClient, epoch: u64) -> Result<Vec<GcSweep>, ClusterError> {
+    let start = format!("{DONE_PREFIX}{epoch}/").into_bytes();
+    let end = crate::nodemap::prefix_end(&start);
+    let page = meta.range(&start, &end, 10_000).await?;
+    Ok(page.kvs.iter().filter_map(|kv| serde_json::from_slice(&kv.value).ok()).collect())
+}
+
+/// Records `sweep` as `node`'s result for `epoch`.
+pub async fn report_sweep(meta: &MetaClient, epoch: u64, sweep: &GcSweep) -> Result<(), ClusterError> {
+    let key = format!("{DONE_PREFIX}{epoch}/{}", sweep.node);
+    meta.put(key.as_bytes(), &serde_json::to_vec(sweep).expect("serializes")).await?;
+    Ok(())
+}

@@ -1,0 +1,90 @@
+//! Only members get in: with certificates configured, the metadata service and storage nodes
+//! serve only callers presenting a certificate from the cluster CA; members (storage node →
+//! metadata service) still talk to each other.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use integration_tests::meta::{MetaAddrs, MetaProc};
+use integration_tests::{NodeProc, random_bytes};
+use metadata_client::{MetaClient, RetryPolicy};
+use mtls::{LocalCa, TlsFiles};
+use node_client::NodeClient;
+use tonic::transport::ClientTlsConfig;
+
+fn flags(prefix: &str, f: &TlsFiles) -> Vec<String> {
+    let p = |o: &Option<std::path::PathBuf>| o.as_ref().unwrap().display().to_string();
+    vec![
+        format!("--{prefix}tls-ca"),
+        p(&f.ca),
+        format!("--{prefix}tls-cert"),
+        p(&f.cert),
+        format!("--{prefix}tls-key"),
+        p(&f.key),
+    ]
+}
+
+fn quick() -> RetryPolicy {
+    RetryPolicy { deadline: Duration::from_secs(1), ..RetryPolicy::default() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_certificates_from_the_cluster_ca_get_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = LocalCa::open_or_create(&dir.path().join("ca")).unwrap();
+    let (server, client) = (ca.member("server").unwrap(), ca.member("client").unwrap());
+    let other = LocalCa::open_or_create(&dir.path().join("other-ca")).unwrap().member("intruder").unwrap();
+
+    let addrs = MetaAddrs::loopback(1);
+    let mut args = vec!["--initial-members".to_string(), addrs.member()];
+    args.extend(flags("", &server));
+    let mut meta = MetaProc::spawn(addrs.clone(), &dir.path().join("m1"), &args, None);
+    meta.wait_healthy(Duration::from_secs(60));
+    let mut node_args = vec!["--meta".to_string(), addrs.api.clone(), "--node-id".into(), "n1".into()];
+    node_args.extend(flags("", &server));
+    let node_args: Vec<&str> = node_args.iter().map(String::as_str).collect();
+    let node = NodeProc::start(&dir.path().join("n1"), &node_args);
+    let node_addr = node.grpc.trim_start_matches("http://").to_string();
+
+    // A member: everything works, and the storage node (a member too) joined the node map.
+    let good = client.client_config().unwrap();
+    let m = MetaClient::with_tls(&[&addrs.api], RetryPolicy::default(), good.clone()).unwrap();
+    m.put(b"k", b"v").await.unwrap();
+    assert_eq!(m.get(b"k").await.unwrap().unwrap().value, b"v");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while m.get(b"cluster/nodes/n1").await.unwrap().is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "storage node never registered over mTLS:\n{}",
+            node.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let n = NodeClient::connect_with(&node_addr, good).await.unwrap();
+    let data = Bytes::from(random_bytes(100_000));
+    let put = n.put(None, data.clone()).await.unwrap();
+    let hash = chunk_engine::ChunkHash::of(&data);
+    assert_eq!(put.hash, hash.0.to_vec());
+    assert_eq!(n.get(&hash).await.unwrap(), data);
+
+    // Not members: plaintext, TLS without a client certificate, a certificate from another CA.
+    let ca_only = ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(std::fs::read(client.ca.as_ref().unwrap()).unwrap()))
+        .domain_name(mtls::SERVER_NAME);
+    let strangers: Vec<(&str, Option<ClientTlsConfig>)> = vec![
+        ("plaintext", None),
+        ("no client certificate", Some(ca_only)),
+        ("certificate from another CA", other.client_config().unwrap()),
+    ];
+    for (who, tls) in strangers {
+        let m = MetaClient::with_tls(&[&addrs.api], quick(), tls.clone()).unwrap();
+        assert!(m.get(b"k").await.is_err(), "metadata service served a caller with {who}");
+        assert!(m.put(b"k", b"stolen").await.is_err(), "metadata service took a write from a caller with {who}");
+        let refused = match NodeClient::connect_with(&node_addr, tls).await {
+            Err(_) => true,
+            Ok(c) => c.get(&hash).await.is_err() && c.put(None, Bytes::from_static(b"x")).await.is_err(),
+        };
+        assert!(refused, "storage node served a caller with {who}");
+    }
+    assert_eq!(m.get(b"k").await.unwrap().unwrap().value, b"v");
+}
