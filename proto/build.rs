@@ -12,6 +12,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={p}");
     }
     tonic_build::configure()
+        // Chunk data as `bytes::Bytes`: pieces are slices of the chunk, not copies.
+        .bytes([".cairn.chunk.v1.PutRequest.data", ".cairn.chunk.v1.GetResponse.data"])
         .build_server(true)
         .build_client(true)
         .compile_protos(&protos, &[std::path::PathBuf::from("."), include])?;

@@ -112,6 +112,28 @@ async fn wait_exactly_placed(pool: &Pool, client: &ChunkClient, hashes: &[ChunkH
     }
 }
 
+/// Puts `n` unique chunks of `len` bytes, 8 at a time (data made from one random buffer with a
+/// counter in front, so making it costs nothing).
+async fn write_parallel(client: &ChunkClient, n: usize, len: usize) -> Vec<(ChunkHash, Bytes)> {
+    use futures::StreamExt;
+    let base = Bytes::from(random_bytes(len));
+    let salt: u64 = rand::random();
+    futures::stream::iter(0..n as u64)
+        .map(|i| {
+            let mut d = base.to_vec();
+            d[..8].copy_from_slice(&(salt ^ i).to_le_bytes());
+            let d = Bytes::from(d);
+            async move {
+                let rep = client.put(d.clone()).await.unwrap();
+                assert!(!rep.under_replicated, "{rep:?}");
+                (rep.hash, d)
+            }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await
+}
+
 async fn write(client: &ChunkClient, n: usize, len: usize) -> Vec<(ChunkHash, Bytes)> {
     let mut out = Vec::new();
     for _ in 0..n {
@@ -128,7 +150,11 @@ async fn lost_node_is_repaired_and_returning_node_gets_only_what_it_lacks() {
     let meta = MetaClient::new(&[&pool.meta_api]).unwrap();
     let client = ChunkClient::new(meta, config()).await.unwrap();
     client.wait_for_up(5, Duration::from_secs(30)).await.unwrap();
-    let mut chunks = write(&client, 60, 256 << 10).await;
+    // 1 GiB of unique 4 MiB chunks (CAIRN_TEST_POOL_MIB overrides, e.g. for a quick local run).
+    let mib: usize = std::env::var("CAIRN_TEST_POOL_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
+    let started = Instant::now();
+    let mut chunks = write_parallel(&client, mib / 4, 4 << 20).await;
+    eprintln!("wrote {mib} MiB with R=3 in {:?}", started.elapsed());
     let hashes: Vec<ChunkHash> = chunks.iter().map(|c| c.0).collect();
     wait_exactly_placed(&pool, &client, &hashes, Duration::from_secs(30)).await;
     let on_n1: HashSet<ChunkHash> =
@@ -136,6 +162,7 @@ async fn lost_node_is_repaired_and_returning_node_gets_only_what_it_lacks() {
     assert!(on_n1.len() > 10, "only {} chunks on n1", on_n1.len());
 
     // SIGKILL n1: reads go on; once it is out, its chunks get back to three copies elsewhere.
+    let repair_started = Instant::now();
     pool.nodes.get_mut("n1").unwrap().kill9();
     let dead = pool.nodes.remove("n1").unwrap();
     for (h, d) in &chunks {
@@ -149,7 +176,8 @@ async fn lost_node_is_repaired_and_returning_node_gets_only_what_it_lacks() {
     }
     chunks.extend(during.iter().cloned());
     let all: Vec<ChunkHash> = chunks.iter().map(|c| c.0).collect();
-    wait_exactly_placed(&pool, &client, &all, Duration::from_secs(60)).await;
+    wait_exactly_placed(&pool, &client, &all, Duration::from_secs(120)).await;
+    eprintln!("repaired {} chunks of n1 within {:?} of the kill", on_n1.len(), repair_started.elapsed());
     for (h, d) in &chunks {
         assert_eq!(&client.get(h).await.unwrap(), d);
     }
@@ -159,7 +187,7 @@ async fn lost_node_is_repaired_and_returning_node_gets_only_what_it_lacks() {
     drop(dead);
     pool.start_node("n1");
     client.wait_for_up(5, Duration::from_secs(30)).await.unwrap();
-    wait_exactly_placed(&pool, &client, &all, Duration::from_secs(60)).await;
+    wait_exactly_placed(&pool, &client, &all, Duration::from_secs(120)).await;
     let lacked = during.iter().filter(|(h, _)| client.placed(h).contains(&"n1".into())).count() as u64;
     assert_eq!(pool.puts_on("n1").await, lacked, "n1 received chunks it already had");
     for (h, d) in &chunks {

@@ -139,7 +139,7 @@ async fn bad_input_gets_the_right_codes_and_stores_nothing() {
     let mut raw = cairn_proto_client(&node.grpc).await;
     let bad_hash = raw.get(cairn_proto::chunk::v1::GetRequest { hash: vec![1, 2, 3] }).await.unwrap_err();
     assert_eq!(bad_hash.code(), Code::InvalidArgument);
-    let short = cairn_proto::chunk::v1::PutRequest { hash: vec![], length: 100, data: vec![0; 10] };
+    let short = cairn_proto::chunk::v1::PutRequest { hash: vec![], length: 100, data: vec![0; 10].into() };
     let err = raw.put(tokio_stream_iter(vec![short])).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("10 of its declared 100"), "{}", err.message());

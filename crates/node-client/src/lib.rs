@@ -114,7 +114,7 @@ impl NodeClient {
             msgs.push(pb::PutRequest {
                 hash: if first { claimed.map(|h| h.0.to_vec()).unwrap_or_default() } else { Vec::new() },
                 length: if first { len } else { 0 },
-                data: data.slice(off..end).to_vec(),
+                data: data.slice(off..end),
             });
             off = end;
             if off >= data.len() {

@@ -68,7 +68,8 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     mtls::install_client_identity(&tls).map_err(|e| NodeError::Config(e.to_string()))?;
     let mut builder = Server::builder()
         .initial_stream_window_size(node_client::STREAM_WINDOW)
-        .initial_connection_window_size(node_client::CONNECTION_WINDOW);
+        .initial_connection_window_size(node_client::CONNECTION_WINDOW)
+        .max_frame_size(node_client::STREAM_PIECE as u32);
     if let Some(server_tls) = tls.server_config().map_err(|e| NodeError::Config(e.to_string()))? {
         builder = builder.tls_config(server_tls).map_err(|e| NodeError::Config(format!("TLS: {e}")))?;
     }

@@ -133,10 +133,7 @@ impl ChunkStore for ChunkService {
         let mut off = 0;
         loop {
             let end = (off + STREAM_PIECE).min(data.len());
-            pieces.push(Ok(pb::GetResponse {
-                length: if off == 0 { len } else { 0 },
-                data: data.slice(off..end).to_vec(),
-            }));
+            pieces.push(Ok(pb::GetResponse { length: if off == 0 { len } else { 0 }, data: data.slice(off..end) }));
             off = end;
             if off >= data.len() {
                 break;
