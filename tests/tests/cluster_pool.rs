@@ -41,6 +41,7 @@ fn client_config() -> ClientConfig {
         timeouts: Timeouts { down_after: Duration::from_millis(1500), out_after: Duration::from_secs(600) },
         rpc_timeout: Duration::from_secs(10),
         max_inflight: 16,
+        ..ClientConfig::default()
     }
 }
 

@@ -85,6 +85,7 @@ fn config() -> ClientConfig {
         timeouts: Timeouts { down_after: Duration::from_millis(DOWN_MS), out_after: Duration::from_millis(OUT_MS) },
         rpc_timeout: Duration::from_secs(20),
         max_inflight: 16,
+        ..ClientConfig::default()
     }
 }
 
@@ -148,7 +149,7 @@ async fn write(client: &ChunkClient, n: usize, len: usize) -> Vec<(ChunkHash, By
 async fn lost_node_is_repaired_and_returning_node_gets_only_what_it_lacks() {
     let mut pool = Pool::start(5);
     let meta = MetaClient::new(&[&pool.meta_api]).unwrap();
-    let client = ChunkClient::new(meta, config()).await.unwrap();
+    let client = ChunkClient::new(meta.clone(), config()).await.unwrap();
     client.wait_for_up(5, Duration::from_secs(30)).await.unwrap();
     // 1 GiB of unique 4 MiB chunks (CAIRN_TEST_POOL_MIB overrides, e.g. for a quick local run).
     let mib: usize = std::env::var("CAIRN_TEST_POOL_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
@@ -190,6 +191,16 @@ async fn lost_node_is_repaired_and_returning_node_gets_only_what_it_lacks() {
     wait_exactly_placed(&pool, &client, &all, Duration::from_secs(120)).await;
     let lacked = during.iter().filter(|(h, _)| client.placed(h).contains(&"n1".into())).count() as u64;
     assert_eq!(pool.puts_on("n1").await, lacked, "n1 received chunks it already had");
+    // The under-replication records of the chunks written while n1 was gone are cleared.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = meta.range(b"cluster/under/", b"cluster/under0", 1000).await.unwrap().kvs.len();
+        if left == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{left} under-replication records never cleared");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     for (h, d) in &chunks {
         assert_eq!(&client.get(h).await.unwrap(), d);
     }

@@ -33,6 +33,10 @@ pub struct ClientConfig {
     pub rpc_timeout: Duration,
     /// Most chunk transfers in flight from this client at once.
     pub max_inflight: usize,
+    /// This client's zone and host: reads prefer replicas on the same host, then the same zone.
+    pub local_zone: Option<String>,
+    /// See `local_zone`.
+    pub local_host: Option<String>,
 }
 
 impl Default for ClientConfig {
@@ -43,6 +47,8 @@ impl Default for ClientConfig {
             timeouts: Timeouts::default(),
             rpc_timeout: Duration::from_secs(30),
             max_inflight: 64,
+            local_zone: None,
+            local_host: None,
         }
     }
 }
@@ -110,6 +116,8 @@ struct Target {
     id: String,
     addr: String,
     state: NodeState,
+    zone: String,
+    host: String,
 }
 
 impl ChunkClient {
@@ -163,7 +171,13 @@ impl ChunkClient {
             .into_iter()
             .filter_map(|n| {
                 let rec = map.nodes.get(&n.id)?;
-                Some(Target { id: n.id.clone(), addr: rec.addr.clone(), state: map.state(&n.id, now, t)? })
+                Some(Target {
+                    id: n.id.clone(),
+                    addr: rec.addr.clone(),
+                    state: map.state(&n.id, now, t)?,
+                    zone: rec.zone.clone(),
+                    host: rec.host.clone(),
+                })
             })
             .collect()
     }
@@ -253,13 +267,7 @@ impl ChunkClient {
     pub async fn get(&self, hash: &ChunkHash) -> Result<Bytes, ClusterError> {
         let _slot =
             self.inner.inflight.acquire().await.map_err(|_| ClusterError::Unavailable("client closed".into()))?;
-        let mut order = self.ranked(hash);
-        // Stable: keeps placement order within each group.
-        order.sort_by_key(|t| match t.state {
-            NodeState::Up | NodeState::Draining => 0,
-            NodeState::Down => 1,
-            NodeState::Out => 2,
-        });
+        let order = read_order(self.ranked(hash), &self.inner.cfg);
         let mut errors = Vec::new();
         let mut all_not_found = true;
         for t in &order {
@@ -290,10 +298,63 @@ impl ChunkClient {
     }
 }
 
+/// The order reads try nodes in: placed copies before moved-away ones, the nearest of those
+/// first (same host, then same zone); down and out nodes last; placement order otherwise.
+fn read_order(ranked: Vec<Target>, cfg: &ClientConfig) -> Vec<Target> {
+    let near = |t: &Target| {
+        if cfg.local_host.as_deref() == Some(t.host.as_str()) && cfg.local_zone.as_deref().is_none_or(|z| z == t.zone) {
+            0
+        } else if cfg.local_zone.as_deref() == Some(t.zone.as_str()) {
+            1
+        } else {
+            2
+        }
+    };
+    let mut keyed: Vec<(usize, Target)> = ranked.into_iter().enumerate().collect();
+    keyed.sort_by_key(|(i, t)| {
+        let state = match t.state {
+            NodeState::Up | NodeState::Draining => 0,
+            NodeState::Down => 1,
+            NodeState::Out => 2,
+        };
+        (state, usize::from(*i >= cfg.replicas), near(t))
+    });
+    keyed.into_iter().map(|(_, t)| t).collect()
+}
+
 async fn hash_of(data: &Bytes) -> ChunkHash {
     if data.len() < (256 << 10) {
         return ChunkHash::of(data);
     }
     let d = data.clone();
     tokio::task::spawn_blocking(move || ChunkHash::of(&d)).await.expect("hash task")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(id: &str, zone: &str, host: &str, state: NodeState) -> Target {
+        Target { id: id.into(), addr: String::new(), state, zone: zone.into(), host: host.into() }
+    }
+
+    #[test]
+    fn reads_go_to_the_nearest_live_placed_copy_first() {
+        let ranked = vec![
+            t("a", "z1", "h1", NodeState::Up),
+            t("b", "z2", "h2", NodeState::Down),
+            t("c", "z3", "h3", NodeState::Up),
+            t("d", "z3", "h4", NodeState::Up),
+        ];
+        let ids = |cfg: &ClientConfig| read_order(ranked.clone(), cfg).into_iter().map(|t| t.id).collect::<Vec<_>>();
+        let mut cfg = ClientConfig { replicas: 3, ..ClientConfig::default() };
+        assert_eq!(ids(&cfg), ["a", "c", "d", "b"]);
+        cfg.local_zone = Some("z3".into());
+        assert_eq!(ids(&cfg), ["c", "a", "d", "b"]);
+        cfg.local_host = Some("h3".into());
+        assert_eq!(ids(&cfg), ["c", "a", "d", "b"]);
+        cfg.local_zone = Some("z1".into());
+        cfg.local_host = Some("h1".into());
+        assert_eq!(ids(&cfg), ["a", "c", "d", "b"]);
+    }
 }

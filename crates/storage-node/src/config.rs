@@ -29,6 +29,9 @@ pub struct NodeConfig {
     pub gc_live_threshold: f64,
     /// Seconds between background GC passes; 0 disables them. Default 300.
     pub gc_interval_secs: u64,
+    /// Seconds between background scrubs (every chunk read and verified); 0 disables them.
+    /// Default 604800 (weekly).
+    pub scrub_interval_secs: u64,
     /// Log filter (`RUST_LOG` syntax). Default `info`.
     pub log: String,
     /// Metadata service endpoints (`host:port`); empty runs the node standalone (no node map).
@@ -74,6 +77,7 @@ impl Default for NodeConfig {
             direct_io: true,
             gc_live_threshold: 0.5,
             gc_interval_secs: 300,
+            scrub_interval_secs: 604_800,
             log: "info".into(),
             tls_ca: None,
             tls_cert: None,
@@ -128,6 +132,9 @@ pub struct NodeArgs {
     /// Seconds between background GC passes (0: off).
     #[arg(long, env = "CAIRN_NODE_GC_INTERVAL_SECS")]
     pub gc_interval_secs: Option<u64>,
+    /// Seconds between background scrubs (0: off).
+    #[arg(long, env = "CAIRN_NODE_SCRUB_INTERVAL_SECS")]
+    pub scrub_interval_secs: Option<u64>,
     /// Log filter.
     #[arg(long, env = "CAIRN_NODE_LOG")]
     pub log: Option<String>,
@@ -194,6 +201,7 @@ impl NodeConfig {
             direct_io,
             gc_live_threshold,
             gc_interval_secs,
+            scrub_interval_secs,
             log,
             meta,
             node_id,

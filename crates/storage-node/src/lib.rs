@@ -78,7 +78,31 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     );
     let grpc = grpc.serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
 
-    let gc = tokio::spawn(gc_loop(engine.clone(), cfg.gc_interval_secs, stop_rx.clone()));
+    let gc =
+        tokio::spawn(periodic(engine.clone(), cfg.gc_interval_secs, stop_rx.clone(), "gc", ChunkEngine::gc, |r| {
+            if r.segments_removed > 0 {
+                tracing::info!(reclaimed = r.bytes_reclaimed, "background gc");
+            }
+        }));
+    // Background scrub: damaged copies get quarantined; the reconciler replaces them from a replica.
+    tokio::spawn(periodic(
+        engine.clone(),
+        cfg.scrub_interval_secs,
+        stop_rx.clone(),
+        "scrub",
+        |e| e.scrub(|_| {}),
+        |r| {
+            if r.damaged.is_empty() {
+                tracing::info!(checked = r.checked, "background scrub: all chunks verify");
+            } else {
+                tracing::error!(
+                    checked = r.checked,
+                    damaged = r.damaged.len(),
+                    "background scrub found damaged chunks"
+                );
+            }
+        },
+    ));
     if !cfg.meta.is_empty() {
         let meta = metadata_client::MetaClient::new(&cfg.meta).map_err(|e| NodeError::Config(e.to_string()))?;
         let (e, c) = (engine.clone(), cfg.clone());
@@ -126,7 +150,15 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     Ok(())
 }
 
-async fn gc_loop(engine: Arc<ChunkEngine>, every_secs: u64, mut stop: watch::Receiver<bool>) {
+/// Runs blocking engine `job` every `every_secs` (0: never) until `stop`, logging failures.
+async fn periodic<T: Send + 'static>(
+    engine: Arc<ChunkEngine>,
+    every_secs: u64,
+    mut stop: watch::Receiver<bool>,
+    what: &'static str,
+    job: fn(&ChunkEngine) -> Result<T, chunk_engine::ChunkError>,
+    done: fn(&T),
+) {
     if every_secs == 0 {
         return;
     }
@@ -138,11 +170,10 @@ async fn gc_loop(engine: Arc<ChunkEngine>, every_secs: u64, mut stop: watch::Rec
             _ = stop.wait_for(|s| *s) => return,
         }
         let e = engine.clone();
-        match tokio::task::spawn_blocking(move || e.gc()).await {
-            Ok(Ok(r)) if r.segments_removed > 0 => tracing::info!(reclaimed = r.bytes_reclaimed, "background gc"),
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "background gc failed"),
-            Err(e) => tracing::error!(error = %e, "background gc task failed"),
+        match tokio::task::spawn_blocking(move || job(&e)).await {
+            Ok(Ok(r)) => done(&r),
+            Ok(Err(e)) => tracing::error!(error = %e, "background {what} failed"),
+            Err(e) => tracing::error!(error = %e, "background {what} task failed"),
         }
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use chunk_engine::{ChunkEngine, ChunkHash, ChunkInfo};
 use cluster::nodemap::now_unix_ms;
-use cluster::{NodeMap, NodeState, REPAIR_PREFIX, RepairProgress, Timeouts};
+use cluster::{NodeMap, NodeState, REPAIR_PREFIX, RepairProgress, Timeouts, UNDER_PREFIX};
 use futures::StreamExt;
 use metadata_client::MetaClient;
 use node_client::NodeClient;
@@ -233,31 +233,72 @@ impl Reconciler {
             self.page(page, &mut budget).await?;
             self.publish_every_second().await;
         }
-        Ok(())
+        self.clear_repaired_records().await
     }
 
-    async fn page(&self, page: Vec<(ChunkHash, ChunkInfo)>, budget: &mut Throttle) -> Result<(), String> {
+    /// Deletes `cluster/under/` records of chunks held here whose R placed nodes are all up and
+    /// hold a good copy now (whichever holder gets there first; deleting twice is harmless).
+    async fn clear_repaired_records(&self) -> Result<(), String> {
+        let end = {
+            let mut e = UNDER_PREFIX.as_bytes().to_vec();
+            e.push(0xff);
+            e
+        };
+        let mut from = UNDER_PREFIX.as_bytes().to_vec();
+        loop {
+            let page = self.meta.range(&from, &end, 256).await.map_err(|e| e.to_string())?;
+            let hashes: Vec<ChunkHash> = page
+                .kvs
+                .iter()
+                .filter_map(|kv| std::str::from_utf8(&kv.key).ok()?.strip_prefix(UNDER_PREFIX)?.parse().ok())
+                .collect();
+            let local = self.blocking(move |e| {
+                hashes.into_iter().filter_map(|h| Some(e.info(&h).transpose()?.map(|i| (h, i)))).collect()
+            });
+            let local: Vec<(ChunkHash, ChunkInfo)> = local.await?;
+            let plans = self.plan(local);
+            let good = self.ask_holders(&plans).await;
+            for p in &plans {
+                let placed = &p.rank[..p.rank.len().min(self.cfg.replicas)];
+                let whole = placed.len() == self.cfg.replicas
+                    && placed.iter().all(|(id, s)| *s == NodeState::Up && good.holds(id, p, &self.cfg.self_id));
+                if whole {
+                    let key = format!("{UNDER_PREFIX}{}", p.hash);
+                    self.meta.delete(key.as_bytes()).await.map_err(|e| e.to_string())?;
+                }
+            }
+            match page.next_key {
+                Some(k) => from = k,
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Each chunk's ranking over the current members, with their states.
+    fn plan(&self, chunks: Vec<(ChunkHash, ChunkInfo)>) -> Vec<Plan> {
         let map = self.map.borrow().clone();
         let now = now_unix_ms();
         let t = &self.cfg.timeouts;
         let members = map.placement_nodes(now, t);
-        let r = self.cfg.replicas;
-        let me = self.cfg.self_id.as_str();
-        let plans: Vec<Plan> = page
+        chunks
             .into_iter()
             .map(|(hash, info)| {
-                let rank = placement::rank(&hash.0, &members, r)
+                let rank = placement::rank(&hash.0, &members, self.cfg.replicas)
                     .into_iter()
                     .filter_map(|n| Some((n.id.clone(), map.state(&n.id, now, t)?)))
                     .collect();
                 Plan { hash, info, rank }
             })
-            .collect();
+            .collect()
+    }
 
-        // Ask the other live nodes that matter (the placed ones, and any ranked before us)
-        // which of these chunks they hold in good shape: one call per node per page.
+    /// Asks the other live nodes that matter (the placed ones, and any ranked before this one)
+    /// which of these chunks they hold in good shape: one call per node.
+    async fn ask_holders(&self, plans: &[Plan]) -> Holders {
+        let map = self.map.borrow().clone();
+        let (r, me) = (self.cfg.replicas, self.cfg.self_id.as_str());
         let mut ask: HashMap<String, Vec<ChunkHash>> = HashMap::new();
-        for p in &plans {
+        for p in plans {
             let my_pos = p.rank.iter().position(|(id, _)| id == me).unwrap_or(usize::MAX);
             for (i, (id, state)) in p.rank.iter().enumerate() {
                 let relevant = i < r || i < my_pos;
@@ -288,10 +329,16 @@ impl Reconciler {
             }
         }))
         .await;
-        let good: std::collections::HashSet<(String, Vec<u8>)> = answers.into_iter().flatten().collect();
-        let holds = |id: &str, p: &Plan| {
-            if id == me { !p.info.quarantined } else { good.contains(&(id.to_string(), p.hash.0.to_vec())) }
-        };
+        Holders(answers.into_iter().flatten().collect())
+    }
+
+    async fn page(&self, page: Vec<(ChunkHash, ChunkInfo)>, budget: &mut Throttle) -> Result<(), String> {
+        let map = self.map.borrow().clone();
+        let r = self.cfg.replicas;
+        let me = self.cfg.self_id.as_str();
+        let plans = self.plan(page);
+        let good = self.ask_holders(&plans).await;
+        let holds = |id: &str, p: &Plan| good.holds(id, p, me);
 
         let mut pushes = Vec::new();
         for p in &plans {
@@ -389,6 +436,16 @@ impl Reconciler {
         self.blocking(move |e| e.put_verified(&h, &data)).await?;
         tracing::info!(chunk = %hash, from = src, "damaged copy replaced from a good replica");
         Ok(())
+    }
+}
+
+/// Which (node, chunk) pairs hold a good copy, from `Has` answers.
+struct Holders(std::collections::HashSet<(String, Vec<u8>)>);
+
+impl Holders {
+    /// Whether node `id` holds a good copy of `p`'s chunk (this node: unless quarantined here).
+    fn holds(&self, id: &str, p: &Plan, me: &str) -> bool {
+        if id == me { !p.info.quarantined } else { self.0.contains(&(id.to_string(), p.hash.0.to_vec())) }
     }
 }
 
