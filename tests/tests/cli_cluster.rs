@@ -117,6 +117,19 @@ fn status_drain_undrain_remove_and_a_dead_node() {
     assert_eq!(states(&v), expect(&[("n1", "up"), ("n2", "up"), ("n3", "up")]));
     assert_eq!(v["nodes"][1]["admin"], "in");
 
+    // A pool GC round on demand: every node sweeps after the window and reports it.
+    let said = ok(&cairn(&api, &["cluster", "gc", "--window-secs", "1"]));
+    assert!(said.starts_with("GC round 1 started"), "{said}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = ok(&cairn(&api, &["meta", "scan", "cluster/gc/done/1/"]));
+        if out.lines().filter(|l| l.contains("cluster/gc/done/1/")).count() == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not every node swept round 1: {out}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
     // SIGKILL n3: down once its last heartbeat is older than the down timeout.
     let killed = Instant::now();
     nodes[2].kill9();

@@ -38,6 +38,13 @@ pub enum ClusterCmd {
         #[arg(long)]
         watch: bool,
     },
+    /// Start a pool garbage-collection round now (storage nodes also start one every
+    /// `pool_gc_interval_secs`); each node sweeps after the writers' window.
+    Gc {
+        /// Writers' window in seconds: references are committed this soon after their puts.
+        #[arg(long, default_value_t = cluster::gc::WRITE_WINDOW.as_secs())]
+        window_secs: u64,
+    },
 }
 
 pub async fn run(endpoints: &str, cmd: ClusterCmd) -> anyhow::Result<()> {
@@ -57,6 +64,14 @@ pub async fn run(endpoints: &str, cmd: ClusterCmd) -> anyhow::Result<()> {
             } else {
                 print_status(&status);
             }
+        }
+        ClusterCmd::Gc { window_secs } => {
+            let e = cluster::gc::start_epoch(&meta, Duration::from_secs(window_secs)).await?;
+            println!(
+                "GC round {} started: each storage node sweeps {window_secs}s after it sees it; \
+                 results under cluster/gc/done/{}/",
+                e.epoch, e.epoch
+            );
         }
     }
     Ok(())

@@ -57,6 +57,9 @@ pub struct NodeConfig {
     pub repair_interval_secs: u64,
     /// Bandwidth repair and rebalance may use, in MiB/s (0: unlimited). Default 200.
     pub repair_rate_mib: u64,
+    /// Seconds between pool GC rounds, started by the lowest-id node that is up (0: only when
+    /// the operator runs `cairn cluster gc`). Default 86400.
+    pub pool_gc_interval_secs: u64,
     /// Cluster CA certificate (PEM); with `tls_cert` and `tls_key` every gRPC link is mutual
     /// TLS: callers must present a certificate from this CA. Default: none (plaintext).
     pub tls_ca: Option<PathBuf>,
@@ -93,6 +96,7 @@ impl Default for NodeConfig {
             out_after_ms: 600_000,
             repair_interval_secs: 300,
             repair_rate_mib: 200,
+            pool_gc_interval_secs: 86_400,
         }
     }
 }
@@ -180,6 +184,9 @@ pub struct NodeArgs {
     /// Repair bandwidth in MiB/s (0: unlimited).
     #[arg(long, env = "CAIRN_NODE_REPAIR_RATE_MIB")]
     pub repair_rate_mib: Option<u64>,
+    /// Seconds between pool GC rounds (0: only on demand).
+    #[arg(long, env = "CAIRN_NODE_POOL_GC_INTERVAL_SECS")]
+    pub pool_gc_interval_secs: Option<u64>,
 }
 
 impl NodeConfig {
@@ -213,7 +220,8 @@ impl NodeConfig {
             down_after_ms,
             out_after_ms,
             repair_interval_secs,
-            repair_rate_mib
+            repair_rate_mib,
+            pool_gc_interval_secs
         );
         if c.host.is_empty() {
             c.host = hostname();

@@ -123,6 +123,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         let every = Duration::from_millis(cfg.heartbeat_ms);
         tokio::spawn(cluster::nodemap::heartbeat_loop(meta.clone(), every, record, stopped(stop_rx.clone())));
         let map = cluster::nodemap::watch_node_map(meta.clone(), cluster::NodeMap::default());
+        let map_for_gc = map.clone();
         let repair_cfg = RepairConfig {
             self_id: cfg.node_id.clone(),
             replicas: cfg.replicas,
@@ -133,7 +134,20 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         let reconciler =
             Reconciler::new(engine.clone(), meta.clone(), map, repair_cfg, repair_stats.clone(), tracker.clone());
         tokio::spawn(reconciler.run(stop_rx.clone()));
-        tokio::spawn(pool_gc::pool_gc_loop(engine.clone(), meta, tracker, cfg.node_id.clone(), stop_rx.clone()));
+        let starter = pool_gc::RoundStarter {
+            every: Duration::from_secs(cfg.pool_gc_interval_secs),
+            map: map_for_gc,
+            timeouts: cfg.timeouts(),
+            since: std::time::Instant::now(),
+        };
+        tokio::spawn(pool_gc::pool_gc_loop(
+            engine.clone(),
+            meta,
+            tracker,
+            cfg.node_id.clone(),
+            starter,
+            stop_rx.clone(),
+        ));
         tracing::info!(node_id = %cfg.node_id, meta = ?cfg.meta, "joining the node map");
     }
     tracing::info!(grpc = %cfg.listen, http = %cfg.http_listen, data_dir = %cfg.data_dir.display(), "storage node ready");

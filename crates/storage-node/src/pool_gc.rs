@@ -44,12 +44,53 @@ impl PutTracker {
     }
 }
 
-/// Follows the GC epoch record and takes part in every round not yet swept here.
+/// When this node starts rounds itself: every `every` (0: never) if it is the lowest-id node up.
+pub struct RoundStarter {
+    /// Time between rounds.
+    pub every: Duration,
+    /// The node map, to tell whether this node is the lowest-id one up.
+    pub map: watch::Receiver<Arc<cluster::NodeMap>>,
+    /// When nodes count as up.
+    pub timeouts: cluster::Timeouts,
+    /// When this node started (no round is started before it has run for `every`).
+    pub since: std::time::Instant,
+}
+
+impl RoundStarter {
+    async fn maybe_start(&self, meta: &MetaClient, node_id: &str) {
+        if self.every.is_zero() {
+            return;
+        }
+        let first_up = {
+            let map = self.map.borrow();
+            let now = now_unix_ms();
+            map.nodes.keys().find(|id| map.state(id, now, &self.timeouts) == Some(cluster::NodeState::Up)).cloned()
+        };
+        if first_up.as_deref() != Some(node_id) {
+            return;
+        }
+        let due = match current_epoch(meta).await {
+            Ok(Some(e)) => now_unix_ms().saturating_sub(e.started_unix_ms) >= self.every.as_millis() as u64,
+            Ok(None) => self.since.elapsed() >= self.every,
+            Err(_) => false,
+        };
+        if due {
+            match cluster::gc::start_epoch(meta, cluster::gc::WRITE_WINDOW).await {
+                Ok(e) => tracing::info!(epoch = e.epoch, "started a pool GC round"),
+                Err(e) => tracing::warn!(error = %e, "could not start a pool GC round"),
+            }
+        }
+    }
+}
+
+/// Follows the GC epoch record and takes part in every round not yet swept here; starts rounds
+/// per `starter`.
 pub async fn pool_gc_loop(
     engine: Arc<ChunkEngine>,
     meta: MetaClient,
     tracker: Arc<PutTracker>,
     node_id: String,
+    starter: RoundStarter,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -57,6 +98,7 @@ pub async fn pool_gc_loop(
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
+        starter.maybe_start(&meta, &node_id).await;
         let epoch = match current_epoch(&meta).await {
             Ok(Some(e)) => e,
             Ok(None) => continue,
@@ -74,9 +116,22 @@ pub async fn pool_gc_loop(
         // window (the writers' contract), so after the window the reference scan sees it.
         tracker.start();
         tracing::info!(epoch = epoch.epoch, window_ms = epoch.write_window_ms, "pool GC round: tracking puts");
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(epoch.write_window_ms)) => {}
-            _ = stop.wait_for(|s| *s) => { tracker.stop(); return; }
+        // A newer round started meanwhile is folded in: tracking since `t0` covers it too, so the
+        // sweep waits for its window from `t0` and answers for it.
+        let t0 = std::time::Instant::now();
+        let mut epoch = epoch;
+        loop {
+            let window = Duration::from_millis(epoch.write_window_ms);
+            let Some(left) = window.checked_sub(t0.elapsed()).filter(|d| !d.is_zero()) else { break };
+            tokio::select! {
+                _ = tokio::time::sleep(left.min(Duration::from_secs(1))) => {}
+                _ = stop.wait_for(|s| *s) => { tracker.stop(); return; }
+            }
+            if let Ok(Some(newer)) = current_epoch(&meta).await
+                && newer.epoch > epoch.epoch
+            {
+                epoch = newer;
+            }
         }
         let res = sweep(&engine, &meta, &tracker, &node_id).await;
         tracker.stop();
