@@ -88,3 +88,25 @@ async fn only_certificates_from_the_cluster_ca_get_in() {
     }
     assert_eq!(m.get(b"k").await.unwrap().unwrap().value, b"v");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_voters_replicate_over_mutual_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = LocalCa::open_or_create(&dir.path().join("ca")).unwrap();
+    let (server, client) = (ca.member("server").unwrap(), ca.member("client").unwrap());
+    let extra = flags("", &server);
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let mut voters = integration_tests::meta::meta_cluster(3, dir.path(), &extra);
+    let apis: Vec<String> = voters.iter().map(|v| v.addrs.api.clone()).collect();
+    let m = MetaClient::with_tls(&apis, RetryPolicy::default(), client.client_config().unwrap()).unwrap();
+    for i in 0..20u32 {
+        m.put(format!("k{i}").as_bytes(), b"v").await.unwrap();
+    }
+    // Kill the leader: the others elect a new one over mutual TLS and keep serving.
+    let leader = m.status().await.unwrap().leader_id;
+    let idx = voters.iter().position(|v| v.addrs.id == leader).unwrap();
+    voters[idx].kill9();
+    m.put(b"after", b"failover").await.unwrap();
+    assert_eq!(m.get(b"k7").await.unwrap().unwrap().value, b"v");
+    assert_eq!(m.get(b"after").await.unwrap().unwrap().value, b"failover");
+}
