@@ -60,6 +60,23 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
     Ok((code, body))
 }
 
+/// Flips one byte of a storage node's segment files, 10 bytes into the first place `needle`
+/// occurs (panics if it occurs nowhere), and syncs the file.
+pub fn flip_byte(dir: &Path, needle: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    for ent in std::fs::read_dir(dir.join("segments")).expect("segments dir") {
+        let path = ent.expect("dir entry").path();
+        let bytes = std::fs::read(&path).expect("read segment");
+        if let Some(pos) = bytes.windows(needle.len()).position(|w| w == needle) {
+            let f = std::fs::OpenOptions::new().write(true).open(&path).expect("open segment");
+            f.write_all_at(&[bytes[pos + 10] ^ 0x55], (pos + 10) as u64).expect("write");
+            f.sync_all().expect("sync");
+            return;
+        }
+    }
+    panic!("data not found in {}", dir.display());
+}
+
 /// Bytes used by the files under `dir`.
 pub fn du(dir: &Path) -> u64 {
     let mut total = 0;

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use chunk_engine::ChunkHash;
 use cluster::{ChunkClient, ClientConfig, NodeState, Timeouts, UNDER_PREFIX};
 use integration_tests::meta::meta_cluster;
-use integration_tests::{NodeProc, random_bytes};
+use integration_tests::{NodeProc, flip_byte, random_bytes};
 use metadata_client::MetaClient;
 
 struct Pool {
@@ -155,19 +155,4 @@ async fn corrupt_copy_is_skipped_and_unknown_chunk_is_not_found() {
     // The damaged copy is quarantined on its node.
     let st = pool.nodes[idx].client().await.has(&[rep.hash]).await.unwrap();
     assert!(st[0].quarantined, "{st:?}");
-}
-
-fn flip_byte(dir: &std::path::Path, needle: &[u8]) {
-    use std::os::unix::fs::FileExt;
-    for ent in std::fs::read_dir(dir.join("segments")).unwrap() {
-        let path = ent.unwrap().path();
-        let bytes = std::fs::read(&path).unwrap();
-        if let Some(pos) = bytes.windows(needle.len()).position(|w| w == needle) {
-            let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-            f.write_all_at(&[bytes[pos + 10] ^ 0x55], (pos + 10) as u64).unwrap();
-            f.sync_all().unwrap();
-            return;
-        }
-    }
-    panic!("data not found in {}", dir.display());
 }

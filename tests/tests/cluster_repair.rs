@@ -9,7 +9,7 @@ use bytes::Bytes;
 use chunk_engine::ChunkHash;
 use cluster::{ChunkClient, ClientConfig, Timeouts};
 use integration_tests::meta::{MetaProc, meta_cluster};
-use integration_tests::{NodeProc, random_bytes};
+use integration_tests::{NodeProc, flip_byte, random_bytes};
 use metadata_client::MetaClient;
 
 const DOWN_MS: u64 = 1000;
@@ -247,19 +247,4 @@ async fn new_node_receives_its_share_and_damaged_copy_is_healed() {
     }
     let direct = pool.nodes[&holder].client().await.get(victim).await.unwrap();
     assert_eq!(&direct, data);
-}
-
-fn flip_byte(dir: &std::path::Path, needle: &[u8]) {
-    use std::os::unix::fs::FileExt;
-    for ent in std::fs::read_dir(dir.join("segments")).unwrap() {
-        let path = ent.unwrap().path();
-        let bytes = std::fs::read(&path).unwrap();
-        if let Some(pos) = bytes.windows(needle.len()).position(|w| w == needle) {
-            let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-            f.write_all_at(&[bytes[pos + 10] ^ 0x55], (pos + 10) as u64).unwrap();
-            f.sync_all().unwrap();
-            return;
-        }
-    }
-    panic!("data not found in {}", dir.display());
 }
