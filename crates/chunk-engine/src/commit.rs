@@ -5,13 +5,17 @@
 //! (a chunk already stored only gains a reference, and no write happens while a sync runs). For
 //! each batch it then fdatasyncs every segment the batch points into, applies all operations as
 //! one index batch written with sync, and only then answers. Many concurrent puts therefore share
-//! one pair of fsyncs. Being the only index writer, it also resolves races (two puts of the same
+//! one pair of fsyncs. Writers of large records write and queue under a shared I/O gate that a
+//! commit takes exclusively: the commit first waits for the writes in flight, so their requests
+//! join its batch, and then syncs without a 4 MiB write competing with it (on this virtual disk a
+//! sync issued behind concurrent writes took ~4 ms instead of ~0.4 ms; batches doubled, ingest
+//! rose from ~0.75 to ~0.9 of raw write). Being the only index writer, it also resolves races (two puts of the same
 //! chunk, an unref racing a GC move) without locks.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use kv_engine::{KvEngine, WriteBatch};
 
@@ -65,6 +69,9 @@ pub(crate) struct Committer {
     pub segs: Arc<SegmentSet>,
     pub acct: Arc<Mutex<Accounting>>,
     pub counters: Arc<Counters>,
+    /// Writers of large records hold it shared from their write until their request is queued;
+    /// a commit holds it exclusively, so it batches every finished write and syncs alone.
+    pub io_gate: Arc<RwLock<()>>,
 }
 
 impl Committer {
@@ -104,6 +111,10 @@ impl Committer {
         let mut results = Vec::with_capacity(reqs.len());
         let mut nops = 0u64;
         let mut to_sync: HashMap<u64, Arc<Segment>> = HashMap::new();
+        // Wait for the large-record writes in flight; their requests are queued by the time the
+        // gate is ours, and are drained below into this batch.
+        let _gate = self.io_gate.write().expect("io gate");
+        drain(rx, reqs);
         loop {
             for req in &reqs[results.len()..] {
                 let mut out = Vec::with_capacity(req.ops.len());

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Sender, channel, sync_channel};
+use std::sync::mpsc::{Receiver, Sender, channel, sync_channel};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
@@ -108,6 +108,7 @@ pub struct ChunkEngine {
     tx: RwLock<Option<Sender<Request>>>,
     committer: Mutex<Option<JoinHandle<()>>>,
     buf_pool: Mutex<Vec<AlignedBuf>>,
+    io_gate: Arc<RwLock<()>>,
 }
 
 impl ChunkEngine {
@@ -175,8 +176,14 @@ impl ChunkEngine {
         let segs = Arc::new(SegmentSet::new(seg_dir, cfg.segment_size, cfg.direct_io, segments, max_id, acct.clone()));
         let counters = Arc::new(Counters::default());
         let (tx, rx) = channel();
-        let committer =
-            Committer { kv: kv.clone(), segs: segs.clone(), acct: acct.clone(), counters: counters.clone() };
+        let io_gate = Arc::new(RwLock::new(()));
+        let committer = Committer {
+            kv: kv.clone(),
+            segs: segs.clone(),
+            acct: acct.clone(),
+            counters: counters.clone(),
+            io_gate: io_gate.clone(),
+        };
         let handle = std::thread::Builder::new()
             .name("chunk-commit".into())
             .spawn(move || committer.run(rx))
@@ -190,6 +197,7 @@ impl ChunkEngine {
             tx: RwLock::new(Some(tx)),
             committer: Mutex::new(Some(handle)),
             buf_pool: Mutex::new(Vec::new()),
+            io_gate,
             cfg,
         }))
     }
@@ -273,8 +281,14 @@ impl ChunkEngine {
             }
             return Ok(PutOutcome { hash, deduplicated: true, refs });
         }
+        // The record is written and its commit queued under the I/O gate: the committer closes
+        // the gate before it syncs, so every write that finished is in its batch and no write
+        // competes with the sync (see `commit`).
+        let gate = self.io_gate.read().expect("io gate");
         let (seg, loc) = self.append(&hash, data, prepared)?;
-        let res = self.commit_one(Op::Insert { hash, loc, seg: seg.clone() });
+        let queued = self.submit(vec![Op::Insert { hash, loc, seg: seg.clone() }]);
+        drop(gate);
+        let res = queued.and_then(wait_reply).map(|mut r| r.pop().expect("one result per op"));
         seg.inflight.fetch_sub(1, Ordering::AcqRel);
         match res? {
             OpResult::Inserted { dedup, refs } => {
@@ -475,15 +489,16 @@ impl ChunkEngine {
     }
 
     pub(crate) fn commit(&self, ops: Vec<Op>) -> Result<Vec<OpResult>, ChunkError> {
+        self.submit(ops).and_then(wait_reply)
+    }
+
+    /// Queues `ops` for the committer; the answer comes on the returned channel.
+    fn submit(&self, ops: Vec<Op>) -> Result<Receiver<Result<Vec<OpResult>, String>>, ChunkError> {
         let (reply, rx) = sync_channel(1);
-        {
-            let tx = self.tx.read().expect("commit channel lock");
-            let tx = tx.as_ref().ok_or(ChunkError::Closed)?;
-            tx.send(Request { ops, reply }).map_err(|_| ChunkError::Closed)?;
-        }
-        rx.recv()
-            .map_err(|_| ChunkError::Closed)?
-            .map_err(|msg| ChunkError::io("group commit", std::io::Error::other(msg)))
+        let tx = self.tx.read().expect("commit channel lock");
+        let tx = tx.as_ref().ok_or(ChunkError::Closed)?;
+        tx.send(Request { ops, reply }).map_err(|_| ChunkError::Closed)?;
+        Ok(rx)
     }
 
     fn commit_one(&self, op: Op) -> Result<OpResult, ChunkError> {
@@ -509,6 +524,11 @@ impl Drop for ChunkEngine {
     fn drop(&mut self) {
         self.close();
     }
+}
+
+/// Waits for the committer's answer to a submitted request.
+fn wait_reply(rx: Receiver<Result<Vec<OpResult>, String>>) -> Result<Vec<OpResult>, ChunkError> {
+    rx.recv().map_err(|_| ChunkError::Closed)?.map_err(|msg| ChunkError::io("group commit", std::io::Error::other(msg)))
 }
 
 type OpenedSegments = (HashMap<u64, Arc<Segment>>, Vec<PathBuf>, u64);

@@ -1,6 +1,9 @@
 //! chunk-bench: compares the chunk engine with the raw disk under it — sequential 4 MiB write and
 //! read throughput (buffered and O_DIRECT), engine 4 MiB put/get throughput with 1 and 4 threads,
-//! and durable 4 KiB puts per second with 1 and 16 writers (the group-commit factor).
+//! and durable 4 KiB puts per second with 1 and 16 writers (the group-commit factor). The two
+//! headline ratios — ingest (8 writers) against raw write, 16 against 1 small-put writers — are
+//! measured in `--rounds` back-to-back pairs and the median pair ratio is reported, because this
+//! machine's disk speed drifts by tens of percent within a minute.
 
 use std::error::Error;
 use std::fs::{self, File, OpenOptions};
@@ -25,6 +28,8 @@ const SMALL: usize = 4096;
 const ALIGN: usize = 4096;
 const WRITE_TARGET: f64 = 0.80;
 const GROUP_COMMIT_TARGET: f64 = 10.0;
+/// Concurrent puts of the ingest figure (a node takes puts from many clients at once).
+const INGEST_WRITERS: usize = 8;
 
 #[derive(Parser, Debug)]
 #[command(about = "Raw-disk vs chunk-engine throughput benchmark")]
@@ -38,6 +43,9 @@ struct Args {
     /// Duration of each 4 KiB put test, in seconds.
     #[arg(long, default_value_t = 3.0)]
     small_secs: f64,
+    /// Back-to-back measurement pairs behind each headline ratio (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Also print a one-line JSON summary.
     #[arg(long)]
     json: bool,
@@ -75,15 +83,68 @@ fn run(args: &Args) -> Res<()> {
     if args.small_secs <= 0.0 {
         return Err("--small-secs must be positive".into());
     }
+    if args.rounds == 0 {
+        return Err("--rounds must be at least 1".into());
+    }
     let raw_dir = args.dir.join("raw");
     let eng_dir = args.dir.join("engine");
     let total = (args.size_mib * MIB).next_multiple_of(BLOCK);
     let small = Duration::from_secs_f64(args.small_secs);
-    let result = measure_all(&raw_dir, &eng_dir, total, small);
+    let result = measure_all(&raw_dir, &eng_dir, total, small).and_then(|rows| {
+        let pairs = Pairs::measure(&raw_dir, &eng_dir, total, small, args.rounds, &rows)?;
+        Ok((rows, pairs))
+    });
     cleanup(&args.dir, &[&raw_dir, &eng_dir]);
-    let rows = result?;
-    print_report(args, total, &rows);
+    let (rows, pairs) = result?;
+    print_report(args, total, &rows, &pairs);
     Ok(())
+}
+
+/// The headline ratios, each from back-to-back pairs: (baseline, measured) per round.
+struct Pairs {
+    ingest: Vec<(f64, f64)>,
+    group: Vec<(f64, f64)>,
+}
+
+impl Pairs {
+    /// Per round: a raw O_DIRECT write then an engine ingest with [`INGEST_WRITERS`] (against
+    /// the better of that raw write and the buffered one); 4 KiB puts with 1 then 16 writers.
+    fn measure(
+        raw_dir: &Path,
+        eng_dir: &Path,
+        total: usize,
+        small: Duration,
+        rounds: usize,
+        rows: &[Row],
+    ) -> Res<Pairs> {
+        let buffered = value(rows, "raw_write_buffered");
+        let file = raw_dir.join("raw.dat");
+        let mut p = Pairs { ingest: Vec::new(), group: Vec::new() };
+        for round in 1..=rounds {
+            eprintln!(
+                "round {round}/{rounds}: raw write vs {INGEST_WRITERS}-writer ingest, 1 vs 16 small-put writers ..."
+            );
+            let raw = gbps(total, raw_write(&file, total, true)?).max(buffered);
+            fs::remove_file(&file)?;
+            let (d, _) = engine_puts(eng_dir, total / BLOCK, INGEST_WRITERS)?;
+            p.ingest.push((raw, gbps(total, d)));
+            let one = small_puts(eng_dir, 1, small)?;
+            let many = small_puts(eng_dir, 16, small)?;
+            p.group.push((one, many));
+        }
+        Ok(p)
+    }
+}
+
+/// The median of `measured / baseline` over the pairs.
+fn median_ratio(pairs: &[(f64, f64)]) -> f64 {
+    let mut r: Vec<f64> = pairs.iter().map(|(base, m)| m / base).collect();
+    r.sort_by(f64::total_cmp);
+    r[r.len() / 2]
+}
+
+fn gbps(bytes: usize, d: Duration) -> f64 {
+    bytes as f64 / d.as_secs_f64() / 1e9
 }
 
 impl Row {
@@ -93,7 +154,7 @@ impl Row {
 
     /// A throughput row: `bytes` moved in `d`, in GB/s.
     fn gbps(key: &'static str, label: &str, bytes: usize, d: Duration, base: Base) -> Self {
-        Row::new(key, label, bytes as f64 / d.as_secs_f64() / 1e9, "GB/s", base)
+        Row::new(key, label, gbps(bytes, d), "GB/s", base)
     }
 }
 
@@ -410,11 +471,11 @@ fn value(rows: &[Row], key: &str) -> f64 {
     rows.iter().find(|r| r.key == key).map_or(f64::NAN, |r| r.value)
 }
 
-fn print_report(args: &Args, total: usize, rows: &[Row]) {
+fn print_report(args: &Args, total: usize, rows: &[Row], pairs: &Pairs) {
     let best_write = value(rows, "raw_write_buffered").max(value(rows, "raw_write_direct"));
     let best_read = value(rows, "raw_read_buffered").max(value(rows, "raw_read_direct"));
-    let ingest = value(rows, "engine_put_4m_t4") / best_write;
-    let group = value(rows, "small_put_t16") / value(rows, "small_put_t1");
+    let ingest = median_ratio(&pairs.ingest);
+    let group = median_ratio(&pairs.group);
 
     println!();
     println!("chunk-bench  dir={}  size={} MiB  small={:.1}s", args.dir.display(), total / MIB, args.small_secs);
@@ -433,9 +494,19 @@ fn print_report(args: &Args, total: usize, rows: &[Row]) {
     println!("{:<40} {:>12.3} GB/s", "best raw write", best_write);
     println!("{:<40} {:>12.3} GB/s", "best raw read", best_read);
     println!();
+    println!("back-to-back pairs (the ratios below are their medians):");
+    for (i, ((raw, eng), (one, many))) in pairs.ingest.iter().zip(&pairs.group).enumerate() {
+        println!(
+            "  round {}: raw write {raw:.3} GB/s, ingest x{INGEST_WRITERS} {eng:.3} GB/s = {:.2}; 4 KiB puts x1 {one:.0}/s, x16 {many:.0}/s = {:.1}",
+            i + 1,
+            eng / raw,
+            many / one
+        );
+    }
+    println!();
     let mark = |ok: bool| if ok { "OK" } else { "MISS" };
     println!(
-        "ingest 4MiB x4 / best raw write = {ingest:.2} (target >= {WRITE_TARGET:.2}) {}",
+        "ingest 4MiB x{INGEST_WRITERS} / best raw write = {ingest:.2} (target >= {WRITE_TARGET:.2}) {}",
         mark(ingest >= WRITE_TARGET)
     );
     println!(
@@ -451,6 +522,8 @@ fn print_report(args: &Args, total: usize, rows: &[Row]) {
         m.insert("best_raw_read_gbps".into(), serde_json::json!(best_read));
         m.insert("ingest_ratio".into(), serde_json::json!(ingest));
         m.insert("group_commit_factor".into(), serde_json::json!(group));
+        m.insert("ingest_pairs".into(), serde_json::json!(pairs.ingest));
+        m.insert("group_commit_pairs".into(), serde_json::json!(pairs.group));
         m.insert("size_mib".into(), serde_json::json!(total / MIB));
         println!("{}", serde_json::Value::Object(m));
     }
