@@ -75,6 +75,24 @@ impl EngineConfig {
     }
 }
 
+/// The bytes of a record to append.
+pub(crate) enum RecordData<'a> {
+    /// The chunk itself.
+    Slice(&'a [u8]),
+    /// An aligned write buffer holding the chunk's `len` bytes after the header space (from
+    /// `hash_for_put`).
+    Prepared(AlignedBuf, usize),
+}
+
+impl RecordData<'_> {
+    fn len(&self) -> usize {
+        match self {
+            RecordData::Slice(d) => d.len(),
+            RecordData::Prepared(_, len) => *len,
+        }
+    }
+}
+
 /// What a put did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PutOutcome {
@@ -209,22 +227,30 @@ impl ChunkEngine {
 
     /// Stores `data` (durably) and returns its hash; an existing chunk only gains a reference.
     pub fn put(&self, data: &[u8]) -> Result<PutOutcome, ChunkError> {
-        self.check_len(data.len())?;
-        let (hash, prepared) = self.hash_for_put(data);
-        self.put_hashed(hash, data, prepared)
+        self.put_pieces(None, &[data])
     }
 
     /// Like [`put`](Self::put), but refuses data whose hash is not `claimed`.
     pub fn put_verified(&self, claimed: &ChunkHash, data: &[u8]) -> Result<PutOutcome, ChunkError> {
-        self.check_len(data.len())?;
-        let (actual, prepared) = self.hash_for_put(data);
-        if actual != *claimed {
+        self.put_pieces(Some(claimed), &[data])
+    }
+
+    /// Stores the chunk made of `pieces` in order (as a network stream delivers it), refusing it
+    /// when `claimed` is given and differs from its hash. The pieces are hashed and copied into
+    /// the write buffer in one pass; they are never joined first.
+    pub fn put_pieces(&self, claimed: Option<&ChunkHash>, pieces: &[&[u8]]) -> Result<PutOutcome, ChunkError> {
+        let len = pieces.iter().map(|p| p.len()).sum();
+        self.check_len(len)?;
+        let (actual, prepared) = self.hash_for_put(pieces, len);
+        if let Some(claimed) = claimed
+            && actual != *claimed
+        {
             if let Some(buf) = prepared {
                 self.give_buf(buf);
             }
             return Err(ChunkError::HashMismatch { claimed: *claimed, actual });
         }
-        self.put_hashed(actual, data, prepared)
+        self.put_hashed(actual, pieces, len, prepared)
     }
 
     fn goes_direct(&self, len: usize) -> bool {
@@ -234,17 +260,24 @@ impl ChunkEngine {
     /// Hashes a chunk for a put. Chunks bound for O_DIRECT segments are copied into an aligned
     /// write buffer and hashed in the same pass, each piece while it is still in cache, so the
     /// data crosses the memory bus once instead of twice.
-    fn hash_for_put(&self, data: &[u8]) -> (ChunkHash, Option<AlignedBuf>) {
-        if !self.goes_direct(data.len()) {
-            return (ChunkHash::of(data), None);
-        }
+    fn hash_for_put(&self, pieces: &[&[u8]], len: usize) -> (ChunkHash, Option<AlignedBuf>) {
         const PIECE: usize = 64 << 10;
-        let mut buf = self.take_buf(record_span(data.len() as u32, DIRECT_ALIGN) as usize);
-        let dst = &mut buf.as_mut_slice()[HEADER_LEN..HEADER_LEN + data.len()];
         let mut hasher = blake3::Hasher::new();
-        for (src, dst) in data.chunks(PIECE).zip(dst.chunks_mut(PIECE)) {
-            dst.copy_from_slice(src);
-            hasher.update(dst);
+        if !self.goes_direct(len) {
+            pieces.iter().for_each(|p| {
+                hasher.update(p);
+            });
+            return (ChunkHash(*hasher.finalize().as_bytes()), None);
+        }
+        let mut buf = self.take_buf(record_span(len as u32, DIRECT_ALIGN) as usize);
+        let mut dst = &mut buf.as_mut_slice()[HEADER_LEN..HEADER_LEN + len];
+        for piece in pieces {
+            let (here, rest) = dst.split_at_mut(piece.len());
+            for (src, d) in piece.chunks(PIECE).zip(here.chunks_mut(PIECE)) {
+                d.copy_from_slice(src);
+                hasher.update(d);
+            }
+            dst = rest;
         }
         (ChunkHash(*hasher.finalize().as_bytes()), Some(buf))
     }
@@ -256,13 +289,19 @@ impl ChunkEngine {
         Ok(())
     }
 
-    fn put_hashed(&self, hash: ChunkHash, data: &[u8], prepared: Option<AlignedBuf>) -> Result<PutOutcome, ChunkError> {
+    fn put_hashed(
+        &self,
+        hash: ChunkHash,
+        pieces: &[&[u8]],
+        len: usize,
+        prepared: Option<AlignedBuf>,
+    ) -> Result<PutOutcome, ChunkError> {
         bump(&self.counters.puts, 1);
-        bump(&self.counters.put_bytes, data.len() as u64);
-        if prepared.is_none() && !self.goes_direct(data.len()) {
+        bump(&self.counters.put_bytes, len as u64);
+        let Some(prepared) = prepared else {
             // Small chunk: the committer checks for a stored copy and writes the record itself,
             // together with the rest of its batch in one write.
-            return match self.commit_one(Op::InsertSmall { hash, data: data.to_vec() })? {
+            return match self.commit_one(Op::InsertSmall { hash, data: pieces.concat() })? {
                 OpResult::Inserted { dedup, refs } => {
                     if dedup {
                         bump(&self.counters.dedup_hits, 1);
@@ -271,21 +310,19 @@ impl ChunkEngine {
                 }
                 other => unreachable!("insert answered {other:?}"),
             };
-        }
+        };
         if matches!(self.entry(&hash)?, Some(e) if !e.quarantined)
             && let OpResult::Refs(refs) = self.commit_one(Op::AddRef { hash, healthy_only: true })?
         {
             bump(&self.counters.dedup_hits, 1);
-            if let Some(buf) = prepared {
-                self.give_buf(buf);
-            }
+            self.give_buf(prepared);
             return Ok(PutOutcome { hash, deduplicated: true, refs });
         }
         // The record is written and its commit queued under the I/O gate: the committer closes
         // the gate before it syncs, so every write that finished is in its batch and no write
         // competes with the sync (see `commit`).
         let gate = self.io_gate.read().expect("io gate");
-        let (seg, loc) = self.append(&hash, data, prepared)?;
+        let (seg, loc) = self.append(&hash, RecordData::Prepared(prepared, len))?;
         let queued = self.submit(vec![Op::Insert { hash, loc, seg: seg.clone() }]);
         drop(gate);
         let res = queued.and_then(wait_reply).map(|mut r| r.pop().expect("one result per op"));
@@ -302,41 +339,46 @@ impl ChunkEngine {
     }
 
     /// Appends a record to the active segment of the right lane; the caller must commit an
-    /// operation for it and then decrement the segment's `inflight`. `prepared` is an aligned
-    /// buffer already holding the data after the header space (from `hash_for_put`).
-    pub(crate) fn append(
-        &self,
-        hash: &ChunkHash,
-        data: &[u8],
-        prepared: Option<AlignedBuf>,
-    ) -> Result<(Arc<Segment>, Location), ChunkError> {
-        let lane = if self.goes_direct(data.len()) { DIRECT_LANE } else { SMALL_LANE };
-        let span = record_span(data.len() as u32, self.segs.align(lane));
+    /// operation for it and then decrement the segment's `inflight`.
+    pub(crate) fn append(&self, hash: &ChunkHash, data: RecordData<'_>) -> Result<(Arc<Segment>, Location), ChunkError> {
+        let len = data.len();
+        let lane = if self.goes_direct(len) { DIRECT_LANE } else { SMALL_LANE };
+        let span = record_span(len as u32, self.segs.align(lane));
         let (seg, off) = self.segs.reserve(lane, span)?;
-        let header = RecordHeader { len: data.len() as u32, hash: *hash };
+        let header = RecordHeader { len: len as u32, hash: *hash };
         let written = if seg.align == DIRECT_ALIGN {
-            let filled = prepared.is_some();
-            let mut buf = prepared.unwrap_or_else(|| self.take_buf(span as usize));
+            let mut buf = match data {
+                RecordData::Prepared(buf, _) => buf,
+                RecordData::Slice(d) => {
+                    let mut buf = self.take_buf(span as usize);
+                    buf.as_mut_slice()[HEADER_LEN..HEADER_LEN + len].copy_from_slice(d);
+                    buf
+                }
+            };
             let b = buf.as_mut_slice();
             header.encode(&mut b[..HEADER_LEN]);
-            if !filled {
-                b[HEADER_LEN..HEADER_LEN + data.len()].copy_from_slice(data);
-            }
-            b[HEADER_LEN + data.len()..span as usize].fill(0);
+            b[HEADER_LEN + len..span as usize].fill(0);
             let r = seg.write_at(&buf.as_ref()[..span as usize], off);
             self.give_buf(buf);
             r
         } else {
             let mut b = vec![0u8; span as usize];
             header.encode(&mut b[..HEADER_LEN]);
-            b[HEADER_LEN..HEADER_LEN + data.len()].copy_from_slice(data);
+            match &data {
+                RecordData::Slice(d) => b[HEADER_LEN..HEADER_LEN + len].copy_from_slice(d),
+                RecordData::Prepared(buf, _) => b[HEADER_LEN..HEADER_LEN + len]
+                    .copy_from_slice(&buf.as_ref()[HEADER_LEN..HEADER_LEN + len]),
+            }
+            if let RecordData::Prepared(buf, _) = data {
+                self.give_buf(buf);
+            }
             seg.write_at(&b, off)
         };
         if let Err(e) = written {
             seg.inflight.fetch_sub(1, Ordering::AcqRel);
             return Err(e);
         }
-        let loc = Location { seg: seg.id, off, len: data.len() as u32 };
+        let loc = Location { seg: seg.id, off, len: len as u32 };
         Ok((seg, loc))
     }
 

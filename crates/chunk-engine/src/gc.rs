@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::ChunkError;
 use crate::commit::Op;
-use crate::engine::ChunkEngine;
+use crate::engine::{ChunkEngine, RecordData};
 use crate::fsutil::sync_dir;
 use crate::index::{CHUNK_PREFIX, IndexEntry, hash_of_key};
 use crate::segment::SEGMENT_HEADER_LEN;
@@ -78,7 +78,7 @@ impl ChunkEngine {
             for (hash, from) in group {
                 match self.read_verified(hash, from)? {
                     Ok(data) => {
-                        let (seg, to) = self.append(hash, &data, None)?;
+                        let (seg, to) = self.append(hash, RecordData::Slice(&data))?;
                         reserved.push(seg.clone());
                         ops.push(Op::Relocate { hash: *hash, from: *from, to, seg });
                         report.chunks_moved += 1;

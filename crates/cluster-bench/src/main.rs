@@ -67,7 +67,9 @@ fn main() {
 
 /// What was measured.
 struct Figures {
-    raw: f64,
+    /// Raw O_DIRECT write measured right before the R=1 write, the R=3 write and the repair:
+    /// each ratio is against the baseline taken just before it (this disk drifts).
+    raw: [f64; 3],
     put_r1: f64,
     put_r3: f64,
     repair: Repair,
@@ -94,29 +96,53 @@ fn run(args: &Args) -> Res<()> {
         return Err("--size-mib must be at least 4".into());
     }
     let total = (args.size_mib * MIB).next_multiple_of(BLOCK);
-    eprintln!("raw disk: {} MiB sequential O_DIRECT writes in 4 MiB blocks ...", total / MIB);
-    let raw_dir = args.dir.join("raw");
-    fresh_dir(&raw_dir)?;
-    let raw = raw::direct_write(&raw_dir.join("raw.dat"), total);
-    let _ = fs::remove_dir_all(&raw_dir);
-    let raw = gbps(total as u64, raw?);
     // Pools are started inside `block_on`, on the main thread (see `Pool::spawn`).
-    let figures = tokio::runtime::Runtime::new()?.block_on(pools(args, total, raw))?;
+    let figures = tokio::runtime::Runtime::new()?.block_on(pools(args, total))?;
     print_report(args, total, &figures);
     Ok(())
 }
 
-/// The R=1 write, then the R=3 write and the repair, each on a fresh pool.
-async fn pools(args: &Args, total: usize, raw: f64) -> Res<Figures> {
+/// Sequential O_DIRECT write of `total` bytes under `dir`, in GB/s.
+fn raw_write(dir: &Path, total: usize) -> Res<f64> {
+    eprintln!("raw disk: {} MiB sequential O_DIRECT writes in 4 MiB blocks ...", total / MIB);
+    let raw_dir = dir.join("raw");
+    fresh_dir(&raw_dir)?;
+    let d = raw::direct_write(&raw_dir.join("raw.dat"), total);
+    let _ = fs::remove_dir_all(&raw_dir);
+    Ok(gbps(total as u64, d?))
+}
+
+/// The R=1 write, then the R=3 write and the repair, each on a fresh pool and each right after
+/// a raw-disk baseline.
+async fn pools(args: &Args, total: usize) -> Res<Figures> {
+    let chunks = unique_chunks(total / BLOCK);
+    let raw1 = raw_write(&args.dir, total)?;
     let (pool, client) = start_pool(&args.dir.join("pool-r1"), 1, total).await?;
-    let (d, _) = write(&client, total / BLOCK).await?;
+    let (d, _) = write(&client, &chunks).await?;
     let put_r1 = gbps(total as u64, d);
     drop((client, pool));
+    let raw3 = raw_write(&args.dir, total)?;
     let (mut pool, client) = start_pool(&args.dir.join("pool-r3"), 3, total).await?;
-    let (d, reports) = write(&client, total / BLOCK).await?;
+    let (d, reports) = write(&client, &chunks).await?;
+    drop(chunks);
     let put_r3 = gbps(total as u64, d);
+    let raw_repair = raw_write(&args.dir, total)?;
     let repair = measure_repair(&mut pool, &client, &reports).await?;
-    Ok(Figures { raw, put_r1, put_r3, repair })
+    Ok(Figures { raw: [raw1, raw3, raw_repair], put_r1, put_r3, repair })
+}
+
+/// `n` distinct 4 MiB chunks, made before any timing (a frontend has its data in memory): one
+/// random buffer with a counter stamped into the first 8 bytes of each copy.
+fn unique_chunks(n: usize) -> Vec<Bytes> {
+    let mut base = vec![0u8; BLOCK];
+    rand::thread_rng().fill_bytes(&mut base);
+    (0..n)
+        .map(|i| {
+            let mut chunk = BytesMut::from(&base[..]);
+            chunk[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            chunk.freeze()
+        })
+        .collect()
 }
 
 /// A fresh pool keeping `r` copies and a client of it, once every storage node is up.
@@ -141,17 +167,15 @@ async fn start_pool(dir: &Path, r: usize, total: usize) -> Res<(Pool, ChunkClien
     Ok((pool, client))
 }
 
-/// Puts `n` unique 4 MiB chunks, `PUTS_IN_FLIGHT` at a time. Each put is one random buffer with a
-/// counter stamped into its first 8 bytes, so no random data is generated inside the timed loop.
-async fn write(client: &ChunkClient, n: usize) -> Res<(Duration, Vec<PutReport>)> {
-    let mut base = vec![0u8; BLOCK];
-    rand::thread_rng().fill_bytes(&mut base);
-    let base = Bytes::from(base);
+/// Puts `chunks`, `PUTS_IN_FLIGHT` at a time.
+async fn write(client: &ChunkClient, chunks: &[Bytes]) -> Res<(Duration, Vec<PutReport>)> {
+    let n = chunks.len();
+    let chunks = Arc::new(chunks.to_vec());
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..PUTS_IN_FLIGHT {
-        let (client, next, base) = (client.clone(), next.clone(), base.clone());
+        let (client, next, chunks) = (client.clone(), next.clone(), chunks.clone());
         tasks.spawn(async move {
             let mut reports = Vec::new();
             loop {
@@ -159,9 +183,7 @@ async fn write(client: &ChunkClient, n: usize) -> Res<(Duration, Vec<PutReport>)
                 if i >= n {
                     return Ok::<_, cluster::ClusterError>(reports);
                 }
-                let mut chunk = BytesMut::from(&base[..]);
-                chunk[..8].copy_from_slice(&(i as u64).to_le_bytes());
-                reports.push(client.put(chunk.freeze()).await?);
+                reports.push(client.put(chunks[i].clone()).await?);
             }
         });
     }
@@ -260,9 +282,9 @@ fn fresh_dir(dir: &Path) -> Res<()> {
 }
 
 fn print_report(args: &Args, total: usize, f: &Figures) {
-    let r1 = f.put_r1 / f.raw;
-    let r3 = f.put_r3 / (f.raw / 3.0);
-    let rep = f.repair.gbps() / f.raw;
+    let r1 = f.put_r1 / f.raw[0];
+    let r3 = f.put_r3 / (f.raw[1] / 3.0);
+    let rep = f.repair.gbps() / f.raw[2];
     println!();
     println!("cluster-bench  dir={}  size={} MiB  nodes={NODES}", args.dir.display(), total / MIB);
     println!("{:<40} {:>12} {:<7} {:>22}", "test", "result", "unit", "ratio");
@@ -270,9 +292,11 @@ fn print_report(args: &Args, total: usize, f: &Figures) {
     let row = |label: &str, value: f64, unit: &str, ratio: String| {
         println!("{label:<40} {value:>12.3} {unit:<7} {ratio:>22}");
     };
-    row("raw write, O_DIRECT + fdatasync", f.raw, "GB/s", String::new());
+    row("raw write, O_DIRECT + fdatasync", f.raw[0], "GB/s", String::new());
     row(&format!("pool put 4 MiB x{PUTS_IN_FLIGHT}, R=1"), f.put_r1, "GB/s", format!("{r1:.2} x raw / 1"));
+    row("raw write, O_DIRECT + fdatasync", f.raw[1], "GB/s", String::new());
     row(&format!("pool put 4 MiB x{PUTS_IN_FLIGHT}, R=3"), f.put_r3, "GB/s", format!("{r3:.2} x raw / 3"));
+    row("raw write, O_DIRECT + fdatasync", f.raw[2], "GB/s", String::new());
     row("repair after SIGKILL, R=3", f.repair.gbps(), "GB/s", format!("{rep:.2} x raw write"));
     row("  copied", f.repair.bytes as f64 / MIB as f64, "MiB", String::new());
     row("  from out to quiet", f.repair.time.as_secs_f64(), "s", String::new());

@@ -70,7 +70,12 @@ impl ChunkService {
         res
     }
 
-    async fn receive_put(&self, mut stream: Streaming<pb::PutRequest>) -> Result<(Option<ChunkHash>, Vec<u8>), Status> {
+    /// Receives a put's stream: the claimed hash and the data pieces as they arrived (the engine
+    /// copies them into its write buffer while hashing; they are never joined here).
+    async fn receive_put(
+        &self,
+        mut stream: Streaming<pb::PutRequest>,
+    ) -> Result<(Option<ChunkHash>, Vec<Bytes>), Status> {
         let first = stream.message().await?.ok_or_else(|| Status::invalid_argument("put stream carried no message"))?;
         let claimed = if first.hash.is_empty() { None } else { Some(parse_hash(&first.hash)?) };
         let max = self.engine.config().max_chunk_size;
@@ -78,25 +83,26 @@ impl ChunkService {
             return Err(status(ChunkError::TooLarge { len: first.length as usize, max }));
         }
         let len = first.length as usize;
-        let mut buf = Vec::with_capacity(len);
+        let mut pieces = Vec::with_capacity(len / STREAM_PIECE + 1);
+        let mut got = 0;
         let mut piece = first.data;
         loop {
-            if buf.len() + piece.len() > len {
+            if got + piece.len() > len {
                 return Err(Status::invalid_argument(format!("put sent more than its declared length of {len} bytes")));
             }
-            buf.extend_from_slice(&piece);
+            got += piece.len();
+            if !piece.is_empty() {
+                pieces.push(piece);
+            }
             match stream.message().await? {
                 Some(m) => piece = m.data,
                 None => break,
             }
         }
-        if buf.len() != len {
-            return Err(Status::invalid_argument(format!(
-                "put stream ended after {} of its declared {len} bytes",
-                buf.len()
-            )));
+        if got != len {
+            return Err(Status::invalid_argument(format!("put stream ended after {got} of its declared {len} bytes")));
         }
-        Ok((claimed, buf))
+        Ok((claimed, pieces))
     }
 }
 
@@ -114,9 +120,12 @@ impl ChunkStore for ChunkService {
         }
         let tracker = self.tracker.clone();
         let out = self
-            .blocking("Put", started, move |e| match claimed {
-                Some(h) => e.put_verified(&h, &data),
-                None => e.put(&data).inspect(|o| tracker.record(&o.hash)),
+            .blocking("Put", started, move |e| {
+                let pieces: Vec<&[u8]> = data.iter().map(|p| &p[..]).collect();
+                match claimed {
+                    Some(h) => e.put_pieces(Some(&h), &pieces),
+                    None => e.put_pieces(None, &pieces).inspect(|o| tracker.record(&o.hash)),
+                }
             })
             .await?;
         Ok(Response::new(pb::PutResponse { hash: out.hash.0.to_vec(), deduplicated: out.deduplicated, refs: out.refs }))
