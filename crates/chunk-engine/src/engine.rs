@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, Sender, channel, sync_channel};
+use std::sync::mpsc::{Sender, channel};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
@@ -12,7 +12,7 @@ use bytes::Bytes;
 use kv_engine::{KvEngine, RocksEngine, WriteBatch, for_each_in_range, prefix_end};
 
 use crate::aligned::AlignedBuf;
-use crate::commit::{Committer, Op, OpResult, Request};
+use crate::commit::{Committer, Op, OpResult, Reply, Request};
 use crate::format::{PinnedSettings, format_or_check};
 use crate::fsutil::{fs_capacity, sync_dir};
 use crate::index::{CHUNK_PREFIX, IndexEntry, Location, chunk_key, hash_of_key};
@@ -340,7 +340,11 @@ impl ChunkEngine {
 
     /// Appends a record to the active segment of the right lane; the caller must commit an
     /// operation for it and then decrement the segment's `inflight`.
-    pub(crate) fn append(&self, hash: &ChunkHash, data: RecordData<'_>) -> Result<(Arc<Segment>, Location), ChunkError> {
+    pub(crate) fn append(
+        &self,
+        hash: &ChunkHash,
+        data: RecordData<'_>,
+    ) -> Result<(Arc<Segment>, Location), ChunkError> {
         let len = data.len();
         let lane = if self.goes_direct(len) { DIRECT_LANE } else { SMALL_LANE };
         let span = record_span(len as u32, self.segs.align(lane));
@@ -366,8 +370,9 @@ impl ChunkEngine {
             header.encode(&mut b[..HEADER_LEN]);
             match &data {
                 RecordData::Slice(d) => b[HEADER_LEN..HEADER_LEN + len].copy_from_slice(d),
-                RecordData::Prepared(buf, _) => b[HEADER_LEN..HEADER_LEN + len]
-                    .copy_from_slice(&buf.as_ref()[HEADER_LEN..HEADER_LEN + len]),
+                RecordData::Prepared(buf, _) => {
+                    b[HEADER_LEN..HEADER_LEN + len].copy_from_slice(&buf.as_ref()[HEADER_LEN..HEADER_LEN + len])
+                }
             }
             if let RecordData::Prepared(buf, _) = data {
                 self.give_buf(buf);
@@ -535,12 +540,12 @@ impl ChunkEngine {
     }
 
     /// Queues `ops` for the committer; the answer comes on the returned channel.
-    fn submit(&self, ops: Vec<Op>) -> Result<Receiver<Result<Vec<OpResult>, String>>, ChunkError> {
-        let (reply, rx) = sync_channel(1);
+    fn submit(&self, ops: Vec<Op>) -> Result<Arc<Reply>, ChunkError> {
+        let reply = Arc::new(Reply::default());
         let tx = self.tx.read().expect("commit channel lock");
         let tx = tx.as_ref().ok_or(ChunkError::Closed)?;
-        tx.send(Request { ops, reply }).map_err(|_| ChunkError::Closed)?;
-        Ok(rx)
+        tx.send(Request::new(ops, reply.clone())).map_err(|_| ChunkError::Closed)?;
+        Ok(reply)
     }
 
     fn commit_one(&self, op: Op) -> Result<OpResult, ChunkError> {
@@ -569,8 +574,8 @@ impl Drop for ChunkEngine {
 }
 
 /// Waits for the committer's answer to a submitted request.
-fn wait_reply(rx: Receiver<Result<Vec<OpResult>, String>>) -> Result<Vec<OpResult>, ChunkError> {
-    rx.recv().map_err(|_| ChunkError::Closed)?.map_err(|msg| ChunkError::io("group commit", std::io::Error::other(msg)))
+fn wait_reply(reply: Arc<Reply>) -> Result<Vec<OpResult>, ChunkError> {
+    reply.wait().map_err(|msg| ChunkError::io("group commit", std::io::Error::other(msg)))
 }
 
 type OpenedSegments = (HashMap<u64, Arc<Segment>>, Vec<PathBuf>, u64);
