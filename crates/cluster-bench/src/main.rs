@@ -57,6 +57,7 @@ struct Args {
 
 fn main() {
     let args = Args::parse();
+    daemon_kit::tune_allocator(); // as in every daemon (frontends included)
     let result = run(&args);
     let _ = fs::remove_dir(&args.dir); // only succeeds when empty
     if let Err(e) = result {

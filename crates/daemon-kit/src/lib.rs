@@ -16,6 +16,20 @@ pub fn init_tracing(filter: &str) {
     let _ = tracing_subscriber::fmt().with_env_filter(env).with_target(true).with_writer(std::io::stderr).try_init();
 }
 
+/// Keeps freed memory in the allocator instead of handing it back to the kernel at once. Daemons
+/// that stream chunks allocate and free megabyte buffers all the time; with glibc's adaptive
+/// defaults those came back as fresh pages, and page faults plus zeroing took about a tenth of a
+/// storage node's CPU. Allocations up to 32 MiB come from the heap and up to 256 MiB of free heap
+/// is kept per arena. Called by [`run_daemon`]; a no-op off glibc.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; called before other threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+    }
+}
+
 /// The whole `main` of a daemon: a configuration error is one line on stderr and exit code 2;
 /// otherwise logging starts, `run` serves until SIGTERM/SIGINT, and a failure is one line and
 /// exit code 1.
@@ -38,6 +52,7 @@ where
         }
     };
     init_tracing(&log_filter(&cfg));
+    tune_allocator();
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

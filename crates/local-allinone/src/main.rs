@@ -43,6 +43,7 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     daemon_kit::init_tracing(&cli.log);
+    daemon_kit::tune_allocator();
     // Only members get in: a CA of its own (made at first start), one certificate for the
     // daemons in this process and one for clients (named in local.env).
     let tls = mtls::LocalCa::open_or_create(&cli.data.join("tls"))
