@@ -73,13 +73,15 @@ async fn measure(
     clients: usize,
     secs: u64,
     op: Arc<dyn Fn(MetaClient, u64) -> futures::future::BoxFuture<'static, bool> + Send + Sync>,
-    c: &MetaClient,
-) -> f64 {
+    apis: &[String],
+) -> Result<f64, String> {
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for w in 0..clients as u64 {
-        let (stop, done, op, c) = (stop.clone(), done.clone(), op.clone(), c.clone());
+        // Each client is its own process in a real pool: its own connection.
+        let c = MetaClient::new(apis).map_err(|e| e.to_string())?;
+        let (stop, done, op) = (stop.clone(), done.clone(), op.clone());
         tasks.push(tokio::spawn(async move {
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
@@ -96,7 +98,7 @@ async fn measure(
     for t in tasks {
         let _ = t.await;
     }
-    done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+    Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
 }
 
 #[tokio::main]
@@ -127,8 +129,8 @@ async fn run(args: Args) -> Result<(), String> {
                 });
             let read: Arc<dyn Fn(MetaClient, u64) -> futures::future::BoxFuture<'static, bool> + Send + Sync> =
                 Arc::new(|c, _| Box::pin(async move { c.get(b"bench/read").await.is_ok() }));
-            let w = measure(clients, args.secs, write, &c).await;
-            let r = measure(clients, args.secs, read, &c).await;
+            let w = measure(clients, args.secs, write, &apis).await?;
+            let r = measure(clients, args.secs, read, &apis).await?;
             println!("{voters:<8} {clients:>8} {w:>16.0} {r:>20.0}");
             if voters == 3 && clients == 32 {
                 target = w;
