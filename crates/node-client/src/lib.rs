@@ -1,6 +1,12 @@
 //! The client for one storage node (`cairn.chunk.v1.ChunkStore`): connects, streams chunks in
 //! and out, verifies what it reads. Every component that talks to storage nodes uses it.
 
+pub mod put_wire;
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use bytes::Bytes;
 use cairn_proto::chunk::v1 as pb;
 use cairn_proto::chunk::v1::chunk_store_client::ChunkStoreClient;
@@ -61,6 +67,7 @@ impl ClientError {
 #[derive(Clone)]
 pub struct NodeClient {
     endpoint: String,
+    channel: Channel,
     inner: ChunkStoreClient<Channel>,
 }
 
@@ -90,8 +97,8 @@ impl NodeClient {
             }
             err(reason)
         })?;
-        let inner = ChunkStoreClient::new(channel).max_decoding_message_size(2 * STREAM_PIECE + 4096);
-        Ok(NodeClient { endpoint: url, inner })
+        let inner = ChunkStoreClient::new(channel.clone()).max_decoding_message_size(2 * STREAM_PIECE + 4096);
+        Ok(NodeClient { endpoint: url, channel, inner })
     }
 
     /// The address this client talks to.
@@ -103,26 +110,43 @@ impl NodeClient {
         ClientError::Rpc { endpoint: self.endpoint.clone(), code: s.code(), message: s.message().to_string() }
     }
 
-    /// Stores a chunk; with `claimed` the node refuses data with another hash.
+    /// Stores a chunk; with `claimed` the node refuses data with another hash. The pieces go out
+    /// as slices of `data` (see [`put_wire`]), not through tonic's copying encoder.
     pub async fn put(&self, claimed: Option<ChunkHash>, data: Bytes) -> Result<pb::PutResponse, ClientError> {
-        let len = data.len() as u64;
-        let mut msgs = Vec::with_capacity(data.len() / STREAM_PIECE + 1);
-        let mut off = 0;
-        loop {
-            let end = (off + STREAM_PIECE).min(data.len());
-            let first = off == 0;
-            msgs.push(pb::PutRequest {
-                hash: if first { claimed.map(|h| h.0.to_vec()).unwrap_or_default() } else { Vec::new() },
-                length: if first { len } else { 0 },
-                data: data.slice(off..end),
-            });
-            off = end;
-            if off >= data.len() {
-                break;
-            }
+        self.put_call(claimed, data).await.map_err(|s| self.rpc(s))
+    }
+
+    async fn put_call(&self, claimed: Option<ChunkHash>, data: Bytes) -> Result<pb::PutResponse, tonic::Status> {
+        use tonic::codec::Codec;
+        use tonic::codegen::Service;
+        let frames = put_wire::encode_put(claimed.as_ref().map(|h| &h.0[..]), &data, STREAM_PIECE);
+        let req = tonic::codegen::http::Request::builder()
+            .method(tonic::codegen::http::Method::POST)
+            .uri(put_wire::PUT_PATH)
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(tonic::body::boxed(Frames(frames.into())))
+            .map_err(|e| tonic::Status::internal(format!("put request: {e}")))?;
+        let mut ch = self.channel.clone();
+        std::future::poll_fn(|cx| ch.poll_ready(cx)).await.map_err(|e| tonic::Status::from_error(Box::new(e)))?;
+        let resp = ch.call(req).await.map_err(|e| tonic::Status::from_error(Box::new(e)))?;
+        // As tonic's own client: a trailers-only answer carries the status in its headers.
+        let trailers_only = tonic::Status::from_header_map(resp.headers());
+        if let Some(status) = &trailers_only
+            && status.code() != Code::Ok
+        {
+            return Err(status.clone());
         }
-        let mut c = self.inner.clone();
-        c.put(tokio_stream::iter(msgs)).await.map(|r| r.into_inner()).map_err(|s| self.rpc(s))
+        let code = resp.status();
+        let decoder = tonic::codec::ProstCodec::<pb::PutRequest, pb::PutResponse>::default().decoder();
+        let mut body = if trailers_only.is_some() {
+            Streaming::new_empty(decoder, resp.into_body())
+        } else {
+            Streaming::new_response(decoder, resp.into_body(), code, None, Some(64 << 10))
+        };
+        let msg = body.message().await?.ok_or_else(|| tonic::Status::internal("put answered without a message"))?;
+        body.trailers().await?;
+        Ok(msg)
     }
 
     /// Reads a chunk and verifies its hash here too.
@@ -185,6 +209,29 @@ impl NodeClient {
     pub async fn gc(&self) -> Result<pb::GcResponse, ClientError> {
         let mut c = self.inner.clone();
         c.gc(pb::GcRequest {}).await.map(|r| r.into_inner()).map_err(|s| self.rpc(s))
+    }
+}
+
+/// A request body of ready frames, sent as they are.
+struct Frames(std::collections::VecDeque<Bytes>);
+
+impl tonic::codegen::Body for Frames {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.0.pop_front().map(|b| Ok(http_body::Frame::data(b))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.0.iter().map(|b| b.len() as u64).sum())
     }
 }
 

@@ -6,6 +6,7 @@ mod config;
 mod error;
 mod metrics;
 mod pool_gc;
+mod put_route;
 mod repair;
 mod service;
 
@@ -13,7 +14,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_proto::chunk::v1::chunk_store_server::ChunkStoreServer;
 use chunk_engine::ChunkEngine;
 use daemon_kit::{HttpState, serve_http};
 use tokio::sync::watch;
@@ -24,6 +24,7 @@ pub use config::{NodeArgs, NodeConfig};
 pub use error::{NodeError, chunk_error_code};
 pub use metrics::NodeMetrics;
 pub use pool_gc::PutTracker;
+pub use put_route::ChunkStoreRoutes;
 pub use repair::{Reconciler, RepairConfig, RepairStats};
 pub use service::ChunkService;
 
@@ -73,9 +74,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     if let Some(server_tls) = tls.server_config().map_err(|e| NodeError::Config(e.to_string()))? {
         builder = builder.tls_config(server_tls).map_err(|e| NodeError::Config(format!("TLS: {e}")))?;
     }
-    let grpc = builder.add_service(
-        ChunkStoreServer::new(service).max_decoding_message_size(max_msg).max_encoding_message_size(max_msg),
-    );
+    let grpc = builder.add_service(ChunkStoreRoutes::new(service, max_msg));
     let grpc = grpc.serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
 
     let gc =

@@ -70,65 +70,98 @@ impl ChunkService {
         res
     }
 
-    /// Receives a put's stream: the claimed hash and the data pieces as they arrived (the engine
-    /// copies them into its write buffer while hashing; they are never joined here).
-    async fn receive_put(
-        &self,
-        mut stream: Streaming<pb::PutRequest>,
-    ) -> Result<(Option<ChunkHash>, Vec<Bytes>), Status> {
-        let first = stream.message().await?.ok_or_else(|| Status::invalid_argument("put stream carried no message"))?;
-        let claimed = if first.hash.is_empty() { None } else { Some(parse_hash(&first.hash)?) };
-        let max = self.engine.config().max_chunk_size;
-        if first.length > max as u64 {
-            return Err(status(ChunkError::TooLarge { len: first.length as usize, max }));
-        }
-        let len = first.length as usize;
-        let mut pieces = Vec::with_capacity(len / STREAM_PIECE + 1);
-        let mut got = 0;
-        let mut piece = first.data;
-        loop {
-            if got + piece.len() > len {
-                return Err(Status::invalid_argument(format!("put sent more than its declared length of {len} bytes")));
-            }
-            got += piece.len();
-            if !piece.is_empty() {
-                pieces.push(piece);
-            }
-            match stream.message().await? {
-                Some(m) => piece = m.data,
-                None => break,
-            }
-        }
-        if got != len {
-            return Err(Status::invalid_argument(format!("put stream ended after {got} of its declared {len} bytes")));
-        }
-        Ok((claimed, pieces))
-    }
-}
-
-#[tonic::async_trait]
-impl ChunkStore for ChunkService {
-    async fn put(&self, req: Request<Streaming<pb::PutRequest>>) -> Result<Response<pb::PutResponse>, Status> {
+    /// Stores the chunk `receive` assembles (given the largest chunk size), recording the request
+    /// and noting the chunk for pool GC; shared by the Put route and the generated service.
+    pub(crate) async fn put_assembled<F>(&self, receive: impl FnOnce(u32) -> F) -> Result<pb::PutResponse, Status>
+    where
+        F: std::future::Future<Output = Result<PutAssembly, Status>>,
+    {
         let started = Instant::now();
-        let received = self.receive_put(req.into_inner()).await;
+        let received = receive(self.engine.config().max_chunk_size).await.and_then(PutAssembly::finish);
         if received.is_err() {
             self.metrics.rpc.observe_result("Put", started, &received);
         }
-        let (claimed, data) = received?;
+        let (claimed, pieces) = received?;
         if let Some(h) = &claimed {
             self.tracker.record(h); // before the put is acknowledged (pool GC)
         }
         let tracker = self.tracker.clone();
         let out = self
             .blocking("Put", started, move |e| {
-                let pieces: Vec<&[u8]> = data.iter().map(|p| &p[..]).collect();
+                let pieces: Vec<&[u8]> = pieces.iter().map(|p| &p[..]).collect();
                 match claimed {
                     Some(h) => e.put_pieces(Some(&h), &pieces),
                     None => e.put_pieces(None, &pieces).inspect(|o| tracker.record(&o.hash)),
                 }
             })
             .await?;
-        Ok(Response::new(pb::PutResponse { hash: out.hash.0.to_vec(), deduplicated: out.deduplicated, refs: out.refs }))
+        Ok(pb::PutResponse { hash: out.hash.0.to_vec(), deduplicated: out.deduplicated, refs: out.refs })
+    }
+}
+
+/// A put's chunk as it arrives: the claimed hash, the declared length, and the data pieces as
+/// received (the engine copies them into its write buffer while hashing; they are never joined).
+pub(crate) struct PutAssembly {
+    claimed: Option<ChunkHash>,
+    len: usize,
+    got: usize,
+    pieces: Vec<Bytes>,
+}
+
+impl PutAssembly {
+    /// From the first message's `hash` (may be empty) and `length`.
+    pub(crate) fn start(hash: &[u8], length: u64, max_chunk: u32) -> Result<Self, Status> {
+        let claimed = if hash.is_empty() { None } else { Some(parse_hash(hash)?) };
+        if length > max_chunk as u64 {
+            return Err(status(ChunkError::TooLarge { len: length as usize, max: max_chunk }));
+        }
+        let len = length as usize;
+        Ok(PutAssembly { claimed, len, got: 0, pieces: Vec::with_capacity(len / STREAM_PIECE + 1) })
+    }
+
+    /// Adds the next piece of data.
+    pub(crate) fn add(&mut self, piece: Bytes) -> Result<(), Status> {
+        if self.got + piece.len() > self.len {
+            return Err(Status::invalid_argument(format!(
+                "put sent more than its declared length of {} bytes",
+                self.len
+            )));
+        }
+        self.got += piece.len();
+        if !piece.is_empty() {
+            self.pieces.push(piece);
+        }
+        Ok(())
+    }
+
+    /// The claimed hash and the pieces, once exactly the declared length has arrived.
+    fn finish(self) -> Result<(Option<ChunkHash>, Vec<Bytes>), Status> {
+        if self.got != self.len {
+            return Err(Status::invalid_argument(format!(
+                "put stream ended after {} of its declared {} bytes",
+                self.got, self.len
+            )));
+        }
+        Ok((self.claimed, self.pieces))
+    }
+}
+
+#[tonic::async_trait]
+impl ChunkStore for ChunkService {
+    /// Reached only if the Put route is not installed (`put_route` serves Put in the daemon).
+    async fn put(&self, req: Request<Streaming<pb::PutRequest>>) -> Result<Response<pb::PutResponse>, Status> {
+        let mut stream = req.into_inner();
+        let receive = |max_chunk: u32| async move {
+            let first =
+                stream.message().await?.ok_or_else(|| Status::invalid_argument("put stream carried no message"))?;
+            let mut a = PutAssembly::start(&first.hash, first.length, max_chunk)?;
+            a.add(first.data)?;
+            while let Some(m) = stream.message().await? {
+                a.add(m.data)?;
+            }
+            Ok(a)
+        };
+        self.put_assembled(receive).await.map(Response::new)
     }
 
     type GetStream = BoxStream<pb::GetResponse>;
