@@ -1,7 +1,9 @@
-//! Page-aligned heap buffers for O_DIRECT I/O, convertible into `Bytes` without copying.
+//! Page-aligned heap buffers for O_DIRECT I/O, convertible into `Bytes` without copying, and the
+//! pool that recycles them (so that a 4 MiB put or get neither allocates nor zeroes 4 MiB).
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::ptr::NonNull;
+use std::sync::{Arc, Mutex};
 
 /// Alignment required by O_DIRECT on the filesystems we run on.
 pub(crate) const IO_ALIGN: usize = 4096;
@@ -50,5 +52,66 @@ impl Drop for AlignedBuf {
         let layout = Layout::from_size_align(self.len, IO_ALIGN).expect("aligned layout");
         // SAFETY: allocated in `zeroed` with this exact layout.
         unsafe { dealloc(self.ptr.as_ptr(), layout) }
+    }
+}
+
+/// Buffers of one size kept for reuse. Their contents are whatever the last user left.
+pub(crate) struct BufPool {
+    size: usize,
+    keep: usize,
+    bufs: Mutex<Vec<AlignedBuf>>,
+}
+
+impl BufPool {
+    /// A pool of buffers of `size` bytes (rounded up to the alignment) keeping at most `keep`.
+    pub(crate) fn new(size: usize, keep: usize) -> Arc<Self> {
+        Arc::new(BufPool { size: size.max(IO_ALIGN).next_multiple_of(IO_ALIGN), keep, bufs: Mutex::new(Vec::new()) })
+    }
+
+    /// The size of the pool's buffers.
+    pub(crate) fn size(&self) -> usize {
+        self.size
+    }
+
+    /// A buffer of the pool's size (`len` must not exceed it): a recycled one, else a new one.
+    pub(crate) fn take(&self, len: usize) -> AlignedBuf {
+        debug_assert!(len <= self.size, "buffer of {len} bytes asked from a pool of {}", self.size);
+        let recycled = self.bufs.lock().expect("buffer pool lock").pop();
+        recycled.unwrap_or_else(|| AlignedBuf::zeroed(self.size.max(len)))
+    }
+
+    /// Returns a buffer for reuse (dropped when the pool is full or it has another size).
+    pub(crate) fn give(&self, buf: AlignedBuf) {
+        if buf.len() == self.size {
+            let mut bufs = self.bufs.lock().expect("buffer pool lock");
+            if bufs.len() < self.keep {
+                bufs.push(buf);
+            }
+        }
+    }
+
+    /// Lends `buf` out; it comes back to the pool when the last `Bytes` made from it is dropped.
+    pub(crate) fn lend(self: &Arc<Self>, buf: AlignedBuf) -> Lent {
+        Lent { buf: Some(buf), pool: self.clone() }
+    }
+}
+
+/// A pooled buffer owned by `Bytes` (see [`BufPool::lend`]).
+pub(crate) struct Lent {
+    buf: Option<AlignedBuf>,
+    pool: Arc<BufPool>,
+}
+
+impl AsRef<[u8]> for Lent {
+    fn as_ref(&self) -> &[u8] {
+        self.buf.as_ref().map_or(&[], |b| b.as_ref())
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        if let Some(b) = self.buf.take() {
+            self.pool.give(b);
+        }
     }
 }

@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use bytes::Bytes;
 use kv_engine::{KvEngine, RocksEngine, WriteBatch, for_each_in_range, prefix_end};
 
-use crate::aligned::AlignedBuf;
+use crate::aligned::{AlignedBuf, BufPool};
 use crate::commit::{Committer, Op, OpResult, Reply, Request};
 use crate::format::{PinnedSettings, format_or_check};
 use crate::fsutil::{fs_capacity, sync_dir};
@@ -24,8 +24,8 @@ use crate::{ChunkError, ChunkHash, DEFAULT_MAX_CHUNK_SIZE};
 
 /// Largest maximum chunk size a data directory may be formatted with.
 const MAX_CHUNK_SIZE_LIMIT: u32 = 64 << 20;
-/// Aligned write buffers kept for reuse.
-const BUF_POOL: usize = 8;
+/// Aligned record buffers kept for reuse (puts and gets of large chunks).
+const BUF_POOL: usize = 16;
 
 /// How to open a data directory.
 #[derive(Debug, Clone)]
@@ -125,7 +125,7 @@ pub struct ChunkEngine {
     pub(crate) gc_lock: Mutex<()>,
     tx: RwLock<Option<Sender<Request>>>,
     committer: Mutex<Option<JoinHandle<()>>>,
-    buf_pool: Mutex<Vec<AlignedBuf>>,
+    buf_pool: Arc<BufPool>,
     io_gate: Arc<RwLock<()>>,
 }
 
@@ -214,7 +214,7 @@ impl ChunkEngine {
             gc_lock: Mutex::new(()),
             tx: RwLock::new(Some(tx)),
             committer: Mutex::new(Some(handle)),
-            buf_pool: Mutex::new(Vec::new()),
+            buf_pool: BufPool::new(record_span(cfg.max_chunk_size, DIRECT_ALIGN) as usize, BUF_POOL),
             io_gate,
             cfg,
         }))
@@ -388,23 +388,28 @@ impl ChunkEngine {
     }
 
     fn take_buf(&self, len: usize) -> AlignedBuf {
-        let mut pool = self.buf_pool.lock().expect("buffer pool lock");
-        match pool.iter().position(|b| b.len() >= len) {
-            Some(i) => pool.swap_remove(i),
-            None => AlignedBuf::zeroed(len.max(self.cfg.max_chunk_size as usize + HEADER_LEN)),
-        }
+        self.buf_pool.take(len)
     }
 
     fn give_buf(&self, buf: AlignedBuf) {
-        let mut pool = self.buf_pool.lock().expect("buffer pool lock");
-        if pool.len() < BUF_POOL {
-            pool.push(buf);
-        }
+        self.buf_pool.give(buf);
     }
 
     /// Reads and verifies a chunk. A copy that fails verification is quarantined and reported as
     /// [`ChunkError::Corrupt`]; its bytes are never returned.
     pub fn get(&self, hash: &ChunkHash) -> Result<Bytes, ChunkError> {
+        self.read_chunk(hash, true)
+    }
+
+    /// Reads a chunk for a receiver that verifies it before storing it (a repair copy to another
+    /// node): the record header is checked but the data is not hashed here, which would be done
+    /// twice otherwise. When the receiver refuses the data, [`get`](Self::get) checks this copy
+    /// (and quarantines it if it is bad).
+    pub fn get_for_copy(&self, hash: &ChunkHash) -> Result<Bytes, ChunkError> {
+        self.read_chunk(hash, false)
+    }
+
+    fn read_chunk(&self, hash: &ChunkHash, hash_data: bool) -> Result<Bytes, ChunkError> {
         for _ in 0..4 {
             let e = self.entry(hash)?.ok_or(ChunkError::NotFound(*hash))?;
             if e.quarantined {
@@ -413,7 +418,7 @@ impl ChunkEngine {
                     detail: "quarantined after failing verification; awaiting repair".into(),
                 });
             }
-            match self.read_verified(hash, &e.loc)? {
+            match self.read_record(hash, &e.loc, hash_data)? {
                 Ok(data) => {
                     bump(&self.counters.gets, 1);
                     bump(&self.counters.get_bytes, data.len() as u64);
@@ -434,11 +439,21 @@ impl ChunkEngine {
     /// Reads the record at `loc` and checks header and hash. Inner `Err` is a verification
     /// failure (what was wrong); outer `Err` an I/O error.
     pub(crate) fn read_verified(&self, hash: &ChunkHash, loc: &Location) -> Result<Result<Bytes, String>, ChunkError> {
+        self.read_record(hash, loc, true)
+    }
+
+    /// [`read_verified`](Self::read_verified), hashing the data only with `hash_data`.
+    fn read_record(
+        &self,
+        hash: &ChunkHash,
+        loc: &Location,
+        hash_data: bool,
+    ) -> Result<Result<Bytes, String>, ChunkError> {
         let Some(seg) = self.segment(loc.seg) else {
             return Ok(Err(format!("segment {} is missing", loc.seg)));
         };
         let span = record_span(loc.len, seg.align);
-        let raw = seg.read_at(loc.off, span)?;
+        let raw = seg.read_at(loc.off, span, &self.buf_pool)?;
         let header = match RecordHeader::decode(&raw) {
             Ok(h) => h,
             Err(why) => return Ok(Err(format!("segment {} offset {}: {why}", loc.seg, loc.off))),
@@ -447,6 +462,9 @@ impl ChunkEngine {
             return Ok(Err(format!("segment {} offset {}: record belongs to another chunk", loc.seg, loc.off)));
         }
         let data = raw.slice(HEADER_LEN..HEADER_LEN + loc.len as usize);
+        if !hash_data {
+            return Ok(Ok(data));
+        }
         let actual = ChunkHash::of(&data);
         if actual != *hash {
             return Ok(Err(format!("segment {} offset {}: data hashes to {actual}", loc.seg, loc.off)));

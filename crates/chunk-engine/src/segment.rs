@@ -9,11 +9,12 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
 use crate::ChunkError;
-use crate::aligned::{AlignedBuf, IO_ALIGN};
+use crate::aligned::{AlignedBuf, BufPool, IO_ALIGN};
 use crate::fsutil::sync_dir;
 
 const SEGMENT_MAGIC: &[u8; 8] = b"CAIRNSEG";
@@ -136,15 +137,22 @@ impl Segment {
 
     /// Reads `span` bytes at `off` (O_DIRECT when the segment has it); short reads past the end
     /// of the file come back zero-filled so that the record check reports them.
-    pub(crate) fn read_at(&self, off: u64, span: u64) -> Result<Bytes, ChunkError> {
+    /// O_DIRECT reads go into a buffer from `pool` (when the record fits its buffers), which
+    /// returns there once the caller drops the data.
+    pub(crate) fn read_at(&self, off: u64, span: u64, pool: &Arc<BufPool>) -> Result<Bytes, ChunkError> {
         let ctx = || format!("read {} at {off}", self.path.display());
+        let span = span as usize;
         if let Some(d) = &self.direct {
-            let mut buf = AlignedBuf::zeroed(span as usize);
-            let len = buf.len();
-            read_fully(d, &mut buf.as_mut_slice()[..len], off).map_err(|e| ChunkError::io(ctx(), e))?;
-            return Ok(Bytes::from_owner(buf).slice(0..span as usize));
+            let fits = span <= pool.size();
+            let mut buf = if fits { pool.take(span) } else { AlignedBuf::zeroed(span) };
+            let want = span.next_multiple_of(IO_ALIGN);
+            let b = &mut buf.as_mut_slice()[..want];
+            let got = read_fully(d, b, off).map_err(|e| ChunkError::io(ctx(), e))?;
+            b[got.min(span)..span].fill(0); // a recycled buffer holds old bytes
+            let owner = if fits { Bytes::from_owner(pool.lend(buf)) } else { Bytes::from_owner(buf) };
+            return Ok(owner.slice(0..span));
         }
-        let mut buf = vec![0u8; span as usize];
+        let mut buf = vec![0u8; span];
         read_fully(&self.file, &mut buf, off).map_err(|e| ChunkError::io(ctx(), e))?;
         Ok(Bytes::from(buf))
     }
@@ -155,7 +163,8 @@ impl Segment {
     }
 }
 
-fn read_fully(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<()> {
+/// Reads until `buf` is full or the file ends; returns the bytes read.
+fn read_fully(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
         match f.read_at(&mut buf[done..], off + done as u64) {
@@ -165,5 +174,5 @@ fn read_fully(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<()> {
             Err(e) => return Err(e),
         }
     }
-    Ok(())
+    Ok(done)
 }

@@ -31,7 +31,7 @@ const BLOCK: usize = 4 * MIB;
 /// Storage nodes in each pool.
 const NODES: usize = 5;
 /// Puts in flight during the write test.
-const PUTS_IN_FLIGHT: usize = 8;
+const PUTS_IN_FLIGHT: usize = 16;
 /// Short timeouts, so that a killed node is out two seconds after its last heartbeat.
 const TIMEOUTS: Timeouts = Timeouts { down_after: Duration::from_millis(1000), out_after: Duration::from_millis(2000) };
 /// How often the repair test reads the survivors' metrics.

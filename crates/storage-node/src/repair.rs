@@ -420,12 +420,22 @@ impl Reconciler {
         Ok(())
     }
 
+    /// Copies a chunk to `addr`. The receiver verifies the data before storing it, so it is not
+    /// hashed here too; if the receiver refuses it, this copy is verified (and quarantined if bad,
+    /// so the next pass copies from another replica).
     async fn push(&self, addr: &str, hash: &ChunkHash) -> Result<(), String> {
         let h = *hash;
-        let data = self.blocking(move |e| e.get(&h)).await?;
+        let data = self.blocking(move |e| e.get_for_copy(&h)).await?;
         let c = self.conn(addr).await?;
-        c.put(Some(*hash), data).await.map_err(|e| e.to_string())?;
-        Ok(())
+        match c.put(Some(*hash), data).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                if e.code() == Some(tonic::Code::InvalidArgument) {
+                    let _ = self.blocking(move |e| e.get(&h)).await;
+                }
+                Err(e.to_string())
+            }
+        }
     }
 
     async fn heal(&self, map: &NodeMap, src: &str, hash: &ChunkHash) -> Result<(), String> {
