@@ -71,6 +71,9 @@ impl SegmentSet {
         if lane.active.is_none() || full {
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let seg = Arc::new(Segment::create(&self.dir, id, lane.align, self.direct_io)?);
+            if lane.align == DIRECT_ALIGN {
+                seg.preallocate(self.segment_size);
+            }
             self.map.write().expect("segments lock").insert(id, seg.clone());
             *self.acct.lock().expect("accounting lock").seg(id) =
                 SegmentSpace { size: SEGMENT_HEADER_LEN, live: 0, align: lane.align };
