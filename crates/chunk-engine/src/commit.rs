@@ -8,8 +8,8 @@
 //! one pair of fsyncs. Writers of large records write and queue under a shared I/O gate that a
 //! commit takes exclusively: the commit first waits for the writes in flight, so their requests
 //! join its batch, and then syncs without a 4 MiB write competing with it (on this virtual disk a
-//! sync issued behind concurrent writes took ~4 ms instead of ~0.4 ms; batches doubled, ingest
-//! rose from ~0.75 to ~0.9 of raw write). Being the only index writer, it also resolves races (two puts of the same
+//! sync issued behind concurrent writes took ~4 ms instead of ~0.4 ms; batches doubled).
+//! Being the only index writer, it also resolves races (two puts of the same
 //! chunk, an unref racing a GC move) without locks.
 
 use std::collections::HashMap;

@@ -86,9 +86,14 @@ pub(crate) enum RecordData<'a> {
 
 impl RecordData<'_> {
     fn len(&self) -> usize {
+        self.bytes().len()
+    }
+
+    /// The chunk's bytes.
+    fn bytes(&self) -> &[u8] {
         match self {
-            RecordData::Slice(d) => d.len(),
-            RecordData::Prepared(_, len) => *len,
+            RecordData::Slice(d) => d,
+            RecordData::Prepared(buf, len) => &buf.as_ref()[HEADER_LEN..HEADER_LEN + len],
         }
     }
 }
@@ -368,15 +373,7 @@ impl ChunkEngine {
         } else {
             let mut b = vec![0u8; span as usize];
             header.encode(&mut b[..HEADER_LEN]);
-            match &data {
-                RecordData::Slice(d) => b[HEADER_LEN..HEADER_LEN + len].copy_from_slice(d),
-                RecordData::Prepared(buf, _) => {
-                    b[HEADER_LEN..HEADER_LEN + len].copy_from_slice(&buf.as_ref()[HEADER_LEN..HEADER_LEN + len])
-                }
-            }
-            if let RecordData::Prepared(buf, _) = data {
-                self.give_buf(buf);
-            }
+            b[HEADER_LEN..HEADER_LEN + len].copy_from_slice(data.bytes());
             seg.write_at(&b, off)
         };
         if let Err(e) = written {

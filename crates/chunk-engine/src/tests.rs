@@ -16,6 +16,11 @@ fn random(len: usize) -> Vec<u8> {
     v
 }
 
+/// The first segment file in the data directory (tests that write one segment).
+fn first_segment(dir: &std::path::Path) -> std::path::PathBuf {
+    std::fs::read_dir(dir.join("segments")).unwrap().next().unwrap().unwrap().path()
+}
+
 fn cfg(dir: &std::path::Path) -> EngineConfig {
     let mut c = EngineConfig::new(dir);
     c.segment_size = 1 << 20;
@@ -237,7 +242,7 @@ fn torn_tail_is_dropped_on_restart() {
         e.put(&data).unwrap().hash
     };
     // Simulate a crash mid-append: garbage after the last indexed record.
-    let seg = std::fs::read_dir(dir.path().join("segments")).unwrap().next().unwrap().unwrap().path();
+    let seg = first_segment(dir.path());
     let len_before = std::fs::metadata(&seg).unwrap().len();
     OpenOptions::new().append(true).open(&seg).unwrap().write_all(&random(3000)).unwrap();
     // And a segment whose header never made it.
@@ -355,7 +360,7 @@ fn preallocated_segment_tail_is_cut_on_reopen() {
         let e = ChunkEngine::open(cfg(dir.path())).unwrap();
         e.put(&data).unwrap().hash
     };
-    let seg = std::fs::read_dir(dir.path().join("segments")).unwrap().next().unwrap().unwrap().path();
+    let seg = first_segment(dir.path());
     assert_eq!(std::fs::metadata(&seg).unwrap().len(), 1 << 20, "preallocated to the segment size");
     let e = ChunkEngine::open(cfg(dir.path())).unwrap();
     let len = std::fs::metadata(&seg).unwrap().len();

@@ -43,8 +43,7 @@ pub fn encode_put(claimed: Option<&[u8]>, data: &Bytes, piece: usize) -> Vec<Byt
         }
         let len = head.encoded_len() + key.len() + n;
         let mut prefix = BytesMut::with_capacity(GRPC_HEADER + len - n);
-        prefix.put_u8(0);
-        prefix.put_u32(len as u32);
+        grpc_header(&mut prefix, len);
         head.encode(&mut prefix).expect("capacity reserved");
         prefix.put_slice(&key);
         frames.push(prefix.freeze());
@@ -56,6 +55,21 @@ pub fn encode_put(claimed: Option<&[u8]>, data: &Bytes, piece: usize) -> Vec<Byt
             return frames;
         }
     }
+}
+
+/// One gRPC message: header and the encoded `msg` (the node's answer to a put).
+pub fn encode_message(msg: &impl Message) -> Bytes {
+    let len = msg.encoded_len();
+    let mut buf = BytesMut::with_capacity(GRPC_HEADER + len);
+    grpc_header(&mut buf, len);
+    msg.encode(&mut buf).expect("capacity reserved");
+    buf.freeze()
+}
+
+/// The gRPC message header: not compressed, `len` bytes follow.
+fn grpc_header(buf: &mut BytesMut, len: usize) {
+    buf.put_u8(0);
+    buf.put_u32(len as u32);
 }
 
 /// One `PutRequest` whose `data` is a list of slices of the received frames.

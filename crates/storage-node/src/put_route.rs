@@ -7,12 +7,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{BufMut, BytesMut};
 use cairn_proto::chunk::v1 as pb;
 use cairn_proto::chunk::v1::chunk_store_server::ChunkStoreServer;
 use http_body_util::{BodyExt, StreamBody};
-use node_client::put_wire::{PUT_PATH, PutDecoder};
-use prost::Message;
+use node_client::put_wire::{PUT_PATH, PutDecoder, encode_message};
 use tonic::Status;
 use tonic::body::BoxBody;
 use tonic::codegen::Service;
@@ -94,14 +92,10 @@ async fn receive(mut body: BoxBody, max_message: usize, max_chunk: u32) -> Resul
 
 /// A gRPC answer: one message, then `grpc-status: 0` in the trailers.
 fn ok_response(answer: &pb::PutResponse) -> http::Response<BoxBody> {
-    let len = answer.encoded_len();
-    let mut buf = BytesMut::with_capacity(5 + len);
-    buf.put_u8(0);
-    buf.put_u32(len as u32);
-    answer.encode(&mut buf).expect("capacity reserved");
     let mut trailers = HeaderMap::new();
     trailers.insert("grpc-status", HeaderValue::from_static("0"));
-    let frames = [Ok::<_, Status>(http_body::Frame::data(buf.freeze())), Ok(http_body::Frame::trailers(trailers))];
+    let frames =
+        [Ok::<_, Status>(http_body::Frame::data(encode_message(answer))), Ok(http_body::Frame::trailers(trailers))];
     let body = StreamBody::new(futures::stream::iter(frames));
     let mut resp = http::Response::new(tonic::body::boxed(body));
     resp.headers_mut().insert("content-type", HeaderValue::from_static("application/grpc"));

@@ -89,10 +89,11 @@ impl ChunkService {
         let out = self
             .blocking("Put", started, move |e| {
                 let pieces: Vec<&[u8]> = pieces.iter().map(|p| &p[..]).collect();
-                match claimed {
-                    Some(h) => e.put_pieces(Some(&h), &pieces),
-                    None => e.put_pieces(None, &pieces).inspect(|o| tracker.record(&o.hash)),
+                let out = e.put_pieces(claimed.as_ref(), &pieces)?;
+                if claimed.is_none() {
+                    tracker.record(&out.hash);
                 }
+                Ok(out)
             })
             .await?;
         Ok(pb::PutResponse { hash: out.hash.0.to_vec(), deduplicated: out.deduplicated, refs: out.refs })
