@@ -15,10 +15,17 @@ pub(crate) const DIRECT_LANE: usize = 0;
 /// Lane of small records written through the page cache (64-byte aligned).
 pub(crate) const SMALL_LANE: usize = 1;
 
+/// How far ahead of its appends the small lane zero-fills its segment (see
+/// [`Segment::zero_fill`]; the large lane fallocates a whole segment at once, its O_DIRECT
+/// writes being large; small records may trickle in, so space is only taken as needed).
+const SMALL_PREALLOC: u64 = 4 << 20;
+
 struct Lane {
     align: u64,
     active: Option<Arc<Segment>>,
     next_off: u64,
+    /// The active segment is allocated up to here.
+    allocated: u64,
 }
 
 /// Every open segment plus the active segment of each lane.
@@ -41,7 +48,7 @@ impl SegmentSet {
         max_id: u64,
         acct: Arc<Mutex<Accounting>>,
     ) -> Self {
-        let lane = |align| Mutex::new(Lane { align, active: None, next_off: 0 });
+        let lane = |align| Mutex::new(Lane { align, active: None, next_off: 0, allocated: 0 });
         SegmentSet {
             dir,
             segment_size,
@@ -71,9 +78,7 @@ impl SegmentSet {
         if lane.active.is_none() || full {
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let seg = Arc::new(Segment::create(&self.dir, id, lane.align, self.direct_io)?);
-            if lane.align == DIRECT_ALIGN {
-                seg.preallocate(self.segment_size);
-            }
+            lane.allocated = 0;
             self.map.write().expect("segments lock").insert(id, seg.clone());
             *self.acct.lock().expect("accounting lock").seg(id) =
                 SegmentSpace { size: SEGMENT_HEADER_LEN, live: 0, align: lane.align };
@@ -81,6 +86,16 @@ impl SegmentSet {
             lane.next_off = SEGMENT_HEADER_LEN;
         }
         let seg = lane.active.clone().expect("active segment");
+        if lane.next_off + span > lane.allocated {
+            let step = if lane.align == DIRECT_ALIGN { self.segment_size } else { SMALL_PREALLOC };
+            let end = (lane.next_off + span + step).min(self.segment_size.max(lane.next_off + span));
+            if lane.align == DIRECT_ALIGN {
+                seg.preallocate(end);
+            } else {
+                seg.zero_fill(lane.allocated.max(lane.next_off), end);
+            }
+            lane.allocated = end;
+        }
         let off = lane.next_off;
         lane.next_off += span;
         seg.inflight.fetch_add(1, Ordering::AcqRel);

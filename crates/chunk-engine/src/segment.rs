@@ -109,14 +109,16 @@ impl Segment {
         Ok(Segment { id, align, inflight: Default::default(), path, file, direct })
     }
 
-    /// Allocates the file's blocks up to `len` bytes and sets its length, so that appends are
+    /// Allocates the file's blocks up to `end` bytes and sets its length, so that appends are
     /// writes inside the file instead of size-extending ones (measured here: ingest +~14 %, as
-    /// extending O_DIRECT writes serialise on the inode and journal a size change each). Where
-    /// the filesystem cannot, appends just extend the file. Recovery cuts the unused tail.
-    pub(crate) fn preallocate(&self, len: u64) {
+    /// extending O_DIRECT writes serialise on the inode and journal a size change each; an
+    /// fdatasync after a 4 KiB write took 90 us inside the allocation and 150 us extending the
+    /// file). Where the filesystem cannot, appends just extend the file. Recovery cuts the
+    /// unused tail.
+    pub(crate) fn preallocate(&self, end: u64) {
         use std::os::fd::AsRawFd;
         // SAFETY: fallocate on a file descriptor we own; no memory is passed.
-        let r = unsafe { libc::fallocate(self.file.as_raw_fd(), 0, 0, len as libc::off_t) };
+        let r = unsafe { libc::fallocate(self.file.as_raw_fd(), 0, 0, end as libc::off_t) };
         if r != 0 {
             let error = std::io::Error::last_os_error();
             tracing::debug!(segment = self.id, %error, "fallocate failed; appends will extend the file");
@@ -141,6 +143,25 @@ impl Segment {
     }
 
     /// Writes a whole record at `off`; O_DIRECT when the segment has it.
+    /// Writes zeros over `from..to` of a buffered segment so that later small appends overwrite
+    /// blocks the filesystem already maps: their fdatasync then flushes data only, where writes
+    /// into fallocated (unwritten) blocks each commit an extent change to the journal, and that
+    /// commit queues behind the index's own (measured here: 4 KiB append + fdatasync 76 us into
+    /// written blocks, 90-175 us into fallocated ones). Best effort, like [`preallocate`].
+    pub(crate) fn zero_fill(&self, from: u64, to: u64) {
+        const STEP: u64 = 1 << 20;
+        let zeros = vec![0u8; STEP as usize];
+        let mut off = from;
+        while off < to {
+            let n = STEP.min(to - off);
+            if let Err(error) = self.file.write_all_at(&zeros[..n as usize], off) {
+                tracing::debug!(segment = self.id, %error, "zero fill failed; appends will extend the file");
+                return;
+            }
+            off += n;
+        }
+    }
+
     pub(crate) fn write_at(&self, buf: &[u8], off: u64) -> Result<(), ChunkError> {
         let f = match &self.direct {
             Some(d) if (buf.as_ptr() as usize).is_multiple_of(IO_ALIGN) && buf.len().is_multiple_of(IO_ALIGN) => d,

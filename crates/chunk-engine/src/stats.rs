@@ -43,6 +43,8 @@ pub(crate) struct Counters {
     pub corruptions: AtomicU64,
     pub commit_batches: AtomicU64,
     pub commit_ops: AtomicU64,
+    pub segment_sync_micros: AtomicU64,
+    pub index_write_micros: AtomicU64,
     pub gc_runs: AtomicU64,
     pub gc_reclaimed_bytes: AtomicU64,
     pub gc_moved_bytes: AtomicU64,
@@ -89,6 +91,10 @@ pub struct EngineStats {
     pub commit_batches: u64,
     /// Index operations committed in them.
     pub commit_ops: u64,
+    /// Time commits spent making records durable (writes of small records and segment syncs).
+    pub segment_sync_micros: u64,
+    /// Time commits spent writing the index durably.
+    pub index_write_micros: u64,
     /// Garbage collection passes.
     pub gc_runs: u64,
     /// Bytes given back to the filesystem by GC.
@@ -108,6 +114,8 @@ impl Counters {
         s.corruptions = g(&self.corruptions);
         s.commit_batches = g(&self.commit_batches);
         s.commit_ops = g(&self.commit_ops);
+        s.segment_sync_micros = g(&self.segment_sync_micros);
+        s.index_write_micros = g(&self.index_write_micros);
         s.gc_runs = g(&self.gc_runs);
         s.gc_reclaimed_bytes = g(&self.gc_reclaimed_bytes);
         s.gc_moved_bytes = g(&self.gc_moved_bytes);

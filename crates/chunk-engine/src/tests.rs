@@ -241,14 +241,17 @@ fn torn_tail_is_dropped_on_restart() {
         let e = ChunkEngine::open(cfg(dir.path())).unwrap();
         e.put(&data).unwrap().hash
     };
-    // Simulate a crash mid-append: garbage after the last indexed record.
+    // Simulate a crash mid-append: garbage after the last indexed record (and after the zeros
+    // the small lane writes ahead of its appends).
     let seg = first_segment(dir.path());
-    let len_before = std::fs::metadata(&seg).unwrap().len();
+    let record_end = crate::segment::SEGMENT_HEADER_LEN
+        + crate::record::record_span(data.len() as u32, crate::segment::BUFFERED_ALIGN);
+    assert!(std::fs::metadata(&seg).unwrap().len() > record_end, "zero-filled ahead");
     OpenOptions::new().append(true).open(&seg).unwrap().write_all(&random(3000)).unwrap();
     // And a segment whose header never made it.
     std::fs::write(dir.path().join("segments/0000000099.seg"), b"CAIRN").unwrap();
     let e = ChunkEngine::open(cfg(dir.path())).unwrap();
-    assert_eq!(std::fs::metadata(&seg).unwrap().len(), len_before);
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), record_end, "cut after the last record");
     assert!(!dir.path().join("segments/0000000099.seg").exists());
     assert_eq!(&e.get(&h).unwrap()[..], &data[..]);
     let h2 = e.put(&random(10)).unwrap().hash;

@@ -421,10 +421,13 @@ fn small_puts(dir: &Path, threads: usize, dur: Duration) -> Res<f64> {
     let secs = start.elapsed().as_secs_f64();
     let st = engine.stats();
     eprintln!(
-        "  {threads} writer(s): {} group commits, {:.1} puts per commit, {:.0} us per commit",
+        "  {threads} writer(s): {} group commits, {:.1} puts per commit, {:.0} us per commit \
+         (segment sync {:.0} us, index write {:.0} us)",
         st.commit_batches,
         st.commit_ops as f64 / st.commit_batches.max(1) as f64,
-        secs * 1e6 / st.commit_batches.max(1) as f64
+        secs * 1e6 / st.commit_batches.max(1) as f64,
+        st.segment_sync_micros as f64 / st.commit_batches.max(1) as f64,
+        st.index_write_micros as f64 / st.commit_batches.max(1) as f64,
     );
     engine.close();
     Ok(count as f64 / secs)
