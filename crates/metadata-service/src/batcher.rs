@@ -115,29 +115,32 @@ async fn run_writes(raft: Raft, mut rx: mpsc::Receiver<Proposal>) {
     }
 }
 
-async fn commit(raft: &Raft, mut batch: Vec<Proposal>) {
-    let single = batch.len() == 1;
-    let cmd = if single { batch[0].cmd.clone() } else { Command::Batch(batch.iter().map(|p| p.cmd.clone()).collect()) };
+async fn commit(raft: &Raft, batch: Vec<Proposal>) {
+    // The commands move into the entry (no copies of keys and values); the replies stay here.
+    let (mut cmds, replies): (Vec<Command>, Vec<_>) = batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
+    let single = cmds.len() == 1;
+    let cmd = if single { cmds.pop().expect("one proposal") } else { Command::Batch(cmds) };
     let outcome = tokio::time::timeout(QUORUM_WAIT, raft.client_write(cmd)).await;
     match outcome {
         Ok(Ok(resp)) if single => {
-            let p = batch.pop().expect("one proposal");
-            let _ = p.reply.send(Ok(resp.data));
+            if let Some(reply) = replies.into_iter().next() {
+                let _ = reply.send(Ok(resp.data));
+            }
         }
         Ok(Ok(resp)) => {
-            for (p, r) in batch.into_iter().zip(resp.data.batch) {
-                let _ = p.reply.send(Ok(r));
+            for (reply, r) in replies.into_iter().zip(resp.data.batch) {
+                let _ = reply.send(Ok(r));
             }
         }
         Ok(Err(e)) => {
             let e = from_write_error(e);
-            for p in batch {
-                let _ = p.reply.send(Err(clone_error(&e).into()));
+            for reply in replies {
+                let _ = reply.send(Err(clone_error(&e).into()));
             }
         }
         Err(_) => {
-            for p in batch {
-                let _ = p.reply.send(Err(Status::deadline_exceeded(format!(
+            for reply in replies {
+                let _ = reply.send(Err(Status::deadline_exceeded(format!(
                     "write not committed within {QUORUM_WAIT:?} (no quorum reachable?); it may still commit"
                 ))));
             }
