@@ -1,7 +1,9 @@
 //! cluster-bench: a real storage pool (one metadata node and five storage nodes as processes on
 //! loopback, all on this one disk) against the raw disk under it — replicated 4 MiB put
 //! throughput with R=1 and R=3 against the limit raw / R, and the repair rate after a storage node
-//! is SIGKILLed and declared out against the raw write.
+//! is SIGKILLed and declared out against the raw write (and against the disk reading and writing
+//! at once, which is what a repair on one disk can reach). Each put phase also reports the CPU it
+//! used.
 
 mod cpu;
 mod pool;
@@ -77,6 +79,8 @@ struct Figures {
     put_r3: f64,
     /// Machine CPU use during the R=1 and the R=3 write.
     cpu: [CpuUse; 2],
+    /// The disk reading and writing at once (GB/s each way), measured right after the repair.
+    raw_copy: f64,
     repair: Repair,
 }
 
@@ -89,6 +93,8 @@ struct Repair {
     /// From the SIGKILL until the first copy was seen (detection: heartbeats stop, the node is
     /// down, then out).
     first_copy: Duration,
+    /// Machine CPU use while copying.
+    cpu: CpuUse,
 }
 
 impl Repair {
@@ -118,6 +124,16 @@ fn raw_write(dir: &Path, total: usize) -> Res<f64> {
     Ok(gbps(total as u64, d?))
 }
 
+/// The disk copying `total` bytes to itself (see [`raw::direct_copy`]), in GB/s each way.
+fn raw_copy(dir: &Path, total: usize) -> Res<f64> {
+    eprintln!("raw disk: {} MiB O_DIRECT read and write at once ...", total / MIB);
+    let raw_dir = dir.join("raw");
+    fresh_dir(&raw_dir)?;
+    let d = raw::direct_copy(&raw_dir, total);
+    let _ = fs::remove_dir_all(&raw_dir);
+    Ok(gbps(total as u64, d?))
+}
+
 /// The R=1 write, then the R=3 write and the repair, each on a fresh pool and each right after
 /// a raw-disk baseline.
 async fn pools(args: &Args, total: usize) -> Res<Figures> {
@@ -135,7 +151,9 @@ async fn pools(args: &Args, total: usize) -> Res<Figures> {
     let raw_repair = raw_write(&args.dir, total)?;
     let repair = measure_repair(&mut pool, &reports).await?;
     drop(client);
-    Ok(Figures { raw: [raw1, raw3, raw_repair], put_r1, put_r3, cpu: [cpu1, cpu3], repair })
+    drop(pool);
+    let raw_copy = raw_copy(&args.dir, total)?;
+    Ok(Figures { raw: [raw1, raw3, raw_repair], put_r1, put_r3, cpu: [cpu1, cpu3], raw_copy, repair })
 }
 
 /// `n` distinct 4 MiB chunks, made before any timing (a frontend has its data in memory): one
@@ -225,8 +243,10 @@ async fn measure_repair(pool: &mut Pool, reports: &[PutReport]) -> Res<Repair> {
     pool.kill_node(0);
     let killed = Instant::now();
     let mut idle_until = Duration::ZERO;
+    let mut cpu_at_start = CpuSample::now();
     let mut first_copy = None;
     let mut quiet_since = None;
+    let mut cpu_at_quiet = None;
     loop {
         pool.check()?;
         let Totals { copied, pending, active } = Totals::scrape(&survivors).await?;
@@ -234,19 +254,28 @@ async fn measure_repair(pool: &mut Pool, reports: &[PutReport]) -> Res<Repair> {
         let at = killed.elapsed();
         if copied == 0 {
             idle_until = at;
+            cpu_at_start = CpuSample::now();
         } else if first_copy.is_none() {
             first_copy = Some(at);
         }
         if copied >= expected && pending == 0 && active == 0 {
             match quiet_since {
                 Some(quiet) => {
+                    let cpu = match (&cpu_at_start, &cpu_at_quiet) {
+                        (Some(a), Some(b)) => a.until(b),
+                        _ => CpuUse::default(),
+                    };
                     return Ok(Repair {
                         bytes: copied,
                         time: quiet - idle_until,
                         first_copy: first_copy.unwrap_or(quiet),
+                        cpu,
                     });
                 }
-                None => quiet_since = Some(at),
+                None => {
+                    quiet_since = Some(at);
+                    cpu_at_quiet = CpuSample::now();
+                }
             }
         } else {
             quiet_since = None;
@@ -333,8 +362,22 @@ fn print_report(args: &Args, total: usize, f: &Figures) {
     row("raw write, O_DIRECT + fdatasync", f.raw[2], "GB/s", String::new());
     row("repair after SIGKILL, R=3", f.repair.gbps(), "GB/s", format!("{rep:.2} x raw write"));
     row("  copied", f.repair.bytes as f64 / MIB as f64, "MiB", String::new());
+    if f.repair.cpu.cores > 0 {
+        row(
+            &format!("  CPU busy (of {} cores)", f.repair.cpu.cores),
+            f.repair.cpu.busy_cores,
+            "cores",
+            format!("steal {:.2}", f.repair.cpu.steal_cores),
+        );
+    }
     row("  copying time", f.repair.time.as_secs_f64(), "s", String::new());
     row("  from SIGKILL to first copy", f.repair.first_copy.as_secs_f64(), "s", String::new());
+    row(
+        "raw copy, O_DIRECT read + write at once",
+        f.raw_copy,
+        "GB/s",
+        format!("repair {:.2} x this", f.repair.gbps() / f.raw_copy),
+    );
     println!("{}", "-".repeat(84));
     println!();
     let mark = |ok: bool| if ok { "OK" } else { "MISS" };
@@ -357,6 +400,7 @@ fn print_report(args: &Args, total: usize, f: &Figures) {
             "put_cpu_steal_cores": [f.cpu[0].steal_cores, f.cpu[1].steal_cores],
             "repair_gbps": f.repair.gbps(),
             "repair_ratio": rep,
+            "raw_copy_gbps": f.raw_copy,
             "repair_copied_bytes": f.repair.bytes,
             "repair_secs": f.repair.time.as_secs_f64(),
             "repair_first_copy_secs": f.repair.first_copy.as_secs_f64(),

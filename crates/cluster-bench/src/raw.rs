@@ -1,5 +1,6 @@
-//! The raw-disk baseline, as chunk-bench measures it: sequential O_DIRECT writes of 4 MiB blocks
-//! into one file, timed including the final fdatasync.
+//! The raw-disk baselines: sequential O_DIRECT writes of 4 MiB blocks into one file, timed
+//! including the final fdatasync (as chunk-bench measures it), and the disk copying to itself
+//! (reading one file while writing another), the most a repair on one disk can reach.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -55,6 +56,42 @@ impl Drop for AlignedBuf {
 /// Sequential O_DIRECT write of `total` bytes in 4 MiB blocks to `path`, timed including the
 /// final fdatasync; the file is removed afterwards.
 pub fn direct_write(path: &Path, total: usize) -> Res<Duration> {
+    let start = Instant::now();
+    write_file(path, total)?;
+    let d = start.elapsed();
+    std::fs::remove_file(path)?;
+    Ok(d)
+}
+
+/// The disk copying to itself, as a repair on one disk must: `total` bytes read sequentially
+/// with O_DIRECT from one file while as many are written to another, in two threads at once;
+/// returns the time until both finished (write timed including its fdatasync). The source is
+/// written (untimed) first; both files are removed afterwards.
+pub fn direct_copy(dir: &Path, total: usize) -> Res<Duration> {
+    use std::io::Read;
+    let src = dir.join("copy-src.dat");
+    let dst = dir.join("copy-dst.dat");
+    write_file(&src, total)?;
+    let open_read = || OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(&src);
+    let mut r = open_read().map_err(|e| format!("open {}: {e}", src.display()))?;
+    let start = Instant::now();
+    let writer = {
+        let dst = dst.clone();
+        std::thread::spawn(move || write_file(&dst, total))
+    };
+    let mut buf = AlignedBuf::random(BLOCK);
+    for _ in 0..total / BLOCK {
+        r.read_exact(buf.as_mut())?;
+    }
+    writer.join().map_err(|_| "copy writer panicked")??;
+    let d = start.elapsed();
+    std::fs::remove_file(&src)?;
+    std::fs::remove_file(&dst)?;
+    Ok(d)
+}
+
+/// Writes `total` bytes to `path` with O_DIRECT in 4 MiB blocks, then fdatasyncs.
+fn write_file(path: &Path, total: usize) -> Res<()> {
     let buf = AlignedBuf::random(BLOCK);
     let mut f: File = OpenOptions::new()
         .write(true)
@@ -63,13 +100,9 @@ pub fn direct_write(path: &Path, total: usize) -> Res<Duration> {
         .custom_flags(libc::O_DIRECT)
         .open(path)
         .map_err(|e| format!("open {}: {e}", path.display()))?;
-    let start = Instant::now();
     for _ in 0..total / BLOCK {
         f.write_all(buf.as_ref())?;
     }
     f.sync_data()?;
-    let d = start.elapsed();
-    drop(f);
-    std::fs::remove_file(path)?;
-    Ok(d)
+    Ok(())
 }
