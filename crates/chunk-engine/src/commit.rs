@@ -146,14 +146,14 @@ impl Committer {
             counters: self.counters.clone(),
             shared: shared.clone(),
         };
-        let index_thread = match std::thread::Builder::new().name("chunk-index".into()).spawn(move || indexer.run(job_rx))
-        {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start the index thread; the engine takes no writes");
-                return;
-            }
-        };
+        let index_thread =
+            match std::thread::Builder::new().name("chunk-index".into()).spawn(move || indexer.run(job_rx)) {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the index thread; the engine takes no writes");
+                    return;
+                }
+            };
         let mut pending = Pending::default();
         let mut seq = 0u64;
         let mut fresh = false;
@@ -507,7 +507,8 @@ impl<T> Handoff<T> {
         }
     }
 
-    /// No more jobs: the receiver stops once the slot is empty.
+    /// No more jobs: the receiver stops once the slot is empty, a sender gives up. A job left in
+    /// the slot is dropped with the hand-off (its requests then answer with an error).
     fn close(&self) {
         self.state.lock().expect("handoff lock").closed = true;
         self.changed.notify_all();
@@ -524,6 +525,14 @@ struct Indexer {
 
 impl Indexer {
     fn run(self, jobs: Arc<Handoff<Job>>) {
+        // However this thread ends (a panic included), the committer must not wait for it.
+        struct CloseOnExit(Arc<Handoff<Job>>);
+        impl Drop for CloseOnExit {
+            fn drop(&mut self) {
+                self.0.close();
+            }
+        }
+        let _close = CloseOnExit(jobs.clone());
         // After a failed write, the batches decided on top of it are refused until a fresh one.
         let mut failed: Option<String> = None;
         while let Some(job) = jobs.recv() {

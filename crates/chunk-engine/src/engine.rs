@@ -147,6 +147,13 @@ impl ChunkEngine {
         }
         format_or_check(&dir, &PinnedSettings::current(cfg.max_chunk_size))?;
         let kv: Arc<dyn KvEngine> = Arc::new(RocksEngine::open(&dir.join("index"))?);
+        Self::open_on(cfg, kv)
+    }
+
+    /// [`open`](Self::open) on a given index store (tests wrap RocksDB to inject failures).
+    pub(crate) fn open_on(cfg: EngineConfig, kv: Arc<dyn KvEngine>) -> Result<Arc<Self>, ChunkError> {
+        let dir = cfg.dir.clone();
+        let seg_dir = dir.join("segments");
 
         let (segments, broken, max_id) = open_segments(&seg_dir, cfg.direct_io)?;
         let mut acct = Accounting::default();

@@ -367,10 +367,77 @@ fn preallocated_segment_tail_is_cut_on_reopen() {
     assert_eq!(std::fs::metadata(&seg).unwrap().len(), 1 << 20, "preallocated to the segment size");
     let e = ChunkEngine::open(cfg(dir.path())).unwrap();
     let len = std::fs::metadata(&seg).unwrap().len();
-    assert!(len < 1 << 20 && len >= 300_000, "tail cut to the last record: {len}");
+    assert!((300_000..1 << 20).contains(&len), "tail cut to the last record: {len}");
     assert_eq!(&e.get(&h).unwrap()[..], &data[..]);
     let more = random(200_000);
     let h2 = e.put(&more).unwrap().hash;
     assert_eq!(&e.get(&h2).unwrap()[..], &more[..]);
     assert_eq!(std::fs::metadata(&seg).unwrap().len(), len, "new records go to a fresh segment");
+}
+
+/// The index store with writes that fail on demand.
+struct FailingKv {
+    inner: kv_engine::RocksEngine,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+impl kv_engine::KvEngine for FailingKv {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, kv_engine::KvError> {
+        self.inner.get(key)
+    }
+
+    fn write(&self, batch: kv_engine::WriteBatch, sync: bool) -> Result<(), kv_engine::KvError> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(kv_engine::KvError::Backend("injected write failure".into()));
+        }
+        self.inner.write(batch, sync)
+    }
+
+    fn scan(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<kv_engine::KvPair>, kv_engine::KvError> {
+        self.inner.scan(start, end, limit)
+    }
+
+    fn flush(&self) -> Result<(), kv_engine::KvError> {
+        self.inner.flush()
+    }
+}
+
+#[test]
+fn a_failed_index_write_loses_no_acknowledged_put_and_leaves_no_phantom_reference() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    ChunkEngine::open(cfg(dir.path())).unwrap().close(); // formats the directory
+    let kv = Arc::new(FailingKv {
+        inner: kv_engine::RocksEngine::open(&dir.path().join("index")).unwrap(),
+        fail: Default::default(),
+    });
+    let e = ChunkEngine::open_on(cfg(dir.path()), kv.clone()).unwrap();
+    let (a, b, big) = (random(3000), random(5000), random(300 << 10));
+    let ha = e.put(&a).unwrap().hash;
+
+    kv.fail.store(true, SeqCst);
+    assert!(e.put(&b).is_err(), "a put whose index write failed is not acknowledged");
+    assert!(e.put(&big).is_err());
+    assert!(e.put(&a).is_err(), "nor is a reference");
+    kv.fail.store(false, SeqCst);
+
+    // The failed changes are forgotten: the next puts start from what the index holds.
+    let pb = e.put(&b).unwrap();
+    assert_eq!((pb.deduplicated, pb.refs), (false, 1), "no phantom copy of the failed put");
+    assert_eq!(e.put(&big).unwrap().refs, 1);
+    assert_eq!(e.put(&a).unwrap().refs, 2, "the failed reference was not counted");
+    assert_eq!(&e.get(&ha).unwrap()[..], &a[..]);
+    assert_eq!(&e.get(&pb.hash).unwrap()[..], &b[..]);
+    e.close();
+    drop((e, kv));
+
+    // And after a restart too.
+    let e = ChunkEngine::open(cfg(dir.path())).unwrap();
+    assert_eq!(&e.get(&pb.hash).unwrap()[..], &b[..]);
+    assert_eq!(e.stats().chunks, 3);
 }

@@ -52,10 +52,10 @@ impl From<MetaError> for Status {
             | MetaError::Internal(_) => Code::Internal,
         };
         let mut s = Status::new(code, e.to_string());
-        if let MetaError::NotLeader(Some(addr)) = &e {
-            if let Ok(v) = addr.parse() {
-                s.metadata_mut().insert(LEADER_HEADER, v);
-            }
+        if let MetaError::NotLeader(Some(addr)) = &e
+            && let Ok(v) = addr.parse()
+        {
+            s.metadata_mut().insert(LEADER_HEADER, v);
         }
         s
     }
