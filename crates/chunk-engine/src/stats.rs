@@ -91,7 +91,7 @@ pub struct EngineStats {
     pub commit_batches: u64,
     /// Index operations committed in them.
     pub commit_ops: u64,
-    /// Time commits spent making records durable (writes of small records and segment syncs).
+    /// Time commits spent in segment fdatasyncs.
     pub segment_sync_micros: u64,
     /// Time commits spent writing the index durably.
     pub index_write_micros: u64,
