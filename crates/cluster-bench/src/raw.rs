@@ -63,31 +63,53 @@ pub fn direct_write(path: &Path, total: usize) -> Res<Duration> {
     Ok(d)
 }
 
+/// Streams each way in [`direct_copy`]: a repair has many copies in flight, and this disk moves
+/// more with several requests queued than with one.
+const COPY_STREAMS: usize = 4;
+
 /// The disk copying to itself, as a repair on one disk must: `total` bytes read sequentially
-/// with O_DIRECT from one file while as many are written to another, in two threads at once;
-/// returns the time until both finished (write timed including its fdatasync). The source is
-/// written (untimed) first; both files are removed afterwards.
-pub fn direct_copy(dir: &Path, total: usize) -> Res<Duration> {
+/// with O_DIRECT from [`COPY_STREAMS`] files while as many bytes are written to as many others,
+/// all streams at once; returns the time until all finished (writes timed including their
+/// fdatasync) and the bytes moved each way. The sources are written (untimed) first; every file is removed afterwards.
+pub fn direct_copy(dir: &Path, total: usize) -> Res<(Duration, usize)> {
     use std::io::Read;
-    let src = dir.join("copy-src.dat");
-    let dst = dir.join("copy-dst.dat");
-    write_file(&src, total)?;
-    let open_read = || OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(&src);
-    let mut r = open_read().map_err(|e| format!("open {}: {e}", src.display()))?;
-    let start = Instant::now();
-    let writer = {
-        let dst = dst.clone();
-        std::thread::spawn(move || write_file(&dst, total))
-    };
-    let mut buf = AlignedBuf::random(BLOCK);
-    for _ in 0..total / BLOCK {
-        r.read_exact(buf.as_mut())?;
+    let per = (total / COPY_STREAMS).next_multiple_of(BLOCK);
+    let srcs: Vec<_> = (0..COPY_STREAMS).map(|i| dir.join(format!("copy-src-{i}.dat"))).collect();
+    let dsts: Vec<_> = (0..COPY_STREAMS).map(|i| dir.join(format!("copy-dst-{i}.dat"))).collect();
+    for src in &srcs {
+        write_file(src, per)?;
     }
-    writer.join().map_err(|_| "copy writer panicked")??;
+    let start = Instant::now();
+    let outcome = std::thread::scope(|s| -> Res<()> {
+        let writers: Vec<_> = dsts.iter().map(|dst| s.spawn(move || write_file(dst, per))).collect();
+        let readers: Vec<_> = srcs
+            .iter()
+            .map(|src| {
+                s.spawn(move || -> Res<()> {
+                    let mut r = OpenOptions::new()
+                        .read(true)
+                        .custom_flags(libc::O_DIRECT)
+                        .open(src)
+                        .map_err(|e| format!("open {}: {e}", src.display()))?;
+                    let mut buf = AlignedBuf::random(BLOCK);
+                    for _ in 0..per / BLOCK {
+                        r.read_exact(buf.as_mut())?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in writers.into_iter().chain(readers) {
+            h.join().map_err(|_| "copy stream panicked")??;
+        }
+        Ok(())
+    });
     let d = start.elapsed();
-    std::fs::remove_file(&src)?;
-    std::fs::remove_file(&dst)?;
-    Ok(d)
+    for f in srcs.iter().chain(&dsts) {
+        let _ = std::fs::remove_file(f);
+    }
+    outcome?;
+    Ok((d, per * COPY_STREAMS))
 }
 
 /// Writes `total` bytes to `path` with O_DIRECT in 4 MiB blocks, then fdatasyncs.
