@@ -142,7 +142,6 @@ impl Segment {
             .map_err(|e| ChunkError::io(format!("truncate {}", self.path.display()), e))
     }
 
-    /// Writes a whole record at `off`; O_DIRECT when the segment has it.
     /// Writes zeros over `from..to` of a buffered segment so that later small appends overwrite
     /// blocks the filesystem already maps: their fdatasync then flushes data only, where writes
     /// into fallocated (unwritten) blocks each commit an extent change to the journal, and that
@@ -162,6 +161,7 @@ impl Segment {
         }
     }
 
+    /// Writes a whole record at `off`; O_DIRECT when the segment has it.
     pub(crate) fn write_at(&self, buf: &[u8], off: u64) -> Result<(), ChunkError> {
         let f = match &self.direct {
             Some(d) if (buf.as_ptr() as usize).is_multiple_of(IO_ALIGN) && buf.len().is_multiple_of(IO_ALIGN) => d,

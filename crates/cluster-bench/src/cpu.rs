@@ -38,6 +38,14 @@ impl CpuSample {
         })
     }
 
+    /// What was used between two readings; nothing known when either is missing.
+    pub fn between(earlier: Option<&CpuSample>, later: Option<&CpuSample>) -> CpuUse {
+        match (earlier, later) {
+            (Some(a), Some(b)) => a.until(b),
+            _ => CpuUse::default(),
+        }
+    }
+
     /// What was used from `self` until `later`.
     pub fn until(&self, later: &CpuSample) -> CpuUse {
         let busy = later.busy.saturating_sub(self.busy) as f64;

@@ -126,7 +126,11 @@ fn raw_write(dir: &Path, total: usize) -> Res<f64> {
 
 /// The disk copying `total` bytes to itself (see [`raw::direct_copy`]), in GB/s each way.
 fn raw_copy(dir: &Path, total: usize) -> Res<f64> {
-    eprintln!("raw disk: {} MiB O_DIRECT read and write at once, 4 streams each way ...", total / MIB);
+    eprintln!(
+        "raw disk: {} MiB O_DIRECT read and write at once, {} streams each way ...",
+        total / MIB,
+        raw::COPY_STREAMS
+    );
     let raw_dir = dir.join("raw");
     fresh_dir(&raw_dir)?;
     let copied = raw::direct_copy(&raw_dir, total);
@@ -219,10 +223,7 @@ async fn write(client: &ChunkClient, chunks: &[Bytes]) -> Res<(Duration, Vec<Put
         reports.extend(r??);
     }
     let d = start.elapsed();
-    let cpu = match (cpu_before, CpuSample::now()) {
-        (Some(a), Some(b)) => a.until(&b),
-        _ => CpuUse::default(),
-    };
+    let cpu = CpuSample::between(cpu_before.as_ref(), CpuSample::now().as_ref());
     if let Some(r) = reports.iter().find(|r| r.under_replicated) {
         return Err(format!("chunk {} was stored under-replicated on {:?}", r.hash, r.stored_on).into());
     }
@@ -262,15 +263,11 @@ async fn measure_repair(pool: &mut Pool, reports: &[PutReport]) -> Res<Repair> {
         if copied >= expected && pending == 0 && active == 0 {
             match quiet_since {
                 Some(quiet) => {
-                    let cpu = match (&cpu_at_start, &cpu_at_quiet) {
-                        (Some(a), Some(b)) => a.until(b),
-                        _ => CpuUse::default(),
-                    };
                     return Ok(Repair {
                         bytes: copied,
                         time: quiet - idle_until,
                         first_copy: first_copy.unwrap_or(quiet),
-                        cpu,
+                        cpu: CpuSample::between(cpu_at_start.as_ref(), cpu_at_quiet.as_ref()),
                     });
                 }
                 None => {
@@ -340,17 +337,20 @@ fn print_report(args: &Args, total: usize, f: &Figures) {
     };
     // CPU: busy cores during a write, its cost per GB the client put, and the cores that cost
     // would take at the target rate.
-    let cpu_rows = |cpu: &CpuUse, rate: f64, target_rate: f64| {
-        if cpu.cores == 0 {
-            return;
-        }
-        let per_gb = cpu.busy_cores / rate;
+    let busy_row = |cpu: &CpuUse| {
         row(
             &format!("  CPU busy (of {} cores)", cpu.cores),
             cpu.busy_cores,
             "cores",
             format!("steal {:.2}", cpu.steal_cores),
         );
+    };
+    let cpu_rows = |cpu: &CpuUse, rate: f64, target_rate: f64| {
+        if cpu.cores == 0 {
+            return;
+        }
+        let per_gb = cpu.busy_cores / rate;
+        busy_row(cpu);
         row("  CPU per GB put", per_gb, "core-s", String::new());
         row(&format!("  CPU needed at target {target_rate:.3} GB/s"), per_gb * target_rate, "cores", String::new());
     };
@@ -364,12 +364,7 @@ fn print_report(args: &Args, total: usize, f: &Figures) {
     row("repair after SIGKILL, R=3", f.repair.gbps(), "GB/s", format!("{rep:.2} x raw write"));
     row("  copied", f.repair.bytes as f64 / MIB as f64, "MiB", String::new());
     if f.repair.cpu.cores > 0 {
-        row(
-            &format!("  CPU busy (of {} cores)", f.repair.cpu.cores),
-            f.repair.cpu.busy_cores,
-            "cores",
-            format!("steal {:.2}", f.repair.cpu.steal_cores),
-        );
+        busy_row(&f.repair.cpu);
     }
     row("  copying time", f.repair.time.as_secs_f64(), "s", String::new());
     row("  from SIGKILL to first copy", f.repair.first_copy.as_secs_f64(), "s", String::new());

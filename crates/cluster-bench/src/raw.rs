@@ -1,6 +1,6 @@
 //! The raw-disk baselines: sequential O_DIRECT writes of 4 MiB blocks into one file, timed
 //! including the final fdatasync (as chunk-bench measures it), and the disk copying to itself
-//! (reading one file while writing another), the most a repair on one disk can reach.
+//! (reading some files while writing others), the most a repair on one disk can reach.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -65,12 +65,13 @@ pub fn direct_write(path: &Path, total: usize) -> Res<Duration> {
 
 /// Streams each way in [`direct_copy`]: a repair has many copies in flight, and this disk moves
 /// more with several requests queued than with one.
-const COPY_STREAMS: usize = 4;
+pub const COPY_STREAMS: usize = 4;
 
 /// The disk copying to itself, as a repair on one disk must: `total` bytes read sequentially
 /// with O_DIRECT from [`COPY_STREAMS`] files while as many bytes are written to as many others,
 /// all streams at once; returns the time until all finished (writes timed including their
-/// fdatasync) and the bytes moved each way. The sources are written (untimed) first; every file is removed afterwards.
+/// fdatasync) and the bytes moved each way. The sources are written (untimed) first; every file
+/// is removed afterwards.
 pub fn direct_copy(dir: &Path, total: usize) -> Res<(Duration, usize)> {
     use std::io::Read;
     let per = (total / COPY_STREAMS).next_multiple_of(BLOCK);
