@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chunk_engine::ChunkHash;
-use cluster::{ChunkClient, ClientConfig, Timeouts};
+use cluster::{ChunkClient, ClientConfig, REPAIR_PREFIX, RepairProgress, Timeouts};
 use integration_tests::meta::{MetaProc, meta_cluster};
 use integration_tests::{NodeProc, flip_byte, random_bytes};
 use metadata_client::MetaClient;
@@ -190,6 +190,11 @@ async fn lost_node_is_repaired_and_returning_node_gets_only_what_it_lacks() {
     client.wait_for_up(5, Duration::from_secs(30)).await.unwrap();
     wait_exactly_placed(&pool, &client, &all, Duration::from_secs(120)).await;
     let lacked = during.iter().filter(|(h, _)| client.placed(h).contains(&"n1".into())).count() as u64;
+    // n1 dropped none of its own copies (it once did when its first pass ran on a node map that
+    // still showed it out, and then had them all pushed back).
+    let progress = meta.get(format!("{REPAIR_PREFIX}n1").as_bytes()).await.unwrap().expect("n1 publishes progress");
+    let progress: RepairProgress = serde_json::from_slice(&progress.value).unwrap();
+    assert_eq!(progress.dropped_chunks, 0, "returning n1 dropped its own copies: {progress:?}");
     assert_eq!(pool.puts_on("n1").await, lacked, "n1 received chunks it already had");
     // The under-replication records of the chunks written while n1 was gone are cleared.
     let deadline = Instant::now() + Duration::from_secs(30);
