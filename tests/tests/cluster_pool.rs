@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chunk_engine::ChunkHash;
-use cluster::{ChunkClient, ClientConfig, NodeState, Timeouts, UNDER_PREFIX};
+use cluster::{ChunkClient, ClientConfig, NodeState, PoolSettings, Timeouts, UNDER_PREFIX};
 use integration_tests::meta::meta_cluster;
 use integration_tests::{NodeProc, flip_byte, random_bytes};
 use metadata_client::MetaClient;
@@ -27,7 +27,20 @@ fn start_pool(n: usize) -> Pool {
             let zone = format!("z{}", i % 3);
             NodeProc::start(
                 &dir.path().join(&id),
-                &["--meta", &meta_api, "--node-id", &id, "--zone", &zone, "--host", &id, "--heartbeat-ms", "200"],
+                &[
+                    "--meta",
+                    &meta_api,
+                    "--node-id",
+                    &id,
+                    "--zone",
+                    &zone,
+                    "--host",
+                    &id,
+                    "--heartbeat-ms",
+                    "200",
+                    "--down-after-ms",
+                    "1500",
+                ],
             )
         })
         .collect();
@@ -155,4 +168,46 @@ async fn corrupt_copy_is_skipped_and_unknown_chunk_is_not_found() {
     // The damaged copy is quarantined on its node.
     let st = pool.nodes[idx].client().await.has(&[rep.hash]).await.unwrap();
     assert!(st[0].quarantined, "{st:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_agree_with_the_pool_on_copies_and_timeouts() {
+    let pool = start_pool(1);
+    let meta = MetaClient::new(&[&pool.meta_api]).unwrap();
+    // The first node set the pool's settings from its own configuration.
+    let settings = PoolSettings::load(&meta).await.unwrap().expect("the first node records the pool settings");
+    let expected = Timeouts { down_after: Duration::from_millis(1500), out_after: Duration::from_secs(600) };
+    assert_eq!(settings, PoolSettings::new(3, expected));
+
+    // A node configured for another R, or other timeouts, refuses to join with one readable line.
+    for (flag, value) in [("--replicas", "2"), ("--out-after-ms", "60000")] {
+        let dir = pool._dir.path().join(format!("odd{flag}"));
+        let args = [
+            "--meta",
+            &pool.meta_api,
+            "--node-id",
+            "odd",
+            "--heartbeat-ms",
+            "200",
+            "--down-after-ms",
+            "1500",
+            flag,
+            value,
+        ];
+        let (status, log) = NodeProc::start_expecting_failure(&dir, &args);
+        assert!(!status.success(), "a node configured unlike the pool started");
+        assert!(log.contains("this pool keeps 3 copies") && log.contains("configure it like the pool"), "{log}");
+    }
+    assert!(!ChunkClient::new(meta.clone(), client_config()).await.unwrap().node_map().nodes.contains_key("odd"));
+
+    // A client takes R and the timeouts from the pool, whatever it was configured with.
+    let cfg = ClientConfig { replicas: 5, min_replicas: 4, timeouts: Timeouts::default(), ..client_config() };
+    let client = ChunkClient::new(meta.clone(), cfg).await.unwrap();
+    assert_eq!((client.config().replicas, client.config().min_replicas, client.config().timeouts), (3, 3, expected));
+    let cfg = ClientConfig { replicas: 1, min_replicas: 1, timeouts: Timeouts::default(), ..client_config() };
+    let client = ChunkClient::new(meta, cfg).await.unwrap();
+    client.wait_for_up(1, Duration::from_secs(30)).await.unwrap();
+    let rep = client.put(Bytes::from(random_bytes(4096))).await.unwrap();
+    assert_eq!(rep.stored_on, vec!["n1".to_string()]);
+    assert!(rep.under_replicated, "one copy is short of the pool's 3: {rep:?}");
 }

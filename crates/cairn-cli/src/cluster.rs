@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use ::cluster::nodemap::{self, now_unix_ms};
-use ::cluster::{AdminState, NodeMap, NodeState, REPAIR_PREFIX, RepairProgress, Timeouts, UNDER_PREFIX};
+use ::cluster::{AdminState, NodeMap, NodeState, PoolSettings, REPAIR_PREFIX, RepairProgress, Timeouts, UNDER_PREFIX};
 use clap::Subcommand;
 use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressStyle};
 use metadata_client::MetaClient;
@@ -24,12 +24,12 @@ const SETTLE: Duration = Duration::from_secs(3);
 pub enum ClusterCmd {
     /// Nodes (state, capacity, chunks, heartbeat), under-replicated chunks and repair progress.
     Status {
-        /// A node silent this long is down; use the storage nodes' `--down-after-ms`.
-        #[arg(long, default_value_t = Timeouts::default().down_after.as_millis() as u64)]
-        down_after_ms: u64,
-        /// A node silent this long is out; use the storage nodes' `--out-after-ms`.
-        #[arg(long, default_value_t = Timeouts::default().out_after.as_millis() as u64)]
-        out_after_ms: u64,
+        /// Judge nodes as down after this long instead of the pool's setting (`cluster/settings`).
+        #[arg(long)]
+        down_after_ms: Option<u64>,
+        /// Judge nodes as out after this long instead of the pool's setting.
+        #[arg(long)]
+        out_after_ms: Option<u64>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -51,6 +51,10 @@ pub async fn run(endpoints: &str, cmd: ClusterCmd) -> anyhow::Result<()> {
     let meta = connect(endpoints)?;
     match cmd {
         ClusterCmd::Status { down_after_ms, out_after_ms, json, watch } => {
+            // The pool's timeouts, so states read as the storage nodes judge them.
+            let pool = PoolSettings::load(&meta).await?.map(|p| p.timeouts()).unwrap_or_default();
+            let down_after_ms = down_after_ms.unwrap_or(pool.down_after.as_millis() as u64);
+            let out_after_ms = out_after_ms.unwrap_or(pool.out_after.as_millis() as u64);
             if down_after_ms > out_after_ms {
                 anyhow::bail!("--down-after-ms ({down_after_ms}) must not exceed --out-after-ms ({out_after_ms})");
             }

@@ -12,8 +12,8 @@ use node_client::{ClientError, NodeClient};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, watch};
 
-use crate::ClusterError;
 use crate::nodemap::{NodeMap, NodeState, Timeouts, now_unix_ms, watch_node_map};
+use crate::{ClusterError, PoolSettings};
 
 /// `cluster/under/<hash hex>` → [`UnderReplicated`] (JSON): chunks acknowledged with fewer than R
 /// copies, for repair to complete.
@@ -121,13 +121,29 @@ struct Target {
 }
 
 impl ChunkClient {
-    /// Reads the node map from the metadata service and keeps following it.
-    pub async fn new(meta: MetaClient, cfg: ClientConfig) -> Result<Self, ClusterError> {
+    /// Reads the node map from the metadata service and keeps following it. Copies per chunk and
+    /// the node timeouts are the pool's ([`PoolSettings`], once a storage node has joined): `cfg`'s
+    /// own apply only to a pool without settings yet, and `min_replicas` is capped at the pool's R.
+    pub async fn new(meta: MetaClient, mut cfg: ClientConfig) -> Result<Self, ClusterError> {
         cfg.validate().map_err(ClusterError::Config)?;
+        if let Some(pool) = PoolSettings::load(&meta).await? {
+            if pool != PoolSettings::new(cfg.replicas, cfg.timeouts) {
+                tracing::info!(?pool, "using the pool's copies per chunk and node timeouts");
+            }
+            cfg.replicas = pool.replicas;
+            cfg.timeouts = pool.timeouts();
+            cfg.min_replicas = cfg.min_replicas.min(pool.replicas);
+            cfg.validate().map_err(ClusterError::Config)?;
+        }
         let map = NodeMap::load(&meta).await?;
         let map = watch_node_map(meta.clone(), map);
         let inflight = Semaphore::new(cfg.max_inflight);
         Ok(ChunkClient { inner: Arc::new(Inner { meta, cfg, map, conns: Mutex::new(HashMap::new()), inflight }) })
+    }
+
+    /// The settings this client works with (R and the timeouts as the pool has them).
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.cfg
     }
 
     /// The node map as this client currently sees it.

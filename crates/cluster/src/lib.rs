@@ -8,8 +8,10 @@ pub mod gc;
 pub mod nodemap;
 pub mod refs;
 mod repair_status;
+pub mod settings;
 
 pub use client::{ChunkClient, ClientConfig, PutReport, UNDER_PREFIX, UnderReplicated};
 pub use error::ClusterError;
 pub use nodemap::{AdminState, NodeMap, NodeRecord, NodeState, Timeouts};
 pub use repair_status::{REPAIR_PREFIX, RepairProgress};
+pub use settings::{PoolSettings, SETTINGS_KEY};

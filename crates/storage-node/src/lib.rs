@@ -35,6 +35,19 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 /// Runs a storage node until `shutdown` resolves: in-flight requests then finish, the commit
 /// thread drains, and the engine closes (nothing half-written).
 pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), NodeError> {
+    let tls = cfg.tls();
+    mtls::install_client_identity(&tls).map_err(|e| NodeError::Config(e.to_string()))?;
+    // A pool member first agrees with the pool on R and the timeouts (the first one sets them).
+    let meta = if cfg.meta.is_empty() {
+        None
+    } else {
+        let meta = metadata_client::MetaClient::new(&cfg.meta).map_err(|e| NodeError::Config(e.to_string()))?;
+        cluster::PoolSettings::new(cfg.replicas, cfg.timeouts()).establish(&meta).await.map_err(|e| match e {
+            cluster::ClusterError::Config(m) => NodeError::Config(m),
+            other => NodeError::Serve(format!("cannot join the pool: {other}")),
+        })?;
+        Some(meta)
+    };
     let engine_cfg = cfg.engine();
     let engine = tokio::task::spawn_blocking(move || ChunkEngine::open(engine_cfg))
         .await
@@ -65,8 +78,6 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     let tracker = Arc::new(PutTracker::default());
     let service = ChunkService::new(engine.clone(), metrics.clone(), tracker.clone());
     let max_msg = engine.config().max_chunk_size as usize + 2 * node_client::STREAM_PIECE;
-    let tls = cfg.tls();
-    mtls::install_client_identity(&tls).map_err(|e| NodeError::Config(e.to_string()))?;
     let mut builder = Server::builder()
         .initial_stream_window_size(node_client::STREAM_WINDOW)
         .initial_connection_window_size(node_client::CONNECTION_WINDOW)
@@ -102,8 +113,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
             }
         },
     ));
-    if !cfg.meta.is_empty() {
-        let meta = metadata_client::MetaClient::new(&cfg.meta).map_err(|e| NodeError::Config(e.to_string()))?;
+    if let Some(meta) = meta {
         let (e, c) = (engine.clone(), cfg.clone());
         let record = move || {
             let s = e.stats();
