@@ -20,7 +20,8 @@ async fn acknowledged_chunks_survive_sigkill_at_random_moments() {
         let mut node = NodeProc::start(&data_dir, &["--segment-size", "8388608"]);
         let client = node.client().await;
         // Everything acknowledged before earlier kills must still be there and verify.
-        for (h, len) in acked.lock().unwrap().clone() {
+        let before = acked.lock().unwrap().clone();
+        for (h, len) in before {
             let got =
                 client.get(&h).await.unwrap_or_else(|e| panic!("round {round}: acknowledged chunk {h} lost: {e}"));
             assert_eq!(got.len(), len);
@@ -109,7 +110,8 @@ async fn sigterm_finishes_in_flight_puts_and_exits_cleanly() {
     }
     let node = NodeProc::start(&data_dir, &[]);
     let client = node.client().await;
-    for h in acked.lock().unwrap().iter() {
+    let acked = acked.lock().unwrap().clone();
+    for h in &acked {
         client.get(h).await.unwrap();
     }
 }
