@@ -18,6 +18,10 @@ struct Pool {
 }
 
 fn start_pool(n: usize) -> Pool {
+    start_pool_with(n, 3)
+}
+
+fn start_pool_with(n: usize, replicas: usize) -> Pool {
     let dir = tempfile::tempdir().unwrap();
     let meta = meta_cluster(1, dir.path(), &[]);
     let meta_api = meta[0].addrs.api.clone();
@@ -40,6 +44,10 @@ fn start_pool(n: usize) -> Pool {
                     "200",
                     "--down-after-ms",
                     "1500",
+                    "--replicas",
+                    &replicas.to_string(),
+                    "--repair-interval-secs",
+                    "2",
                 ],
             )
         })
@@ -210,4 +218,37 @@ async fn members_agree_with_the_pool_on_copies_and_timeouts() {
     let rep = client.put(Bytes::from(random_bytes(4096))).await.unwrap();
     assert_eq!(rep.stored_on, vec!["n1".to_string()]);
     assert!(rep.under_replicated, "one copy is short of the pool's 3: {rep:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_node_hands_over_chunks_only_it_holds() {
+    // R=1: the draining node holds the only copy of its chunks, so it must push them itself.
+    let pool = start_pool_with(2, 1);
+    let meta = MetaClient::new(&[&pool.meta_api]).unwrap();
+    let client = ChunkClient::new(meta.clone(), client_config()).await.unwrap();
+    client.wait_for_up(2, Duration::from_secs(30)).await.unwrap();
+    let mut chunks = Vec::new();
+    for _ in 0..40 {
+        let data = Bytes::from(random_bytes(8192));
+        chunks.push((client.put(data.clone()).await.unwrap().hash, data));
+    }
+    let on_n1 = chunks.iter().filter(|(h, _)| client.placed(h) == ["n1"]).count();
+    assert!(on_n1 > 5, "only {on_n1} of 40 chunks on n1");
+
+    cluster::nodemap::set_admin_state(&meta, "n1", cluster::AdminState::Draining).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    for (h, data) in &chunks {
+        loop {
+            if holders(&pool, h).await == ["n2"] {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "chunk {h} still not only on n2: {:?}",
+                holders(&pool, h).await
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(&client.get(h).await.unwrap(), data);
+    }
 }

@@ -148,20 +148,20 @@ impl Reconciler {
 
     /// Runs passes until `stop` turns true: every `interval`, and a second after the membership
     /// changes (a node going down, out, draining, or joining); only while this node sees itself
-    /// up in the node map.
+    /// up or draining in the node map.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let mut last_members = None;
         let mut last_pass = Instant::now() - self.cfg.interval;
         loop {
-            let (members, self_up) = {
+            let (members, self_live) = {
                 let map = self.map.borrow();
-                let up = map.state(&self.cfg.self_id, now_unix_ms(), &self.cfg.timeouts) == Some(NodeState::Up);
-                (membership(&map, &self.cfg.timeouts), up)
+                let state = map.state(&self.cfg.self_id, now_unix_ms(), &self.cfg.timeouts);
+                (membership(&map, &self.cfg.timeouts), matches!(state, Some(NodeState::Up | NodeState::Draining)))
             };
-            // A node that does not see itself up has a stale view (it has just started and its
-            // first heartbeat has not come back through the watch, or it is cut off from the
-            // metadata service): placement without it would call its own copies surplus.
-            if self_up && (last_members.as_ref() != Some(&members) || last_pass.elapsed() >= self.cfg.interval) {
+            // A node that does not see itself up (or draining) has a stale view: it has just
+            // started and its first heartbeat has not come back through the watch, or it is cut
+            // off from the metadata service. Placement without it would call its copies surplus.
+            if self_live && (last_members.as_ref() != Some(&members) || last_pass.elapsed() >= self.cfg.interval) {
                 last_members = Some(members);
                 last_pass = Instant::now();
                 let pass = self.pass();
@@ -344,7 +344,7 @@ impl Reconciler {
         let map = self.map.borrow().clone();
         let r = self.cfg.replicas;
         let me = self.cfg.self_id.as_str();
-        if map.state(me, now_unix_ms(), &self.cfg.timeouts) != Some(NodeState::Up) {
+        if !matches!(map.state(me, now_unix_ms(), &self.cfg.timeouts), Some(NodeState::Up | NodeState::Draining)) {
             return Err("this node no longer sees itself up in the node map".into());
         }
         let plans = self.plan(page);
