@@ -252,3 +252,30 @@ async fn a_drained_node_hands_over_chunks_only_it_holds() {
         assert_eq!(&client.get(h).await.unwrap(), data);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_before_the_metadata_service_joins_once_it_is_up() {
+    use integration_tests::meta::{MetaAddrs, MetaProc};
+    let dir = tempfile::tempdir().unwrap();
+    let addrs = MetaAddrs::loopback(1);
+    let api = addrs.api.clone();
+    let node_dir = dir.path().join("n1");
+    let node = std::thread::spawn(move || {
+        NodeProc::start(
+            &node_dir,
+            &["--meta", &api, "--node-id", "n1", "--heartbeat-ms", "200", "--down-after-ms", "1500"],
+        )
+    });
+    // Longer than the metadata client's own 20 s of retries: the node keeps waiting regardless.
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    assert!(!node.is_finished(), "the node came up without a metadata service");
+    let args = vec!["--initial-members".to_string(), addrs.member()];
+    let mut meta_proc = MetaProc::spawn(addrs.clone(), &dir.path().join("m1"), &args, None);
+    meta_proc.wait_healthy(Duration::from_secs(60));
+    let node = tokio::task::spawn_blocking(move || node.join().expect("node start")).await.unwrap();
+    let meta = MetaClient::new(&[&addrs.api]).unwrap();
+    assert_eq!(PoolSettings::load(&meta).await.unwrap().map(|s| s.replicas), Some(3));
+    let client = ChunkClient::new(meta, client_config()).await.unwrap();
+    client.wait_for_up(1, Duration::from_secs(30)).await.unwrap();
+    drop(node);
+}

@@ -37,15 +37,25 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), NodeError> {
     let tls = cfg.tls();
     mtls::install_client_identity(&tls).map_err(|e| NodeError::Config(e.to_string()))?;
-    // A pool member first agrees with the pool on R and the timeouts (the first one sets them).
+    let mut shutdown = Box::pin(shutdown);
+    // A pool member first agrees with the pool on R and the timeouts (the first one sets them),
+    // waiting for the metadata service as long as it takes (or until told to stop).
     let meta = if cfg.meta.is_empty() {
         None
     } else {
         let meta = metadata_client::MetaClient::new(&cfg.meta).map_err(|e| NodeError::Config(e.to_string()))?;
-        cluster::PoolSettings::new(cfg.replicas, cfg.timeouts()).establish(&meta).await.map_err(|e| match e {
-            cluster::ClusterError::Config(m) => NodeError::Config(m),
-            other => NodeError::Serve(format!("cannot join the pool: {other}")),
-        })?;
+        let settings = cluster::PoolSettings::new(cfg.replicas, cfg.timeouts());
+        loop {
+            match settings.establish(&meta).await {
+                Ok(()) => break,
+                Err(cluster::ClusterError::Config(m)) => return Err(NodeError::Config(m)),
+                Err(e) => tracing::warn!(error = %e, "cannot reach the metadata service to join the pool; retrying"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                _ = &mut shutdown => return Ok(()),
+            }
+        }
         Some(meta)
     };
     let engine_cfg = cfg.engine();
