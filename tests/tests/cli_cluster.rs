@@ -94,6 +94,7 @@ fn status_drain_undrain_remove_and_a_dead_node() {
     }
     assert_eq!(v["under_replicated"]["total"], 0);
     assert_eq!(v["down_after_ms"], DOWN_MS);
+    assert_eq!(v["replicas"], 3);
 
     // Drain n2, refuse an unknown id, undrain n2.
     let said = ok(&cairn(&api, &["node", "drain", "n2"]));
@@ -140,7 +141,15 @@ fn status_drain_undrain_remove_and_a_dead_node() {
     let table = ok(&cairn(&api, &["cluster", "status"]));
     let row = table.lines().find(|l| l.starts_with("n3 ")).unwrap_or_else(|| panic!("no n3 row:\n{table}"));
     assert!(row.contains(" down "), "{table}");
-    assert!(table.lines().next().unwrap().starts_with("ID "), "{table}");
+    assert!(
+        table
+            .lines()
+            .next()
+            .unwrap()
+            .starts_with("pool: 3 copies per chunk; a silent node is down after 1.0s, out after 60s"),
+        "{table}"
+    );
+    assert!(table.lines().nth(1).unwrap().starts_with("ID "), "{table}");
     assert!(table.contains("under-replicated chunks: 0"), "{table}");
     let started = Instant::now();
     let watched = ok(&cairn(&api, &["cluster", "status", "--watch"]));

@@ -189,6 +189,8 @@ struct Under {
 /// What `cluster status` shows.
 #[derive(Serialize)]
 struct Status {
+    /// Copies per chunk, as the pool records it (none before a storage node has joined).
+    replicas: Option<usize>,
     down_after_ms: u64,
     out_after_ms: u64,
     nodes: Vec<NodeRow>,
@@ -238,6 +240,7 @@ async fn load(meta: &MetaClient, t: &Timeouts) -> anyhow::Result<Status> {
         nodes.iter().filter_map(|n| n.repair.as_ref()).filter(|r| r.current).map(|r| r.progress.under_replicated).sum();
     let repair_active = nodes.iter().any(|n| n.busy().is_some());
     Ok(Status {
+        replicas: PoolSettings::load(meta).await?.map(|p| p.replicas),
         down_after_ms: t.down_after.as_millis() as u64,
         out_after_ms: t.out_after.as_millis() as u64,
         nodes,
@@ -326,6 +329,14 @@ fn summary(s: &Status) -> String {
 }
 
 fn print_status(s: &Status) {
+    let (down, out) = (Duration::from_millis(s.down_after_ms), Duration::from_millis(s.out_after_ms));
+    if let Some(r) = s.replicas {
+        println!(
+            "pool: {r} copies per chunk; a silent node is down after {}, out after {}",
+            short_duration(down),
+            short_duration(out)
+        );
+    }
     if s.nodes.is_empty() {
         println!("no storage node has registered");
     } else {
