@@ -52,7 +52,9 @@ pub async fn run(endpoints: &str, cmd: ClusterCmd) -> anyhow::Result<()> {
     match cmd {
         ClusterCmd::Status { down_after_ms, out_after_ms, json, watch } => {
             // The pool's timeouts, so states read as the storage nodes judge them.
-            let pool = PoolSettings::load(&meta).await?.map(|p| p.timeouts()).unwrap_or_default();
+            let settings = PoolSettings::load(&meta).await?;
+            let replicas = settings.map(|p| p.replicas);
+            let pool = settings.map(|p| p.timeouts()).unwrap_or_default();
             let down_after_ms = down_after_ms.unwrap_or(pool.down_after.as_millis() as u64);
             let out_after_ms = out_after_ms.unwrap_or(pool.out_after.as_millis() as u64);
             if down_after_ms > out_after_ms {
@@ -62,7 +64,8 @@ pub async fn run(endpoints: &str, cmd: ClusterCmd) -> anyhow::Result<()> {
                 down_after: Duration::from_millis(down_after_ms),
                 out_after: Duration::from_millis(out_after_ms),
             };
-            let status = if watch { watch_repair(&meta, &t, json).await? } else { load(&meta, &t).await? };
+            let status =
+                if watch { watch_repair(&meta, &t, replicas, json).await? } else { load(&meta, &t, replicas).await? };
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
@@ -199,7 +202,7 @@ struct Status {
     repair_active: bool,
 }
 
-async fn load(meta: &MetaClient, t: &Timeouts) -> anyhow::Result<Status> {
+async fn load(meta: &MetaClient, t: &Timeouts, replicas: Option<usize>) -> anyhow::Result<Status> {
     let map = NodeMap::load(meta).await?;
     let mut repair: HashMap<String, RepairProgress> = HashMap::new();
     scan(meta, REPAIR_PREFIX, |key, value| {
@@ -240,7 +243,7 @@ async fn load(meta: &MetaClient, t: &Timeouts) -> anyhow::Result<Status> {
         nodes.iter().filter_map(|n| n.repair.as_ref()).filter(|r| r.current).map(|r| r.progress.under_replicated).sum();
     let repair_active = nodes.iter().any(|n| n.busy().is_some());
     Ok(Status {
-        replicas: PoolSettings::load(meta).await?.map(|p| p.replicas),
+        replicas,
         down_after_ms: t.down_after.as_millis() as u64,
         out_after_ms: t.out_after.as_millis() as u64,
         nodes,
@@ -402,7 +405,7 @@ fn node_bar(id: &str) -> ProgressBar {
 /// Shows every busy node's repair every second until all are idle for [`SETTLE`]; returns the
 /// last status. Without a terminal on stderr (bars hidden), prints each change as a line on
 /// stdout instead (nothing with `--json`, whose stdout is the final status only).
-async fn watch_repair(meta: &MetaClient, t: &Timeouts, json: bool) -> anyhow::Result<Status> {
+async fn watch_repair(meta: &MetaClient, t: &Timeouts, replicas: Option<usize>, json: bool) -> anyhow::Result<Status> {
     let multi = MultiProgress::new();
     let header = multi.add(ProgressBar::new_spinner());
     header.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("progress template"));
@@ -414,7 +417,7 @@ async fn watch_repair(meta: &MetaClient, t: &Timeouts, json: bool) -> anyhow::Re
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let status = load(meta, t).await?;
+        let status = load(meta, t, replicas).await?;
         let head = summary(&status);
         header.set_message(head.clone());
         header.tick();

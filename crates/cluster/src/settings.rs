@@ -65,12 +65,14 @@ impl PoolSettings {
     }
 
     /// Records these settings as the pool's unless some are recorded already (the first storage
-    /// node to join sets them); then checks that they are the pool's, with a one-line error
+    /// node to join sets them); otherwise checks that they are the pool's, with a one-line error
     /// naming both when they are not.
     pub async fn establish(&self, meta: &MetaClient) -> Result<(), ClusterError> {
         let key = SETTINGS_KEY.as_bytes();
         let value = serde_json::to_vec(self).expect("pool settings serialize");
-        meta.txn(Txn::new().absent(key).put(key, &value)).await?;
+        if meta.txn(Txn::new().absent(key).put(key, &value)).await?.succeeded {
+            return Ok(());
+        }
         let pool = Self::load(meta).await?.ok_or_else(|| {
             ClusterError::Unavailable(format!("pool settings vanished from {SETTINGS_KEY} right after being set"))
         })?;

@@ -155,8 +155,7 @@ impl Reconciler {
         loop {
             let (members, self_live) = {
                 let map = self.map.borrow();
-                let state = map.state(&self.cfg.self_id, now_unix_ms(), &self.cfg.timeouts);
-                (membership(&map, &self.cfg.timeouts), matches!(state, Some(NodeState::Up | NodeState::Draining)))
+                (membership(&map, &self.cfg.timeouts), self.sees_itself_live(&map))
             };
             // A node that does not see itself up (or draining) has a stale view: it has just
             // started and its first heartbeat has not come back through the watch, or it is cut
@@ -180,6 +179,12 @@ impl Reconciler {
                 _ = stop.wait_for(|s| *s) => return,
             }
         }
+    }
+
+    /// Whether `map` shows this node up or draining (anything else is a stale or cut-off view).
+    fn sees_itself_live(&self, map: &NodeMap) -> bool {
+        let state = map.state(&self.cfg.self_id, now_unix_ms(), &self.cfg.timeouts);
+        matches!(state, Some(NodeState::Up | NodeState::Draining))
     }
 
     /// Publishes the figures if the last publication is a second old (or `now`).
@@ -344,7 +349,7 @@ impl Reconciler {
         let map = self.map.borrow().clone();
         let r = self.cfg.replicas;
         let me = self.cfg.self_id.as_str();
-        if !matches!(map.state(me, now_unix_ms(), &self.cfg.timeouts), Some(NodeState::Up | NodeState::Draining)) {
+        if !self.sees_itself_live(&map) {
             return Err("this node no longer sees itself up in the node map".into());
         }
         let plans = self.plan(page);
