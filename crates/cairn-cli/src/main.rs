@@ -6,6 +6,7 @@ mod manifest;
 mod meta;
 mod node;
 mod progress;
+mod s3;
 
 use std::process::ExitCode;
 
@@ -48,6 +49,9 @@ enum Command {
     /// Read and write metadata keys; inspect and change the metadata group.
     #[command(subcommand)]
     Meta(meta::MetaCmd),
+    /// The object store: access keys and buckets.
+    #[command(subcommand)]
+    S3(s3::S3Cmd),
 }
 
 fn main() -> ExitCode {
@@ -70,6 +74,7 @@ fn main() -> ExitCode {
             Command::Node(c) => node::run(&cli.node, &cli.meta, c).await,
             Command::Cluster(c) => cluster::run(&cli.meta, c).await,
             Command::Meta(c) => meta::run(&cli.meta, c).await,
+            Command::S3(c) => s3::run(&cli.meta, c).await,
         }
     });
     match res {

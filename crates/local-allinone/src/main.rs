@@ -1,9 +1,10 @@
 //! `cairn-local`: every part built so far (a storage node joined to a single-voter metadata
-//! group, mutual TLS with a CA of its own) in one process, on embedded defaults, with its data
+//! group, objectd serving S3 with a first access key, mutual TLS with a CA of its own) in one process, on embedded defaults, with its data
 //! under one directory. While it runs it keeps `<data>/local.env` (KEY=value lines) so that
 //! `set -a; . data/local.env` points clients at it; the file is removed on clean shutdown.
 
 mod env_file;
+mod first_key;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,6 +36,12 @@ struct Cli {
     /// Metadata /metrics address.
     #[arg(long, env = "CAIRN_LOCAL_META_HTTP", default_value = "127.0.0.1:7712")]
     meta_http: SocketAddr,
+    /// S3 endpoint (objectd) address.
+    #[arg(long, env = "CAIRN_LOCAL_S3_LISTEN", default_value = "127.0.0.1:7780")]
+    s3_listen: SocketAddr,
+    /// objectd /metrics address.
+    #[arg(long, env = "CAIRN_LOCAL_S3_HTTP", default_value = "127.0.0.1:7781")]
+    s3_http: SocketAddr,
     /// Log filter.
     #[arg(long, env = "CAIRN_LOG", default_value = "info")]
     log: String,
@@ -91,6 +98,27 @@ fn main() -> ExitCode {
         eprintln!("cairn-local: {e}");
         return ExitCode::from(2);
     }
+    let s3 = objectd::ObjectdConfig {
+        meta: vec![cli.meta_listen.to_string()],
+        listen: cli.s3_listen,
+        http_listen: cli.s3_http,
+        log: cli.log.clone(),
+        tls_ca: member.ca.clone(),
+        tls_cert: member.cert.clone(),
+        tls_key: member.key.clone(),
+        ..objectd::ObjectdConfig::default()
+    };
+    if let Err(e) = s3.validate() {
+        eprintln!("cairn-local: {e}");
+        return ExitCode::from(2);
+    }
+    let key = match first_key::open_or_create(&cli.data) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("cairn-local: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -109,13 +137,31 @@ fn main() -> ExitCode {
         ("CAIRN_TLS_CERT".to_string(), path(&client.cert)),
         ("CAIRN_TLS_KEY".to_string(), path(&client.key)),
         ("CAIRN_DATA".to_string(), cli.data.display().to_string()),
+        ("AWS_ENDPOINT_URL".to_string(), format!("http://{}", cli.s3_listen)),
+        ("AWS_ACCESS_KEY_ID".to_string(), key.id.clone()),
+        ("AWS_SECRET_ACCESS_KEY".to_string(), key.secret.clone()),
+        ("AWS_REGION".to_string(), "us-east-1".to_string()),
+        ("AWS_DEFAULT_REGION".to_string(), "us-east-1".to_string()),
+        ("CAIRN_S3_METRICS_URL".to_string(), format!("http://{}/metrics", cli.s3_http)),
     ];
     let res = rt.block_on(async {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut node_task = tokio::spawn(storage_node::run(node, stopped(stop_rx.clone())));
-        let mut meta_task = tokio::spawn(metadata_service::run(meta, stopped(stop_rx)));
+        let mut meta_task = tokio::spawn(metadata_service::run(meta, stopped(stop_rx.clone())));
+        let mut s3_task = tokio::spawn(objectd::run(s3, stopped(stop_rx)));
         let publish = async {
-            if wait_ready(cli.node_http).await && wait_ready(cli.meta_http).await {
+            if wait_ready(cli.node_http).await && wait_ready(cli.meta_http).await && wait_healthy(cli.s3_http).await {
+                if let Err(e) = first_key::register(&cli.meta_listen.to_string(), &key).await {
+                    tracing::error!(error = %e, "cannot store the first S3 access key");
+                }
+                println!(
+                    "cairn-local: S3 endpoint http://{} (access key {}, secret in {}); storage node {}, metadata {}; Ctrl-C stops",
+                    cli.s3_listen,
+                    key.id,
+                    env.path().display(),
+                    cli.node_listen,
+                    cli.meta_listen
+                );
                 match env.write(&vars) {
                     Ok(()) => tracing::info!("local system ready; run `set -a; . {}` to use it", env.path().display()),
                     Err(e) => tracing::error!(error = %e, "cannot write local.env"),
@@ -126,11 +172,13 @@ fn main() -> ExitCode {
         tokio::select! {
             r = &mut node_task => return flatten(r.map(|r| r.map_err(|e| e.to_string()))),
             r = &mut meta_task => return flatten(r.map(|r| r.map_err(|e| e.to_string()))),
+            r = &mut s3_task => return flatten(r.map(|r| r.map_err(|e| e.to_string()))),
             _ = daemon_kit::shutdown_signal() => {}
             _ = publish => {}
         }
         let _ = stop_tx.send(true);
-        let (n, m) = tokio::join!(node_task, meta_task);
+        let (n, m, o) = tokio::join!(node_task, meta_task, s3_task);
+        flatten(o.map(|r| r.map_err(|e| e.to_string())))?;
         flatten(n.map(|r| r.map_err(|e| e.to_string())))?;
         flatten(m.map(|r| r.map_err(|e| e.to_string())))
     });
@@ -148,6 +196,23 @@ async fn wait_ready(http: SocketAddr) -> bool {
     for _ in 0..100 {
         if tokio::net::TcpStream::connect(http).await.is_ok() {
             return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// Waits until `/healthz` at `http` answers 200 (objectd is connected to the pool).
+async fn wait_healthy(http: SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for _ in 0..300 {
+        if let Ok(mut c) = tokio::net::TcpStream::connect(http).await {
+            let _ = c.write_all(b"GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n").await;
+            let mut buf = Vec::new();
+            let _ = c.read_to_end(&mut buf).await;
+            if buf.starts_with(b"HTTP/1.0 200") || buf.starts_with(b"HTTP/1.1 200") {
+                return true;
+            }
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }

@@ -1,0 +1,338 @@
+//! Listing by range scans of the metadata service: ListObjects (v1, v2) over a bucket's
+//! current versions and ListObjectVersions over all of them, with prefix, delimiter (common
+//! prefixes are skipped over with one seek each, never read through), markers and tokens —
+//! a page costs the keys it returns, whatever the bucket's size.
+
+use base64::Engine as _;
+use metadata_client::KeyValue;
+use s3s::dto::*;
+use s3s::{S3ErrorCode, S3Request, S3Response, S3Result};
+
+use crate::error::{Result, s3err};
+use crate::object_rw::timestamp;
+use crate::records::*;
+use crate::store::Store;
+
+/// One listed thing.
+pub enum Item {
+    /// An entry: the object key and its metadata pair.
+    Entry(String, KeyValue),
+    /// A common prefix.
+    Prefix(String),
+}
+
+/// A page of a scan.
+pub struct Page {
+    pub items: Vec<Item>,
+    pub truncated: bool,
+}
+
+/// Scans `base` + keys starting with `prefix`, from `start` (absolute, inclusive), grouping by
+/// `delimiter`, at most `max` items. `name_of` turns the rest of a metadata key into the object
+/// key; `after` is the exclusive marker common prefixes must sort after.
+pub async fn scan(
+    store: &Store,
+    base: &[u8],
+    prefix: &str,
+    delimiter: Option<&str>,
+    start: Vec<u8>,
+    after: Option<&str>,
+    max: usize,
+    name_of: impl Fn(&[u8]) -> &[u8],
+) -> Result<Page> {
+    let mut span = base.to_vec();
+    span.extend_from_slice(prefix.as_bytes());
+    let end = prefix_end(&span);
+    let mut start = start.max(span.clone());
+    let mut items: Vec<Item> = Vec::new();
+    let mut truncated = false;
+    let delimiter = delimiter.filter(|d| !d.is_empty());
+    'outer: loop {
+        if start >= end {
+            break;
+        }
+        let want = (max.saturating_sub(items.len()) + 1).clamp(1, 1000) as u32;
+        let page = store.meta.range(&start, &end, want).await?;
+        if page.kvs.is_empty() {
+            break;
+        }
+        for kv in page.kvs {
+            let name = String::from_utf8_lossy(name_of(&kv.key[base.len()..])).into_owned();
+            if let Some(d) = delimiter
+                && let Some(i) = name[prefix.len().min(name.len())..].find(d)
+            {
+                let cp = name[..prefix.len() + i + d.len()].to_string();
+                let mut skip = base.to_vec();
+                skip.extend_from_slice(cp.as_bytes());
+                skip.push(0xff);
+                if after.is_none_or(|a| cp.as_str() > a) {
+                    if items.len() == max {
+                        truncated = true;
+                        break 'outer;
+                    }
+                    items.push(Item::Prefix(cp));
+                }
+                start = skip;
+                continue 'outer;
+            }
+            if items.len() == max {
+                truncated = true;
+                break 'outer;
+            }
+            items.push(Item::Entry(name, kv));
+        }
+        match page.next_key {
+            Some(k) => start = k,
+            None => break,
+        }
+    }
+    Ok(Page { items, truncated })
+}
+
+fn url(s: &str, on: bool) -> String {
+    if on { urlencoding::encode(s).into_owned() } else { s.to_string() }
+}
+
+fn url_on(e: &Option<EncodingType>) -> Result<bool> {
+    match e.as_ref().map(|e| e.as_str()) {
+        None => Ok(false),
+        Some("url") => Ok(true),
+        Some(_) => Err(s3err(S3ErrorCode::InvalidArgument, "Invalid Encoding Method specified in Request")),
+    }
+}
+
+fn max_keys(m: Option<i32>) -> Result<usize> {
+    match m {
+        None => Ok(1000),
+        Some(n) if n < 0 => Err(s3err(S3ErrorCode::InvalidArgument, "maxKeys should be non-negative")),
+        Some(n) => Ok((n as usize).min(1000)),
+    }
+}
+
+fn heads_name(rest: &[u8]) -> &[u8] {
+    rest
+}
+
+fn object_of(name: &str, kv: &KeyValue, owner: bool, enc: bool) -> Result<Object> {
+    let rec: ObjectRecord = decode(&kv.key, &kv.value)?;
+    Ok(Object {
+        key: Some(url(name, enc)),
+        e_tag: Some(ETag::Strong(rec.etag.clone())),
+        last_modified: Some(timestamp(rec.last_modified_unix_ms)),
+        size: Some(rec.size as i64),
+        storage_class: Some(ObjectStorageClass::from_static(ObjectStorageClass::STANDARD)),
+        owner: owner.then(|| Owner { id: Some(rec.writer.clone()), display_name: Some(rec.writer.clone()) }),
+        ..Default::default()
+    })
+}
+
+/// The absolute start for resuming after `marker` (exclusive) in a span of object keys.
+fn after_key(base: &[u8], marker: &str) -> Vec<u8> {
+    let mut s = base.to_vec();
+    s.extend_from_slice(marker.as_bytes());
+    s.push(0);
+    s
+}
+
+pub async fn list_objects_v2(store: &Store, req: S3Request<ListObjectsV2Input>) -> S3Result<S3Response<ListObjectsV2Output>> {
+    let i = req.input;
+    store.bucket(&i.bucket).await?;
+    let enc = url_on(&i.encoding_type)?;
+    let max = max_keys(i.max_keys)?;
+    let prefix = i.prefix.clone().unwrap_or_default();
+    let base = heads_prefix(&i.bucket);
+    let token = match &i.continuation_token {
+        Some(t) => Some(
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(t)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| s3err(S3ErrorCode::InvalidArgument, "The continuation token provided is incorrect"))?,
+        ),
+        None => None,
+    };
+    let after = token.clone().or_else(|| i.start_after.clone());
+    let start = after.as_deref().map(|a| after_key(&base, a)).unwrap_or_else(|| base.clone());
+    let page = scan(store, &base, &prefix, i.delimiter.as_deref(), start, after.as_deref(), max, heads_name).await?;
+    let owner = i.fetch_owner.unwrap_or(false);
+    let mut contents = Vec::new();
+    let mut prefixes = Vec::new();
+    let mut last = None;
+    for it in &page.items {
+        match it {
+            Item::Entry(name, kv) => {
+                contents.push(object_of(name, kv, owner, enc)?);
+                last = Some(name.clone());
+            }
+            Item::Prefix(p) => {
+                prefixes.push(CommonPrefix { prefix: Some(url(p, enc)) });
+                last = Some(p.clone());
+            }
+        }
+    }
+    let next = if page.truncated { last.map(|l| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(l)) } else { None };
+    Ok(S3Response::new(ListObjectsV2Output {
+        name: Some(i.bucket),
+        prefix: Some(url(&prefix, enc)),
+        max_keys: Some(max as i32),
+        key_count: Some((contents.len() + prefixes.len()) as i32),
+        continuation_token: i.continuation_token,
+        is_truncated: Some(page.truncated),
+        next_continuation_token: next,
+        contents: Some(contents),
+        common_prefixes: (!prefixes.is_empty()).then_some(prefixes),
+        delimiter: i.delimiter.map(|d| url(&d, enc)),
+        encoding_type: i.encoding_type,
+        start_after: i.start_after.map(|s| url(&s, enc)),
+        ..Default::default()
+    }))
+}
+
+pub async fn list_objects(store: &Store, req: S3Request<ListObjectsInput>) -> S3Result<S3Response<ListObjectsOutput>> {
+    let i = req.input;
+    store.bucket(&i.bucket).await?;
+    let enc = url_on(&i.encoding_type)?;
+    let max = max_keys(i.max_keys)?;
+    let prefix = i.prefix.clone().unwrap_or_default();
+    let base = heads_prefix(&i.bucket);
+    let marker = i.marker.clone().filter(|m| !m.is_empty());
+    let start = marker.as_deref().map(|a| after_key(&base, a)).unwrap_or_else(|| base.clone());
+    let page = scan(store, &base, &prefix, i.delimiter.as_deref(), start, marker.as_deref(), max, heads_name).await?;
+    let mut contents = Vec::new();
+    let mut prefixes = Vec::new();
+    let mut last = None;
+    for it in &page.items {
+        match it {
+            Item::Entry(name, kv) => {
+                contents.push(object_of(name, kv, true, enc)?);
+                last = Some(name.clone());
+            }
+            Item::Prefix(p) => {
+                prefixes.push(CommonPrefix { prefix: Some(url(p, enc)) });
+                last = Some(p.clone());
+            }
+        }
+    }
+    Ok(S3Response::new(ListObjectsOutput {
+        name: Some(i.bucket),
+        prefix: Some(url(&prefix, enc)),
+        marker: Some(url(&marker.unwrap_or_default(), enc)),
+        max_keys: Some(max as i32),
+        is_truncated: Some(page.truncated),
+        next_marker: if page.truncated { last.map(|l| url(&l, enc)) } else { None },
+        contents: Some(contents),
+        common_prefixes: (!prefixes.is_empty()).then_some(prefixes),
+        delimiter: i.delimiter.map(|d| url(&d, enc)),
+        encoding_type: i.encoding_type,
+        ..Default::default()
+    }))
+}
+
+pub fn version_name(rest: &[u8]) -> &[u8] {
+    match rest.iter().position(|b| *b == 0) {
+        Some(i) => &rest[..i],
+        None => rest,
+    }
+}
+
+pub async fn list_object_versions(
+    store: &Store,
+    req: S3Request<ListObjectVersionsInput>,
+) -> S3Result<S3Response<ListObjectVersionsOutput>> {
+    let i = req.input;
+    store.bucket(&i.bucket).await?;
+    let enc = url_on(&i.encoding_type)?;
+    let max = max_keys(i.max_keys)?;
+    let prefix = i.prefix.clone().unwrap_or_default();
+    let base = versions_prefix(&i.bucket);
+    let key_marker = i.key_marker.clone().filter(|m| !m.is_empty());
+    let vid_marker = i.version_id_marker.clone().filter(|m| !m.is_empty());
+    // Resume after the marker version of the marker key, or after every version of the key.
+    let mut prev_key: Option<String> = None;
+    let start = match (&key_marker, &vid_marker) {
+        (Some(k), Some(v)) => {
+            let sort = match store.version(&i.bucket, k, v).await? {
+                Some((_, r)) => r.sort_id,
+                None => return Err(s3err(S3ErrorCode::InvalidArgument, "Invalid version id marker").into()),
+            };
+            prev_key = Some(k.clone());
+            let mut s = version_key(&i.bucket, k, &sort);
+            s.push(0);
+            s
+        }
+        (Some(k), None) => {
+            let mut s = key_versions_prefix(&i.bucket, k);
+            *s.last_mut().expect("ends with NUL") = 1;
+            s
+        }
+        _ => base.clone(),
+    };
+    let after = match (&key_marker, &vid_marker) {
+        (Some(k), None) => Some(k.as_str()),
+        _ => None,
+    };
+    let page = scan(store, &base, &prefix, i.delimiter.as_deref(), start, after, max, version_name).await?;
+    let mut versions = Vec::new();
+    let mut markers = Vec::new();
+    let mut prefixes = Vec::new();
+    let mut last: Option<(String, Option<String>)> = None;
+    for it in &page.items {
+        match it {
+            Item::Entry(name, kv) => {
+                let rec: ObjectRecord = decode(&kv.key, &kv.value)?;
+                let latest = prev_key.as_deref() != Some(name.as_str());
+                prev_key = Some(name.clone());
+                let owner = Some(Owner { id: Some(rec.writer.clone()), display_name: Some(rec.writer.clone()) });
+                if rec.delete_marker {
+                    markers.push(DeleteMarkerEntry {
+                        key: Some(url(name, enc)),
+                        version_id: Some(rec.version_id.clone()),
+                        is_latest: Some(latest),
+                        last_modified: Some(timestamp(rec.last_modified_unix_ms)),
+                        owner,
+                    });
+                } else {
+                    versions.push(ObjectVersion {
+                        key: Some(url(name, enc)),
+                        version_id: Some(rec.version_id.clone()),
+                        is_latest: Some(latest),
+                        e_tag: Some(ETag::Strong(rec.etag.clone())),
+                        last_modified: Some(timestamp(rec.last_modified_unix_ms)),
+                        size: Some(rec.size as i64),
+                        storage_class: Some(ObjectVersionStorageClass::from_static(ObjectVersionStorageClass::STANDARD)),
+                        owner,
+                        ..Default::default()
+                    });
+                }
+                last = Some((name.clone(), Some(rec.version_id)));
+            }
+            Item::Prefix(p) => {
+                prefixes.push(CommonPrefix { prefix: Some(url(p, enc)) });
+                last = Some((p.clone(), None));
+            }
+        }
+    }
+    let (next_key, next_vid) = match (page.truncated, last) {
+        (true, Some((k, v))) => (Some(url(&k, enc)), v),
+        _ => (None, None),
+    };
+    Ok(S3Response::new(ListObjectVersionsOutput {
+        name: Some(i.bucket),
+        prefix: Some(url(&prefix, enc)),
+        key_marker: Some(key_marker.map(|k| url(&k, enc)).unwrap_or_default()),
+        version_id_marker: Some(vid_marker.unwrap_or_default()),
+        max_keys: Some(max as i32),
+        is_truncated: Some(page.truncated),
+        next_key_marker: next_key,
+        next_version_id_marker: next_vid,
+        versions: Some(versions),
+        delete_markers: (!markers.is_empty()).then_some(markers),
+        common_prefixes: (!prefixes.is_empty()).then_some(prefixes),
+        delimiter: i.delimiter.map(|d| url(&d, enc)),
+        encoding_type: i.encoding_type,
+        ..Default::default()
+    }))
+}
+
+
+
