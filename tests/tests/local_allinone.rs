@@ -1,5 +1,6 @@
 //! `cairn-local`, the README's first command, as a user runs it: it comes up on its own, writes
-//! `data/local.env`, clients pointed by that file work, and SIGTERM stops it cleanly.
+//! `data/local.env`, clients pointed by that file work (the cairn CLI, and the aws CLI against its
+//! S3 endpoint with the first access key), and SIGTERM stops it cleanly.
 
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
@@ -17,6 +18,7 @@ fn local_system_publishes_its_env_file_and_serves_clients() {
         .arg(&data)
         .args(["--node-listen", &addr(), "--node-http", &addr()])
         .args(["--meta-listen", &addr(), "--meta-peer", &addr(), "--meta-http", &addr()])
+        .args(["--s3-listen", &addr(), "--s3-http", &addr()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -42,7 +44,7 @@ fn local_system_publishes_its_env_file_and_serves_clients() {
         .lines()
         .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
         .collect();
-    for key in ["CAIRN_NODE", "CAIRN_META"] {
+    for key in ["CAIRN_NODE", "CAIRN_META", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"] {
         assert!(env.contains_key(key), "local.env lacks {key}: {env:?}");
     }
     let cairn = |args: &[&str]| Command::new(bin("cairn")).envs(&env).args(args).output().unwrap();
@@ -54,6 +56,22 @@ fn local_system_publishes_its_env_file_and_serves_clients() {
     std::fs::write(&file, random_bytes(300_000)).unwrap();
     let out = cairn(&["chunk", "put", file.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // `set -a; . data/local.env` and the aws CLI works at once.
+    let py = integration_tests::s3::python();
+    let aws = |args: &[&str]| {
+        let out = Command::new(py).args(["-m", "awscli"]).args(args).env_clear().envs(&env)
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", dir.path()).output().unwrap();
+        assert!(out.status.success(), "aws {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    aws(&["s3", "mb", "s3://local-first"]);
+    aws(&["s3", "cp", "--no-progress", file.to_str().unwrap(), "s3://local-first/f.bin"]);
+    let back = dir.path().join("back.bin");
+    aws(&["s3", "cp", "--no-progress", "s3://local-first/f.bin", back.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&file).unwrap());
+    assert!(aws(&["s3", "ls", "s3://local-first"]).contains("f.bin"));
 
     // SAFETY: signalling our own child.
     unsafe {
