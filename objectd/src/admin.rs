@@ -7,7 +7,10 @@ use metadata_client::{MetaClient, Txn};
 use crate::error::{ObjectdError, Result};
 use crate::records::*;
 
-async fn scan<T: serde::de::DeserializeOwned + Versioned>(meta: &MetaClient, prefix: &str) -> Result<Vec<(Vec<u8>, Vec<u8>, T)>> {
+async fn scan<T: serde::de::DeserializeOwned + Versioned>(
+    meta: &MetaClient,
+    prefix: &str,
+) -> Result<Vec<(Vec<u8>, Vec<u8>, T)>> {
     let start = prefix.as_bytes().to_vec();
     let end = prefix_end(&start);
     let mut from = start;

@@ -33,11 +33,30 @@ impl S3Auth for KeyAuth {
 /// The permission an operation needs on its bucket; `None` for operations on no bucket.
 pub fn needed(op: &str) -> Permission {
     match op {
-        "GetObject" | "HeadObject" | "ListObjects" | "ListObjectsV2" | "ListObjectVersions" | "HeadBucket"
-        | "GetBucketLocation" | "GetBucketVersioning" | "ListMultipartUploads" | "GetObjectAttributes"
-        | "GetBucketAcl" | "GetObjectAcl" | "GetObjectTagging" | "GetBucketTagging" => Permission::Read,
-        "PutObject" | "DeleteObject" | "DeleteObjects" | "CopyObject" | "CreateMultipartUpload" | "UploadPart"
-        | "UploadPartCopy" | "CompleteMultipartUpload" | "AbortMultipartUpload" | "ListParts" => Permission::Write,
+        "GetObject"
+        | "HeadObject"
+        | "ListObjects"
+        | "ListObjectsV2"
+        | "ListObjectVersions"
+        | "HeadBucket"
+        | "GetBucketLocation"
+        | "GetBucketVersioning"
+        | "ListMultipartUploads"
+        | "GetObjectAttributes"
+        | "GetBucketAcl"
+        | "GetObjectAcl"
+        | "GetObjectTagging"
+        | "GetBucketTagging" => Permission::Read,
+        "PutObject"
+        | "DeleteObject"
+        | "DeleteObjects"
+        | "CopyObject"
+        | "CreateMultipartUpload"
+        | "UploadPart"
+        | "UploadPartCopy"
+        | "CompleteMultipartUpload"
+        | "AbortMultipartUpload"
+        | "ListParts" => Permission::Write,
         _ => Permission::Owner,
     }
 }

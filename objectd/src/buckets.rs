@@ -33,13 +33,20 @@ pub fn check_bucket_name(name: &str) -> Result<()> {
     if name.parse::<std::net::Ipv4Addr>().is_ok() {
         return Err(bad());
     }
-    if name.starts_with("xn--") || name.starts_with("sthree-") || name.ends_with("-s3alias") || name.ends_with("--ol-s3") {
+    if name.starts_with("xn--")
+        || name.starts_with("sthree-")
+        || name.ends_with("-s3alias")
+        || name.ends_with("--ol-s3")
+    {
         return Err(bad());
     }
     Ok(())
 }
 
-pub async fn create_bucket(store: &Store, req: S3Request<CreateBucketInput>) -> S3Result<S3Response<CreateBucketOutput>> {
+pub async fn create_bucket(
+    store: &Store,
+    req: S3Request<CreateBucketInput>,
+) -> S3Result<S3Response<CreateBucketOutput>> {
     let who = caller(&req);
     let name = req.input.bucket;
     check_bucket_name(&name)?;
@@ -53,15 +60,21 @@ pub async fn create_bucket(store: &Store, req: S3Request<CreateBucketInput>) -> 
         deleting: false,
     };
     let k = bucket_key(&name);
-    let out = store.meta.txn(Txn::new().absent(&k).put(&k, &encode(&rec))).await.map_err(crate::error::ObjectdError::from)?;
+    let out =
+        store.meta.txn(Txn::new().absent(&k).put(&k, &encode(&rec))).await.map_err(crate::error::ObjectdError::from)?;
     if !out.succeeded {
         let existing = store.buckets.refresh(&name).await?;
         let mine = match (&existing, store.keys.get(&who).await?) {
-            (Some(b), Some(k)) => k.rec.permission(&name, Some(&b.rec.owner)) == Some(crate::records::Permission::Owner),
+            (Some(b), Some(k)) => {
+                k.rec.permission(&name, Some(&b.rec.owner)) == Some(crate::records::Permission::Owner)
+            }
             _ => false,
         };
         return Err(if mine {
-            s3err(S3ErrorCode::BucketAlreadyOwnedByYou, "Your previous request to create the named bucket succeeded and you already own it.")
+            s3err(
+                S3ErrorCode::BucketAlreadyOwnedByYou,
+                "Your previous request to create the named bucket succeeded and you already own it.",
+            )
         } else {
             s3err(S3ErrorCode::BucketAlreadyExists, "The requested bucket name is not available.")
         }
@@ -71,7 +84,10 @@ pub async fn create_bucket(store: &Store, req: S3Request<CreateBucketInput>) -> 
     Ok(S3Response::new(CreateBucketOutput { location: Some(format!("/{name}")), ..Default::default() }))
 }
 
-pub async fn delete_bucket(store: &Store, req: S3Request<DeleteBucketInput>) -> S3Result<S3Response<DeleteBucketOutput>> {
+pub async fn delete_bucket(
+    store: &Store,
+    req: S3Request<DeleteBucketInput>,
+) -> S3Result<S3Response<DeleteBucketOutput>> {
     let name = req.input.bucket;
     let b = store.bucket_fresh(&name).await?;
     let k = bucket_key(&name);
@@ -79,8 +95,18 @@ pub async fn delete_bucket(store: &Store, req: S3Request<DeleteBucketInput>) -> 
     let mut marked = (*b.rec).clone();
     marked.deleting = true;
     let marked_raw = encode(&marked);
-    if !store.meta.txn(Txn::new().value_equals(&k, &b.raw).put(&k, &marked_raw)).await.map_err(crate::error::ObjectdError::from)?.succeeded {
-        return Err(s3err(S3ErrorCode::OperationAborted, "A conflicting operation is in progress against this bucket; retry.").into());
+    if !store
+        .meta
+        .txn(Txn::new().value_equals(&k, &b.raw).put(&k, &marked_raw))
+        .await
+        .map_err(crate::error::ObjectdError::from)?
+        .succeeded
+    {
+        return Err(s3err(
+            S3ErrorCode::OperationAborted,
+            "A conflicting operation is in progress against this bucket; retry.",
+        )
+        .into());
     }
     let mut empty = true;
     for start in [versions_prefix(&name), uploads_prefix(&name)] {
@@ -88,11 +114,19 @@ pub async fn delete_bucket(store: &Store, req: S3Request<DeleteBucketInput>) -> 
         empty &= page.kvs.is_empty();
     }
     if !empty {
-        store.meta.txn(Txn::new().value_equals(&k, &marked_raw).put(&k, &b.raw)).await.map_err(crate::error::ObjectdError::from)?;
+        store
+            .meta
+            .txn(Txn::new().value_equals(&k, &marked_raw).put(&k, &b.raw))
+            .await
+            .map_err(crate::error::ObjectdError::from)?;
         store.buckets.refresh(&name).await?;
         return Err(s3err(S3ErrorCode::BucketNotEmpty, "The bucket you tried to delete is not empty.").into());
     }
-    store.meta.txn(Txn::new().value_equals(&k, &marked_raw).delete(&k)).await.map_err(crate::error::ObjectdError::from)?;
+    store
+        .meta
+        .txn(Txn::new().value_equals(&k, &marked_raw).delete(&k))
+        .await
+        .map_err(crate::error::ObjectdError::from)?;
     store.buckets.refresh(&name).await?;
     // Grants named after this bucket must not carry over to a new bucket of the same name.
     crate::admin::drop_grants_for(&store.meta, &name).await?;
@@ -170,12 +204,19 @@ pub async fn put_bucket_versioning(
         let mut rec = (*b.rec).clone();
         rec.versioning = want;
         let k = bucket_key(&name);
-        if store.meta.txn(Txn::new().value_equals(&k, &b.raw).put(&k, &encode(&rec))).await.map_err(crate::error::ObjectdError::from)?.succeeded {
+        if store
+            .meta
+            .txn(Txn::new().value_equals(&k, &b.raw).put(&k, &encode(&rec)))
+            .await
+            .map_err(crate::error::ObjectdError::from)?
+            .succeeded
+        {
             store.buckets.refresh(&name).await?;
             return Ok(S3Response::new(PutBucketVersioningOutput {}));
         }
     }
-    Err(s3err(S3ErrorCode::OperationAborted, "A conflicting operation is in progress against this bucket; retry.").into())
+    Err(s3err(S3ErrorCode::OperationAborted, "A conflicting operation is in progress against this bucket; retry.")
+        .into())
 }
 
 #[cfg(test)]

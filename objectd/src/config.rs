@@ -196,11 +196,8 @@ mod tests {
 
     #[test]
     fn flags_override_defaults() {
-        let args = ObjectdArgs {
-            meta: Some(vec!["a:1".into()]),
-            region: Some("eu-west-3".into()),
-            ..Default::default()
-        };
+        let args =
+            ObjectdArgs { meta: Some(vec!["a:1".into()]), region: Some("eu-west-3".into()), ..Default::default() };
         let c = ObjectdConfig::load(&args).unwrap();
         assert_eq!(c.region, "eu-west-3");
         assert_eq!(c.meta, vec!["a:1".to_string()]);

@@ -12,9 +12,15 @@ use crate::records::*;
 use crate::store::{Cond, Extra, Store};
 
 /// The source of a copy, after the caller's read permission on it was checked.
-pub async fn copy_source(store: &Store, src: &CopySource, caller: Option<&str>) -> Result<(String, String, ObjectRecord)> {
+pub async fn copy_source(
+    store: &Store,
+    src: &CopySource,
+    caller: Option<&str>,
+) -> Result<(String, String, ObjectRecord)> {
     let (bucket, key, version) = match src {
-        CopySource::Bucket { bucket, key, version_id } => (bucket.to_string(), key.to_string(), version_id.as_deref().map(str::to_string)),
+        CopySource::Bucket { bucket, key, version_id } => {
+            (bucket.to_string(), key.to_string(), version_id.as_deref().map(str::to_string))
+        }
         _ => {
             return Err(s3err(S3ErrorCode::NotImplemented, "Access point copy sources are not supported"));
         }

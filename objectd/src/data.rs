@@ -17,6 +17,36 @@ use crate::error::{ObjectdError, Result, s3err};
 use crate::records::{ChunkRef, ObjectRecord};
 use crate::store::{Acked, Store};
 
+/// What a broken request body means for the client: s3s's signature and payload-hash checks
+/// fail inside the body stream, everything else is a body that ended short.
+fn body_error(e: &(dyn std::error::Error + 'static)) -> ObjectdError {
+    if let Some(s3) = e.downcast_ref::<s3s::S3Error>() {
+        return ObjectdError::S3(s3s::S3Error::with_message(s3.code().clone(), s3.message().unwrap_or("").to_string()));
+    }
+    let text = e.to_string();
+    tracing::debug!(error = %text, "request body failed");
+    if text.contains("SignatureMismatch") {
+        s3err(
+            S3ErrorCode::SignatureDoesNotMatch,
+            "The request signature we calculated does not match the signature you provided. Check your key and signing method.",
+        )
+    } else if text.contains("Sha256Mismatch") {
+        let mut e = s3s::S3Error::with_message(
+            S3ErrorCode::Custom("XAmzContentSHA256Mismatch".into()),
+            "The provided 'x-amz-content-sha256' header does not match what was computed.",
+        );
+        e.set_status_code(http::StatusCode::BAD_REQUEST);
+        ObjectdError::S3(e)
+    } else if text.contains("FormatError") || text.contains("TooLarge") || text.contains("TooMany") {
+        s3err(S3ErrorCode::InvalidRequest, "The aws-chunked request body is malformed.")
+    } else {
+        s3err(
+            S3ErrorCode::IncompleteBody,
+            "You did not provide the number of bytes specified by the Content-Length HTTP header.",
+        )
+    }
+}
+
 /// The largest single PUT (S3's limit).
 pub const MAX_PUT: u64 = 5 << 30;
 
@@ -31,7 +61,6 @@ pub struct Ingested {
     /// Checksums computed over the body (finalised by the caller once trailers are known).
     pub hasher: ChecksumHasher,
 }
-
 
 type PutTask = JoinHandle<std::result::Result<(chunk_engine::ChunkHash, std::time::Instant), cluster::ClusterError>>;
 
@@ -50,7 +79,10 @@ pub async fn ingest(
     if let Some(n) = expected
         && n > max
     {
-        return Err(s3err(S3ErrorCode::EntityTooLarge, format!("Your proposed upload exceeds the maximum allowed size of {max} bytes")));
+        return Err(s3err(
+            S3ErrorCode::EntityTooLarge,
+            format!("Your proposed upload exceeds the maximum allowed size of {max} bytes"),
+        ));
     }
     let chunk = store.cfg.chunk_size;
     let mut md5 = Md5::default();
@@ -60,21 +92,22 @@ pub async fn ingest(
     let mut chunks: Vec<ChunkRef> = Vec::new();
     let mut acked: Acked = Vec::new();
     let mut lens: VecDeque<u64> = VecDeque::new();
-    let finish = |t: std::result::Result<_, tokio::task::JoinError>| -> Result<(chunk_engine::ChunkHash, std::time::Instant)> {
-        match t {
-            Ok(r) => Ok(r?),
-            Err(e) => Err(ObjectdError::Serve(format!("chunk put task: {e}"))),
-        }
-    };
+    let finish =
+        |t: std::result::Result<_, tokio::task::JoinError>| -> Result<(chunk_engine::ChunkHash, std::time::Instant)> {
+            match t {
+                Ok(r) => Ok(r?),
+                Err(e) => Err(ObjectdError::Serve(format!("chunk put task: {e}"))),
+            }
+        };
     if let Some(mut body) = body {
         while let Some(frame) = body.next().await {
-            let frame = frame.map_err(|e| {
-                tracing::debug!(error = %e, "request body broke off");
-                s3err(S3ErrorCode::IncompleteBody, "You did not provide the number of bytes specified by the Content-Length HTTP header.")
-            })?;
+            let frame = frame.map_err(|e| body_error(&*e))?;
             size += frame.len() as u64;
             if size > max {
-                return Err(s3err(S3ErrorCode::EntityTooLarge, format!("Your proposed upload exceeds the maximum allowed size of {max} bytes")));
+                return Err(s3err(
+                    S3ErrorCode::EntityTooLarge,
+                    format!("Your proposed upload exceeds the maximum allowed size of {max} bytes"),
+                ));
             }
             md5.update(&frame);
             hasher.update(&frame);
@@ -112,7 +145,10 @@ pub async fn ingest(
     if let Some(n) = expected
         && n != size
     {
-        return Err(s3err(S3ErrorCode::IncompleteBody, "You did not provide the number of bytes specified by the Content-Length HTTP header."));
+        return Err(s3err(
+            S3ErrorCode::IncompleteBody,
+            "You did not provide the number of bytes specified by the Content-Length HTTP header.",
+        ));
     }
     let mut inline = None;
     if !buf.is_empty() {
@@ -170,7 +206,10 @@ pub fn read_range(store: &Store, rec: &ObjectRecord, range: Range<u64>) -> Resul
             async move {
                 let data = client.get(&h).await.map_err(|e| std::io::Error::other(e.to_string()))?;
                 if data.len() as u64 != n {
-                    return Err(std::io::Error::other(format!("chunk {h} has {} bytes, the object says {n}", data.len())));
+                    return Err(std::io::Error::other(format!(
+                        "chunk {h} has {} bytes, the object says {n}",
+                        data.len()
+                    )));
                 }
                 Ok::<_, std::io::Error>(data.slice(a..b))
             }

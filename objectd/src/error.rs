@@ -56,7 +56,8 @@ impl From<ObjectdError> for S3Error {
         use metadata_client::MetaClientError as M;
         match e {
             ObjectdError::S3(e) => e,
-            ObjectdError::Meta(M::Unavailable { .. }) | ObjectdError::Cluster(cluster::ClusterError::Unavailable(_)) => {
+            ObjectdError::Meta(M::Unavailable { .. })
+            | ObjectdError::Cluster(cluster::ClusterError::Unavailable(_)) => {
                 tracing::warn!(error = %e, "backend unavailable");
                 S3Error::with_message(S3ErrorCode::ServiceUnavailable, "The storage backend is unavailable; retry.")
             }

@@ -10,7 +10,12 @@ pub struct Domains(pub Vec<String>);
 impl S3Host for Domains {
     fn parse_host_header<'a>(&'a self, host: &'a str) -> S3Result<VirtualHost<'a>> {
         let name = match host.rsplit_once(':') {
-            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(']') || !h.contains(']') && port.bytes().all(|b| b.is_ascii_digit()) => h,
+            Some((h, port))
+                if port.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(']')
+                    || !h.contains(']') && port.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                h
+            }
             _ => host,
         };
         for d in &self.0 {

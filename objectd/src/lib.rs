@@ -44,11 +44,15 @@ use crate::store::Store;
 
 /// Connects to the metadata service and the pool, waiting as long as it takes (or until
 /// `shutdown`).
-async fn connect(cfg: &ObjectdConfig, shutdown: &mut (impl Future<Output = ()> + Unpin)) -> Result<Option<(metadata_client::MetaClient, ChunkClient)>, ObjectdError> {
+async fn connect(
+    cfg: &ObjectdConfig,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+) -> Result<Option<(metadata_client::MetaClient, ChunkClient)>, ObjectdError> {
     let meta = metadata_client::MetaClient::new(&cfg.meta).map_err(|e| ObjectdError::Config(e.to_string()))?;
     loop {
         let attempt = async {
-            let chunks = ChunkClient::new(meta.clone(), ClientConfig { min_replicas: 1, ..ClientConfig::default() }).await?;
+            let chunks =
+                ChunkClient::new(meta.clone(), ClientConfig { min_replicas: 1, ..ClientConfig::default() }).await?;
             Ok::<_, cluster::ClusterError>(chunks)
         };
         match attempt.await {
@@ -67,8 +71,9 @@ async fn connect(cfg: &ObjectdConfig, shutdown: &mut (impl Future<Output = ()> +
 pub async fn run(cfg: ObjectdConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ObjectdError> {
     let tls = cfg.tls();
     mtls::install_client_identity(&tls).map_err(|e| ObjectdError::Config(e.to_string()))?;
-    let listener =
-        tokio::net::TcpListener::bind(cfg.listen).await.map_err(|source| ObjectdError::Bind { addr: cfg.listen, source })?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| ObjectdError::Bind { addr: cfg.listen, source })?;
     let metrics = Arc::new(metrics::Metrics::new().map_err(|e| ObjectdError::Serve(e.to_string()))?);
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -80,7 +85,9 @@ pub async fn run(cfg: ObjectdConfig, shutdown: impl Future<Output = ()> + Send +
         cfg.http_listen,
         HttpState {
             registry: metrics.registry.clone(),
-            health: Arc::new(move || if health.load(Ordering::Relaxed) { Ok(()) } else { Err("connecting to the pool".into()) }),
+            health: Arc::new(move || {
+                if health.load(Ordering::Relaxed) { Ok(()) } else { Err("connecting to the pool".into()) }
+            }),
         },
         stopped(stop_rx.clone()),
     )
@@ -111,9 +118,8 @@ pub async fn run(cfg: ObjectdConfig, shutdown: impl Future<Output = ()> + Send +
         tracing::warn!(error = ?e, "request failed below the S3 layer");
         http::xml_error(::http::StatusCode::BAD_REQUEST, "BadRequest", "The request could not be read.", "")
     });
-    let app = Router::new()
-        .fallback_service(s3)
-        .layer(axum::middleware::from_fn_with_state(metrics.clone(), http::edge));
+    let app =
+        Router::new().fallback_service(s3).layer(axum::middleware::from_fn_with_state(metrics.clone(), http::edge));
     if cfg.mpu_sweep_secs > 0 {
         tokio::spawn(multipart::sweep_abandoned(
             store.clone(),
@@ -123,8 +129,8 @@ pub async fn run(cfg: ObjectdConfig, shutdown: impl Future<Output = ()> + Send +
     }
     ready.store(true, Ordering::Relaxed);
     tracing::info!(listen = %cfg.listen, region = %cfg.region, "objectd serving S3");
-    let served = axum::serve(listener, app).tcp_nodelay(true).with_graceful_shutdown(shutdown).await;
+    http::serve(listener, app, shutdown).await;
     let _ = stop_tx.send(true);
     let _ = http.await;
-    served.map_err(|e| ObjectdError::Serve(e.to_string()))
+    Ok(())
 }

@@ -134,7 +134,10 @@ fn after_key(base: &[u8], marker: &str) -> Vec<u8> {
     s
 }
 
-pub async fn list_objects_v2(store: &Store, req: S3Request<ListObjectsV2Input>) -> S3Result<S3Response<ListObjectsV2Output>> {
+pub async fn list_objects_v2(
+    store: &Store,
+    req: S3Request<ListObjectsV2Input>,
+) -> S3Result<S3Response<ListObjectsV2Output>> {
     let i = req.input;
     store.bucket(&i.bucket).await?;
     let enc = url_on(&i.encoding_type)?;
@@ -170,7 +173,8 @@ pub async fn list_objects_v2(store: &Store, req: S3Request<ListObjectsV2Input>) 
             }
         }
     }
-    let next = if page.truncated { last.map(|l| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(l)) } else { None };
+    let next =
+        if page.truncated { last.map(|l| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(l)) } else { None };
     Ok(S3Response::new(ListObjectsV2Output {
         name: Some(i.bucket),
         prefix: Some(url(&prefix, enc)),
@@ -299,7 +303,9 @@ pub async fn list_object_versions(
                         e_tag: Some(ETag::Strong(rec.etag.clone())),
                         last_modified: Some(timestamp(rec.last_modified_unix_ms)),
                         size: Some(rec.size as i64),
-                        storage_class: Some(ObjectVersionStorageClass::from_static(ObjectVersionStorageClass::STANDARD)),
+                        storage_class: Some(ObjectVersionStorageClass::from_static(
+                            ObjectVersionStorageClass::STANDARD,
+                        )),
                         owner,
                         ..Default::default()
                     });
@@ -333,6 +339,3 @@ pub async fn list_object_versions(
         ..Default::default()
     }))
 }
-
-
-

@@ -25,12 +25,18 @@ pub const MIN_PART: u64 = 5 << 20;
 pub const MAX_PART: u64 = 5 << 30;
 
 fn no_such_upload() -> ObjectdError {
-    s3err(S3ErrorCode::NoSuchUpload, "The specified multipart upload does not exist. The upload ID might be invalid, or the multipart upload might have been aborted or completed.")
+    s3err(
+        S3ErrorCode::NoSuchUpload,
+        "The specified multipart upload does not exist. The upload ID might be invalid, or the multipart upload might have been aborted or completed.",
+    )
 }
 
 fn check_part_number(n: i32) -> Result<()> {
     if !(1..=10_000).contains(&n) {
-        return Err(s3err(S3ErrorCode::InvalidArgument, "Part number must be an integer between 1 and 10000, inclusive"));
+        return Err(s3err(
+            S3ErrorCode::InvalidArgument,
+            "Part number must be an integer between 1 and 10000, inclusive",
+        ));
     }
     Ok(())
 }
@@ -49,12 +55,23 @@ async fn upload(store: &Store, bucket: &str, key: &str, upload_id: &str) -> Resu
     }
 }
 
-pub async fn create(store: &Store, req: S3Request<CreateMultipartUploadInput>) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+pub async fn create(
+    store: &Store,
+    req: S3Request<CreateMultipartUploadInput>,
+) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
     let who = req.credentials.as_ref().map(|c| c.access_key.clone()).unwrap_or_default();
     let i = req.input;
     check_key(&i.key)?;
     store.bucket(&i.bucket).await?;
-    let headers = object_headers(i.content_type, i.content_encoding, i.content_disposition, i.content_language, i.cache_control, i.expires, i.metadata)?;
+    let headers = object_headers(
+        i.content_type,
+        i.content_encoding,
+        i.content_disposition,
+        i.content_language,
+        i.cache_control,
+        i.expires,
+        i.metadata,
+    )?;
     let rec = UploadRecord {
         version: RECORD_VERSION,
         upload_id: new_id(),
@@ -77,10 +94,18 @@ pub async fn create(store: &Store, req: S3Request<CreateMultipartUploadInput>) -
 
 /// Stores a part record with its references, replacing (and unreferencing) an earlier upload of
 /// the same part number — as long as the upload still exists.
-async fn commit_part(store: &Store, up: &UploadRecord, part: PartRecord, acked: &crate::store::Acked, extra: Vec<(Cond, ObjectdError)>) -> Result<()> {
+async fn commit_part(
+    store: &Store,
+    up: &UploadRecord,
+    part: PartRecord,
+    acked: &crate::store::Acked,
+    extra: Vec<(Cond, ObjectdError)>,
+) -> Result<()> {
     let window = cluster::gc::WRITE_WINDOW;
     if acked.iter().any(|(_, at)| at.elapsed() >= window - window / 4) {
-        return Err(ObjectdError::Cluster(cluster::ClusterError::Stale("part chunks outlived the write window".into())));
+        return Err(ObjectdError::Cluster(cluster::ClusterError::Stale(
+            "part chunks outlived the write window".into(),
+        )));
     }
     let uk = upload_key(&up.bucket, &up.key, &up.upload_id);
     let pk = part_key(&up.upload_id, part.part_number);
@@ -166,7 +191,12 @@ pub async fn upload_part(store: &Store, req: S3Request<UploadPartInput>) -> S3Re
 
 /// Parses `bytes=first-last` (both required, as S3 wants for x-amz-copy-source-range).
 fn copy_range(r: &str, size: u64) -> Result<std::ops::Range<u64>> {
-    let bad = || s3err(S3ErrorCode::InvalidArgument, "The x-amz-copy-source-range value must be of the form bytes=first-last where first and last are the zero-based offsets of the first and last bytes to copy");
+    let bad = || {
+        s3err(
+            S3ErrorCode::InvalidArgument,
+            "The x-amz-copy-source-range value must be of the form bytes=first-last where first and last are the zero-based offsets of the first and last bytes to copy",
+        )
+    };
     let spec = r.strip_prefix("bytes=").ok_or_else(bad)?;
     let (a, b) = spec.split_once('-').ok_or_else(bad)?;
     let (a, b): (u64, u64) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
@@ -176,7 +206,10 @@ fn copy_range(r: &str, size: u64) -> Result<std::ops::Range<u64>> {
     Ok(a..b + 1)
 }
 
-pub async fn upload_part_copy(store: &Store, req: S3Request<UploadPartCopyInput>) -> S3Result<S3Response<UploadPartCopyOutput>> {
+pub async fn upload_part_copy(
+    store: &Store,
+    req: S3Request<UploadPartCopyInput>,
+) -> S3Result<S3Response<UploadPartCopyOutput>> {
     let caller = req.credentials.as_ref().map(|c| c.access_key.clone());
     let i = req.input;
     check_part_number(i.part_number)?;
@@ -240,7 +273,10 @@ pub async fn upload_part_copy(store: &Store, req: S3Request<UploadPartCopyInput>
                     acked.push(pa);
                 }
                 chunks.push(c.clone());
-                conds.push((Cond::Exists(ref_key(&h, &src.data_owner)), s3err(S3ErrorCode::NoSuchKey, "The copy source was deleted while copying.")));
+                conds.push((
+                    Cond::Exists(ref_key(&h, &src.data_owner)),
+                    s3err(S3ErrorCode::NoSuchKey, "The copy source was deleted while copying."),
+                ));
             } else {
                 pending.extend_from_slice(&data[a..b]);
             }
@@ -274,7 +310,12 @@ pub async fn upload_part_copy(store: &Store, req: S3Request<UploadPartCopyInput>
     }))
 }
 
-async fn parts_of(store: &Store, upload_id: &str, from: i32, limit: u32) -> Result<(Vec<(Vec<u8>, u64, PartRecord)>, bool)> {
+async fn parts_of(
+    store: &Store,
+    upload_id: &str,
+    from: i32,
+    limit: u32,
+) -> Result<(Vec<(Vec<u8>, u64, PartRecord)>, bool)> {
     let start = part_key(upload_id, from);
     let end = prefix_end(&parts_prefix(upload_id));
     let mut out = Vec::new();
@@ -297,7 +338,10 @@ async fn parts_of(store: &Store, upload_id: &str, from: i32, limit: u32) -> Resu
     }
 }
 
-pub async fn complete(store: &Store, req: S3Request<CompleteMultipartUploadInput>) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+pub async fn complete(
+    store: &Store,
+    req: S3Request<CompleteMultipartUploadInput>,
+) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
     let who = req.credentials.as_ref().map(|c| c.access_key.clone()).unwrap_or_default();
     let i = req.input;
     let (up_raw, up) = upload(store, &i.bucket, &i.key, &i.upload_id).await?;
@@ -306,13 +350,20 @@ pub async fn complete(store: &Store, req: S3Request<CompleteMultipartUploadInput
         return Err(s3err(S3ErrorCode::MalformedXML, "You must specify at least one part.").into());
     }
     let (stored, _) = parts_of(store, &up.upload_id, 1, 10_001).await?;
-    let by_number: std::collections::HashMap<i32, &(Vec<u8>, u64, PartRecord)> = stored.iter().map(|p| (p.2.part_number, p)).collect();
+    let by_number: std::collections::HashMap<i32, &(Vec<u8>, u64, PartRecord)> =
+        stored.iter().map(|p| (p.2.part_number, p)).collect();
     let mut prev = 0;
     let mut chunks = Vec::new();
     let mut sizes = Vec::new();
     let mut md5s = Vec::new();
-    let mut conds: Vec<(Cond, ObjectdError)> = vec![(Cond::Exists(upload_key(&i.bucket, &i.key, &up.upload_id)), no_such_upload())];
-    let invalid_part = || s3err(S3ErrorCode::InvalidPart, "One or more of the specified parts could not be found. The part might not have been uploaded, or the specified entity tag might not have matched the part's entity tag.");
+    let mut conds: Vec<(Cond, ObjectdError)> =
+        vec![(Cond::Exists(upload_key(&i.bucket, &i.key, &up.upload_id)), no_such_upload())];
+    let invalid_part = || {
+        s3err(
+            S3ErrorCode::InvalidPart,
+            "One or more of the specified parts could not be found. The part might not have been uploaded, or the specified entity tag might not have matched the part's entity tag.",
+        )
+    };
     for (n, w) in wanted.iter().enumerate() {
         let num = w.part_number.ok_or_else(|| s3err(S3ErrorCode::MalformedXML, "A part is missing its PartNumber."))?;
         if num <= prev {
@@ -325,7 +376,11 @@ pub async fn complete(store: &Store, req: S3Request<CompleteMultipartUploadInput
             return Err(invalid_part().into());
         }
         if p.size < MIN_PART && n + 1 < wanted.len() {
-            return Err(s3err(S3ErrorCode::EntityTooSmall, "Your proposed upload is smaller than the minimum allowed object size.").into());
+            return Err(s3err(
+                S3ErrorCode::EntityTooSmall,
+                "Your proposed upload is smaller than the minimum allowed object size.",
+            )
+            .into());
         }
         md5s.extend(hex::decode(&p.etag).map_err(|_| invalid_part())?);
         sizes.push(p.size);
@@ -395,7 +450,10 @@ pub async fn abort_upload(store: &Store, up: &UploadRecord) -> Result<()> {
     }
 }
 
-pub async fn abort(store: &Store, req: S3Request<AbortMultipartUploadInput>) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+pub async fn abort(
+    store: &Store,
+    req: S3Request<AbortMultipartUploadInput>,
+) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
     let i = req.input;
     let (_, up) = upload(store, &i.bucket, &i.key, &i.upload_id).await?;
     abort_upload(store, &up).await?;
@@ -444,7 +502,10 @@ pub async fn list_parts(store: &Store, req: S3Request<ListPartsInput>) -> S3Resu
     }))
 }
 
-pub async fn list_uploads(store: &Store, req: S3Request<ListMultipartUploadsInput>) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+pub async fn list_uploads(
+    store: &Store,
+    req: S3Request<ListMultipartUploadsInput>,
+) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
     let i = req.input;
     store.bucket(&i.bucket).await?;
     let max = i.max_uploads.unwrap_or(1000).clamp(1, 1000) as usize;
@@ -464,7 +525,9 @@ pub async fn list_uploads(store: &Store, req: S3Request<ListMultipartUploadsInpu
         }
         _ => base.clone(),
     };
-    let page = crate::list::scan(store, &base, &prefix, i.delimiter.as_deref(), start, None, max, crate::list::version_name).await?;
+    let page =
+        crate::list::scan(store, &base, &prefix, i.delimiter.as_deref(), start, None, max, crate::list::version_name)
+            .await?;
     let mut uploads = Vec::new();
     let mut prefixes = Vec::new();
     let mut last: Option<(String, String)> = None;
@@ -477,7 +540,10 @@ pub async fn list_uploads(store: &Store, req: S3Request<ListMultipartUploadsInpu
                     key: Some(u.key),
                     upload_id: Some(u.upload_id),
                     initiated: Some(timestamp(u.initiated_unix_ms)),
-                    initiator: Some(Initiator { id: Some(u.initiator.clone()), display_name: Some(u.initiator.clone()) }),
+                    initiator: Some(Initiator {
+                        id: Some(u.initiator.clone()),
+                        display_name: Some(u.initiator.clone()),
+                    }),
                     owner: Some(Owner { id: Some(u.initiator.clone()), display_name: Some(u.initiator) }),
                     storage_class: Some(StorageClass::from_static(StorageClass::STANDARD)),
                     ..Default::default()
@@ -536,7 +602,8 @@ pub async fn sweep_once(store: &Store, expiry: Duration) -> Result<usize> {
             .filter_map(|kv| decode::<UploadRecord>(&kv.key, &kv.value).ok())
             .filter(|u| u.initiated_unix_ms < cutoff)
             .collect();
-        let mut s = futures::stream::iter(stale).map(|u| async move { abort_upload(store, &u).await }).buffer_unordered(4);
+        let mut s =
+            futures::stream::iter(stale).map(|u| async move { abort_upload(store, &u).await }).buffer_unordered(4);
         while let Some(r) = s.next().await {
             r?;
             n += 1;

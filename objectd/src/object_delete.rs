@@ -14,7 +14,13 @@ pub struct Deleted {
     pub delete_marker: bool,
 }
 
-pub async fn delete_one(store: &Store, bucket: &str, key: &str, version_id: Option<&str>, writer: &str) -> Result<Deleted> {
+pub async fn delete_one(
+    store: &Store,
+    bucket: &str,
+    key: &str,
+    version_id: Option<&str>,
+    writer: &str,
+) -> Result<Deleted> {
     check_key(key)?;
     let b = store.bucket(bucket).await?;
     if let Some(v) = version_id {
@@ -67,7 +73,10 @@ fn writer_of<T>(req: &S3Request<T>) -> String {
     req.credentials.as_ref().map(|c| c.access_key.clone()).unwrap_or_default()
 }
 
-pub async fn delete_object(store: &Store, req: S3Request<DeleteObjectInput>) -> S3Result<S3Response<DeleteObjectOutput>> {
+pub async fn delete_object(
+    store: &Store,
+    req: S3Request<DeleteObjectInput>,
+) -> S3Result<S3Response<DeleteObjectOutput>> {
     let writer = writer_of(&req);
     let input = req.input;
     let d = delete_one(store, &input.bucket, &input.key, input.version_id.as_deref(), &writer).await?;
@@ -78,7 +87,10 @@ pub async fn delete_object(store: &Store, req: S3Request<DeleteObjectInput>) -> 
     }))
 }
 
-pub async fn delete_objects(store: &Store, req: S3Request<DeleteObjectsInput>) -> S3Result<S3Response<DeleteObjectsOutput>> {
+pub async fn delete_objects(
+    store: &Store,
+    req: S3Request<DeleteObjectsInput>,
+) -> S3Result<S3Response<DeleteObjectsOutput>> {
     let writer = writer_of(&req);
     let input = req.input;
     store.bucket(&input.bucket).await?;
@@ -96,7 +108,11 @@ pub async fn delete_objects(store: &Store, req: S3Request<DeleteObjectsInput>) -
                         key: Some(o.key),
                         version_id: o.version_id.clone(),
                         delete_marker: d.delete_marker.then_some(true),
-                        delete_marker_version_id: if o.version_id.is_none() && d.delete_marker { d.version_id } else { None },
+                        delete_marker_version_id: if o.version_id.is_none() && d.delete_marker {
+                            d.version_id
+                        } else {
+                            None
+                        },
                     });
                 }
             }

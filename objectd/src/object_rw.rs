@@ -30,7 +30,15 @@ pub fn object_headers(
             "Your metadata headers exceed the maximum allowed metadata size (2 KB).",
         ));
     }
-    Ok(ObjectHeaders { content_type, content_encoding, content_disposition, content_language, cache_control, expires, user })
+    Ok(ObjectHeaders {
+        content_type,
+        content_encoding,
+        content_disposition,
+        content_language,
+        cache_control,
+        expires,
+        user,
+    })
 }
 
 pub fn timestamp(ms: u64) -> Timestamp {
@@ -66,7 +74,11 @@ pub async fn put_object(store: &Store, req: S3Request<PutObjectInput>) -> S3Resu
             (ETagCondition::ETag(e), Some((_, r))) => e.value() == r.etag,
         };
         if !ok {
-            return Err(s3err(S3ErrorCode::PreconditionFailed, "At least one of the pre-conditions you specified did not hold").into());
+            return Err(s3err(
+                S3ErrorCode::PreconditionFailed,
+                "At least one of the pre-conditions you specified did not hold",
+            )
+            .into());
         }
     }
     let hdrs = object_headers(
@@ -147,7 +159,8 @@ pub fn check_conditions(
         st.unix_timestamp()
     };
     let modified = (rec.last_modified_unix_ms / 1000) as i64;
-    let failed = || s3err(S3ErrorCode::PreconditionFailed, "At least one of the pre-conditions you specified did not hold");
+    let failed =
+        || s3err(S3ErrorCode::PreconditionFailed, "At least one of the pre-conditions you specified did not hold");
     let unchanged = || s3err(not_modified.clone(), "Not Modified");
     match if_match {
         Some(c) if !matches(c) => return Err(failed()),
@@ -195,9 +208,9 @@ pub async fn get_object(store: &Store, req: S3Request<GetObjectInput>) -> S3Resu
     let (range, content_range) = match &input.range {
         None => (0..rec.size, None),
         Some(r) => {
-            let got = r.check(rec.size).map_err(|_| {
-                s3err(S3ErrorCode::InvalidRange, "The requested range is not satisfiable")
-            })?;
+            let got = r
+                .check(rec.size)
+                .map_err(|_| s3err(S3ErrorCode::InvalidRange, "The requested range is not satisfiable"))?;
             let cr = format!("bytes {}-{}/{}", got.start, got.end - 1, rec.size);
             (got, Some(cr))
         }
@@ -214,7 +227,10 @@ pub async fn get_object(store: &Store, req: S3Request<GetObjectInput>) -> S3Resu
         e_tag: Some(ETag::Strong(rec.etag.clone())),
         last_modified: Some(timestamp(rec.last_modified_unix_ms)),
         metadata: user_meta(&rec),
-        content_type: input.response_content_type.or_else(|| h.content_type.clone()).or_else(|| Some("binary/octet-stream".into())),
+        content_type: input
+            .response_content_type
+            .or_else(|| h.content_type.clone())
+            .or_else(|| Some("binary/octet-stream".into())),
         content_encoding: input.response_content_encoding.or_else(|| h.content_encoding.clone()),
         content_disposition: input.response_content_disposition.or_else(|| h.content_disposition.clone()),
         content_language: input.response_content_language.or_else(|| h.content_language.clone()),
@@ -246,7 +262,9 @@ pub async fn head_object(store: &Store, req: S3Request<HeadObjectInput>) -> S3Re
     let (len, content_range) = match &input.range {
         None => (rec.size, None),
         Some(r) => {
-            let got = r.check(rec.size).map_err(|_| s3err(S3ErrorCode::InvalidRange, "The requested range is not satisfiable"))?;
+            let got = r
+                .check(rec.size)
+                .map_err(|_| s3err(S3ErrorCode::InvalidRange, "The requested range is not satisfiable"))?;
             (got.end - got.start, Some(format!("bytes {}-{}/{}", got.start, got.end - 1, rec.size)))
         }
     };

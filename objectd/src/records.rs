@@ -159,8 +159,9 @@ impl AccessKey {
         const UPPER: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
         const ANY: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
         let mut rng = rand::thread_rng();
-        let id: String =
-            std::iter::once("CK".to_string()).chain((0..18).map(|_| (UPPER[rng.gen_range(0..UPPER.len())] as char).to_string())).collect();
+        let id: String = std::iter::once("CK".to_string())
+            .chain((0..18).map(|_| (UPPER[rng.gen_range(0..UPPER.len())] as char).to_string()))
+            .collect();
         let secret: String = (0..40).map(|_| ANY[rng.gen_range(0..ANY.len())] as char).collect();
         AccessKey {
             version: RECORD_VERSION,
@@ -348,10 +349,8 @@ pub struct PartRecord {
 
 /// Decodes a record, refusing unknown format versions.
 pub fn decode<T: serde::de::DeserializeOwned + Versioned>(key: &[u8], value: &[u8]) -> Result<T> {
-    let rec: T = serde_json::from_slice(value).map_err(|e| ObjectdError::Record {
-        key: String::from_utf8_lossy(key).into_owned(),
-        why: e.to_string(),
-    })?;
+    let rec: T = serde_json::from_slice(value)
+        .map_err(|e| ObjectdError::Record { key: String::from_utf8_lossy(key).into_owned(), why: e.to_string() })?;
     if rec.format_version() != RECORD_VERSION {
         return Err(ObjectdError::Record {
             key: String::from_utf8_lossy(key).into_owned(),

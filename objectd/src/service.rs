@@ -84,7 +84,10 @@ impl S3 for Objectd {
     async fn upload_part(&self, req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
         multipart::upload_part(&self.store, req).await
     }
-    async fn upload_part_copy(&self, req: S3Request<UploadPartCopyInput>) -> S3Result<S3Response<UploadPartCopyOutput>> {
+    async fn upload_part_copy(
+        &self,
+        req: S3Request<UploadPartCopyInput>,
+    ) -> S3Result<S3Response<UploadPartCopyOutput>> {
         multipart::upload_part_copy(&self.store, req).await
     }
     async fn complete_multipart_upload(

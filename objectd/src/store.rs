@@ -76,6 +76,19 @@ pub fn no_such_version() -> ObjectdError {
     s3err(S3ErrorCode::NoSuchVersion, "The specified version does not exist.")
 }
 
+/// An error about a delete marker, with the headers S3 sends for one.
+fn delete_marker_error(code: S3ErrorCode, msg: &'static str, version_id: &str) -> ObjectdError {
+    let mut e = s3s::S3Error::with_message(code, msg);
+    let mut h = http::HeaderMap::new();
+    h.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/xml"));
+    h.insert("x-amz-delete-marker", http::HeaderValue::from_static("true"));
+    if let Ok(v) = http::HeaderValue::from_str(version_id) {
+        h.insert("x-amz-version-id", v);
+    }
+    e.set_headers(h);
+    ObjectdError::S3(e)
+}
+
 impl Store {
     /// The bucket, from the cache (or a direct read); NoSuchBucket if missing or being deleted.
     pub async fn bucket(&self, name: &str) -> Result<Cached<BucketRecord>> {
@@ -143,9 +156,11 @@ impl Store {
         check_key(key)?;
         match version_id {
             Some(v) => match self.version(bucket, key, v).await? {
-                Some((_, r)) if r.delete_marker => {
-                    Err(s3err(S3ErrorCode::MethodNotAllowed, "The specified method is not allowed against this resource."))
-                }
+                Some((_, r)) if r.delete_marker => Err(delete_marker_error(
+                    S3ErrorCode::MethodNotAllowed,
+                    "The specified method is not allowed against this resource.",
+                    &r.version_id,
+                )),
                 Some((_, r)) => Ok(r),
                 None => {
                     self.bucket(bucket).await?;
@@ -156,7 +171,16 @@ impl Store {
                 Some((_, r)) => Ok(r),
                 None => {
                     self.bucket(bucket).await?;
-                    Err(no_such_key())
+                    // When the newest version is a delete marker, S3 says so in the headers.
+                    let newest = self.versions_of(bucket, key, 1).await?.into_iter().next();
+                    match newest {
+                        Some((_, m)) if m.delete_marker => Err(delete_marker_error(
+                            S3ErrorCode::NoSuchKey,
+                            "The specified key does not exist.",
+                            &m.version_id,
+                        )),
+                        _ => Err(no_such_key()),
+                    }
                 }
             },
         }
@@ -190,7 +214,10 @@ impl Store {
             fresh = true;
             let head = self.head(bucket, key).await?;
             if if_none_match && head.is_some() {
-                return Err(s3err(S3ErrorCode::PreconditionFailed, "At least one of the pre-conditions you specified did not hold"));
+                return Err(s3err(
+                    S3ErrorCode::PreconditionFailed,
+                    "At least one of the pre-conditions you specified did not hold",
+                ));
             }
             let keeps_versions = b.rec.versioning == Versioning::Enabled;
             rec.version_id = if keeps_versions { rec.sort_id.clone() } else { "null".into() };
@@ -264,11 +291,7 @@ impl Store {
             txn = txn.delete(&target.key);
             txn = remove_refs(txn, &rec.chunk_hashes()?, &rec.data_owner);
             // Which version is newest once this one is gone?
-            let newest_other = self
-                .versions_of(bucket, key, 2)
-                .await?
-                .into_iter()
-                .find(|(kv, _)| kv.key != target.key);
+            let newest_other = self.versions_of(bucket, key, 2).await?.into_iter().find(|(kv, _)| kv.key != target.key);
             let is_newest = newest_other.as_ref().is_none_or(|(kv, _)| target.key < kv.key);
             if is_newest {
                 match &newest_other {

@@ -12,6 +12,7 @@ use node_client::NodeClient;
 use rand::RngCore;
 
 pub mod meta;
+pub mod s3;
 
 /// Path of a workspace binary: `$CAIRN_BIN_DIR/<name>`, or next to the test's target directory.
 pub fn bin(name: &str) -> PathBuf {

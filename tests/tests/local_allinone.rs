@@ -44,7 +44,9 @@ fn local_system_publishes_its_env_file_and_serves_clients() {
         .lines()
         .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
         .collect();
-    for key in ["CAIRN_NODE", "CAIRN_META", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"] {
+    for key in
+        ["CAIRN_NODE", "CAIRN_META", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"]
+    {
         assert!(env.contains_key(key), "local.env lacks {key}: {env:?}");
     }
     let cairn = |args: &[&str]| Command::new(bin("cairn")).envs(&env).args(args).output().unwrap();
@@ -60,9 +62,15 @@ fn local_system_publishes_its_env_file_and_serves_clients() {
     // `set -a; . data/local.env` and the aws CLI works at once.
     let py = integration_tests::s3::python();
     let aws = |args: &[&str]| {
-        let out = Command::new(py).args(["-m", "awscli"]).args(args).env_clear().envs(&env)
+        let out = Command::new(py)
+            .args(["-m", "awscli"])
+            .args(args)
+            .env_clear()
+            .envs(&env)
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("HOME", dir.path()).output().unwrap();
+            .env("HOME", dir.path())
+            .output()
+            .unwrap();
         assert!(out.status.success(), "aws {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };

@@ -104,7 +104,13 @@ pub async fn run(meta: &str, cmd: S3Cmd) -> anyhow::Result<()> {
             } else {
                 println!("{:<22} {:<20} {:<8} GRANTS", "ID", "NAME", "RIGHTS");
                 for k in keys {
-                    let rights = if k.admin { "admin" } else if k.create_buckets { "create" } else { "-" };
+                    let rights = if k.admin {
+                        "admin"
+                    } else if k.create_buckets {
+                        "create"
+                    } else {
+                        "-"
+                    };
                     let grants: Vec<String> = k.grants.iter().map(|(b, p)| format!("{b}={p}")).collect();
                     println!("{:<22} {:<20} {:<8} {}", k.id, k.name, rights, grants.join(","));
                 }
@@ -126,7 +132,13 @@ pub async fn run(meta: &str, cmd: S3Cmd) -> anyhow::Result<()> {
         S3Cmd::Bucket(BucketCmd::List) => {
             println!("{:<40} {:<22} {:<10} PUBLIC-READ", "BUCKET", "OWNER", "VERSIONING");
             for b in admin::list_buckets(&meta).await? {
-                println!("{:<40} {:<22} {:<10} {}", b.name, b.owner, format!("{:?}", b.versioning), if b.public_read { "on" } else { "off" });
+                println!(
+                    "{:<40} {:<22} {:<10} {}",
+                    b.name,
+                    b.owner,
+                    format!("{:?}", b.versioning),
+                    if b.public_read { "on" } else { "off" }
+                );
             }
         }
         S3Cmd::Bucket(BucketCmd::PublicRead { bucket, state }) => {
