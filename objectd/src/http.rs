@@ -37,6 +37,14 @@ pub async fn edge(State(metrics): State<Arc<Metrics>>, req: Request, next: Next)
     let started = Instant::now();
     let id = new_request_id();
     let method = req.method().as_str().to_string();
+    // A request whose body may not have been read (an early error) must not leave its bytes on
+    // a kept-alive connection: such error responses close the connection.
+    let has_body = req.headers().get(http::header::TRANSFER_ENCODING).is_some()
+        || req
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v != "0");
     let header_bytes: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
     if let Some(n) = req
         .headers()
@@ -59,6 +67,9 @@ pub async fn edge(State(metrics): State<Arc<Metrics>>, req: Request, next: Next)
     let status = resp.status();
     if status.is_client_error() || status.is_server_error() {
         resp = add_request_id(resp, &id).await;
+        if has_body {
+            resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
     }
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-amz-request-id", v);
