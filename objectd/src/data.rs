@@ -47,6 +47,59 @@ fn body_error(e: &(dyn std::error::Error + 'static)) -> ObjectdError {
     }
 }
 
+/// Bodies past this size are hashed (MD5 and checksums) on a thread of their own, beside the
+/// task that receives them: one stream's MD5 is its ceiling, so it must not also wait for the
+/// network. Smaller bodies are hashed in place (no thread hop for small objects).
+const HASH_THREAD_AFTER: u64 = 1 << 20;
+
+type HashState = (Md5, ChecksumHasher);
+
+enum Hashing {
+    Here(Box<HashState>),
+    Thread(tokio::sync::mpsc::Sender<Bytes>, JoinHandle<HashState>),
+    Done,
+}
+
+impl Hashing {
+    async fn update(&mut self, frame: &Bytes, size: u64) -> Result<()> {
+        if let Hashing::Here(st) = self {
+            st.0.update(frame);
+            st.1.update(frame);
+            if size > HASH_THREAD_AFTER {
+                let Hashing::Here(st) = std::mem::replace(self, Hashing::Done) else { unreachable!() };
+                let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(256);
+                let task = tokio::task::spawn_blocking(move || {
+                    let mut st = *st;
+                    while let Some(b) = rx.blocking_recv() {
+                        st.0.update(&b);
+                        st.1.update(&b);
+                    }
+                    st
+                });
+                *self = Hashing::Thread(tx, task);
+            }
+            return Ok(());
+        }
+        if let Hashing::Thread(tx, _) = self
+            && tx.send(frame.clone()).await.is_err()
+        {
+            return Err(ObjectdError::Serve("hashing thread ended early".into()));
+        }
+        Ok(())
+    }
+
+    async fn finish(self) -> Result<HashState> {
+        match self {
+            Hashing::Here(st) => Ok(*st),
+            Hashing::Thread(tx, task) => {
+                drop(tx);
+                task.await.map_err(|e| ObjectdError::Serve(format!("hashing thread: {e}")))
+            }
+            Hashing::Done => Err(ObjectdError::Serve("hashing state lost".into())),
+        }
+    }
+}
+
 /// The largest single PUT (S3's limit).
 pub const MAX_PUT: u64 = 5 << 30;
 
@@ -72,7 +125,7 @@ pub async fn ingest(
     store: &Store,
     body: Option<StreamingBlob>,
     expected: Option<u64>,
-    mut hasher: ChecksumHasher,
+    hasher: ChecksumHasher,
     allow_inline: bool,
     max: u64,
 ) -> Result<Ingested> {
@@ -85,7 +138,7 @@ pub async fn ingest(
         ));
     }
     let chunk = store.cfg.chunk_size;
-    let mut md5 = Md5::default();
+    let mut hashing = Hashing::Here(Box::new((Md5::default(), hasher)));
     let mut size = 0u64;
     let mut buf = BytesMut::new();
     let mut inflight: VecDeque<PutTask> = VecDeque::new();
@@ -109,8 +162,7 @@ pub async fn ingest(
                     format!("Your proposed upload exceeds the maximum allowed size of {max} bytes"),
                 ));
             }
-            md5.update(&frame);
-            hasher.update(&frame);
+            hashing.update(&frame, size).await?;
             if buf.is_empty() && frame.len() >= chunk {
                 // Large frames go out without a copy where they line up.
                 let mut frame = frame;
@@ -163,6 +215,7 @@ pub async fn ingest(
         chunks.push(ChunkRef { h: h.to_hex(), n: lens.pop_front().unwrap_or(0) });
         acked.push((h, at));
     }
+    let (md5, hasher) = hashing.finish().await?;
     let md5: [u8; 16] = md5.finalize().into();
     Ok(Ingested { size, md5, chunks, acked, inline, hasher })
 }

@@ -40,11 +40,7 @@ pub async fn edge(State(metrics): State<Arc<Metrics>>, req: Request, next: Next)
     // A request whose body may not have been read (an early error) must not leave its bytes on
     // a kept-alive connection: such error responses close the connection.
     let has_body = req.headers().get(http::header::TRANSFER_ENCODING).is_some()
-        || req
-            .headers()
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v != "0");
+        || req.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).is_some_and(|v| v != "0");
     let header_bytes: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
     if let Some(n) = req
         .headers()

@@ -211,8 +211,11 @@ impl Store {
         let mut fresh = false;
         for attempt in 0..16u32 {
             let b = if fresh { self.bucket_fresh(bucket).await? } else { self.bucket(bucket).await? };
-            fresh = true;
-            let head = self.head(bucket, key).await?;
+            // A first attempt assumes a new key (no current version to read); if the key exists,
+            // its condition fails and the next attempt reads it. Suspended buckets may hold a
+            // null version without a current one, so they always read.
+            let optimistic = attempt == 0 && b.rec.versioning != Versioning::Suspended;
+            let head = if optimistic { None } else { self.head(bucket, key).await? };
             if if_none_match && head.is_some() {
                 return Err(s3err(
                     S3ErrorCode::PreconditionFailed,
@@ -265,6 +268,14 @@ impl Store {
             let out = self.meta.txn(txn).await?;
             if out.succeeded {
                 return Ok(rec);
+            }
+            // Only a changed bucket record needs a fresh read of it; a cached one is otherwise fine.
+            fresh = out.failed_condition == Some(0);
+            if if_none_match && out.failed_condition == Some(1) {
+                return Err(s3err(
+                    S3ErrorCode::PreconditionFailed,
+                    "At least one of the pre-conditions you specified did not hold",
+                ));
             }
             if let Some(i) = out.failed_condition.filter(|i| *i >= fixed)
                 && let Some((_, err)) = std::mem::take(&mut extra.conditions).into_iter().nth(i - fixed)
