@@ -81,7 +81,7 @@ pub async fn create_bucket(
         .into());
     }
     store.buckets.refresh(&name).await?;
-    Ok(S3Response::new(CreateBucketOutput { location: Some(format!("/{name}")), ..Default::default() }))
+    Ok(S3Response::new(CreateBucketOutput { location: Some(format!("/{name}")) }))
 }
 
 pub async fn delete_bucket(

@@ -72,10 +72,7 @@ pub fn verify(computed: Checksum, d: &Declared, trailers: Option<&HeaderMap>) ->
         {
             return Err(s3err(
                 S3ErrorCode::BadDigest,
-                format!(
-                    "The {} you specified did not match the calculated checksum.",
-                    format!("x-amz-checksum-{name}")
-                ),
+                format!("The x-amz-checksum-{name} you specified did not match the calculated checksum."),
             ));
         }
     }

@@ -216,7 +216,7 @@ pub async fn ingest(
         acked.push((h, at));
     }
     let (md5, hasher) = hashing.finish().await?;
-    let md5: [u8; 16] = md5.finalize().into();
+    let md5: [u8; 16] = md5.finalize();
     Ok(Ingested { size, md5, chunks, acked, inline, hasher })
 }
 

@@ -287,7 +287,7 @@ pub async fn upload_part_copy(
             acked.push(pa);
         }
     }
-    let md5: [u8; 16] = md5.finalize().into();
+    let md5: [u8; 16] = md5.finalize();
     let part = PartRecord {
         version: RECORD_VERSION,
         part_number: i.part_number,
@@ -391,7 +391,7 @@ pub async fn complete(
         use s3s::crypto::Checksum as _;
         let mut m = s3s::crypto::Md5::default();
         m.update(&md5s);
-        let d: [u8; 16] = m.finalize().into();
+        let d: [u8; 16] = m.finalize();
         format!("{}-{}", hex::encode(d), wanted.len())
     };
     // Every stored part goes: listed ones hand their chunks to the object, the rest are dropped.
