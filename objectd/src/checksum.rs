@@ -28,6 +28,30 @@ fn lower_names(headers: &HeaderMap) -> Vec<String> {
     v
 }
 
+impl Declared {
+    /// From an upload's algorithm and checksum fields (PutObject and UploadPart carry the same).
+    pub fn new(
+        algorithm: Option<&s3s::dto::ChecksumAlgorithm>,
+        crc32: &Option<String>,
+        crc32c: &Option<String>,
+        sha1: &Option<String>,
+        sha256: &Option<String>,
+        crc64nvme: &Option<String>,
+    ) -> Self {
+        Declared {
+            algorithm: algorithm.map(|a| a.as_str().to_string()),
+            given: Checksum {
+                checksum_crc32: crc32.clone(),
+                checksum_crc32c: crc32c.clone(),
+                checksum_sha1: sha1.clone(),
+                checksum_sha256: sha256.clone(),
+                checksum_crc64nvme: crc64nvme.clone(),
+                ..Default::default()
+            },
+        }
+    }
+}
+
 /// A hasher for every algorithm the request names anywhere.
 pub fn hasher_for(headers: &HeaderMap, d: &Declared) -> ChecksumHasher {
     let names = lower_names(headers);

@@ -127,6 +127,26 @@ fn object_of(name: &str, kv: &KeyValue, owner: bool, enc: bool) -> Result<Object
     })
 }
 
+/// A page of current versions as S3 lists them, with the last name returned (the next marker).
+fn objects_of(page: &Page, owner: bool, enc: bool) -> Result<(Vec<Object>, Vec<CommonPrefix>, Option<String>)> {
+    let mut contents = Vec::new();
+    let mut prefixes = Vec::new();
+    let mut last = None;
+    for it in &page.items {
+        match it {
+            Item::Entry(name, kv) => {
+                contents.push(object_of(name, kv, owner, enc)?);
+                last = Some(name.clone());
+            }
+            Item::Prefix(p) => {
+                prefixes.push(CommonPrefix { prefix: Some(url(p, enc)) });
+                last = Some(p.clone());
+            }
+        }
+    }
+    Ok((contents, prefixes, last))
+}
+
 /// The absolute start for resuming after `marker` (exclusive) in a span of object keys.
 fn after_key(base: &[u8], marker: &str) -> Vec<u8> {
     let mut s = base.to_vec();
@@ -159,21 +179,7 @@ pub async fn list_objects_v2(
     let start = after.as_deref().map(|a| after_key(&base, a)).unwrap_or_else(|| base.clone());
     let page = scan(store, &base, &prefix, i.delimiter.as_deref(), start, after.as_deref(), max, heads_name).await?;
     let owner = i.fetch_owner.unwrap_or(false);
-    let mut contents = Vec::new();
-    let mut prefixes = Vec::new();
-    let mut last = None;
-    for it in &page.items {
-        match it {
-            Item::Entry(name, kv) => {
-                contents.push(object_of(name, kv, owner, enc)?);
-                last = Some(name.clone());
-            }
-            Item::Prefix(p) => {
-                prefixes.push(CommonPrefix { prefix: Some(url(p, enc)) });
-                last = Some(p.clone());
-            }
-        }
-    }
+    let (contents, prefixes, last) = objects_of(&page, owner, enc)?;
     let next =
         if page.truncated { last.map(|l| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(l)) } else { None };
     Ok(S3Response::new(ListObjectsV2Output {
@@ -203,21 +209,7 @@ pub async fn list_objects(store: &Store, req: S3Request<ListObjectsInput>) -> S3
     let marker = i.marker.clone().filter(|m| !m.is_empty());
     let start = marker.as_deref().map(|a| after_key(&base, a)).unwrap_or_else(|| base.clone());
     let page = scan(store, &base, &prefix, i.delimiter.as_deref(), start, marker.as_deref(), max, heads_name).await?;
-    let mut contents = Vec::new();
-    let mut prefixes = Vec::new();
-    let mut last = None;
-    for it in &page.items {
-        match it {
-            Item::Entry(name, kv) => {
-                contents.push(object_of(name, kv, true, enc)?);
-                last = Some(name.clone());
-            }
-            Item::Prefix(p) => {
-                prefixes.push(CommonPrefix { prefix: Some(url(p, enc)) });
-                last = Some(p.clone());
-            }
-        }
-    }
+    let (contents, prefixes, last) = objects_of(&page, true, enc)?;
     Ok(S3Response::new(ListObjectsOutput {
         name: Some(i.bucket),
         prefix: Some(url(&prefix, enc)),

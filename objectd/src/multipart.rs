@@ -150,17 +150,14 @@ pub async fn upload_part(store: &Store, req: S3Request<UploadPartInput>) -> S3Re
     let i = req.input;
     check_part_number(i.part_number)?;
     let (_, up) = upload(store, &i.bucket, &i.key, &i.upload_id).await?;
-    let declared = Declared {
-        algorithm: i.checksum_algorithm.as_ref().map(|a| a.as_str().to_string()),
-        given: Checksum {
-            checksum_crc32: i.checksum_crc32.clone(),
-            checksum_crc32c: i.checksum_crc32c.clone(),
-            checksum_sha1: i.checksum_sha1.clone(),
-            checksum_sha256: i.checksum_sha256.clone(),
-            checksum_crc64nvme: i.checksum_crc64nvme.clone(),
-            ..Default::default()
-        },
-    };
+    let declared = Declared::new(
+        i.checksum_algorithm.as_ref(),
+        &i.checksum_crc32,
+        &i.checksum_crc32c,
+        &i.checksum_sha1,
+        &i.checksum_sha256,
+        &i.checksum_crc64nvme,
+    );
     let hasher = checksum::hasher_for(&headers, &declared);
     let got = data::ingest(store, i.body, expected_len(&headers, i.content_length), hasher, false, MAX_PART).await?;
     checksum::verify_content_md5(i.content_md5.as_deref(), &got.md5)?;

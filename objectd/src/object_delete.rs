@@ -36,12 +36,10 @@ pub async fn delete_one(
                 let Some((_, cur)) = store.head(bucket, key).await? else {
                     return Ok(Deleted { version_id: None, delete_marker: false });
                 };
-                let Some((kv, rec)) =
-                    store.version(bucket, key, &cur.version_id).await?.filter(|(_, r)| r.sort_id == cur.sort_id)
-                else {
+                let Some(kv) = store.meta.get(&version_key(bucket, key, &cur.sort_id)).await? else {
                     continue;
                 };
-                store.delete_version(bucket, key, &kv, &rec).await?;
+                store.delete_version(bucket, key, &kv, &cur).await?;
                 return Ok(Deleted { version_id: None, delete_marker: false });
             }
             Err(ObjectdError::Conflict)

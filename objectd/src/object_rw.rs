@@ -90,17 +90,14 @@ pub async fn put_object(store: &Store, req: S3Request<PutObjectInput>) -> S3Resu
         input.expires.clone(),
         input.metadata.clone(),
     )?;
-    let declared = Declared {
-        algorithm: input.checksum_algorithm.as_ref().map(|a| a.as_str().to_string()),
-        given: Checksum {
-            checksum_crc32: input.checksum_crc32.clone(),
-            checksum_crc32c: input.checksum_crc32c.clone(),
-            checksum_sha1: input.checksum_sha1.clone(),
-            checksum_sha256: input.checksum_sha256.clone(),
-            checksum_crc64nvme: input.checksum_crc64nvme.clone(),
-            ..Default::default()
-        },
-    };
+    let declared = Declared::new(
+        input.checksum_algorithm.as_ref(),
+        &input.checksum_crc32,
+        &input.checksum_crc32c,
+        &input.checksum_sha1,
+        &input.checksum_sha256,
+        &input.checksum_crc64nvme,
+    );
     let hasher = checksum::hasher_for(&headers, &declared);
     let expected = expected_len(&headers, input.content_length);
     let got = data::ingest(store, input.body, expected, hasher, true, MAX_PUT).await?;

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 pub(crate) const IO_ALIGN: usize = 4096;
 
 /// A zero-initialised buffer whose start and length are multiples of [`IO_ALIGN`].
-pub(crate) struct AlignedBuf {
+pub struct AlignedBuf {
     ptr: NonNull<u8>,
     len: usize,
 }
@@ -21,7 +21,7 @@ unsafe impl Sync for AlignedBuf {}
 
 impl AlignedBuf {
     /// Allocates `len` bytes rounded up to the alignment, zeroed.
-    pub(crate) fn zeroed(len: usize) -> Self {
+    pub fn zeroed(len: usize) -> Self {
         let len = len.max(IO_ALIGN).next_multiple_of(IO_ALIGN);
         let layout = Layout::from_size_align(len, IO_ALIGN).expect("aligned layout");
         // SAFETY: layout has non-zero size.
@@ -30,11 +30,16 @@ impl AlignedBuf {
         AlignedBuf { ptr, len }
     }
 
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.len
     }
 
-    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
+    /// True for a zero-length buffer (never: lengths are rounded up to the alignment).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: ptr is valid for len bytes and uniquely borrowed through &mut self.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }

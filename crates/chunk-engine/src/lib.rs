@@ -22,6 +22,7 @@ mod scrub;
 mod segment;
 mod stats;
 
+pub use aligned::AlignedBuf;
 pub use engine::{ChunkEngine, ChunkInfo, EngineConfig, PutOutcome};
 pub use error::ChunkError;
 pub use format::{FORMAT_VERSION, PinnedSettings};

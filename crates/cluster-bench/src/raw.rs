@@ -8,49 +8,16 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use chunk_engine::AlignedBuf;
 use rand::RngCore;
 
 use crate::{BLOCK, Res};
 
-const ALIGN: usize = 4096;
-
-/// A heap buffer aligned for O_DIRECT, filled with random bytes.
-struct AlignedBuf {
-    ptr: std::ptr::NonNull<u8>,
-    layout: std::alloc::Layout,
-}
-
-impl AlignedBuf {
-    fn random(len: usize) -> Self {
-        let layout = std::alloc::Layout::from_size_align(len, ALIGN).expect("valid layout");
-        // SAFETY: len is non-zero (callers pass BLOCK).
-        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-        let ptr = std::ptr::NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
-        let mut buf = AlignedBuf { ptr, layout };
-        rand::thread_rng().fill_bytes(buf.as_mut());
-        buf
-    }
-}
-
-impl AsRef<[u8]> for AlignedBuf {
-    fn as_ref(&self) -> &[u8] {
-        // SAFETY: ptr is valid for layout.size() bytes while self lives.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.layout.size()) }
-    }
-}
-
-impl AsMut<[u8]> for AlignedBuf {
-    fn as_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as above, uniquely borrowed.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.layout.size()) }
-    }
-}
-
-impl Drop for AlignedBuf {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `random` with this layout.
-        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
-    }
+/// A buffer aligned for O_DIRECT (the engine's), filled with random bytes.
+fn random_block(len: usize) -> AlignedBuf {
+    let mut buf = AlignedBuf::zeroed(len);
+    rand::thread_rng().fill_bytes(buf.as_mut_slice());
+    buf
 }
 
 /// Sequential O_DIRECT write of `total` bytes in 4 MiB blocks to `path`, timed including the
@@ -92,9 +59,9 @@ pub fn direct_copy(dir: &Path, total: usize) -> Res<(Duration, usize)> {
                         .custom_flags(libc::O_DIRECT)
                         .open(src)
                         .map_err(|e| format!("open {}: {e}", src.display()))?;
-                    let mut buf = AlignedBuf::random(BLOCK);
+                    let mut buf = random_block(BLOCK);
                     for _ in 0..per / BLOCK {
-                        r.read_exact(buf.as_mut())?;
+                        r.read_exact(buf.as_mut_slice())?;
                     }
                     Ok(())
                 })
@@ -115,7 +82,7 @@ pub fn direct_copy(dir: &Path, total: usize) -> Res<(Duration, usize)> {
 
 /// Writes `total` bytes to `path` with O_DIRECT in 4 MiB blocks, then fdatasyncs.
 fn write_file(path: &Path, total: usize) -> Res<()> {
-    let buf = AlignedBuf::random(BLOCK);
+    let buf = random_block(BLOCK);
     let mut f: File = OpenOptions::new()
         .write(true)
         .create(true)

@@ -11,6 +11,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use chunk_engine::AlignedBuf;
 use md5::Digest;
 use rand::RngCore;
 
@@ -19,7 +20,6 @@ use crate::Res;
 const MIB: usize = 1 << 20;
 /// Block size of the raw disk tests.
 pub const BLOCK: usize = 4 * MIB;
-const ALIGN: usize = 4096;
 /// Piece size fed to the hashers (about what one read from a socket hands over).
 const HASH_PIECE: usize = 64 * 1024;
 
@@ -70,7 +70,7 @@ fn open(path: &Path, write: bool, direct: bool) -> std::io::Result<File> {
 
 /// Sequential write of `total` bytes in 4 MiB blocks, timed including the final fdatasync.
 fn raw_write(path: &Path, total: usize, direct: bool) -> Res<Duration> {
-    let buf = AlignedBuf::random(BLOCK);
+    let buf = random_block(BLOCK);
     let mut f = open(path, true, direct).map_err(|e| format!("open {}: {e}", path.display()))?;
     let start = Instant::now();
     for _ in 0..total / BLOCK {
@@ -83,11 +83,11 @@ fn raw_write(path: &Path, total: usize, direct: bool) -> Res<Duration> {
 /// Sequential read of `total` bytes in 4 MiB blocks, after dropping the file's page cache.
 fn raw_read(path: &Path, total: usize, direct: bool) -> Res<Duration> {
     drop_file_cache(path)?;
-    let mut buf = AlignedBuf::random(BLOCK);
+    let mut buf = random_block(BLOCK);
     let mut f = open(path, false, direct).map_err(|e| format!("open {}: {e}", path.display()))?;
     let start = Instant::now();
     for _ in 0..total / BLOCK {
-        f.read_exact(buf.as_mut()).map_err(|e| format!("read {}: {e}", path.display()))?;
+        f.read_exact(buf.as_mut_slice()).map_err(|e| format!("read {}: {e}", path.display()))?;
     }
     let d = start.elapsed();
     std::hint::black_box(buf.as_ref()[0]);
@@ -142,43 +142,11 @@ fn hash_mbps(dur: Duration, hash: impl Fn(&[u8])) -> f64 {
     mbps(bytes, start.elapsed())
 }
 
-/// A heap buffer aligned for O_DIRECT, filled with random bytes.
-struct AlignedBuf {
-    ptr: std::ptr::NonNull<u8>,
-    layout: std::alloc::Layout,
-}
-
-impl AlignedBuf {
-    fn random(len: usize) -> Self {
-        let layout = std::alloc::Layout::from_size_align(len, ALIGN).expect("valid layout");
-        // SAFETY: len is non-zero (callers pass BLOCK).
-        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-        let ptr = std::ptr::NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
-        let mut buf = AlignedBuf { ptr, layout };
-        rand::thread_rng().fill_bytes(buf.as_mut());
-        buf
-    }
-}
-
-impl AsRef<[u8]> for AlignedBuf {
-    fn as_ref(&self) -> &[u8] {
-        // SAFETY: ptr is valid for layout.size() bytes while self lives.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.layout.size()) }
-    }
-}
-
-impl AsMut<[u8]> for AlignedBuf {
-    fn as_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as above, uniquely borrowed.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.layout.size()) }
-    }
-}
-
-impl Drop for AlignedBuf {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `random` with this layout.
-        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
-    }
+/// A buffer aligned for O_DIRECT (the engine's), filled with random bytes.
+fn random_block(len: usize) -> AlignedBuf {
+    let mut buf = AlignedBuf::zeroed(len);
+    rand::thread_rng().fill_bytes(buf.as_mut_slice());
+    buf
 }
 
 #[cfg(test)]

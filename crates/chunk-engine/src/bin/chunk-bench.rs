@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use chunk_engine::{ChunkEngine, ChunkHash, EngineConfig};
+use chunk_engine::{AlignedBuf, ChunkEngine, ChunkHash, EngineConfig};
 use clap::Parser;
 use rand::RngCore;
 
@@ -25,7 +25,6 @@ const MIB: usize = 1 << 20;
 /// Block size of the raw tests and chunk size of the engine throughput tests.
 const BLOCK: usize = 4 * MIB;
 const SMALL: usize = 4096;
-const ALIGN: usize = 4096;
 const WRITE_TARGET: f64 = 0.80;
 const GROUP_COMMIT_TARGET: f64 = 10.0;
 /// Concurrent puts of the ingest figure (a node takes puts from many clients at once).
@@ -229,43 +228,11 @@ fn engine_small_tests(eng_dir: &Path, small: Duration) -> Res<Vec<Row>> {
 // ---------------------------------------------------------------------------------------------
 // Raw disk
 
-/// A heap buffer aligned for O_DIRECT, filled with random bytes.
-struct AlignedBuf {
-    ptr: std::ptr::NonNull<u8>,
-    layout: std::alloc::Layout,
-}
-
-impl AlignedBuf {
-    fn random(len: usize) -> Self {
-        let layout = std::alloc::Layout::from_size_align(len, ALIGN).expect("valid layout");
-        // SAFETY: len is non-zero (callers pass BLOCK).
-        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-        let ptr = std::ptr::NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
-        let mut buf = AlignedBuf { ptr, layout };
-        rand::thread_rng().fill_bytes(buf.as_mut());
-        buf
-    }
-}
-
-impl AsRef<[u8]> for AlignedBuf {
-    fn as_ref(&self) -> &[u8] {
-        // SAFETY: ptr is valid for layout.size() bytes while self lives.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.layout.size()) }
-    }
-}
-
-impl AsMut<[u8]> for AlignedBuf {
-    fn as_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as above, uniquely borrowed.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.layout.size()) }
-    }
-}
-
-impl Drop for AlignedBuf {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `random` with this layout.
-        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
-    }
+/// A buffer aligned for O_DIRECT (the engine's), filled with random bytes.
+fn random_block(len: usize) -> AlignedBuf {
+    let mut buf = AlignedBuf::zeroed(len);
+    rand::thread_rng().fill_bytes(buf.as_mut_slice());
+    buf
 }
 
 fn open_raw(path: &Path, write: bool, direct: bool) -> Res<File> {
@@ -282,7 +249,7 @@ fn open_raw(path: &Path, write: bool, direct: bool) -> Res<File> {
 
 /// Sequential write of `total` bytes in 4 MiB blocks, timed including the final fdatasync.
 fn raw_write(path: &Path, total: usize, direct: bool) -> Res<Duration> {
-    let buf = AlignedBuf::random(BLOCK);
+    let buf = random_block(BLOCK);
     let mut f = open_raw(path, true, direct)?;
     let start = Instant::now();
     for _ in 0..total / BLOCK {
@@ -317,12 +284,12 @@ fn raw_synced_writes(path: &Path, len: usize, dur: Duration) -> Res<f64> {
 /// Sequential read of `total` bytes in 4 MiB blocks, after dropping the file's page cache.
 fn raw_read(path: &Path, total: usize, direct: bool) -> Res<Duration> {
     drop_file_cache(path)?;
-    let mut buf = AlignedBuf::random(BLOCK);
+    let mut buf = random_block(BLOCK);
     let mut f = open_raw(path, false, direct)?;
     let start = Instant::now();
     let mut done = 0;
     while done < total {
-        f.read_exact(buf.as_mut())?;
+        f.read_exact(buf.as_mut_slice())?;
         done += BLOCK;
     }
     let d = start.elapsed();
