@@ -62,6 +62,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // objectd (and any client here) reaches the node on a unix socket: no TLS or TCP on the
+    // local data path. A data directory too deep for a socket path falls back to TCP.
+    let socket = std::fs::canonicalize(&cli.data)
+        .map(|d| d.join("node.sock"))
+        .ok()
+        .filter(|p| p.as_os_str().len() <= 107);
+    if socket.is_none() {
+        tracing::warn!(data = %cli.data.display(), "data directory path too long for a unix socket; objectd reaches the node over TCP");
+    }
+    let advertise = match &socket {
+        Some(p) => format!("unix://{}", p.display()),
+        None => cli.node_listen.to_string(),
+    };
     let node = NodeConfig {
         data_dir: cli.data.join("node"),
         listen: cli.node_listen,
@@ -69,7 +82,8 @@ fn main() -> ExitCode {
         log: cli.log.clone(),
         meta: vec![cli.meta_listen.to_string()],
         node_id: "local-1".into(),
-        advertise: cli.node_listen.to_string(),
+        advertise,
+        unix_socket: socket,
         host: "local".into(),
         replicas: 1,
         tls_ca: member.ca.clone(),

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use cairn_proto::chunk::v1 as pb;
 use cairn_proto::chunk::v1::chunk_store_client::ChunkStoreClient;
 use chunk_engine::ChunkHash;
+use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, ClientTlsConfig};
 use tonic::{Code, Streaming};
 
@@ -78,17 +79,33 @@ impl NodeClient {
         Self::connect_with(endpoint, mtls::process_client_config()).await
     }
 
-    /// Connects to `endpoint` with the given TLS client config (None: plaintext).
+    /// Connects to `endpoint` with the given TLS client config (None: plaintext). An endpoint
+    /// `unix:///path` is the node's unix socket on this machine: plaintext whatever `tls` says
+    /// (the socket's mode decides who may connect).
     pub async fn connect_with(endpoint: &str, tls: Option<ClientTlsConfig>) -> Result<Self, ClientError> {
         let url = endpoint.to_string();
         let err = |reason: String| ClientError::Connect { endpoint: url.clone(), reason };
-        let ep = mtls::endpoint(endpoint, tls.as_ref())
-            .map_err(err)?
-            .tcp_nodelay(true)
-            .initial_stream_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .connect_timeout(std::time::Duration::from_secs(5));
-        let channel = ep.connect().await.map_err(|e| {
+        let socket = endpoint.strip_prefix("unix://").map(std::path::PathBuf::from);
+        let tls = if socket.is_some() { None } else { tls };
+        let ep = match &socket {
+            // The URI only names the HTTP/2 authority; the connector below opens the socket.
+            Some(_) => tonic::transport::Endpoint::from_static("http://localhost"),
+            None => mtls::endpoint(endpoint, tls.as_ref()).map_err(err)?.tcp_nodelay(true),
+        }
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .connect_timeout(std::time::Duration::from_secs(5));
+        let connected = match socket {
+            Some(path) => {
+                ep.connect_with_connector(tower::service_fn(move |_: tonic::codegen::http::Uri| {
+                    let path = path.clone();
+                    async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+                }))
+                .await
+            }
+            None => ep.connect().await,
+        };
+        let channel = connected.map_err(|e| {
             let mut reason = e.to_string();
             let mut src = std::error::Error::source(&e);
             while let Some(s) = src {

@@ -19,6 +19,10 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     /// HTTP listen address for `/metrics` and `/healthz`. Default `127.0.0.1:7701`.
     pub http_listen: SocketAddr,
+    /// Also serve gRPC on this unix socket (absolute path), without TLS: the socket is made mode
+    /// 0600, so only this user's processes on this machine reach it. For clients on the same
+    /// machine (the all-in-one advertises it: no TLS or TCP on the local data path). Default none.
+    pub unix_socket: Option<PathBuf>,
     /// Largest chunk in bytes; pinned when the data directory is formatted. Default 4 MiB.
     pub max_chunk_size: u32,
     /// Segment file size in bytes before a new one is started. Default 256 MiB.
@@ -88,6 +92,7 @@ impl Default for NodeConfig {
             meta: Vec::new(),
             node_id: String::new(),
             advertise: String::new(),
+            unix_socket: None,
             zone: String::new(),
             host: String::new(),
             heartbeat_ms: 1000,
@@ -157,9 +162,13 @@ pub struct NodeArgs {
     /// Node id in the cluster.
     #[arg(long, env = "CAIRN_NODE_ID")]
     pub node_id: Option<String>,
-    /// Address others reach this node's gRPC service at (host:port).
+    /// Address others reach this node's gRPC service at (host:port, or unix:///path for the
+    /// unix socket).
     #[arg(long, env = "CAIRN_NODE_ADVERTISE")]
     pub advertise: Option<String>,
+    /// Also serve gRPC, without TLS, on this unix socket (absolute path; made mode 0600).
+    #[arg(long, env = "CAIRN_NODE_UNIX_SOCKET")]
+    pub unix_socket: Option<PathBuf>,
     /// Failure domain: zone.
     #[arg(long, env = "CAIRN_NODE_ZONE")]
     pub zone: Option<String>,
@@ -232,6 +241,9 @@ impl NodeConfig {
         if c.advertise.is_empty() {
             c.advertise = c.listen.to_string();
         }
+        if args.unix_socket.is_some() {
+            c.unix_socket = args.unix_socket.clone();
+        }
         for (field, arg) in
             [(&mut c.tls_ca, &args.tls_ca), (&mut c.tls_cert, &args.tls_cert), (&mut c.tls_key, &args.tls_key)]
         {
@@ -254,6 +266,15 @@ impl NodeConfig {
         self.engine().validate().map_err(NodeError::Config)?;
         if self.listen == self.http_listen {
             return Err(NodeError::Config(format!("listen and http_listen must differ (both are {})", self.listen)));
+        }
+        if let Some(p) = &self.unix_socket {
+            // sun_path holds 108 bytes with the terminating NUL.
+            if !p.is_absolute() || p.as_os_str().len() > 107 {
+                return Err(NodeError::Config(format!(
+                    "unix_socket must be an absolute path of at most 107 bytes, got {}",
+                    p.display()
+                )));
+            }
         }
         if self.heartbeat_ms < 100 {
             return Err(NodeError::Config(format!("heartbeat_ms must be at least 100, got {}", self.heartbeat_ms)));

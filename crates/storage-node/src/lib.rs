@@ -95,7 +95,25 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     if let Some(server_tls) = tls.server_config().map_err(|e| NodeError::Config(e.to_string()))? {
         builder = builder.tls_config(server_tls).map_err(|e| NodeError::Config(format!("TLS: {e}")))?;
     }
-    let grpc = builder.add_service(ChunkStoreRoutes::new(service, max_msg));
+    let routes = ChunkStoreRoutes::new(service, max_msg);
+    // The same service on the unix socket, if any: plaintext, guarded by the socket's mode.
+    let local = match &cfg.unix_socket {
+        Some(path) => {
+            let listener = bind_unix(path)?;
+            let server = Server::builder()
+                .initial_stream_window_size(node_client::STREAM_WINDOW)
+                .initial_connection_window_size(node_client::CONNECTION_WINDOW)
+                .max_frame_size(node_client::STREAM_PIECE as u32)
+                .add_service(routes.clone())
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::UnixListenerStream::new(listener),
+                    stopped(stop_rx.clone()),
+                );
+            Some(tokio::spawn(server))
+        }
+        None => None,
+    };
+    let grpc = builder.add_service(routes);
     let grpc = grpc.serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
 
     let gc =
@@ -169,18 +187,47 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         ));
         tracing::info!(node_id = %cfg.node_id, meta = ?cfg.meta, "joining the node map");
     }
-    tracing::info!(grpc = %cfg.listen, http = %cfg.http_listen, data_dir = %cfg.data_dir.display(), "storage node ready");
+    tracing::info!(grpc = %cfg.listen, unix = ?cfg.unix_socket, http = %cfg.http_listen, data_dir = %cfg.data_dir.display(), "storage node ready");
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     });
     let (g, h) = tokio::join!(grpc, http);
+    if let Some(local) = local {
+        match local.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "unix socket gRPC server"),
+            Err(e) => tracing::warn!(error = %e, "unix socket gRPC task"),
+            Ok(Ok(())) => {}
+        }
+    }
+    if let Some(path) = &cfg.unix_socket {
+        let _ = std::fs::remove_file(path);
+    }
     let _ = gc.await;
     tokio::task::spawn_blocking(move || engine.close()).await.ok();
     tracing::info!("storage node stopped cleanly");
     g.map_err(|e| NodeError::Serve(e.to_string()))?;
     h?;
     Ok(())
+}
+
+/// Binds the unix socket at `path` (a stale one from an earlier run is replaced) and makes it
+/// mode 0600: with no TLS on it, the file's owner is who may connect.
+fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener, NodeError> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let fail = |what: &str, e: std::io::Error| NodeError::Serve(format!("unix socket {}: {what}: {e}", path.display()));
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        if !m.file_type().is_socket() {
+            return Err(NodeError::Config(format!("unix_socket {} exists and is not a socket", path.display())));
+        }
+        std::fs::remove_file(path).map_err(|e| fail("remove stale", e))?;
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| fail("create directory", e))?;
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(|e| fail("bind", e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| fail("chmod", e))?;
+    Ok(listener)
 }
 
 /// Runs blocking engine `job` every `every_secs` (0: never) until `stop`, logging failures.
