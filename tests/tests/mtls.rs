@@ -110,3 +110,71 @@ async fn three_voters_replicate_over_mutual_tls() {
     assert_eq!(m.get(b"k7").await.unwrap().unwrap().value, b"v");
     assert_eq!(m.get(b"after").await.unwrap().unwrap().value, b"failover");
 }
+
+/// Members on one machine may meet on unix sockets instead (what the all-in-one does): the
+/// sockets are mode 0600 and plaintext, while the TCP listeners still demand certificates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_on_one_machine_meet_on_unix_sockets() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = LocalCa::open_or_create(&dir.path().join("ca")).unwrap();
+    let server = ca.member("server").unwrap();
+    let (meta_sock, node_sock) = (dir.path().join("meta.sock"), dir.path().join("node.sock"));
+    let (meta_url, node_url) = (format!("unix://{}", meta_sock.display()), format!("unix://{}", node_sock.display()));
+
+    let addrs = MetaAddrs::loopback(1);
+    let mut args =
+        vec!["--initial-members".to_string(), addrs.member(), "--unix-socket".into(), meta_sock.display().to_string()];
+    args.extend(flags("", &server));
+    let mut meta = MetaProc::spawn(addrs.clone(), &dir.path().join("m1"), &args, None);
+    meta.wait_healthy(Duration::from_secs(60));
+    let mut node_args = vec![
+        "--meta".to_string(),
+        meta_url.clone(),
+        "--node-id".into(),
+        "n1".into(),
+        "--unix-socket".into(),
+        node_sock.display().to_string(),
+        "--advertise".into(),
+        node_url.clone(),
+    ];
+    node_args.extend(flags("", &server));
+    let node_args: Vec<&str> = node_args.iter().map(String::as_str).collect();
+    let node = NodeProc::start(&dir.path().join("n1"), &node_args);
+
+    for sock in [&meta_sock, &node_sock] {
+        let m = std::fs::metadata(sock).unwrap();
+        assert!(m.file_type().is_socket(), "{} is not a socket", sock.display());
+        assert_eq!(m.permissions().mode() & 0o777, 0o600, "{} must be reachable by its owner only", sock.display());
+    }
+    // No certificate needed on the sockets; the node found the metadata service through its
+    // socket and advertises its own.
+    let m = MetaClient::with_tls(&[&meta_url], RetryPolicy::default(), None).unwrap();
+    m.put(b"k", b"v").await.unwrap();
+    assert_eq!(m.get(b"k").await.unwrap().unwrap().value, b"v");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let rec = loop {
+        if let Some(kv) = m.get(b"cluster/nodes/n1").await.unwrap() {
+            break kv.value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "storage node never registered:\n{}", node.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(String::from_utf8_lossy(&rec).contains(&node_url), "node map record lacks the socket address");
+    let n = NodeClient::connect(&node_url).await.unwrap();
+    let data = Bytes::from(random_bytes(3 << 20));
+    let put = n.put(None, data.clone()).await.unwrap();
+    let hash = chunk_engine::ChunkHash::of(&data);
+    assert_eq!(put.hash, hash.0.to_vec());
+    assert_eq!(n.get(&hash).await.unwrap(), data);
+
+    // The TCP listeners still refuse a caller without a certificate.
+    let plain = MetaClient::with_tls(&[&addrs.api], quick(), None).unwrap();
+    assert!(plain.get(b"k").await.is_err(), "metadata TCP listener served a plaintext caller");
+    let tcp = node.grpc.trim_start_matches("http://").to_string();
+    let refused = match NodeClient::connect_with(&tcp, None).await {
+        Err(_) => true,
+        Ok(c) => c.get(&hash).await.is_err(),
+    };
+    assert!(refused, "storage node TCP listener served a plaintext caller");
+}

@@ -79,3 +79,32 @@ pub fn read_toml_file<T: serde::de::DeserializeOwned>(path: &std::path::Path) ->
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
     toml::from_str(&text).map_err(|e| format!("config file {}: {}", path.display(), e.message()))
 }
+
+/// Binds a unix socket for a gRPC service served without TLS: a stale socket from an earlier
+/// run is replaced (anything else at `path` is an error), and the socket is made mode 0600, so
+/// only this user's processes may connect. Returns the accepted connections as a stream.
+pub fn bind_unix(path: &std::path::Path) -> Result<tokio_stream::wrappers::UnixListenerStream, String> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let fail = |what: &str, e: std::io::Error| format!("unix socket {}: {what}: {e}", path.display());
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        if !m.file_type().is_socket() {
+            return Err(format!("unix socket {}: something else is there", path.display()));
+        }
+        std::fs::remove_file(path).map_err(|e| fail("remove stale socket", e))?;
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| fail("create directory", e))?;
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(|e| fail("bind", e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| fail("chmod 0600", e))?;
+    Ok(tokio_stream::wrappers::UnixListenerStream::new(listener))
+}
+
+/// Checks a configured unix socket path: absolute and short enough for `sun_path` (108 bytes
+/// with the terminating NUL). The error names `setting`.
+pub fn check_unix_path(setting: &str, path: &std::path::Path) -> Result<(), String> {
+    if !path.is_absolute() || path.as_os_str().len() > 107 {
+        return Err(format!("{setting} must be an absolute path of at most 107 bytes, got {}", path.display()));
+    }
+    Ok(())
+}

@@ -62,28 +62,29 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // objectd (and any client here) reaches the node on a unix socket: no TLS or TCP on the
-    // local data path. A data directory too deep for a socket path falls back to TCP.
-    let socket = std::fs::canonicalize(&cli.data)
-        .map(|d| d.join("node.sock"))
-        .ok()
-        .filter(|p| p.as_os_str().len() <= 107);
-    if socket.is_none() {
-        tracing::warn!(data = %cli.data.display(), "data directory path too long for a unix socket; objectd reaches the node over TCP");
+    // The parts in this process reach each other on unix sockets (mode 0600) in the data
+    // directory: no TLS or TCP between them. The TCP listeners (mutual TLS) stay for clients.
+    // A data directory too deep for a socket path falls back to TCP.
+    let sock =
+        |name: &str| std::fs::canonicalize(&cli.data).map(|d| d.join(name)).ok().filter(|p| p.as_os_str().len() <= 107);
+    let (node_sock, meta_sock) = (sock("node.sock"), sock("meta.sock"));
+    if node_sock.is_none() || meta_sock.is_none() {
+        tracing::warn!(data = %cli.data.display(), "data directory path too long for unix sockets; the parts talk over TCP");
     }
-    let advertise = match &socket {
+    let via = |s: &Option<PathBuf>, tcp: SocketAddr| match s {
         Some(p) => format!("unix://{}", p.display()),
-        None => cli.node_listen.to_string(),
+        None => tcp.to_string(),
     };
+    let (advertise, meta_addr) = (via(&node_sock, cli.node_listen), via(&meta_sock, cli.meta_listen));
     let node = NodeConfig {
         data_dir: cli.data.join("node"),
         listen: cli.node_listen,
         http_listen: cli.node_http,
         log: cli.log.clone(),
-        meta: vec![cli.meta_listen.to_string()],
+        meta: vec![meta_addr.clone()],
         node_id: "local-1".into(),
         advertise,
-        unix_socket: socket,
+        unix_socket: node_sock,
         host: "local".into(),
         replicas: 1,
         tls_ca: member.ca.clone(),
@@ -102,6 +103,7 @@ fn main() -> ExitCode {
         listen: cli.meta_listen,
         peer_listen: cli.meta_peer,
         http_listen: cli.meta_http,
+        unix_socket: meta_sock,
         log: cli.log.clone(),
         tls_ca: member.ca.clone(),
         tls_cert: member.cert.clone(),
@@ -113,7 +115,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let s3 = objectd::ObjectdConfig {
-        meta: vec![cli.meta_listen.to_string()],
+        meta: vec![meta_addr],
         listen: cli.s3_listen,
         http_listen: cli.s3_http,
         log: cli.log.clone(),

@@ -83,7 +83,8 @@ fn normalize(addr: &str) -> String {
 }
 
 impl MetaClient {
-    /// A client for the metadata nodes at `endpoints` (`host:port` or `http://host:port`).
+    /// A client for the metadata nodes at `endpoints` (`host:port`, `http://host:port`, or
+    /// `unix:///path` for a node's unix socket on this machine).
     /// Connects lazily: no I/O happens until the first call.
     pub fn new(endpoints: &[impl AsRef<str>]) -> Result<Self, MetaClientError> {
         Self::with_policy(endpoints, RetryPolicy::default())
@@ -106,7 +107,7 @@ impl MetaClient {
         if endpoints.is_empty() {
             return Err(MetaClientError::InvalidArgument("no metadata endpoint given".into()));
         }
-        for e in &endpoints {
+        for e in endpoints.iter().filter(|e| mtls::unix_path(e).is_none()) {
             Endpoint::from_shared(e.clone())
                 .map_err(|err| MetaClientError::InvalidArgument(format!("bad metadata endpoint {e}: {err}")))?;
         }
@@ -126,12 +127,10 @@ impl MetaClient {
         if let Some(c) = chans.get(ep) {
             return Ok(c.clone());
         }
-        let c = mtls::endpoint(ep, self.inner.tls.as_ref())
-            .map_err(|e| MetaClientError::InvalidArgument(format!("metadata endpoint: {e}")))?
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(1))
-            .timeout(Duration::from_secs(10))
-            .connect_lazy();
+        let c = mtls::connect_lazy(ep, self.inner.tls.as_ref(), |e| {
+            e.connect_timeout(Duration::from_secs(1)).timeout(Duration::from_secs(10))
+        })
+        .map_err(|e| MetaClientError::InvalidArgument(format!("metadata endpoint: {e}")))?;
         chans.insert(ep.to_string(), c.clone());
         Ok(c)
     }

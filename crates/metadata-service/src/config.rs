@@ -24,6 +24,10 @@ pub struct MetaConfig {
     pub peer_listen: SocketAddr,
     /// `/metrics` and `/healthz` listen address. Default `127.0.0.1:7712`.
     pub http_listen: SocketAddr,
+    /// Also serve the client API on this unix socket (absolute path), without TLS: the socket
+    /// is made mode 0600, so only this user's processes on this machine reach it (the all-in-one
+    /// gives it to its storage node and objectd). Default none.
+    pub unix_socket: Option<PathBuf>,
     /// API address other nodes and clients are told (default: `listen`).
     pub advertise_api: Option<String>,
     /// Peer address other nodes are told (default: `peer_listen`).
@@ -60,6 +64,7 @@ impl Default for MetaConfig {
             http_listen: "127.0.0.1:7712".parse().expect("default address"),
             advertise_api: None,
             advertise_peer: None,
+            unix_socket: None,
             initial_members: String::new(),
             join: false,
             snapshot_logs: 10_000,
@@ -94,6 +99,9 @@ pub struct MetaArgs {
     /// /metrics and /healthz listen address.
     #[arg(long, env = "CAIRN_META_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
+    /// Also serve the client API, without TLS, on this unix socket (absolute path; mode 0600).
+    #[arg(long, env = "CAIRN_META_UNIX_SOCKET")]
+    pub unix_socket: Option<PathBuf>,
     /// API address to advertise.
     #[arg(long, env = "CAIRN_META_ADVERTISE_API")]
     pub advertise_api: Option<String>,
@@ -158,6 +166,9 @@ impl MetaConfig {
         if args.advertise_peer.is_some() {
             c.advertise_peer = args.advertise_peer.clone();
         }
+        if args.unix_socket.is_some() {
+            c.unix_socket = args.unix_socket.clone();
+        }
         for (field, arg) in
             [(&mut c.tls_ca, &args.tls_ca), (&mut c.tls_cert, &args.tls_cert), (&mut c.tls_key, &args.tls_key)]
         {
@@ -193,6 +204,9 @@ impl MetaConfig {
         }
         if self.snapshot_logs == 0 {
             return bad("snapshot_logs must be at least 1".into());
+        }
+        if let Some(p) = &self.unix_socket {
+            daemon_kit::check_unix_path("unix_socket", p).map_err(MetaError::Config)?;
         }
         let members = self.members()?;
         if !members.is_empty() && !self.join && !members.contains_key(&self.id) {

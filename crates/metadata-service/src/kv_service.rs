@@ -182,9 +182,11 @@ impl Kv for KvService {
                     }
                 };
                 let item = match next {
-                    Ok(ev) if ev.kv.key.starts_with(&prefix) => {
-                        Ok(pb::WatchEvent { revision: ev.kv.mod_revision, deleted: ev.deleted, kv: Some(to_pb(ev.kv)) })
-                    }
+                    Ok(ev) if ev.kv.key.starts_with(&prefix) => Ok(pb::WatchEvent {
+                        revision: ev.kv.mod_revision,
+                        deleted: ev.deleted,
+                        kv: Some(to_pb(ev.kv.clone())),
+                    }),
                     Ok(_) => continue,
                     Err(RecvError::Lagged(n)) => {
                         Err(Status::aborted(format!("watcher fell {n} events behind; read again and re-watch")))

@@ -121,25 +121,45 @@ pub async fn run(cfg: MetaConfig, shutdown: impl Future<Output = ()> + Send + 's
                 .max_encoding_message_size(MAX_PEER_MESSAGE),
         )
         .serve_with_incoming_shutdown(peer_incoming, stopped(stop_rx.clone()));
+    let kv = KvServer::new(KvService::new(
+        batcher::Batcher::start(raft.clone()),
+        shared.clone(),
+        rpc.clone(),
+        stop_rx.clone(),
+    ));
+    let admin = AdminServer::new(AdminService::new(raft.clone(), shared.clone(), rpc));
+    // The same API on the unix socket, if any: plaintext, guarded by the socket's mode.
+    let local = match &cfg.unix_socket {
+        Some(path) => {
+            let incoming = daemon_kit::bind_unix(path).map_err(MetaError::Config)?;
+            let serve = Server::builder()
+                .add_service(kv.clone())
+                .add_service(admin.clone())
+                .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
+            Some(tokio::spawn(serve))
+        }
+        None => None,
+    };
     let api = server()?
-        .add_service(KvServer::new(KvService::new(
-            batcher::Batcher::start(raft.clone()),
-            shared.clone(),
-            rpc.clone(),
-            stop_rx.clone(),
-        )))
-        .add_service(AdminServer::new(AdminService::new(raft.clone(), shared.clone(), rpc)))
+        .add_service(kv)
+        .add_service(admin)
         .serve_with_incoming_shutdown(api_incoming, stopped(stop_rx.clone()));
     let peer = tokio::spawn(peer);
     let api = tokio::spawn(api);
     let http = tokio::spawn(http);
 
     initialise(&cfg, &raft).await?;
-    tracing::info!(id = cfg.id, api = %cfg.listen, peer = %cfg.peer_listen, http = %cfg.http_listen, "metadata node ready");
+    tracing::info!(id = cfg.id, api = %cfg.listen, unix = ?cfg.unix_socket, peer = %cfg.peer_listen, http = %cfg.http_listen, "metadata node ready");
 
     shutdown.await;
     let _ = stop_tx.send(true);
     let (a, p, h) = tokio::join!(api, peer, http);
+    if let Some(local) = local {
+        local.await.map_err(internal)?.map_err(internal)?;
+    }
+    if let Some(path) = &cfg.unix_socket {
+        let _ = std::fs::remove_file(path);
+    }
     raft.shutdown().await.map_err(internal)?;
     tracing::info!("metadata node stopped cleanly");
     a.map_err(internal)?.map_err(internal)?;

@@ -104,7 +104,8 @@ struct SnapshotFile {
 pub struct Shared {
     kv: Arc<dyn KvEngine>,
     applied: Mutex<AppliedState>,
-    events: broadcast::Sender<WatchEvent>,
+    /// Shared, not copied, with every watcher (each filters by its prefix).
+    events: broadcast::Sender<Arc<WatchEvent>>,
     snapshot_path: PathBuf,
 }
 
@@ -134,7 +135,7 @@ impl Shared {
     }
 
     /// Subscribes to changes applied from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<WatchEvent> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<WatchEvent>> {
         self.events.subscribe()
     }
 }
@@ -327,7 +328,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.shared.kv.write(batch, false).map_err(sm_err)?;
         *self.shared.applied.lock().expect("applied lock") = state;
         for ev in events {
-            let _ = self.shared.events.send(ev);
+            let _ = self.shared.events.send(Arc::new(ev));
         }
         Ok(results)
     }

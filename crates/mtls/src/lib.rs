@@ -3,6 +3,9 @@
 //! required, signed by the cluster CA) and client config, and generating a CA and member
 //! certificates (what the local all-in-one does at first start).
 //!
+//! Members on one machine may also meet on a unix socket (`unix:///path` addresses, see
+//! [`connect`]): plaintext, guarded by the socket file's mode.
+//!
 //! Every member certificate carries the DNS name [`SERVER_NAME`]; clients verify servers against
 //! that name and the cluster CA, so addresses (IPs, pod names) need not be in certificates.
 
@@ -14,7 +17,7 @@ use rcgen::{
     KeyUsagePurpose,
 };
 use serde::{Deserialize, Serialize};
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
 
 /// The DNS name in every member certificate, and the name clients verify servers against.
 pub const SERVER_NAME: &str = "cairn.internal";
@@ -116,6 +119,76 @@ pub fn endpoint(addr: &str, tls: Option<&ClientTlsConfig>) -> Result<Endpoint, S
         Some(t) => ep.tls_config(t.clone()).map_err(|e| format!("TLS for {addr}: {e}")),
         None => Ok(ep),
     }
+}
+
+/// The socket path of an address `unix:///path`: a member's unix socket on this machine.
+pub fn unix_path(addr: &str) -> Option<PathBuf> {
+    addr.strip_prefix("unix://").filter(|p| p.starts_with('/')).map(PathBuf::from)
+}
+
+/// An endpoint for `addr` and the unix socket it names, if any. A unix socket is plaintext
+/// whatever `tls` says: the socket file's mode decides who may connect, and the bytes never
+/// leave this machine. Anything else is `host:port` over TCP (TCP_NODELAY), with TLS when `tls`.
+fn endpoint_or_socket(addr: &str, tls: Option<&ClientTlsConfig>) -> Result<(Endpoint, Option<PathBuf>), String> {
+    match unix_path(addr) {
+        // The URI only names the HTTP/2 authority; the connector opens the socket.
+        Some(path) => Ok((Endpoint::from_static("http://localhost"), Some(path))),
+        None => Ok((endpoint(addr, tls)?.tcp_nodelay(true), None)),
+    }
+}
+
+fn unix_connector(
+    path: PathBuf,
+) -> impl tower::Service<
+    tonic::codegen::http::Uri,
+    Response = hyper_util::rt::TokioIo<tokio::net::UnixStream>,
+    Error = std::io::Error,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static {
+    tower::service_fn(move |_: tonic::codegen::http::Uri| {
+        let path = path.clone();
+        async move { Ok(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+    })
+}
+
+/// Connects to `addr` (`host:port`, or `unix:///path`; see [`unix_path`]) with `tune` applied
+/// to the endpoint (windows, timeouts). The error is one line with every cause.
+pub async fn connect(
+    addr: &str,
+    tls: Option<&ClientTlsConfig>,
+    tune: impl FnOnce(Endpoint) -> Endpoint,
+) -> Result<Channel, String> {
+    let (ep, socket) = endpoint_or_socket(addr, tls)?;
+    let ep = tune(ep);
+    let res = match socket {
+        Some(path) => ep.connect_with_connector(unix_connector(path)).await,
+        None => ep.connect().await,
+    };
+    res.map_err(|e| {
+        let mut reason = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            reason = format!("{reason}: {s}");
+            src = s.source();
+        }
+        reason
+    })
+}
+
+/// As [`connect`], connecting on first use.
+pub fn connect_lazy(
+    addr: &str,
+    tls: Option<&ClientTlsConfig>,
+    tune: impl FnOnce(Endpoint) -> Endpoint,
+) -> Result<Channel, String> {
+    let (ep, socket) = endpoint_or_socket(addr, tls)?;
+    let ep = tune(ep);
+    Ok(match socket {
+        Some(path) => ep.connect_with_connector_lazy(unix_connector(path)),
+        None => ep.connect_lazy(),
+    })
 }
 
 fn ca_params() -> Result<CertificateParams, TlsError> {

@@ -11,7 +11,6 @@ use bytes::Bytes;
 use cairn_proto::chunk::v1 as pb;
 use cairn_proto::chunk::v1::chunk_store_client::ChunkStoreClient;
 use chunk_engine::ChunkHash;
-use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, ClientTlsConfig};
 use tonic::{Code, Streaming};
 
@@ -89,37 +88,14 @@ impl NodeClient {
     /// (the socket's mode decides who may connect).
     pub async fn connect_with(endpoint: &str, tls: Option<ClientTlsConfig>) -> Result<Self, ClientError> {
         let url = endpoint.to_string();
-        let err = |reason: String| ClientError::Connect { endpoint: url.clone(), reason };
-        let socket = endpoint.strip_prefix("unix://").map(std::path::PathBuf::from);
-        let tls = if socket.is_some() { None } else { tls };
-        let verify_reads = socket.is_none() && tls.is_none();
-        let ep = match &socket {
-            // The URI only names the HTTP/2 authority; the connector below opens the socket.
-            Some(_) => tonic::transport::Endpoint::from_static("http://localhost"),
-            None => mtls::endpoint(endpoint, tls.as_ref()).map_err(err)?.tcp_nodelay(true),
-        }
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .connect_timeout(std::time::Duration::from_secs(5));
-        let connected = match socket {
-            Some(path) => {
-                ep.connect_with_connector(tower::service_fn(move |_: tonic::codegen::http::Uri| {
-                    let path = path.clone();
-                    async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
-                }))
-                .await
-            }
-            None => ep.connect().await,
-        };
-        let channel = connected.map_err(|e| {
-            let mut reason = e.to_string();
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                reason = format!("{reason}: {s}");
-                src = s.source();
-            }
-            err(reason)
-        })?;
+        let verify_reads = mtls::unix_path(endpoint).is_none() && tls.is_none();
+        let channel = mtls::connect(endpoint, tls.as_ref(), |ep| {
+            ep.initial_stream_window_size(STREAM_WINDOW)
+                .initial_connection_window_size(CONNECTION_WINDOW)
+                .connect_timeout(std::time::Duration::from_secs(5))
+        })
+        .await
+        .map_err(|reason| ClientError::Connect { endpoint: url.clone(), reason })?;
         let inner = ChunkStoreClient::new(channel.clone()).max_decoding_message_size(2 * STREAM_PIECE + 4096);
         Ok(NodeClient { endpoint: url, channel, inner, verify_reads })
     }

@@ -268,13 +268,7 @@ impl NodeConfig {
             return Err(NodeError::Config(format!("listen and http_listen must differ (both are {})", self.listen)));
         }
         if let Some(p) = &self.unix_socket {
-            // sun_path holds 108 bytes with the terminating NUL.
-            if !p.is_absolute() || p.as_os_str().len() > 107 {
-                return Err(NodeError::Config(format!(
-                    "unix_socket must be an absolute path of at most 107 bytes, got {}",
-                    p.display()
-                )));
-            }
+            daemon_kit::check_unix_path("unix_socket", p).map_err(NodeError::Config)?;
         }
         if self.heartbeat_ms < 100 {
             return Err(NodeError::Config(format!("heartbeat_ms must be at least 100, got {}", self.heartbeat_ms)));

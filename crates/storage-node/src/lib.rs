@@ -99,16 +99,13 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     // The same service on the unix socket, if any: plaintext, guarded by the socket's mode.
     let local = match &cfg.unix_socket {
         Some(path) => {
-            let listener = bind_unix(path)?;
+            let listener = daemon_kit::bind_unix(path).map_err(NodeError::Serve)?;
             let server = Server::builder()
                 .initial_stream_window_size(node_client::STREAM_WINDOW)
                 .initial_connection_window_size(node_client::CONNECTION_WINDOW)
                 .max_frame_size(node_client::STREAM_PIECE as u32)
                 .add_service(routes.clone())
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::UnixListenerStream::new(listener),
-                    stopped(stop_rx.clone()),
-                );
+                .serve_with_incoming_shutdown(listener, stopped(stop_rx.clone()));
             Some(tokio::spawn(server))
         }
         None => None,
@@ -209,25 +206,6 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     g.map_err(|e| NodeError::Serve(e.to_string()))?;
     h?;
     Ok(())
-}
-
-/// Binds the unix socket at `path` (a stale one from an earlier run is replaced) and makes it
-/// mode 0600: with no TLS on it, the file's owner is who may connect.
-fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener, NodeError> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-    let fail = |what: &str, e: std::io::Error| NodeError::Serve(format!("unix socket {}: {what}: {e}", path.display()));
-    if let Ok(m) = std::fs::symlink_metadata(path) {
-        if !m.file_type().is_socket() {
-            return Err(NodeError::Config(format!("unix_socket {} exists and is not a socket", path.display())));
-        }
-        std::fs::remove_file(path).map_err(|e| fail("remove stale", e))?;
-    }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| fail("create directory", e))?;
-    }
-    let listener = tokio::net::UnixListener::bind(path).map_err(|e| fail("bind", e))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| fail("chmod", e))?;
-    Ok(listener)
 }
 
 /// Runs blocking engine `job` every `every_secs` (0: never) until `stop`, logging failures.
