@@ -33,12 +33,83 @@ fn write_err(e: impl ToString) -> StorageError {
     StorageIOError::write_logs(AnyError::error(e.to_string())).into()
 }
 
-/// The log store; clones share the same engine, cached last log id and flusher.
+/// The log store; clones share the same engine, cached last log id, recent entries and flusher.
 #[derive(Clone)]
 pub struct LogStore {
     kv: Arc<dyn KvEngine>,
     last: Arc<Mutex<Option<LogId<NodeId>>>>,
+    recent: Arc<Mutex<Recent>>,
     flusher: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
+}
+
+/// The newest entries, consecutive, as appended: openraft reads each entry back right after
+/// appending it (to apply it, or to send it to followers), and answering from memory saves a
+/// RocksDB scan and a decode per entry. Only a read whose whole range is here is answered here;
+/// anything else reads the store. Bounded by entries and by encoded bytes.
+#[derive(Default)]
+struct Recent {
+    entries: std::collections::VecDeque<(Entry<TypeConfig>, usize)>,
+    bytes: usize,
+}
+
+const RECENT_MAX_ENTRIES: usize = 4096;
+const RECENT_MAX_BYTES: usize = 64 << 20;
+
+impl Recent {
+    fn first_index(&self) -> Option<u64> {
+        self.entries.front().map(|(e, _)| e.log_id.index)
+    }
+
+    fn push(&mut self, e: Entry<TypeConfig>, size: usize) {
+        if let Some((back, _)) = self.entries.back()
+            && back.log_id.index + 1 != e.log_id.index
+        {
+            self.clear();
+        }
+        self.entries.push_back((e, size));
+        self.bytes += size;
+        while self.entries.len() > RECENT_MAX_ENTRIES || self.bytes > RECENT_MAX_BYTES {
+            self.pop_front();
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some((_, n)) = self.entries.pop_front() {
+            self.bytes -= n;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+
+    /// Entries `start..end` (end exclusive; None: to the newest), if all of them are here.
+    fn get(&self, start: u64, end: Option<u64>) -> Option<Vec<Entry<TypeConfig>>> {
+        let first = self.first_index()?;
+        let last = first + self.entries.len() as u64; // exclusive
+        let end = end.unwrap_or(last);
+        if start < first || end > last || start > end {
+            return None;
+        }
+        Some(self.entries.range((start - first) as usize..(end - first) as usize).map(|(e, _)| e.clone()).collect())
+    }
+
+    /// Forgets entries from `index` on (a truncated log).
+    fn truncate(&mut self, index: u64) {
+        while self.entries.back().is_some_and(|(e, _)| e.log_id.index >= index) {
+            if let Some((_, n)) = self.entries.pop_back() {
+                self.bytes -= n;
+            }
+        }
+    }
+
+    /// Forgets entries up to and including `index` (a purged log).
+    fn purge(&mut self, index: u64) {
+        while self.first_index().is_some_and(|i| i <= index) {
+            self.pop_front();
+        }
+    }
 }
 
 /// Makes appended entries durable: takes every waiting append, fsyncs once, then acknowledges
@@ -75,7 +146,7 @@ impl LogStore {
             .name("raft-log-flush".into())
             .spawn(move || run_flusher(flush_kv, rx))
             .map_err(write_err)?;
-        Ok(LogStore { kv, last: Arc::new(Mutex::new(last)), flusher })
+        Ok(LogStore { kv, last: Arc::new(Mutex::new(last)), recent: Arc::default(), flusher })
     }
 
     fn read_meta<T: for<'a> serde::Deserialize<'a>>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
@@ -96,10 +167,17 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(x) => x + 1,
             Bound::Unbounded => 0,
         };
-        let end = match range.end_bound() {
-            Bound::Included(x) => Some(log_key(x + 1)),
-            Bound::Excluded(x) => Some(log_key(*x)),
-            Bound::Unbounded => prefix_end(LOG_PREFIX),
+        let end_index = match range.end_bound() {
+            Bound::Included(x) => Some(x + 1),
+            Bound::Excluded(x) => Some(*x),
+            Bound::Unbounded => None,
+        };
+        if let Some(hit) = self.recent.lock().expect("recent lock").get(start, end_index) {
+            return Ok(hit);
+        }
+        let end = match end_index {
+            Some(x) => Some(log_key(x)),
+            None => prefix_end(LOG_PREFIX),
         };
         let mut out = Vec::new();
         for_each_in_range(&*self.kv, &log_key(start), end.as_deref(), 1024, |_, v| {
@@ -156,14 +234,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut b = WriteBatch::new();
         let mut last = None;
+        let mut fresh = Vec::new();
         for e in entries {
-            b.put(log_key(e.log_id.index), encode(&e));
+            let bytes = encode(&e);
+            let n = bytes.len();
+            b.put(log_key(e.log_id.index), bytes);
             last = Some(e.log_id);
+            fresh.push((e, n));
         }
         // Written (unsynced) now so that readers see the entries when this returns; the flusher
         // thread makes them durable, sharing one fsync among every append waiting, then tells
         // openraft.
         self.kv.write(b, false).map_err(write_err)?;
+        {
+            let mut recent = self.recent.lock().expect("recent lock");
+            for (e, n) in fresh {
+                recent.push(e, n);
+            }
+        }
         if last.is_some() {
             *self.last.lock().expect("log lock") = last;
         }
@@ -171,6 +259,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError> {
+        self.recent.lock().expect("recent lock").truncate(log_id.index);
         let mut b = WriteBatch::new();
         for_each_in_range(&*self.kv, &log_key(log_id.index), prefix_end(LOG_PREFIX).as_deref(), 1024, |k, _| {
             b.delete(k.to_vec());
@@ -188,6 +277,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError> {
+        self.recent.lock().expect("recent lock").purge(log_id.index);
         let mut b = WriteBatch::new();
         b.put(PURGED.to_vec(), encode(&Some(log_id)));
         for_each_in_range(&*self.kv, &log_key(0), Some(&log_key(log_id.index + 1)), 1024, |k, _| {
@@ -201,5 +291,92 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             *last = None; // everything up to the purge point is gone; get_log_state falls back to `purged`
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn entry(index: u64) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(crate::types::Command::Put {
+                key: format!("k{index}").into_bytes(),
+                value: vec![index as u8; 100],
+            }),
+        }
+    }
+
+    fn indexes(v: Option<Vec<Entry<TypeConfig>>>) -> Option<Vec<u64>> {
+        v.map(|v| v.iter().map(|e| e.log_id.index).collect())
+    }
+
+    #[test]
+    fn recent_entries_answer_only_ranges_they_hold_whole() {
+        let mut r = Recent::default();
+        for i in 5..10 {
+            r.push(entry(i), 100);
+        }
+        assert_eq!(indexes(r.get(5, Some(10))), Some(vec![5, 6, 7, 8, 9]));
+        assert_eq!(indexes(r.get(7, None)), Some(vec![7, 8, 9]));
+        assert_eq!(indexes(r.get(8, Some(8))), Some(vec![]));
+        assert_eq!(r.get(4, Some(7)), None, "starts before the first held entry");
+        assert_eq!(r.get(6, Some(11)), None, "ends past the newest");
+        r.truncate(8);
+        assert_eq!(indexes(r.get(5, None)), Some(vec![5, 6, 7]));
+        r.purge(5);
+        assert_eq!(indexes(r.get(6, None)), Some(vec![6, 7]));
+        assert_eq!(r.bytes, 200);
+        // A gap (an append after entries we never saw) starts over.
+        r.push(entry(20), 100);
+        assert_eq!(indexes(r.get(20, None)), Some(vec![20]));
+        assert_eq!(r.get(7, Some(8)), None);
+    }
+
+    #[test]
+    fn recent_entries_are_bounded() {
+        let mut r = Recent::default();
+        for i in 0..(RECENT_MAX_ENTRIES as u64 + 10) {
+            r.push(entry(i), 10);
+        }
+        assert_eq!(r.entries.len(), RECENT_MAX_ENTRIES);
+        assert_eq!(r.first_index(), Some(10));
+        r.push(entry(RECENT_MAX_ENTRIES as u64 + 10), RECENT_MAX_BYTES);
+        assert_eq!(r.entries.len(), 1, "bytes bound too");
+    }
+
+    #[tokio::test]
+    async fn reads_match_the_store_after_append_truncate_and_purge() {
+        let kv: Arc<dyn KvEngine> = Arc::new(kv_engine::MemEngine::default());
+        let mut store = LogStore::open(kv.clone()).unwrap();
+        let mut fresh = LogStore::open(kv).unwrap(); // its cache stays empty: it reads the engine
+        let append = |s: &mut LogStore, from: u64, to: u64| {
+            let mut b = WriteBatch::new();
+            let mut fresh = Vec::new();
+            for i in from..to {
+                let e = entry(i);
+                let bytes = encode(&e);
+                let n = bytes.len();
+                b.put(log_key(i), bytes);
+                fresh.push((e, n));
+            }
+            s.kv.write(b, false).unwrap();
+            let mut r = s.recent.lock().unwrap();
+            for (e, n) in fresh {
+                r.push(e, n);
+            }
+        };
+        append(&mut store, 1, 50);
+        let cached = store.try_get_log_entries(10..20).await.unwrap();
+        let stored = fresh.try_get_log_entries(10..20).await.unwrap();
+        assert_eq!(cached, stored);
+        store.truncate(LogId::new(CommittedLeaderId::new(1, 1), 30)).await.unwrap();
+        assert_eq!(store.try_get_log_entries(25..).await.unwrap(), fresh.try_get_log_entries(25..).await.unwrap());
+        assert_eq!(store.try_get_log_entries(25..).await.unwrap().len(), 5);
+        store.purge(LogId::new(CommittedLeaderId::new(1, 1), 10)).await.unwrap();
+        assert_eq!(store.try_get_log_entries(..).await.unwrap(), fresh.try_get_log_entries(..).await.unwrap());
+        assert_eq!(store.try_get_log_entries(..).await.unwrap().first().map(|e| e.log_id.index), Some(11));
     }
 }
