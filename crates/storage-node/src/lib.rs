@@ -88,10 +88,14 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     let tracker = Arc::new(PutTracker::default());
     let service = ChunkService::new(engine.clone(), metrics.clone(), tracker.clone());
     let max_msg = engine.config().max_chunk_size as usize + 2 * node_client::STREAM_PIECE;
-    let mut builder = Server::builder()
-        .initial_stream_window_size(node_client::STREAM_WINDOW)
-        .initial_connection_window_size(node_client::CONNECTION_WINDOW)
-        .max_frame_size(node_client::STREAM_PIECE as u32);
+    // Windows and frames sized for whole chunks in flight (see node_client), on both listeners.
+    let server = || {
+        Server::builder()
+            .initial_stream_window_size(node_client::STREAM_WINDOW)
+            .initial_connection_window_size(node_client::CONNECTION_WINDOW)
+            .max_frame_size(node_client::STREAM_PIECE as u32)
+    };
+    let mut builder = server();
     if let Some(server_tls) = tls.server_config().map_err(|e| NodeError::Config(e.to_string()))? {
         builder = builder.tls_config(server_tls).map_err(|e| NodeError::Config(format!("TLS: {e}")))?;
     }
@@ -100,13 +104,9 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     let local = match &cfg.unix_socket {
         Some(path) => {
             let listener = daemon_kit::bind_unix(path).map_err(NodeError::Serve)?;
-            let server = Server::builder()
-                .initial_stream_window_size(node_client::STREAM_WINDOW)
-                .initial_connection_window_size(node_client::CONNECTION_WINDOW)
-                .max_frame_size(node_client::STREAM_PIECE as u32)
-                .add_service(routes.clone())
-                .serve_with_incoming_shutdown(listener, stopped(stop_rx.clone()));
-            Some(tokio::spawn(server))
+            let serve =
+                server().add_service(routes.clone()).serve_with_incoming_shutdown(listener, stopped(stop_rx.clone()));
+            Some(tokio::spawn(serve))
         }
         None => None,
     };
