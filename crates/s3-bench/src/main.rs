@@ -297,6 +297,52 @@ fn expected_hashes(base: &[u8], tags: &[u64]) -> Vec<blake3::Hash> {
         .collect()
 }
 
+/// Runs `jobs` requests with `loops` concurrent request loops, job `i` being `op(state, i)`:
+/// each loop starts with its own `init()` state, which every request takes and gives back
+/// (with the time the request itself took, untimed preparation left out). The first error
+/// stops every loop. `bytes` turns the number of requests into bytes moved.
+async fn request_loops<St, F, Fut>(
+    loops: usize,
+    jobs: usize,
+    init: impl Fn() -> St,
+    op: F,
+    bytes: impl Fn(usize) -> usize,
+) -> Res<Phase>
+where
+    St: Send + 'static,
+    F: Fn(St, usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Res<(St, Duration)>> + Send + 'static,
+{
+    let op = Arc::new(op);
+    let next = Arc::new(AtomicUsize::new(0));
+    let start_line = Arc::new(tokio::sync::Barrier::new(loops + 1));
+    let mut tasks = Vec::new();
+    for _ in 0..loops {
+        let (op, next, start_line, mut state) = (op.clone(), next.clone(), start_line.clone(), init());
+        tasks.push(tokio::spawn(async move {
+            start_line.wait().await;
+            let mut lat = Vec::with_capacity(jobs / loops + 1);
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= jobs {
+                    return Res::Ok(lat);
+                }
+                match op(state, i).await {
+                    Ok((s, took)) => {
+                        state = s;
+                        lat.push(took);
+                    }
+                    Err(e) => {
+                        next.store(STOP, Ordering::Relaxed);
+                        return Err(e);
+                    }
+                }
+            }
+        }));
+    }
+    timed(start_line, tasks, bytes).await
+}
+
 /// PUTs `keys[i]` = `base` stamped with `tags[i]`, with `streams` concurrent request loops. Each
 /// loop owns one buffer, stamps it in place before each PUT and takes it back after, so nothing
 /// is allocated or copied inside the timed part.
@@ -309,33 +355,21 @@ async fn put_large(
     streams: usize,
 ) -> Res<Phase> {
     let jobs: Arc<Vec<(String, u64)>> = Arc::new(keys.iter().cloned().zip(tags.iter().copied()).collect());
-    let next = Arc::new(AtomicUsize::new(0));
-    let start_line = Arc::new(tokio::sync::Barrier::new(streams + 1));
-    let mut tasks = Vec::new();
-    for _ in 0..streams {
-        let (s3, bucket, jobs, next, start_line) =
-            (s3.clone(), bucket.to_string(), jobs.clone(), next.clone(), start_line.clone());
-        let mut buf = BytesMut::from(&base[..]);
-        tasks.push(tokio::spawn(async move {
-            start_line.wait().await;
-            let mut lat = Vec::new();
-            while let Some((key, tag)) = jobs.get(next.fetch_add(1, Ordering::Relaxed)) {
-                stamp(&mut buf, *tag);
-                let body = buf.freeze();
-                let t0 = Instant::now();
-                if let Err(e) = s3.put(&bucket, key, body.clone()).await {
-                    next.store(STOP, Ordering::Relaxed);
-                    return Err(e);
-                }
-                lat.push(t0.elapsed());
-                // The request has dropped its reference once the whole body was sent.
-                buf = body.try_into_mut().unwrap_or_else(|b| BytesMut::from(&b[..]));
-            }
-            Res::Ok(lat)
-        }));
-    }
-    let size = base.len();
-    timed(start_line, tasks, |n| n * size).await
+    let (s3, bucket, size) = (s3.clone(), Arc::<str>::from(bucket), base.len());
+    let op = move |mut buf: BytesMut, i: usize| {
+        let (s3, bucket, jobs) = (s3.clone(), bucket.clone(), jobs.clone());
+        async move {
+            let (key, tag) = &jobs[i];
+            stamp(&mut buf, *tag);
+            let body = buf.freeze();
+            let t0 = Instant::now();
+            s3.put(&bucket, key, body.clone()).await?;
+            let took = t0.elapsed();
+            // The request has dropped its reference once the whole body was sent.
+            Ok((body.try_into_mut().unwrap_or_else(|b| BytesMut::from(&b[..])), took))
+        }
+    };
+    request_loops(streams, keys.len(), || BytesMut::from(&base[..]), op, |n| n * size).await
 }
 
 /// GETs every key with `streams` concurrent request loops, checking each body.
@@ -348,27 +382,17 @@ async fn get_large(
     streams: usize,
 ) -> Res<Phase> {
     let jobs: Arc<Vec<(String, blake3::Hash)>> = Arc::new(keys.iter().cloned().zip(hashes.iter().copied()).collect());
-    let next = Arc::new(AtomicUsize::new(0));
-    let start_line = Arc::new(tokio::sync::Barrier::new(streams + 1));
-    let mut tasks = Vec::new();
-    for _ in 0..streams {
-        let (s3, bucket, jobs, next, start_line) =
-            (s3.clone(), bucket.to_string(), jobs.clone(), next.clone(), start_line.clone());
-        tasks.push(tokio::spawn(async move {
-            start_line.wait().await;
-            let mut lat = Vec::new();
-            while let Some((key, hash)) = jobs.get(next.fetch_add(1, Ordering::Relaxed)) {
-                let t0 = Instant::now();
-                if let Err(e) = s3.get_verify(&bucket, key, size as u64, *hash).await {
-                    next.store(STOP, Ordering::Relaxed);
-                    return Err(e);
-                }
-                lat.push(t0.elapsed());
-            }
-            Res::Ok(lat)
-        }));
-    }
-    timed(start_line, tasks, |n| n * size).await
+    let (s3, bucket) = (s3.clone(), Arc::<str>::from(bucket));
+    let op = move |(), i: usize| {
+        let (s3, bucket, jobs) = (s3.clone(), bucket.clone(), jobs.clone());
+        async move {
+            let (key, hash) = &jobs[i];
+            let t0 = Instant::now();
+            s3.get_verify(&bucket, key, size as u64, *hash).await?;
+            Ok(((), t0.elapsed()))
+        }
+    };
+    request_loops(streams, keys.len(), || (), op, |n| n * size).await
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -383,69 +407,46 @@ fn small_key(i: usize) -> String {
 
 /// `n` 4 KiB PUTs (or GETs, each checked) of `small/<i>` = `base` stamped with `i`, by `clients`
 /// concurrent request loops.
-async fn small_ops(s3: &Arc<S3>, bucket: &str, base: &Bytes, n: usize, clients: usize, op: SmallOp) -> Res<Phase> {
-    let next = Arc::new(AtomicUsize::new(0));
-    let start_line = Arc::new(tokio::sync::Barrier::new(clients + 1));
-    let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let (s3, bucket, base, next, start_line) =
-            (s3.clone(), bucket.to_string(), base.clone(), next.clone(), start_line.clone());
-        tasks.push(tokio::spawn(async move {
-            start_line.wait().await;
-            let mut lat = Vec::with_capacity(n / clients + 1);
-            let mut buf = base.to_vec();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    break;
+async fn small_ops(s3: &Arc<S3>, bucket: &str, base: &Bytes, n: usize, clients: usize, kind: SmallOp) -> Res<Phase> {
+    let (s3, bucket) = (s3.clone(), Arc::<str>::from(bucket));
+    let op = move |mut buf: Vec<u8>, i: usize| {
+        let (s3, bucket) = (s3.clone(), bucket.clone());
+        async move {
+            stamp(&mut buf, i as u64);
+            let key = small_key(i);
+            let took = match kind {
+                SmallOp::Put => {
+                    let body = Bytes::copy_from_slice(&buf);
+                    let t0 = Instant::now();
+                    s3.put(&bucket, &key, body).await?;
+                    t0.elapsed()
                 }
-                stamp(&mut buf, i as u64);
-                let key = small_key(i);
-                let (body, hash) = match op {
-                    SmallOp::Put => (Bytes::copy_from_slice(&buf), None),
-                    SmallOp::Get => (Bytes::new(), Some(blake3::hash(&buf))),
-                };
-                let t0 = Instant::now();
-                let done = match hash {
-                    None => s3.put(&bucket, &key, body).await,
-                    Some(hash) => s3.get_verify(&bucket, &key, SMALL as u64, hash).await,
-                };
-                if let Err(e) = done {
-                    next.store(STOP, Ordering::Relaxed);
-                    return Err(e);
+                SmallOp::Get => {
+                    let hash = blake3::hash(&buf);
+                    let t0 = Instant::now();
+                    s3.get_verify(&bucket, &key, SMALL as u64, hash).await?;
+                    t0.elapsed()
                 }
-                lat.push(t0.elapsed());
-            }
-            Res::Ok(lat)
-        }));
-    }
-    timed(start_line, tasks, |n| n * SMALL).await
+            };
+            Ok((buf, took))
+        }
+    };
+    request_loops(clients, n, || base.to_vec(), op, |n| n * SMALL).await
 }
 
 /// DELETEs every key, then the bucket, with `clients` concurrent request loops.
 async fn delete_all(s3: &Arc<S3>, bucket: &str, keys: Vec<String>, clients: usize) -> Res<Phase> {
-    let keys = Arc::new(keys);
-    let next = Arc::new(AtomicUsize::new(0));
-    let start_line = Arc::new(tokio::sync::Barrier::new(clients + 1));
-    let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let (s3, bucket, keys, next, start_line) =
-            (s3.clone(), bucket.to_string(), keys.clone(), next.clone(), start_line.clone());
-        tasks.push(tokio::spawn(async move {
-            start_line.wait().await;
-            let mut lat = Vec::new();
-            while let Some(key) = keys.get(next.fetch_add(1, Ordering::Relaxed)) {
-                let t0 = Instant::now();
-                if let Err(e) = s3.delete(&bucket, key).await {
-                    next.store(STOP, Ordering::Relaxed);
-                    return Err(e);
-                }
-                lat.push(t0.elapsed());
-            }
-            Res::Ok(lat)
-        }));
-    }
-    let phase = timed(start_line, tasks, |_| 0).await?;
+    let (jobs, keys) = (keys.len(), Arc::new(keys));
+    let (s3c, bucket_c) = (s3.clone(), Arc::<str>::from(bucket));
+    let op = move |(), i: usize| {
+        let (s3, bucket, keys) = (s3c.clone(), bucket_c.clone(), keys.clone());
+        async move {
+            let t0 = Instant::now();
+            s3.delete(&bucket, &keys[i]).await?;
+            Ok(((), t0.elapsed()))
+        }
+    };
+    let phase = request_loops(clients, jobs, || (), op, |_| 0).await?;
     s3.delete_bucket(bucket).await?;
     Ok(phase)
 }
