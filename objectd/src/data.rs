@@ -172,8 +172,12 @@ pub async fn ingest(
                 }
                 buf.extend_from_slice(&frame);
             } else {
-                if buf.capacity() < chunk {
-                    buf.reserve(chunk - buf.len());
+                // Room for the rest of this chunk, or of the body when it ends sooner: a 4 KiB
+                // PUT must not allocate (and fault in) a whole chunk's buffer.
+                let still_due = expected.map_or(u64::MAX, |n| n.saturating_sub(size - frame.len() as u64));
+                let want = (buf.len() as u64).saturating_add(still_due).min(chunk as u64) as usize;
+                if buf.capacity() < want {
+                    buf.reserve(want - buf.len());
                 }
                 let mut rest: &[u8] = &frame;
                 while !rest.is_empty() {

@@ -405,6 +405,10 @@ impl kv_engine::KvEngine for FailingKv {
     fn flush(&self) -> Result<(), kv_engine::KvError> {
         self.inner.flush()
     }
+
+    fn snapshot(&self) -> Result<Box<dyn kv_engine::KvSnapshot>, kv_engine::KvError> {
+        self.inner.snapshot()
+    }
 }
 
 #[test]

@@ -16,14 +16,15 @@ pub fn init_tracing(filter: &str) {
     let _ = tracing_subscriber::fmt().with_env_filter(env).with_target(true).with_writer(std::io::stderr).try_init();
 }
 
-/// Keeps freed memory in the allocator instead of handing it back to the kernel at once. Daemons
-/// that stream chunks allocate and free megabyte buffers all the time; with glibc's adaptive
-/// defaults those came back as fresh pages, and page faults plus zeroing took about a tenth of a
-/// storage node's CPU. Allocations up to 32 MiB come from the heap and up to 256 MiB of free heap
-/// is kept, in one arena: glibc's per-thread arenas unmap a whole heap the moment it empties,
-/// whatever the trim threshold, and the next megabyte buffer faults in fresh pages again (one
-/// arena halved the page faults of a 5-node pool under puts; the daemons' few threads do not
-/// contend on it). Called by [`run_daemon`]; a no-op off glibc.
+/// Every binary that links daemon-kit allocates through jemalloc.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// Tunes glibc's malloc, which still serves what C and C++ code allocates (RocksDB): freed
+/// memory is kept instead of being handed back to the kernel at once (allocations up to 32 MiB
+/// come from the heap, up to 256 MiB of free heap is kept, in one arena; per-thread arenas unmap
+/// a whole heap the moment it empties, and the next buffer faults in fresh pages again). Rust
+/// allocations go to jemalloc (above). Called by [`run_daemon`]; a no-op off glibc.
 pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator parameters; called before other threads start.

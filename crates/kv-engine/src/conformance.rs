@@ -75,6 +75,45 @@ fn scan_is_ordered_bounded_and_limited() {
 }
 
 #[test]
+fn snapshots_see_the_moment_they_were_taken() {
+    for (e, _d) in engines() {
+        let mut b = WriteBatch::new();
+        for i in 0u32..50 {
+            b.put(format!("s/{i:03}").into_bytes(), b"old".to_vec());
+        }
+        e.write(b, false).unwrap();
+        let view = e.snapshot().unwrap();
+        let mut b = WriteBatch::new();
+        b.put(b"s/000".to_vec(), b"new".to_vec());
+        b.delete(b"s/001".to_vec());
+        b.put(b"s/100".to_vec(), b"added".to_vec());
+        e.write(b, true).unwrap();
+        let mut seen = Vec::new();
+        view.for_each(b"s/", prefix_end(b"s/").as_deref(), &mut |k, v| {
+            seen.push((k.to_vec(), v.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen.len(), 50, "the view neither loses a deleted key nor gains an added one");
+        assert!(seen.windows(2).all(|w| w[0].0 < w[1].0), "in key order");
+        assert!(seen.iter().all(|(_, v)| v == b"old"), "the view keeps the values of its moment");
+        // Bounds, and an error from the visitor stops the walk and comes back.
+        let mut n = 0;
+        view.for_each(b"s/010", Some(b"s/020"), &mut |_, _| {
+            n += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(n, 10);
+        let err = view.for_each(b"", None, &mut |_, _| Err(crate::KvError::Backend("stop".into())));
+        assert!(err.is_err());
+        // The engine itself sees the new state.
+        assert_eq!(e.get(b"s/000").unwrap().as_deref(), Some(&b"new"[..]));
+        drop(view);
+    }
+}
+
+#[test]
 fn prefix_end_handles_ff() {
     assert_eq!(prefix_end(b"a"), Some(b"b".to_vec()));
     assert_eq!(prefix_end(&[1, 0xff]), Some(vec![2]));

@@ -1,7 +1,8 @@
 //! Ordered key-value storage behind our own trait, so no other crate ever names RocksDB.
 //!
 //! [`KvEngine`] is the whole contract: point reads, ordered range scans and atomic write batches
-//! (optionally fsynced). [`RocksEngine`] is the production implementation; [`MemEngine`] exists
+//! (optionally fsynced), and point-in-time read views ([`KvSnapshot`]) that long scans read from
+//! while writes go on. [`RocksEngine`] is the production implementation; [`MemEngine`] exists
 //! so the same conformance tests (see `tests` below) pin down the semantics every engine must keep.
 
 mod batch;
@@ -32,6 +33,22 @@ pub trait KvEngine: Send + Sync + 'static {
 
     /// Makes every write so far durable (for writes that were made without `sync`).
     fn flush(&self) -> Result<(), KvError>;
+
+    /// A read-only view of the keyspace as it is now: writes made after this call are not seen
+    /// through it. Cheap to take; it pins what it sees until dropped.
+    fn snapshot(&self) -> Result<Box<dyn KvSnapshot>, KvError>;
+}
+
+/// A point-in-time view taken by [`KvEngine::snapshot`].
+pub trait KvSnapshot: Send + Sync {
+    /// Visits every pair with `start <= key < end` (no `end`: to the end of the keyspace) in key
+    /// order, as of the moment the view was taken; stops at the first error `visit` returns.
+    fn for_each(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), KvError>,
+    ) -> Result<(), KvError>;
 }
 
 /// Visits every pair with `start <= key < end` in key order, paging through the engine in

@@ -1,14 +1,16 @@
 //! The RocksDB implementation of [`KvEngine`]; the only module in the workspace that names RocksDB.
 
 use std::path::Path;
+use std::sync::Arc;
 
-use rocksdb::{BlockBasedOptions, Cache, DB, Direction, IteratorMode, Options, WriteOptions};
+use rocksdb::{BlockBasedOptions, Cache, DB, Direction, IteratorMode, Options, SnapshotWithThreadMode, WriteOptions};
 
-use crate::{BatchOp, KvEngine, KvError, KvPair, WriteBatch};
+use crate::{BatchOp, KvEngine, KvError, KvPair, KvSnapshot, WriteBatch};
 
 /// A RocksDB database used as one ordered keyspace.
 pub struct RocksEngine {
-    db: DB,
+    /// Shared with the snapshots taken of it, which must not outlive it.
+    db: Arc<DB>,
 }
 
 impl RocksEngine {
@@ -34,7 +36,7 @@ impl RocksEngine {
         opts.set_memtable_prefix_bloom_ratio(0.1);
         let db = DB::open(&opts, path)
             .map_err(|e| KvError::Open { path: path.display().to_string(), reason: e.to_string() })?;
-        Ok(Self { db })
+        Ok(Self { db: Arc::new(db) })
     }
 }
 
@@ -82,5 +84,40 @@ impl KvEngine for RocksEngine {
 
     fn flush(&self) -> Result<(), KvError> {
         self.db.flush_wal(true).map_err(backend)
+    }
+
+    fn snapshot(&self) -> Result<Box<dyn KvSnapshot>, KvError> {
+        let db = self.db.clone();
+        let snap = db.snapshot();
+        // SAFETY: the snapshot borrows the `DB`, which sits on the heap behind the `Arc` stored
+        // beside it in `RocksSnapshot`: it never moves, and it is dropped only after the snapshot
+        // (fields drop in declaration order), so the borrow is valid for the snapshot's whole life.
+        let snap = unsafe { std::mem::transmute::<SnapshotWithThreadMode<'_, DB>, SnapshotWithThreadMode<'static, DB>>(snap) };
+        Ok(Box::new(RocksSnapshot { snap, _db: db }))
+    }
+}
+
+/// A RocksDB snapshot and the database it reads from.
+struct RocksSnapshot {
+    /// Declared before `_db`, so it is released first.
+    snap: SnapshotWithThreadMode<'static, DB>,
+    _db: Arc<DB>,
+}
+
+impl KvSnapshot for RocksSnapshot {
+    fn for_each(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), KvError>,
+    ) -> Result<(), KvError> {
+        for item in self.snap.iterator(IteratorMode::From(start, Direction::Forward)) {
+            let (k, v) = item.map_err(backend)?;
+            if end.is_some_and(|e| k.as_ref() >= e) {
+                break;
+            }
+            visit(&k, &v)?;
+        }
+        Ok(())
     }
 }

@@ -12,7 +12,7 @@ use std::io::Cursor;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use kv_engine::{KvEngine, WriteBatch, for_each_in_range, prefix_end};
+use kv_engine::{KvEngine, KvSnapshot, WriteBatch, for_each_in_range, prefix_end};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     AnyError, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageIOError, StoredMembership,
@@ -255,22 +255,49 @@ impl Applier<'_> {
     }
 }
 
-/// Builds snapshots from a copy taken when openraft asked for the builder.
+/// Builds a snapshot from a point-in-time view of the state taken when openraft asked for the
+/// builder: taking the view is instant, so applying goes on while the copy is read, encoded and
+/// written on a blocking thread.
 pub struct SnapshotBuilder {
     shared: Arc<Shared>,
-    file: Option<SnapshotFile>,
+    view: Option<(AppliedState, Box<dyn KvSnapshot>)>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let file = self.file.take().ok_or_else(|| snap_err("snapshot builder used twice"))?;
-        // The copy reflects state at least up to the snapshot point; make that durable before
+        let (state, view) = self.view.take().ok_or_else(|| snap_err("no view of the state to build a snapshot from"))?;
+        // The view reflects state at least up to the snapshot point; make that durable before
         // openraft may purge the log behind it.
         self.shared.kv.flush().map_err(snap_err)?;
-        let bytes = encode(&file);
-        write_snapshot_file(&self.shared.snapshot_path, &bytes)?;
-        tracing::info!(index = ?file.meta.last_log_id.map(|l| l.index), keys = file.data.len(), "snapshot built");
-        Ok(Snapshot { meta: file.meta, snapshot: Box::new(Cursor::new(bytes)) })
+        let path = self.shared.snapshot_path.clone();
+        let (meta, bytes) = tokio::task::spawn_blocking(move || -> Result<_, StorageError> {
+            let mut data = Vec::new();
+            view.for_each(DATA_PREFIX, prefix_end(DATA_PREFIX).as_deref(), &mut |k, v| {
+                data.push((k[DATA_PREFIX.len()..].to_vec(), v.to_vec()));
+                Ok(())
+            })
+            .map_err(snap_err)?;
+            let file = SnapshotFile {
+                meta: SnapshotMeta {
+                    last_log_id: state.last_applied,
+                    last_membership: state.membership.clone(),
+                    snapshot_id: format!(
+                        "{}-{}",
+                        state.last_applied.map_or(0, |l| l.index),
+                        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+                    ),
+                },
+                revision: state.revision,
+                data,
+            };
+            let bytes = encode(&file);
+            write_snapshot_file(&path, &bytes)?;
+            tracing::info!(index = ?file.meta.last_log_id.map(|l| l.index), keys = file.data.len(), "snapshot built");
+            Ok((file.meta, bytes))
+        })
+        .await
+        .map_err(snap_err)??;
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
     }
 }
 
@@ -334,33 +361,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        // Between two applies: the applied state and the keyspace agree.
         let state = self.shared.applied.lock().expect("applied lock").clone();
-        let mut data = Vec::new();
-        let scan =
-            for_each_in_range(&*self.shared.kv, DATA_PREFIX, prefix_end(DATA_PREFIX).as_deref(), 4096, |k, v| {
-                data.push((k[DATA_PREFIX.len()..].to_vec(), v.to_vec()));
-                Ok(())
-            });
-        let file = match scan {
-            Ok(()) => Some(SnapshotFile {
-                meta: SnapshotMeta {
-                    last_log_id: state.last_applied,
-                    last_membership: state.membership.clone(),
-                    snapshot_id: format!(
-                        "{}-{}",
-                        state.last_applied.map_or(0, |l| l.index),
-                        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
-                    ),
-                },
-                revision: state.revision,
-                data,
-            }),
+        let view = match self.shared.kv.snapshot() {
+            Ok(v) => Some((state, v)),
             Err(e) => {
-                tracing::error!(error = %e, "cannot copy state for a snapshot");
+                tracing::error!(error = %e, "cannot take a view of the state for a snapshot");
                 None
             }
         };
-        SnapshotBuilder { shared: self.shared.clone(), file }
+        SnapshotBuilder { shared: self.shared.clone(), view }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {

@@ -244,9 +244,10 @@ async fn measure(s3: &Arc<S3>, bucket: &str, args: &Args, written: &mut Written)
     let mut base = vec![0u8; size];
     rand::thread_rng().fill_bytes(&mut base);
     let base = Bytes::from(base);
-    // Set 1 goes through one stream, set 2 through several; distinct tags, distinct content.
-    let keys1: Vec<String> = (0..n).map(|i| format!("large/1/{i:05}")).collect();
-    let keys2: Vec<String> = (0..n).map(|i| format!("large/{}/{i:05}", args.streams)).collect();
+    // Set 1 goes through one stream, set 2 through several; distinct keys (even with
+    // `--streams 1`), distinct tags, distinct content.
+    let keys1: Vec<String> = (0..n).map(|i| format!("large/one-stream/{i:05}")).collect();
+    let keys2: Vec<String> = (0..n).map(|i| format!("large/{}-streams/{i:05}", args.streams)).collect();
     let tags1: Vec<u64> = (0..n as u64).map(|i| (1 << 32) | i).collect();
     let tags2: Vec<u64> = (0..n as u64).map(|i| (2 << 32) | i).collect();
     eprintln!("S3: hashing the {} large objects' expected content ...", 2 * n);
