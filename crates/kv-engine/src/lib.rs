@@ -39,16 +39,14 @@ pub trait KvEngine: Send + Sync + 'static {
     fn snapshot(&self) -> Result<Box<dyn KvSnapshot>, KvError>;
 }
 
+/// What [`KvSnapshot::for_each`] calls with each pair; an error stops the walk.
+pub type Visit<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), KvError> + 'a;
+
 /// A point-in-time view taken by [`KvEngine::snapshot`].
 pub trait KvSnapshot: Send + Sync {
     /// Visits every pair with `start <= key < end` (no `end`: to the end of the keyspace) in key
     /// order, as of the moment the view was taken; stops at the first error `visit` returns.
-    fn for_each(
-        &self,
-        start: &[u8],
-        end: Option<&[u8]>,
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), KvError>,
-    ) -> Result<(), KvError>;
+    fn for_each(&self, start: &[u8], end: Option<&[u8]>, visit: &mut Visit<'_>) -> Result<(), KvError>;
 }
 
 /// Visits every pair with `start <= key < end` in key order, paging through the engine in

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::RwLock;
 
-use crate::{BatchOp, KvEngine, KvError, KvPair, KvSnapshot, WriteBatch};
+use crate::{BatchOp, KvEngine, KvError, KvPair, KvSnapshot, Visit, WriteBatch};
 
 /// A volatile ordered map; `sync` and `flush` are no-ops.
 #[derive(Default)]
@@ -70,12 +70,7 @@ impl KvEngine for MemEngine {
 struct MemSnapshot(BTreeMap<Vec<u8>, Vec<u8>>);
 
 impl KvSnapshot for MemSnapshot {
-    fn for_each(
-        &self,
-        start: &[u8],
-        end: Option<&[u8]>,
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), KvError>,
-    ) -> Result<(), KvError> {
+    fn for_each(&self, start: &[u8], end: Option<&[u8]>, visit: &mut Visit<'_>) -> Result<(), KvError> {
         for (k, v) in self.0.range(start.to_vec()..) {
             if end.is_some_and(|e| k.as_slice() >= e) {
                 break;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use rocksdb::{BlockBasedOptions, Cache, DB, Direction, IteratorMode, Options, SnapshotWithThreadMode, WriteOptions};
 
-use crate::{BatchOp, KvEngine, KvError, KvPair, KvSnapshot, WriteBatch};
+use crate::{BatchOp, KvEngine, KvError, KvPair, KvSnapshot, Visit, WriteBatch};
 
 /// A RocksDB database used as one ordered keyspace.
 pub struct RocksEngine {
@@ -92,7 +92,8 @@ impl KvEngine for RocksEngine {
         // SAFETY: the snapshot borrows the `DB`, which sits on the heap behind the `Arc` stored
         // beside it in `RocksSnapshot`: it never moves, and it is dropped only after the snapshot
         // (fields drop in declaration order), so the borrow is valid for the snapshot's whole life.
-        let snap = unsafe { std::mem::transmute::<SnapshotWithThreadMode<'_, DB>, SnapshotWithThreadMode<'static, DB>>(snap) };
+        let snap =
+            unsafe { std::mem::transmute::<SnapshotWithThreadMode<'_, DB>, SnapshotWithThreadMode<'static, DB>>(snap) };
         Ok(Box::new(RocksSnapshot { snap, _db: db }))
     }
 }
@@ -105,12 +106,7 @@ struct RocksSnapshot {
 }
 
 impl KvSnapshot for RocksSnapshot {
-    fn for_each(
-        &self,
-        start: &[u8],
-        end: Option<&[u8]>,
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), KvError>,
-    ) -> Result<(), KvError> {
+    fn for_each(&self, start: &[u8], end: Option<&[u8]>, visit: &mut Visit<'_>) -> Result<(), KvError> {
         for item in self.snap.iterator(IteratorMode::From(start, Direction::Forward)) {
             let (k, v) = item.map_err(backend)?;
             if end.is_some_and(|e| k.as_ref() >= e) {

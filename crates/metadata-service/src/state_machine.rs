@@ -265,7 +265,8 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let (state, view) = self.view.take().ok_or_else(|| snap_err("no view of the state to build a snapshot from"))?;
+        let (state, view) =
+            self.view.take().ok_or_else(|| snap_err("no view of the state to build a snapshot from"))?;
         // The view reflects state at least up to the snapshot point; make that durable before
         // openraft may purge the log behind it.
         self.shared.kv.flush().map_err(snap_err)?;
