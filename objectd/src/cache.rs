@@ -103,7 +103,8 @@ impl<T: serde::de::DeserializeOwned + Versioned + Send + Sync + 'static> Cache<T
         let mut end = key.clone();
         end.push(0);
         let page = self.inner.meta.range(&key, &end, 1).await?;
-        let cached = match page.kvs.into_iter().find(|kv| kv.key == key) {
+        // `[key, key\0)` holds `key` alone.
+        let cached = match page.kvs.into_iter().next() {
             Some(kv) => {
                 let rec: T = decode(&kv.key, &kv.value)?;
                 Some(Cached { raw: Arc::new(kv.value), rec: Arc::new(rec) })
