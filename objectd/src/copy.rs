@@ -91,7 +91,7 @@ pub async fn copy_object(store: &Store, req: S3Request<CopyObjectInput>) -> S3Re
         src.headers.clone()
     };
     let rec = ObjectRecord {
-        version: RECORD_VERSION,
+        version: OBJECT_RECORD_VERSION,
         version_id: String::new(),
         sort_id: new_sort_id(),
         delete_marker: false,
@@ -101,6 +101,7 @@ pub async fn copy_object(store: &Store, req: S3Request<CopyObjectInput>) -> S3Re
         data_owner: format!("s3:{}", new_id()),
         chunks: src.chunks.clone(),
         inline: src.inline.clone(),
+        data_in_head: false,
         parts: src.parts.clone(),
         headers,
         checksums: src.checksums.clone(),

@@ -242,7 +242,7 @@ pub async fn upload_part_copy(
         }
     };
     if src.chunks.is_empty() {
-        let data = src.inline_bytes()?;
+        let data = src.inline.as_deref().unwrap_or_default();
         let piece = &data[range.start as usize..range.end as usize];
         md5.update(piece);
         if !piece.is_empty() {
@@ -400,7 +400,7 @@ pub async fn complete(
     }
     let _ = up_raw;
     let rec = ObjectRecord {
-        version: RECORD_VERSION,
+        version: OBJECT_RECORD_VERSION,
         version_id: String::new(),
         sort_id: new_sort_id(),
         delete_marker: false,
@@ -410,6 +410,7 @@ pub async fn complete(
         data_owner: format!("s3:{}", new_id()),
         chunks,
         inline: None,
+        data_in_head: false,
         parts: sizes,
         headers: up.headers.clone(),
         checksums: Checksums::default(),

@@ -46,7 +46,7 @@ pub async fn delete_one(
         }
         Versioning::Enabled | Versioning::Suspended => {
             let marker = ObjectRecord {
-                version: RECORD_VERSION,
+                version: OBJECT_RECORD_VERSION,
                 version_id: String::new(),
                 sort_id: new_sort_id(),
                 delete_marker: true,
@@ -56,6 +56,7 @@ pub async fn delete_one(
                 data_owner: format!("s3:{}", new_id()),
                 chunks: Vec::new(),
                 inline: None,
+                data_in_head: false,
                 parts: Vec::new(),
                 headers: ObjectHeaders::default(),
                 checksums: Checksums::default(),

@@ -106,7 +106,7 @@ pub async fn put_object(store: &Store, req: S3Request<PutObjectInput>) -> S3Resu
     let sums = checksum::verify(got.hasher.finalize(), &declared, trailer_map.as_ref())?;
     let sort_id = new_sort_id();
     let rec = ObjectRecord {
-        version: RECORD_VERSION,
+        version: OBJECT_RECORD_VERSION,
         version_id: String::new(),
         sort_id: sort_id.clone(),
         delete_marker: false,
@@ -115,7 +115,8 @@ pub async fn put_object(store: &Store, req: S3Request<PutObjectInput>) -> S3Resu
         last_modified_unix_ms: now_ms(),
         data_owner: format!("s3:{}", new_id()),
         chunks: got.chunks,
-        inline: got.inline.map(|b| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b)),
+        inline: got.inline,
+        data_in_head: false,
         parts: Vec::new(),
         headers: hdrs,
         checksums: sums,

@@ -1,11 +1,14 @@
 //! The metadata-service layout of the object store: key names and the versioned JSON records
 //! stored under them (access keys, buckets, object versions, multipart uploads and parts).
+//! A record's bytes are its JSON, then — only for an object stored inline — a NUL byte and the
+//! object's raw bytes (JSON never holds a raw NUL, so the first one ends it).
 //!
 //! ```text
 //! s3/keys/<access key id>            AccessKey
 //! s3/buckets/<bucket>                BucketRecord
 //! s3/o/<bucket>/<key>                ObjectRecord: the current version (never a delete marker)
-//! s3/v/<bucket>/<key>\0<sort id>     ObjectRecord: every version, newest first per key
+//! s3/v/<bucket>/<key>\0<sort id>     ObjectRecord: every version, newest first per key; the
+//!                                    current version's entry leaves its inline bytes to s3/o/
 //! s3/u/<bucket>/<key>\0<upload id>   UploadRecord: a multipart upload in progress
 //! s3/p/<upload id>/<part number:05>  PartRecord
 //! ```
@@ -14,14 +17,16 @@
 
 use std::collections::BTreeMap;
 
-use base64::Engine as _;
 use chunk_engine::ChunkHash;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ObjectdError, Result};
 
-/// Format version of every record below.
+/// Format version of the access-key, bucket, upload and part records.
 pub const RECORD_VERSION: u32 = 1;
+/// Format version of object records. 2: inline bytes raw after the JSON, and the current
+/// version's entry without them (`data_in_head`); 1 held them base64 in the JSON.
+pub const OBJECT_RECORD_VERSION: u32 = 2;
 
 pub const KEYS_PREFIX: &str = "s3/keys/";
 pub const BUCKETS_PREFIX: &str = "s3/buckets/";
@@ -281,9 +286,14 @@ pub struct ObjectRecord {
     /// Data in order (empty when inline or empty).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub chunks: Vec<ChunkRef>,
-    /// Small objects' bytes (base64).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub inline: Option<String>,
+    /// Small objects' bytes, stored raw after the JSON (see the module's note).
+    #[serde(skip)]
+    pub inline: Option<Vec<u8>>,
+    /// This version entry leaves out the inline bytes: the key's current-version entry holds
+    /// them. Only the current version's entry is written so; it is written whole again when the
+    /// version stops being current.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub data_in_head: bool,
     /// Sizes of the parts of a multipart upload, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub parts: Vec<u64>,
@@ -297,13 +307,14 @@ pub struct ObjectRecord {
 }
 
 impl ObjectRecord {
-    pub fn inline_bytes(&self) -> Result<Vec<u8>> {
-        match &self.inline {
-            None => Ok(Vec::new()),
-            Some(b64) => base64::engine::general_purpose::STANDARD
-                .decode(b64)
-                .map_err(|e| ObjectdError::Record { key: self.sort_id.clone(), why: format!("inline data: {e}") }),
+    /// The record as its version entry holds it while it is the current version: without the
+    /// inline bytes, which the current-version entry holds, so a small PUT writes them once.
+    pub fn encode_as_current_version_entry(&self) -> Vec<u8> {
+        if self.inline.is_none() {
+            return encode(self);
         }
+        let slim = ObjectRecord { inline: None, data_in_head: true, ..self.clone() };
+        encode(&slim)
     }
 
     pub fn chunk_hashes(&self) -> Result<Vec<ChunkHash>> {
@@ -348,30 +359,71 @@ pub struct PartRecord {
 }
 
 /// Decodes a record, refusing unknown format versions.
-pub fn decode<T: serde::de::DeserializeOwned + Versioned>(key: &[u8], value: &[u8]) -> Result<T> {
-    let rec: T = serde_json::from_slice(value)
-        .map_err(|e| ObjectdError::Record { key: String::from_utf8_lossy(key).into_owned(), why: e.to_string() })?;
-    if rec.format_version() != RECORD_VERSION {
-        return Err(ObjectdError::Record {
-            key: String::from_utf8_lossy(key).into_owned(),
-            why: format!("format version {} (this objectd reads {RECORD_VERSION})", rec.format_version()),
-        });
+pub fn decode<T: Versioned>(key: &[u8], value: &[u8]) -> Result<T> {
+    let bad = |why: String| ObjectdError::Record { key: String::from_utf8_lossy(key).into_owned(), why };
+    let (json, tail) = match value.iter().position(|b| *b == 0) {
+        Some(i) => (&value[..i], Some(&value[i + 1..])),
+        None => (value, None),
+    };
+    let mut rec: T = serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?;
+    if rec.format_version() != T::CURRENT {
+        return Err(bad(format!(
+            "format version {} (this objectd reads {} for this record)",
+            rec.format_version(),
+            T::CURRENT
+        )));
+    }
+    if let Some(tail) = tail
+        && !rec.set_tail(tail)
+    {
+        return Err(bad("bytes after the record".into()));
     }
     Ok(rec)
 }
 
-pub fn encode<T: Serialize>(rec: &T) -> Vec<u8> {
-    serde_json::to_vec(rec).expect("records always serialize")
+/// A record's stored bytes: its JSON, then a NUL byte and its tail when it has one.
+pub fn encode<T: Versioned>(rec: &T) -> Vec<u8> {
+    let mut out = serde_json::to_vec(rec).expect("records always serialize");
+    if let Some(tail) = rec.tail() {
+        out.reserve_exact(1 + tail.len());
+        out.push(0);
+        out.extend_from_slice(tail);
+    }
+    out
 }
 
-/// Records that carry a format version.
-pub trait Versioned {
+/// Records that carry a format version (and maybe raw bytes after their JSON).
+pub trait Versioned: Serialize + serde::de::DeserializeOwned {
+    /// The format version this build writes and reads.
+    const CURRENT: u32 = RECORD_VERSION;
     fn format_version(&self) -> u32;
+    /// Raw bytes stored after the JSON.
+    fn tail(&self) -> Option<&[u8]> {
+        None
+    }
+    /// Takes the raw bytes stored after the JSON; false when this record has none.
+    fn set_tail(&mut self, _tail: &[u8]) -> bool {
+        false
+    }
 }
 macro_rules! versioned {
     ($($t:ty),*) => { $( impl Versioned for $t { fn format_version(&self) -> u32 { self.version } } )* };
 }
-versioned!(AccessKey, BucketRecord, ObjectRecord, UploadRecord, PartRecord);
+versioned!(AccessKey, BucketRecord, UploadRecord, PartRecord);
+
+impl Versioned for ObjectRecord {
+    const CURRENT: u32 = OBJECT_RECORD_VERSION;
+    fn format_version(&self) -> u32 {
+        self.version
+    }
+    fn tail(&self) -> Option<&[u8]> {
+        self.inline.as_deref()
+    }
+    fn set_tail(&mut self, tail: &[u8]) -> bool {
+        self.inline = Some(tail.to_vec());
+        true
+    }
+}
 
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
@@ -405,6 +457,54 @@ mod tests {
         // `dir/x` versions do not fall in `dir/x2`'s span, nor the reverse.
         assert!(!version_key("b", "dir/x2", &a).starts_with(&p));
         assert!(prefix_end(&p) > k);
+    }
+
+    fn small_object(data: &[u8]) -> ObjectRecord {
+        let mut headers = ObjectHeaders::default();
+        // a NUL inside a string must not be taken for the end of the JSON
+        headers.user.insert("note".into(), "a\0b".into());
+        ObjectRecord {
+            version: OBJECT_RECORD_VERSION,
+            version_id: "null".into(),
+            sort_id: new_sort_id(),
+            delete_marker: false,
+            size: data.len() as u64,
+            etag: "e".into(),
+            last_modified_unix_ms: 1,
+            data_owner: "s3:x".into(),
+            chunks: Vec::new(),
+            inline: Some(data.to_vec()),
+            data_in_head: false,
+            parts: Vec::new(),
+            headers,
+            checksums: Checksums::default(),
+            writer: "w".into(),
+        }
+    }
+
+    #[test]
+    fn inline_bytes_are_stored_raw_after_the_json() {
+        let data: Vec<u8> = (0..=255u8).cycle().take(4096).collect(); // NULs included
+        let rec = small_object(&data);
+        let stored = encode(&rec);
+        assert!(stored.len() < 4096 + 400, "raw, not base64: {} bytes", stored.len());
+        let back: ObjectRecord = decode(b"k", &stored).unwrap();
+        assert_eq!(back, rec);
+        // an empty inline object keeps its (empty) bytes
+        let empty = small_object(b"");
+        assert_eq!(decode::<ObjectRecord>(b"k", &encode(&empty)).unwrap().inline, Some(Vec::new()));
+        // the current version's entry leaves the bytes out and says where they are
+        let entry: ObjectRecord = decode(b"k", &rec.encode_as_current_version_entry()).unwrap();
+        assert_eq!((entry.inline, entry.data_in_head, entry.size), (None, true, 4096));
+        // records without a tail refuse one
+        let mut b = encode(&AccessKey::generate("t", false, false));
+        b.extend_from_slice(b"\0junk");
+        assert!(decode::<AccessKey>(b"k", &b).unwrap_err().to_string().contains("bytes after the record"));
+        // format 1 object records (base64 inline in the JSON) are refused, not misread
+        let mut v1 = serde_json::to_value(&rec).unwrap();
+        v1["version"] = 1.into();
+        let err = decode::<ObjectRecord>(b"k", &serde_json::to_vec(&v1).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("format version 1"), "{err}");
     }
 
     #[test]

@@ -155,18 +155,31 @@ impl Store {
     pub async fn object_for_read(&self, bucket: &str, key: &str, version_id: Option<&str>) -> Result<ObjectRecord> {
         check_key(key)?;
         match version_id {
-            Some(v) => match self.version(bucket, key, v).await? {
-                Some((_, r)) if r.delete_marker => Err(delete_marker_error(
-                    S3ErrorCode::MethodNotAllowed,
-                    "The specified method is not allowed against this resource.",
-                    &r.version_id,
-                )),
-                Some((_, r)) => Ok(r),
-                None => {
-                    self.bucket(bucket).await?;
-                    Err(no_such_version())
+            Some(v) => {
+                for _ in 0..16 {
+                    match self.version(bucket, key, v).await? {
+                        Some((_, r)) if r.delete_marker => {
+                            return Err(delete_marker_error(
+                                S3ErrorCode::MethodNotAllowed,
+                                "The specified method is not allowed against this resource.",
+                                &r.version_id,
+                            ));
+                        }
+                        // The current version's bytes are in the current-version entry; if it
+                        // stopped being current meanwhile, its own entry is whole again.
+                        Some((_, r)) if r.data_in_head => match self.head(bucket, key).await? {
+                            Some((_, h)) if h.sort_id == r.sort_id => return Ok(h),
+                            _ => continue,
+                        },
+                        Some((_, r)) => return Ok(r),
+                        None => {
+                            self.bucket(bucket).await?;
+                            return Err(no_such_version());
+                        }
+                    }
                 }
-            },
+                Err(ObjectdError::Conflict)
+            }
             None => match self.head(bucket, key).await? {
                 Some((_, r)) => Ok(r),
                 None => {
@@ -235,6 +248,12 @@ impl Store {
             } else {
                 None
             };
+            // The current version this write keeps as an older one: its entry must hold its
+            // inline bytes from now on (see `ObjectRecord::data_in_head`).
+            let demoted = head
+                .as_ref()
+                .filter(|(_, h)| h.inline.is_some() && replaced.as_ref().is_none_or(|(_, r)| r.sort_id != h.sort_id))
+                .map(|(kv, h)| (version_key(bucket, key, &h.sort_id), kv.value.clone()));
             let hk = head_key(bucket, key);
             let mut txn = Txn::new().value_equals(&bucket_key(bucket), &b.raw);
             txn = match &head {
@@ -244,16 +263,21 @@ impl Store {
             if let Some((kv, _)) = &replaced {
                 txn = txn.mod_revision_equals(&kv.key, kv.mod_revision);
             }
-            let fixed = 1 + 1 + usize::from(replaced.is_some());
+            if let Some((vk, _)) = &demoted {
+                txn = txn.exists(vk);
+            }
+            let fixed = 1 + 1 + usize::from(replaced.is_some()) + usize::from(demoted.is_some());
             for (c, _) in &extra.conditions {
                 txn = match c {
                     Cond::Exists(k) => txn.exists(k),
                     Cond::ModRev(k, r) => txn.mod_revision_equals(k, *r),
                 };
             }
-            let value = encode(&rec);
-            txn = if rec.delete_marker { txn.delete(&hk) } else { txn.put(&hk, &value) };
-            txn = txn.put(&version_key(bucket, key, &rec.sort_id), &value);
+            txn = if rec.delete_marker { txn.delete(&hk) } else { txn.put(&hk, &encode(&rec)) };
+            txn = txn.put(&version_key(bucket, key, &rec.sort_id), &rec.encode_as_current_version_entry());
+            if let Some((vk, whole)) = &demoted {
+                txn = txn.put(vk, whole);
+            }
             if let Some((kv, old)) = &replaced {
                 txn = txn.delete(&kv.key);
                 txn = remove_refs(txn, &old.chunk_hashes()?, &old.data_owner);

@@ -161,6 +161,31 @@ class Versioning(unittest.TestCase):
         vs, dms = self.versions(b, "u")
         self.assertEqual((vs, dms), ([], []))
 
+    def test_small_versions_keep_their_bytes_as_they_stop_being_current(self):
+        # small objects live inline in the metadata; the current version's bytes are kept once
+        b, c = self.new_bucket(), self.c
+        c.put_object(Bucket=b, Key="n", Body=b"before versioning")
+        c.put_bucket_versioning(Bucket=b, VersioningConfiguration={"Status": "Enabled"})
+        self.assertEqual(c.get_object(Bucket=b, Key="n", VersionId="null")["Body"].read(), b"before versioning")
+        v1 = c.put_object(Bucket=b, Key="n", Body=b"first version")["VersionId"]
+        self.assertEqual(c.get_object(Bucket=b, Key="n", VersionId="null")["Body"].read(), b"before versioning")
+        self.assertEqual(c.get_object(Bucket=b, Key="n", VersionId=v1)["Body"].read(), b"first version")
+        marker = c.delete_object(Bucket=b, Key="n")["VersionId"]
+        self.assertEqual(c.get_object(Bucket=b, Key="n", VersionId=v1)["Body"].read(), b"first version")
+        c.put_bucket_versioning(Bucket=b, VersioningConfiguration={"Status": "Suspended"})
+        c.put_object(Bucket=b, Key="n", Body=b"suspended null")  # replaces the old null version
+        self.assertEqual(c.get_object(Bucket=b, Key="n", VersionId="null")["Body"].read(), b"suspended null")
+        c.delete_object(Bucket=b, Key="n", VersionId="null")
+        c.delete_object(Bucket=b, Key="n", VersionId=marker)
+        # v1 is current again, read by key and by id, and copied
+        self.assertEqual(c.get_object(Bucket=b, Key="n")["Body"].read(), b"first version")
+        self.assertEqual(c.head_object(Bucket=b, Key="n", VersionId=v1)["ContentLength"], len(b"first version"))
+        c.copy_object(Bucket=b, Key="n2", CopySource={"Bucket": b, "Key": "n", "VersionId": v1})
+        self.assertEqual(c.get_object(Bucket=b, Key="n2")["Body"].read(), b"first version")
+        vs, dms = self.versions(b, "n")
+        self.assertEqual([(v["VersionId"], v["Size"]) for v in vs], [(v1, 13)])
+        self.assertEqual(dms, [])
+
     def test_copy_from_a_version(self):
         b, c = self.new_bucket("Enabled"), self.c
         v1 = c.put_object(Bucket=b, Key="src", Body=b"old")["VersionId"]
