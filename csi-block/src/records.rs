@@ -1,0 +1,158 @@
+//! The metadata-service layout of csi-block: key names and the versioned JSON records under them.
+//!
+//! ```text
+//! csi/block/v/<volume id>     VolumeRecord: size, replicas, block size, file system, publications
+//! csi/block/name/<name>       the volume id created for a CSI volume name (idempotent CreateVolume)
+//! csi/block/node/<node id>    NodeRecord: a node plugin that registered (ControllerPublish targets)
+//! ```
+//! A volume's record and its name entry are written and deleted together in one transaction.
+
+use std::collections::BTreeMap;
+
+use csi_kit::CsiError;
+use serde::{Deserialize, Serialize};
+
+/// Format version of every record below.
+pub const RECORD_VERSION: u32 = 1;
+
+pub const VOLUMES_PREFIX: &str = "csi/block/v/";
+pub const NAMES_PREFIX: &str = "csi/block/name/";
+pub const NODES_PREFIX: &str = "csi/block/node/";
+
+pub fn volume_key(id: &str) -> Vec<u8> {
+    format!("{VOLUMES_PREFIX}{id}").into_bytes()
+}
+
+pub fn name_key(name: &str) -> Vec<u8> {
+    format!("{NAMES_PREFIX}{name}").into_bytes()
+}
+
+pub fn node_key(id: &str) -> Vec<u8> {
+    format!("{NODES_PREFIX}{id}").into_bytes()
+}
+
+/// The end of the key range starting with `prefix`.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    Vec::new()
+}
+
+/// A new volume id: `blk-` and 32 hex digits.
+pub fn new_volume_id() -> String {
+    format!("blk-{:032x}", rand::random::<u128>())
+}
+
+/// Volume ids this driver hands out; anything else is unknown (NOT_FOUND), never a key lookup
+/// with slashes or dots in it.
+pub fn is_volume_id(id: &str) -> bool {
+    id.len() == 36 && id.starts_with("blk-") && id[4..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Node ids (Kubernetes node names): 1–253 characters of `[A-Za-z0-9._-]`.
+pub fn check_node_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 253 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+        return Err(format!("node id must be 1-253 characters of letters, digits, '.', '_' and '-', got {id:?}"));
+    }
+    Ok(())
+}
+
+/// How a volume is attached to one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Publication {
+    /// The CSI access mode it was published with (`AccessMode.Mode` number).
+    pub mode: i32,
+    pub readonly: bool,
+    pub since_unix_ms: u64,
+}
+
+/// One block volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeRecord {
+    pub version: u32,
+    pub id: String,
+    /// The CSI name CreateVolume was called with (the PV name).
+    pub name: String,
+    pub capacity_bytes: u64,
+    /// Bytes per block of the volume engine.
+    pub block_size: u32,
+    /// Copies of every block.
+    pub replicas: u32,
+    /// Fewest replicas a write may land on.
+    pub min_replicas: u32,
+    /// File system made on first stage for mount access (`ext4`, `xfs`); empty for raw block.
+    pub fs_type: String,
+    pub created_unix_ms: u64,
+    /// Raised at every publication change, so a node holding an older attachment is fenced.
+    pub generation: u64,
+    /// Nodes it is published to.
+    #[serde(default)]
+    pub published: BTreeMap<String, Publication>,
+}
+
+/// A node plugin, registered when it starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub version: u32,
+    pub id: String,
+    /// Topology segments it reported (NodeGetInfo).
+    pub topology: BTreeMap<String, String>,
+    pub registered_unix_ms: u64,
+}
+
+/// Records that carry a format version.
+pub trait Versioned {
+    fn format_version(&self) -> u32;
+}
+impl Versioned for VolumeRecord {
+    fn format_version(&self) -> u32 {
+        self.version
+    }
+}
+impl Versioned for NodeRecord {
+    fn format_version(&self) -> u32 {
+        self.version
+    }
+}
+
+/// Decodes a record, refusing unknown format versions.
+pub fn decode<T: serde::de::DeserializeOwned + Versioned>(key: &[u8], value: &[u8]) -> Result<T, CsiError> {
+    let bad = |why: String| CsiError::Internal(format!("record {}: {why}", String::from_utf8_lossy(key)));
+    let rec: T = serde_json::from_slice(value).map_err(|e| bad(e.to_string()))?;
+    if rec.format_version() != RECORD_VERSION {
+        return Err(bad(format!("format version {} (this build reads {RECORD_VERSION})", rec.format_version())));
+    }
+    Ok(rec)
+}
+
+pub fn encode<T: Serialize>(rec: &T) -> Vec<u8> {
+    serde_json::to_vec(rec).expect("records always serialize")
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_and_records() {
+        let id = new_volume_id();
+        assert!(is_volume_id(&id), "{id}");
+        assert!(!is_volume_id("blk-../../etc"));
+        assert!(!is_volume_id("vol-1"));
+        assert!(check_node_id("worker-1.example").is_ok());
+        assert!(check_node_id("a/b").is_err() && check_node_id("").is_err());
+        let n = NodeRecord { version: 9, id: "n".into(), topology: BTreeMap::new(), registered_unix_ms: 0 };
+        let err = decode::<NodeRecord>(b"k", &encode(&n)).unwrap_err();
+        assert!(err.to_string().contains("format version 9"), "{err}");
+        assert!(prefix_end(VOLUMES_PREFIX.as_bytes()) > volume_key(&id));
+    }
+}
