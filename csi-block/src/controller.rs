@@ -144,10 +144,8 @@ impl Driver {
                     )));
                 }
                 v.generation += 1;
-                v.published.insert(
-                    r.node_id.clone(),
-                    Publication { mode, readonly: r.readonly, since_unix_ms: now_ms() },
-                );
+                v.published
+                    .insert(r.node_id.clone(), Publication { mode, readonly: r.readonly, since_unix_ms: now_ms() });
                 Ok(true)
             })
             .await?;
@@ -157,7 +155,10 @@ impl Driver {
         })
     }
 
-    async fn unpublish(&self, r: ControllerUnpublishVolumeRequest) -> Result<ControllerUnpublishVolumeResponse, CsiError> {
+    async fn unpublish(
+        &self,
+        r: ControllerUnpublishVolumeRequest,
+    ) -> Result<ControllerUnpublishVolumeResponse, CsiError> {
         if r.volume_id.is_empty() {
             return Err(invalid("volume_id is required"));
         }
@@ -224,9 +225,7 @@ fn condition(up: usize, rec: &VolumeRecord) -> VolumeCondition {
 
 fn rpc_cap(t: Rpc) -> ControllerServiceCapability {
     ControllerServiceCapability {
-        r#type: Some(controller_service_capability::Type::Rpc(controller_service_capability::Rpc {
-            r#type: t as i32,
-        })),
+        r#type: Some(controller_service_capability::Type::Rpc(controller_service_capability::Rpc { r#type: t as i32 })),
     }
 }
 
@@ -323,7 +322,10 @@ impl Controller for Driver {
                 return Err(invalid("max_entries must not be negative"));
             }
             if !r.starting_token.is_empty() && !is_volume_id(&r.starting_token) {
-                return Err(CsiError::Aborted(format!("starting_token {:?} is not a token ListVolumes gave", r.starting_token)));
+                return Err(CsiError::Aborted(format!(
+                    "starting_token {:?} is not a token ListVolumes gave",
+                    r.starting_token
+                )));
             }
             let max = if r.max_entries == 0 { LIST_PAGE_MAX } else { (r.max_entries as u32).min(LIST_PAGE_MAX) };
             let (recs, more) = self.volumes.list(&r.starting_token, max).await?;
@@ -391,15 +393,24 @@ impl Controller for Driver {
         .await
     }
 
-    async fn create_snapshot(&self, _r: Request<CreateSnapshotRequest>) -> Result<Response<CreateSnapshotResponse>, Status> {
+    async fn create_snapshot(
+        &self,
+        _r: Request<CreateSnapshotRequest>,
+    ) -> Result<Response<CreateSnapshotResponse>, Status> {
         unoffered("CreateSnapshot")
     }
 
-    async fn delete_snapshot(&self, _r: Request<DeleteSnapshotRequest>) -> Result<Response<DeleteSnapshotResponse>, Status> {
+    async fn delete_snapshot(
+        &self,
+        _r: Request<DeleteSnapshotRequest>,
+    ) -> Result<Response<DeleteSnapshotResponse>, Status> {
         unoffered("DeleteSnapshot")
     }
 
-    async fn list_snapshots(&self, _r: Request<ListSnapshotsRequest>) -> Result<Response<ListSnapshotsResponse>, Status> {
+    async fn list_snapshots(
+        &self,
+        _r: Request<ListSnapshotsRequest>,
+    ) -> Result<Response<ListSnapshotsResponse>, Status> {
         unoffered("ListSnapshots")
     }
 

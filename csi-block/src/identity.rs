@@ -1,7 +1,7 @@
 //! The CSI Identity service: who the plugin is, what it offers, and whether the pool is reachable.
 
 use cairn_proto::csi::v1::identity_server::Identity;
-use cairn_proto::csi::v1::plugin_capability::{self, volume_expansion, Service, VolumeExpansion};
+use cairn_proto::csi::v1::plugin_capability::{self, Service, VolumeExpansion, volume_expansion};
 use cairn_proto::csi::v1::*;
 use tonic::{Request, Response, Status};
 
@@ -13,7 +13,10 @@ fn service(t: plugin_capability::service::Type) -> PluginCapability {
 
 #[tonic::async_trait]
 impl Identity for Driver {
-    async fn get_plugin_info(&self, _r: Request<GetPluginInfoRequest>) -> Result<Response<GetPluginInfoResponse>, Status> {
+    async fn get_plugin_info(
+        &self,
+        _r: Request<GetPluginInfoRequest>,
+    ) -> Result<Response<GetPluginInfoResponse>, Status> {
         csi_kit::rpc(&self.metrics, "GetPluginInfo", "", async {
             Ok(GetPluginInfoResponse {
                 name: self.cfg.driver_name.clone(),

@@ -58,7 +58,11 @@ pub async fn run(cfg: CsiBlockConfig, shutdown: impl Future<Output = ()> + Send 
         HttpState {
             registry,
             health: Arc::new(move || {
-                if health.load(Ordering::Relaxed) { Ok(()) } else { Err("registering with the metadata service".into()) }
+                if health.load(Ordering::Relaxed) {
+                    Ok(())
+                } else {
+                    Err("registering with the metadata service".into())
+                }
             }),
         },
         async move {
@@ -69,7 +73,8 @@ pub async fn run(cfg: CsiBlockConfig, shutdown: impl Future<Output = ()> + Send 
     .map_err(|e| e.to_string())?;
     let http = tokio::spawn(http);
 
-    let driver = Driver { cfg: Arc::new(cfg.clone()), volumes: Volumes { meta }, inflight: InFlight::default(), metrics };
+    let driver =
+        Driver { cfg: Arc::new(cfg.clone()), volumes: Volumes { meta }, inflight: InFlight::default(), metrics };
     let mut shutdown = Box::pin(shutdown);
     if cfg.node_id.is_some() && !node::register(&driver, &mut shutdown).await {
         let _ = stop_tx.send(true);

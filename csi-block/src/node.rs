@@ -45,7 +45,10 @@ fn unbuilt<T>(what: &str) -> Result<Response<T>, Status> {
 
 #[tonic::async_trait]
 impl Node for Driver {
-    async fn node_stage_volume(&self, _r: Request<NodeStageVolumeRequest>) -> Result<Response<NodeStageVolumeResponse>, Status> {
+    async fn node_stage_volume(
+        &self,
+        _r: Request<NodeStageVolumeRequest>,
+    ) -> Result<Response<NodeStageVolumeResponse>, Status> {
         unbuilt("NodeStageVolume")
     }
 
@@ -77,7 +80,10 @@ impl Node for Driver {
         unbuilt("NodeGetVolumeStats")
     }
 
-    async fn node_expand_volume(&self, _r: Request<NodeExpandVolumeRequest>) -> Result<Response<NodeExpandVolumeResponse>, Status> {
+    async fn node_expand_volume(
+        &self,
+        _r: Request<NodeExpandVolumeRequest>,
+    ) -> Result<Response<NodeExpandVolumeResponse>, Status> {
         unbuilt("NodeExpandVolume")
     }
 

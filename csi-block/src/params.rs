@@ -4,8 +4,8 @@
 
 use std::collections::HashMap;
 
-use cairn_proto::csi::v1::volume_capability::access_mode::Mode;
 use cairn_proto::csi::v1::volume_capability::AccessType;
+use cairn_proto::csi::v1::volume_capability::access_mode::Mode;
 use cairn_proto::csi::v1::{CapacityRange, VolumeCapability};
 use csi_kit::CsiError;
 use csi_kit::error::invalid;
@@ -256,8 +256,10 @@ mod tests {
         assert!(check_capabilities(&[]).is_err());
         assert!(check_capabilities(&[cap(Mode::MultiNodeMultiWriter, None)]).is_err());
         assert!(check_capabilities(&[cap(Mode::SingleNodeWriter, Some("zfs"))]).is_err());
-        assert!(check_capabilities(&[cap(Mode::SingleNodeWriter, None), cap(Mode::SingleNodeWriter, Some("ext4"))])
-            .is_err());
+        assert!(
+            check_capabilities(&[cap(Mode::SingleNodeWriter, None), cap(Mode::SingleNodeWriter, Some("ext4"))])
+                .is_err()
+        );
         let no_type = VolumeCapability { access_mode: Some(AccessMode { mode: 1 }), access_type: None };
         assert!(capability_problem(&no_type).unwrap().contains("access_type"));
     }
@@ -269,7 +271,10 @@ mod tests {
         assert_eq!(capacity(r(1, 0).as_ref()).unwrap(), MIB);
         assert_eq!(capacity(r(5 * MIB as i64 + 1, 0).as_ref()).unwrap(), 6 * MIB);
         assert_eq!(capacity(r(0, 10 * MIB as i64).as_ref()).unwrap(), 10 * MIB);
-        assert_eq!(capacity(r(MIB as i64 + 1, 2 * MIB as i64 - 1).as_ref()).unwrap_err().code(), tonic::Code::OutOfRange);
+        assert_eq!(
+            capacity(r(MIB as i64 + 1, 2 * MIB as i64 - 1).as_ref()).unwrap_err().code(),
+            tonic::Code::OutOfRange
+        );
         assert_eq!(capacity(r(10, 5).as_ref()).unwrap_err().code(), tonic::Code::OutOfRange);
         assert_eq!(capacity(r(-1, 0).as_ref()).unwrap_err().code(), tonic::Code::InvalidArgument);
         assert_eq!(capacity(r(i64::MAX, 0).as_ref()).unwrap_err().code(), tonic::Code::OutOfRange);

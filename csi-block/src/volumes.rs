@@ -95,10 +95,8 @@ impl Volumes {
                     nodes.join(", ")
                 )));
             }
-            let txn = Txn::new()
-                .mod_revision_equals(&kv.key, kv.mod_revision)
-                .delete(&kv.key)
-                .delete(&name_key(&rec.name));
+            let txn =
+                Txn::new().mod_revision_equals(&kv.key, kv.mod_revision).delete(&kv.key).delete(&name_key(&rec.name));
             if self.meta.txn(txn).await?.succeeded {
                 return Ok(());
             }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use node_client::NodeClient;
 use rand::RngCore;
 
+pub mod csi;
 pub mod meta;
 pub mod s3;
 

@@ -1,0 +1,292 @@
+//! csi-block over its real unix socket, driven as the Kubernetes sidecars drive it: identity and
+//! probe, CreateVolume idempotency and refusals, paging, single-node attachment with a second
+//! node plugin, expansion, validation, and a controller SIGKILLed and restarted forgetting
+//! nothing — each failure with the gRPC code the CSI spec names.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use cairn_proto::csi::v1::controller_client::ControllerClient;
+use cairn_proto::csi::v1::identity_client::IdentityClient;
+use cairn_proto::csi::v1::node_client::NodeClient;
+use cairn_proto::csi::v1::volume_capability::access_mode::Mode;
+use cairn_proto::csi::v1::volume_capability::{AccessMode, AccessType, BlockVolume, MountVolume};
+use cairn_proto::csi::v1::*;
+use integration_tests::NodeProc;
+use integration_tests::csi::CsiProc;
+use integration_tests::meta::meta_cluster;
+use tonic::Code;
+use tonic::transport::Channel;
+
+const MIB: i64 = 1 << 20;
+
+fn cap(mode: Mode, fs: Option<&str>) -> VolumeCapability {
+    VolumeCapability {
+        access_mode: Some(AccessMode { mode: mode as i32 }),
+        access_type: Some(match fs {
+            Some(f) => AccessType::Mount(MountVolume { fs_type: f.into(), ..Default::default() }),
+            None => AccessType::Block(BlockVolume {}),
+        }),
+    }
+}
+
+fn create_req(name: &str, required: i64, params: &[(&str, &str)]) -> CreateVolumeRequest {
+    CreateVolumeRequest {
+        name: name.into(),
+        capacity_range: Some(CapacityRange { required_bytes: required, limit_bytes: 0 }),
+        volume_capabilities: vec![cap(Mode::SingleNodeWriter, Some("ext4"))],
+        parameters: params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<HashMap<_, _>>(),
+        ..Default::default()
+    }
+}
+
+fn publish_req(vol: &str, node: &str, mode: Mode, readonly: bool) -> ControllerPublishVolumeRequest {
+    ControllerPublishVolumeRequest {
+        volume_id: vol.into(),
+        node_id: node.into(),
+        volume_capability: Some(cap(mode, Some("ext4"))),
+        readonly,
+        ..Default::default()
+    }
+}
+
+fn offers_controller(caps: &GetPluginCapabilitiesResponse) -> bool {
+    use plugin_capability::service::Type;
+    caps.capabilities.iter().any(|c| {
+        matches!(&c.r#type, Some(plugin_capability::Type::Service(s)) if s.r#type == Type::ControllerService as i32)
+    })
+}
+
+fn code<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) -> Code {
+    match r {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(s) => {
+            assert!(!s.message().is_empty(), "{:?} without a message", s.code());
+            s.code()
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csi_block_controller_over_the_socket() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let meta = meta_cluster(1, dir.path(), &[]);
+    let api = meta[0].addrs.api.clone();
+    let _node = NodeProc::start(
+        &dir.path().join("n1"),
+        &["--meta", &api, "--node-id", "n1", "--replicas", "1", "--heartbeat-ms", "200"],
+    );
+    let mut ctrl = CsiProc::start(
+        "csi-block",
+        dir.path(),
+        "ctrl",
+        &["--meta", &api, "--node-id", "node-a", "--default-replicas", "1"],
+    );
+    let node_b = CsiProc::start(
+        "csi-block",
+        dir.path(),
+        "node-b",
+        &["--meta", &api, "--controller", "false", "--node-id", "node-b"],
+    );
+    let ch: Channel = ctrl.channel().await;
+    let mut id = IdentityClient::new(ch.clone());
+    let mut c = ControllerClient::new(ch);
+
+    // Identity: name, capabilities, and ready once a storage node is up.
+    let info = id.get_plugin_info(GetPluginInfoRequest {}).await.unwrap().into_inner();
+    assert_eq!(info.name, "block.csi.cairn.io");
+    assert!(!info.vendor_version.is_empty());
+    let caps = id.get_plugin_capabilities(GetPluginCapabilitiesRequest {}).await.unwrap().into_inner();
+    assert!(offers_controller(&caps), "controller service: {caps:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while id.probe(ProbeRequest {}).await.unwrap().into_inner().ready != Some(true) {
+        assert!(Instant::now() < deadline, "probe never ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let node_only = IdentityClient::new(node_b.channel().await)
+        .get_plugin_capabilities(GetPluginCapabilitiesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!offers_controller(&node_only), "a node-only plugin offers no controller: {node_only:?}");
+
+    // CreateVolume: rounded to MiB, idempotent by name, incompatible repeats refused.
+    let v1 = c.create_volume(create_req("pv-1", 100 * MIB + 1, &[])).await.unwrap().into_inner().volume.unwrap();
+    assert_eq!(v1.capacity_bytes, 101 * MIB);
+    assert_eq!(v1.volume_context.get("fsType").map(String::as_str), Some("ext4"));
+    assert_eq!(v1.accessible_topology.len(), 1);
+    let again = c.create_volume(create_req("pv-1", 100 * MIB, &[])).await.unwrap().into_inner().volume.unwrap();
+    assert_eq!(again.volume_id, v1.volume_id, "same name, compatible: same volume");
+    assert_eq!(code(c.create_volume(create_req("pv-1", 200 * MIB, &[])).await), Code::AlreadyExists);
+    assert_eq!(
+        code(c.create_volume(create_req("pv-1", 100 * MIB, &[("blockSize", "4096")])).await),
+        Code::AlreadyExists
+    );
+
+    // Refusals, each with the spec's code.
+    assert_eq!(code(c.create_volume(create_req("", MIB, &[])).await), Code::InvalidArgument);
+    let mut no_caps = create_req("pv-x", MIB, &[]);
+    no_caps.volume_capabilities.clear();
+    assert_eq!(code(c.create_volume(no_caps).await), Code::InvalidArgument);
+    let mut rwx = create_req("pv-x", MIB, &[]);
+    rwx.volume_capabilities = vec![cap(Mode::MultiNodeMultiWriter, None)];
+    assert_eq!(code(c.create_volume(rwx).await), Code::InvalidArgument);
+    assert_eq!(code(c.create_volume(create_req("pv-x", MIB, &[("replica", "1")])).await), Code::InvalidArgument);
+    assert_eq!(code(c.create_volume(create_req("pv-x", MIB, &[("replicas", "3")])).await), Code::ResourceExhausted);
+    let mut lies = create_req("pv-x", 10 * MIB, &[]);
+    lies.capacity_range = Some(CapacityRange { required_bytes: 10 * MIB, limit_bytes: MIB });
+    assert_eq!(code(c.create_volume(lies).await), Code::OutOfRange);
+    let mut clone = create_req("pv-x", MIB, &[]);
+    clone.volume_content_source = Some(VolumeContentSource {
+        r#type: Some(volume_content_source::Type::Volume(volume_content_source::VolumeSource {
+            volume_id: v1.volume_id.clone(),
+        })),
+    });
+    assert_eq!(code(c.create_volume(clone).await), Code::InvalidArgument);
+
+    // ListVolumes pages through every volume exactly once; a made-up token is ABORTED.
+    let mut ids = vec![v1.volume_id.clone()];
+    for i in 0..4 {
+        let mut r = create_req(&format!("pv-page-{i}"), MIB, &[]);
+        r.volume_capabilities = vec![cap(Mode::SingleNodeWriter, None)];
+        ids.push(c.create_volume(r).await.unwrap().into_inner().volume.unwrap().volume_id);
+    }
+    let (mut seen, mut token) = (Vec::new(), String::new());
+    for _ in 0..10 {
+        let page = c
+            .list_volumes(ListVolumesRequest { max_entries: 2, starting_token: token.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.entries.len() <= 2);
+        seen.extend(page.entries.iter().map(|e| e.volume.as_ref().unwrap().volume_id.clone()));
+        token = page.next_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    ids.sort();
+    assert_eq!(seen, ids, "every volume once, in id order");
+    assert_eq!(
+        code(c.list_volumes(ListVolumesRequest { max_entries: 2, starting_token: "../x".into() }).await),
+        Code::Aborted
+    );
+
+    // Attach to exactly one node at a time.
+    let vid = v1.volume_id.clone();
+    let p = c.controller_publish_volume(publish_req(&vid, "node-a", Mode::SingleNodeWriter, false)).await.unwrap();
+    let gen_a: u64 = p.into_inner().publish_context["generation"].parse().unwrap();
+    c.controller_publish_volume(publish_req(&vid, "node-a", Mode::SingleNodeWriter, false)).await.unwrap();
+    assert_eq!(
+        code(c.controller_publish_volume(publish_req(&vid, "node-b", Mode::SingleNodeWriter, false)).await),
+        Code::FailedPrecondition
+    );
+    assert_eq!(
+        code(c.controller_publish_volume(publish_req(&vid, "node-a", Mode::SingleNodeWriter, true)).await),
+        Code::AlreadyExists
+    );
+    assert_eq!(
+        code(c.controller_publish_volume(publish_req(&vid, "no-such-node", Mode::SingleNodeWriter, false)).await),
+        Code::NotFound
+    );
+    assert_eq!(
+        code(c.controller_publish_volume(publish_req("blk-0000", "node-a", Mode::SingleNodeWriter, false)).await),
+        Code::NotFound
+    );
+    let got =
+        c.controller_get_volume(ControllerGetVolumeRequest { volume_id: vid.clone() }).await.unwrap().into_inner();
+    let status = got.status.unwrap();
+    assert_eq!(status.published_node_ids, vec!["node-a".to_string()]);
+    assert!(!status.volume_condition.unwrap().abnormal);
+    assert_eq!(
+        code(c.delete_volume(DeleteVolumeRequest { volume_id: vid.clone(), ..Default::default() }).await),
+        Code::FailedPrecondition,
+        "a published volume is not deleted"
+    );
+    let unpub =
+        ControllerUnpublishVolumeRequest { volume_id: vid.clone(), node_id: "node-a".into(), ..Default::default() };
+    c.controller_unpublish_volume(unpub.clone()).await.unwrap();
+    c.controller_unpublish_volume(unpub).await.unwrap();
+    let p = c.controller_publish_volume(publish_req(&vid, "node-b", Mode::SingleNodeWriter, false)).await.unwrap();
+    let gen_b: u64 = p.into_inner().publish_context["generation"].parse().unwrap();
+    assert!(gen_b > gen_a, "each attachment fences the one before: {gen_a} then {gen_b}");
+
+    // Many readers: MULTI_NODE_READER_ONLY attaches to both nodes.
+    let mut rox = create_req("pv-rox", MIB, &[]);
+    rox.volume_capabilities = vec![cap(Mode::MultiNodeReaderOnly, Some("ext4"))];
+    let rox = c.create_volume(rox).await.unwrap().into_inner().volume.unwrap().volume_id;
+    for n in ["node-a", "node-b"] {
+        c.controller_publish_volume(publish_req(&rox, n, Mode::MultiNodeReaderOnly, true)).await.unwrap();
+    }
+
+    // Expansion grows, never shrinks.
+    let grown = c
+        .controller_expand_volume(ControllerExpandVolumeRequest {
+            volume_id: vid.clone(),
+            capacity_range: Some(CapacityRange { required_bytes: 300 * MIB, limit_bytes: 0 }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((grown.capacity_bytes, grown.node_expansion_required), (300 * MIB, true));
+    let shrink = ControllerExpandVolumeRequest {
+        volume_id: vid.clone(),
+        capacity_range: Some(CapacityRange { required_bytes: 10 * MIB, limit_bytes: 20 * MIB }),
+        ..Default::default()
+    };
+    assert_eq!(code(c.controller_expand_volume(shrink).await), Code::OutOfRange);
+
+    // ValidateVolumeCapabilities.
+    let validate = |caps: Vec<VolumeCapability>, id: &str| ValidateVolumeCapabilitiesRequest {
+        volume_id: id.into(),
+        volume_capabilities: caps,
+        ..Default::default()
+    };
+    let ok = c.validate_volume_capabilities(validate(vec![cap(Mode::SingleNodeWriter, Some("ext4"))], &vid)).await;
+    assert!(ok.unwrap().into_inner().confirmed.is_some());
+    let no = c.validate_volume_capabilities(validate(vec![cap(Mode::SingleNodeWriter, Some("xfs"))], &vid)).await;
+    let no = no.unwrap().into_inner();
+    assert!(no.confirmed.is_none() && no.message.contains("ext4"), "{no:?}");
+    let unknown = validate(vec![cap(Mode::SingleNodeWriter, None)], "blk-00000000000000000000000000000000");
+    assert_eq!(code(c.validate_volume_capabilities(unknown).await), Code::NotFound);
+
+    let capacity = c.get_capacity(GetCapacityRequest::default()).await.unwrap().into_inner();
+    assert!(capacity.available_capacity > 0, "{capacity:?}");
+
+    // The controller is SIGKILLed and restarted: nothing is forgotten.
+    ctrl.restart();
+    let mut c = ControllerClient::new(ctrl.channel().await);
+    let got =
+        c.controller_get_volume(ControllerGetVolumeRequest { volume_id: vid.clone() }).await.unwrap().into_inner();
+    assert_eq!(got.volume.unwrap().capacity_bytes, 300 * MIB);
+    assert_eq!(got.status.unwrap().published_node_ids, vec!["node-b".to_string()]);
+    assert_eq!(
+        code(c.controller_publish_volume(publish_req(&vid, "node-a", Mode::SingleNodeWriter, false)).await),
+        Code::FailedPrecondition,
+        "the attachment to node-b outlived the restart"
+    );
+
+    // Node plugin b: its id and topology.
+    let mut nb = NodeClient::new(node_b.channel().await);
+    let info = nb.node_get_info(NodeGetInfoRequest {}).await.unwrap().into_inner();
+    assert_eq!(info.node_id, "node-b");
+    assert_eq!(info.accessible_topology.unwrap().segments, v1.accessible_topology[0].segments);
+
+    // Deleting: unpublish everywhere, delete, delete again (idempotent), gone.
+    for v in [&vid, &rox] {
+        let all = ControllerUnpublishVolumeRequest { volume_id: v.to_string(), ..Default::default() };
+        c.controller_unpublish_volume(all).await.unwrap();
+        let del = DeleteVolumeRequest { volume_id: v.to_string(), ..Default::default() };
+        c.delete_volume(del.clone()).await.unwrap();
+        c.delete_volume(del).await.unwrap();
+        assert_eq!(
+            code(c.controller_get_volume(ControllerGetVolumeRequest { volume_id: v.to_string() }).await),
+            Code::NotFound
+        );
+    }
+    // The name is free again: a new volume of that name gets a new id.
+    let v1b = c.create_volume(create_req("pv-1", MIB, &[])).await.unwrap().into_inner().volume.unwrap();
+    assert_ne!(v1b.volume_id, vid);
+    assert!(!ctrl.log_text().contains("panicked"), "{}", ctrl.log_text());
+}
