@@ -1,6 +1,7 @@
 //! `cairn-local`, the README's first command, as a user runs it: it comes up on its own, writes
 //! `data/local.env`, clients pointed by that file work (the cairn CLI, and the aws CLI against its
-//! S3 endpoint with the first access key), and SIGTERM stops it cleanly.
+//! S3 endpoint with the first access key, a CSI client on the csi-block socket), and SIGTERM stops
+//! it cleanly.
 
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
@@ -18,7 +19,7 @@ fn local_system_publishes_its_env_file_and_serves_clients() {
         .arg(&data)
         .args(["--node-listen", &addr(), "--node-http", &addr()])
         .args(["--meta-listen", &addr(), "--meta-peer", &addr(), "--meta-http", &addr()])
-        .args(["--s3-listen", &addr(), "--s3-http", &addr()])
+        .args(["--s3-listen", &addr(), "--s3-http", &addr(), "--csi-block-http", &addr()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -44,9 +45,15 @@ fn local_system_publishes_its_env_file_and_serves_clients() {
         .lines()
         .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
         .collect();
-    for key in
-        ["CAIRN_NODE", "CAIRN_META", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"]
-    {
+    for key in [
+        "CAIRN_NODE",
+        "CAIRN_META",
+        "AWS_ENDPOINT_URL",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_REGION",
+        "CSI_BLOCK_ENDPOINT",
+    ] {
         assert!(env.contains_key(key), "local.env lacks {key}: {env:?}");
     }
     let cairn = |args: &[&str]| Command::new(bin("cairn")).envs(&env).args(args).output().unwrap();
@@ -80,6 +87,40 @@ fn local_system_publishes_its_env_file_and_serves_clients() {
     aws(&["s3", "cp", "--no-progress", "s3://local-first/f.bin", back.to_str().unwrap()]);
     assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&file).unwrap());
     assert!(aws(&["s3", "ls", "s3://local-first"]).contains("f.bin"));
+
+    // CSI_BLOCK_ENDPOINT answers as a CSI plugin does: identity, probe, a volume made and deleted.
+    let sock = env["CSI_BLOCK_ENDPOINT"].strip_prefix("unix://").expect("a unix:// endpoint").to_string();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use cairn_proto::csi::v1::volume_capability::{AccessMode, AccessType, BlockVolume};
+        use cairn_proto::csi::v1::*;
+        let ch = csi_kit::connect_unix(std::path::Path::new(&sock)).await.unwrap();
+        let mut id = identity_client::IdentityClient::new(ch.clone());
+        let info = id.get_plugin_info(GetPluginInfoRequest {}).await.unwrap().into_inner();
+        assert_eq!(info.name, "block.csi.cairn.io");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while id.probe(ProbeRequest {}).await.unwrap().into_inner().ready != Some(true) {
+            assert!(Instant::now() < deadline, "csi-block never ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut c = controller_client::ControllerClient::new(ch);
+        let v = c
+            .create_volume(CreateVolumeRequest {
+                name: "pv-local".into(),
+                capacity_range: Some(CapacityRange { required_bytes: 64 << 20, limit_bytes: 0 }),
+                volume_capabilities: vec![VolumeCapability {
+                    access_mode: Some(AccessMode { mode: 1 }),
+                    access_type: Some(AccessType::Block(BlockVolume {})),
+                }],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap();
+        assert_eq!(v.capacity_bytes, 64 << 20);
+        c.delete_volume(DeleteVolumeRequest { volume_id: v.volume_id, ..Default::default() }).await.unwrap();
+    });
 
     // SAFETY: signalling our own child.
     unsafe {

@@ -1,5 +1,7 @@
 //! `cairn-local`: every part built so far (a storage node joined to a single-voter metadata
-//! group, objectd serving S3 with a first access key, mutual TLS with a CA of its own) in one process, on embedded defaults, with its data
+//! group, objectd serving S3 with a first access key, the csi-block driver's controller and node
+//! services on a unix socket, mutual TLS with a CA of its own) in one process, on embedded
+//! defaults, with its data
 //! under one directory. While it runs it keeps `<data>/local.env` (KEY=value lines) so that
 //! `set -a; . data/local.env` points clients at it; the file is removed on clean shutdown.
 
@@ -42,6 +44,9 @@ struct Cli {
     /// objectd /metrics address.
     #[arg(long, env = "CAIRN_LOCAL_S3_HTTP", default_value = "127.0.0.1:7781")]
     s3_http: SocketAddr,
+    /// csi-block /metrics address.
+    #[arg(long, env = "CAIRN_LOCAL_CSI_BLOCK_HTTP", default_value = "127.0.0.1:7790")]
+    csi_block_http: SocketAddr,
     /// Log filter.
     #[arg(long, env = "CAIRN_LOG", default_value = "info")]
     log: String,
@@ -67,7 +72,7 @@ fn main() -> ExitCode {
     // A data directory too deep for a socket path falls back to TCP.
     let sock =
         |name: &str| std::fs::canonicalize(&cli.data).map(|d| d.join(name)).ok().filter(|p| p.as_os_str().len() <= 107);
-    let (node_sock, meta_sock) = (sock("node.sock"), sock("meta.sock"));
+    let (node_sock, meta_sock, csi_block_sock) = (sock("node.sock"), sock("meta.sock"), sock("csi-block.sock"));
     if node_sock.is_none() || meta_sock.is_none() {
         tracing::warn!(data = %cli.data.display(), "data directory path too long for unix sockets; the parts talk over TCP");
     }
@@ -114,6 +119,25 @@ fn main() -> ExitCode {
         eprintln!("cairn-local: {e}");
         return ExitCode::from(2);
     }
+    // The block CSI driver, controller and node "local-1" in one: its socket is what a CSI
+    // client (or the sidecars) connects to. It needs a unix socket path that fits.
+    let csi_block = csi_block_sock.as_ref().map(|p| csi_block::CsiBlockConfig {
+        endpoint: format!("unix://{}", p.display()),
+        meta: vec![meta_addr.clone()],
+        controller: true,
+        node_id: Some("local-1".into()),
+        default_replicas: 1,
+        http_listen: cli.csi_block_http,
+        log: cli.log.clone(),
+        tls_ca: member.ca.clone(),
+        tls_cert: member.cert.clone(),
+        tls_key: member.key.clone(),
+        ..csi_block::CsiBlockConfig::default()
+    });
+    if let Some(Err(e)) = csi_block.as_ref().map(csi_block::CsiBlockConfig::validate) {
+        eprintln!("cairn-local: {e}");
+        return ExitCode::from(2);
+    }
     let s3 = objectd::ObjectdConfig {
         meta: vec![meta_addr],
         listen: cli.s3_listen,
@@ -144,7 +168,7 @@ fn main() -> ExitCode {
     };
     let env = env_file::LocalEnv::new(&cli.data);
     let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
-    let vars = vec![
+    let mut vars = vec![
         ("CAIRN_NODE".to_string(), cli.node_listen.to_string()),
         ("CAIRN_NODE_METRICS_URL".to_string(), format!("http://{}/metrics", cli.node_http)),
         ("CAIRN_META".to_string(), cli.meta_listen.to_string()),
@@ -160,13 +184,32 @@ fn main() -> ExitCode {
         ("AWS_DEFAULT_REGION".to_string(), "us-east-1".to_string()),
         ("CAIRN_S3_METRICS_URL".to_string(), format!("http://{}/metrics", cli.s3_http)),
     ];
+    if let Some(c) = &csi_block {
+        vars.push(("CSI_BLOCK_ENDPOINT".to_string(), c.endpoint.clone()));
+        vars.push(("CAIRN_CSI_BLOCK_METRICS_URL".to_string(), format!("http://{}/metrics", cli.csi_block_http)));
+    }
     let res = rt.block_on(async {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut node_task = tokio::spawn(storage_node::run(node, stopped(stop_rx.clone())));
         let mut meta_task = tokio::spawn(metadata_service::run(meta, stopped(stop_rx.clone())));
-        let mut s3_task = tokio::spawn(objectd::run(s3, stopped(stop_rx)));
+        let mut s3_task = tokio::spawn(objectd::run(s3, stopped(stop_rx.clone())));
+        let csi_block_on = csi_block.is_some();
+        let mut csi_block_task = tokio::spawn(async move {
+            match csi_block {
+                Some(c) => csi_block::run(c, stopped(stop_rx)).await,
+                None => {
+                    tracing::warn!("data directory path too long for a unix socket; csi-block is not started");
+                    stopped(stop_rx).await;
+                    Ok(())
+                }
+            }
+        });
         let publish = async {
-            if wait_ready(cli.node_http).await && wait_ready(cli.meta_http).await && wait_healthy(cli.s3_http).await {
+            if wait_ready(cli.node_http).await
+                && wait_ready(cli.meta_http).await
+                && wait_healthy(cli.s3_http).await
+                && (!csi_block_on || wait_healthy(cli.csi_block_http).await)
+            {
                 if let Err(e) = first_key::register(&cli.meta_listen.to_string(), &key).await {
                     tracing::error!(error = %e, "cannot store the first S3 access key");
                 }
@@ -178,6 +221,9 @@ fn main() -> ExitCode {
                     cli.node_listen,
                     cli.meta_listen
                 );
+                if let Some(p) = &csi_block_sock {
+                    println!("cairn-local: csi-block (controller + node local-1) on unix://{}", p.display());
+                }
                 match env.write(&vars) {
                     Ok(()) => tracing::info!("local system ready; run `set -a; . {}` to use it", env.path().display()),
                     Err(e) => tracing::error!(error = %e, "cannot write local.env"),
@@ -189,11 +235,13 @@ fn main() -> ExitCode {
             r = &mut node_task => return flatten(r.map(|r| r.map_err(|e| e.to_string()))),
             r = &mut meta_task => return flatten(r.map(|r| r.map_err(|e| e.to_string()))),
             r = &mut s3_task => return flatten(r.map(|r| r.map_err(|e| e.to_string()))),
+            r = &mut csi_block_task => return flatten(r),
             _ = daemon_kit::shutdown_signal() => {}
             _ = publish => {}
         }
         let _ = stop_tx.send(true);
-        let (n, m, o) = tokio::join!(node_task, meta_task, s3_task);
+        let (n, m, o, b) = tokio::join!(node_task, meta_task, s3_task, csi_block_task);
+        flatten(b)?;
         flatten(o.map(|r| r.map_err(|e| e.to_string())))?;
         flatten(n.map(|r| r.map_err(|e| e.to_string())))?;
         flatten(m.map(|r| r.map_err(|e| e.to_string())))
