@@ -61,6 +61,16 @@ impl Driver {
             Access::Mount { fs_type: Some(f) } => f,
             Access::Mount { fs_type: None } => p.fs_type.clone().unwrap_or_else(|| "ext4".into()),
         };
+        // Repair keeps every chunk at the pool's copy count; a volume cannot ask for another yet.
+        if let Some(pool) =
+            cluster::PoolSettings::load(&self.volumes.meta).await.map_err(|e| CsiError::Unavailable(e.to_string()))?
+            && pool.replicas != p.replicas as usize
+        {
+            return Err(invalid(format!(
+                "parameter replicas: this pool keeps {} copies of every block; other counts per volume are not offered yet",
+                pool.replicas
+            )));
+        }
         let up = self.volumes.pool().await?;
         if (up.len() as u32) < p.min_replicas {
             return Err(CsiError::ResourceExhausted(format!(
