@@ -1,0 +1,62 @@
+//! The engine's keys in the metadata service.
+//!
+//! ```text
+//! vol/gen/<volume id>                  fencing generation (decimal): only an attachment at it commits
+//! vol/map/<volume id>/<index:016x>     chunk hash (hex) of a block that holds data
+//! cluster/refs/<chunk>/vol:<id>:<idx>  the block's chunk reference (cluster::refs)
+//! ```
+
+use crate::error::{EngineError, Result};
+
+pub fn generation_key(id: &str) -> Vec<u8> {
+    format!("vol/gen/{id}").into_bytes()
+}
+
+pub fn map_prefix(id: &str) -> Vec<u8> {
+    format!("vol/map/{id}/").into_bytes()
+}
+
+pub fn map_key(id: &str, idx: u64) -> Vec<u8> {
+    format!("vol/map/{id}/{idx:016x}").into_bytes()
+}
+
+/// The reference owner of block `idx` of volume `id`.
+pub fn owner(id: &str, idx: u64) -> String {
+    format!("vol:{id}:{idx}")
+}
+
+/// The block index of a map key under `prefix`.
+pub fn block_of(prefix: &[u8], key: &[u8]) -> Result<u64> {
+    key.strip_prefix(prefix)
+        .and_then(|s| std::str::from_utf8(s).ok())
+        .and_then(|s| u64::from_str_radix(s, 16).ok())
+        .ok_or_else(|| EngineError::Corrupt(format!("block map key {}", String::from_utf8_lossy(key))))
+}
+
+/// The end of the key range starting with `prefix`.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    Vec::new()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn map_keys_sort_by_block_and_parse_back() {
+        let p = map_prefix("blk-1");
+        assert!(map_key("blk-1", 2) < map_key("blk-1", 10));
+        assert_eq!(block_of(&p, &map_key("blk-1", 77)).unwrap(), 77);
+        assert!(block_of(&p, b"vol/map/blk-1/zz").is_err());
+        assert!(prefix_end(&p) > map_key("blk-1", u64::MAX));
+        // another volume's keys are outside the span
+        assert!(!map_key("blk-10", 0).starts_with(&p));
+    }
+}

@@ -1,0 +1,379 @@
+//! The block volume engine, run on the node a volume is attached to. A volume is `capacity`
+//! bytes cut into blocks of `block_size`; each block ever written is one content-hashed chunk in
+//! the pool, put through a [`ChunkClient`] with the volume's replica count (acknowledged once
+//! every placed replica that answered made it durable, never with fewer than the volume's
+//! minimum), and read back verified. Never-written and trimmed blocks hold no chunk (thin).
+//!
+//! Writes land in a dirty set in memory, like a disk's volatile write cache; [`Volume::flush`]
+//! puts the dirty blocks as chunks and commits their block-map entries (with their chunk
+//! references) to the metadata service in transactions conditioned on the volume's fencing
+//! generation. A flush is acknowledged only after that commit, so what a flush acknowledged
+//! survives the loss of this node; an attachment whose generation was superseded (the volume
+//! was published elsewhere) can no longer commit anything.
+
+mod error;
+pub mod keys;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chunk_engine::ChunkHash;
+use cluster::ChunkClient;
+use cluster::refs::{add_refs, remove_refs};
+use futures::stream::{self, StreamExt, TryStreamExt};
+use metadata_client::{MetaClient, Txn};
+use tokio::sync::{Mutex, RwLock};
+
+pub use error::{EngineError, Result};
+
+/// Most blocks one block-map transaction commits.
+const BLOCKS_PER_TXN: usize = 128;
+/// Chunk puts in flight during a flush.
+const FLUSH_DEPTH: usize = 8;
+
+/// The shape of a volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    pub capacity: u64,
+    pub block_size: u64,
+}
+
+/// One attached volume.
+pub struct Volume {
+    meta: MetaClient,
+    chunks: ChunkClient,
+    id: String,
+    geometry: RwLock<Geometry>,
+    generation: u64,
+    /// Committed block map: block index → chunk.
+    map: RwLock<HashMap<u64, ChunkHash>>,
+    /// Blocks written since the last flush began (None: trimmed to zeros).
+    dirty: Mutex<BTreeMap<u64, Option<Bytes>>>,
+    /// Blocks a running flush is committing; readable until it ends.
+    flushing: RwLock<Arc<BTreeMap<u64, Option<Bytes>>>>,
+    /// One flush at a time.
+    flush_lock: Mutex<()>,
+    /// Set once a commit found another generation: nothing more is written.
+    fenced: std::sync::atomic::AtomicBool,
+}
+
+impl Volume {
+    /// Attaches volume `id` at fencing `generation` (the one its publication wrote with
+    /// [`set_generation`]) and loads its block map. `chunks` must be configured with the
+    /// volume's replicas and minimum.
+    pub async fn open(
+        meta: MetaClient,
+        chunks: ChunkClient,
+        id: &str,
+        geometry: Geometry,
+        generation: u64,
+    ) -> Result<Volume> {
+        if geometry.block_size == 0
+            || !geometry.block_size.is_power_of_two()
+            || geometry.capacity % geometry.block_size != 0
+        {
+            return Err(EngineError::Invalid(format!("bad geometry {geometry:?}")));
+        }
+        let current = current_generation(&meta, id).await?;
+        if current != Some(generation) {
+            return Err(EngineError::Fenced { volume: id.to_string(), generation, current });
+        }
+        let mut map = HashMap::new();
+        let prefix = keys::map_prefix(id);
+        let end = keys::prefix_end(&prefix);
+        let mut start = prefix.clone();
+        loop {
+            let page = meta.range(&start, &end, 4096).await?;
+            for kv in &page.kvs {
+                let idx = keys::block_of(&prefix, &kv.key)?;
+                let hash: ChunkHash = std::str::from_utf8(&kv.value)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| EngineError::Corrupt(format!("block map entry {idx} of {id}")))?;
+                map.insert(idx, hash);
+            }
+            match page.next_key {
+                Some(k) => start = k,
+                None => break,
+            }
+        }
+        tracing::info!(volume = id, blocks = map.len(), generation, "volume attached");
+        Ok(Volume {
+            meta,
+            chunks,
+            id: id.to_string(),
+            geometry: RwLock::new(geometry),
+            generation,
+            map: RwLock::new(map),
+            dirty: Mutex::new(BTreeMap::new()),
+            flushing: RwLock::new(Arc::new(BTreeMap::new())),
+            flush_lock: Mutex::new(()),
+            fenced: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub async fn geometry(&self) -> Geometry {
+        *self.geometry.read().await
+    }
+
+    /// Grows the volume (online expansion); the new blocks read as zeros.
+    pub async fn grow(&self, capacity: u64) -> Result<()> {
+        let mut g = self.geometry.write().await;
+        if capacity < g.capacity || capacity % g.block_size != 0 {
+            return Err(EngineError::Invalid(format!("cannot resize {} to {capacity} bytes", g.capacity)));
+        }
+        g.capacity = capacity;
+        Ok(())
+    }
+
+    /// Blocks holding data (committed), for usage reports.
+    pub async fn allocated_blocks(&self) -> u64 {
+        self.map.read().await.len() as u64
+    }
+
+    fn check_range(g: &Geometry, offset: u64, len: u64) -> Result<()> {
+        if offset.checked_add(len).is_none_or(|end| end > g.capacity) {
+            return Err(EngineError::OutOfRange { offset, len, capacity: g.capacity });
+        }
+        Ok(())
+    }
+
+    /// The current content of block `idx` (a whole block), zeros when it holds nothing.
+    async fn block(&self, idx: u64, bs: u64) -> Result<Bytes> {
+        if let Some(b) = self.dirty.lock().await.get(&idx) {
+            return Ok(b.clone().unwrap_or_else(|| Bytes::from(vec![0u8; bs as usize])));
+        }
+        if let Some(b) = self.flushing.read().await.get(&idx) {
+            return Ok(b.clone().unwrap_or_else(|| Bytes::from(vec![0u8; bs as usize])));
+        }
+        let hash = self.map.read().await.get(&idx).copied();
+        match hash {
+            None => Ok(Bytes::from(vec![0u8; bs as usize])),
+            Some(h) => {
+                let data = self.chunks.get(&h).await?;
+                if data.len() as u64 != bs {
+                    return Err(EngineError::Corrupt(format!("block {idx} of {} is {} bytes", self.id, data.len())));
+                }
+                Ok(data)
+            }
+        }
+    }
+
+    /// Reads `len` bytes at `offset`.
+    pub async fn read(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let g = self.geometry().await;
+        Self::check_range(&g, offset, len)?;
+        let bs = g.block_size;
+        let mut out = Vec::with_capacity(len as usize);
+        let (first, last) = (offset / bs, (offset + len).div_ceil(bs));
+        let blocks: Vec<Bytes> =
+            stream::iter(first..last).map(|i| self.block(i, bs)).buffered(FLUSH_DEPTH).try_collect().await?;
+        for (n, b) in blocks.iter().enumerate() {
+            let base = (first + n as u64) * bs;
+            let s = offset.max(base) - base;
+            let e = (offset + len).min(base + bs) - base;
+            out.extend_from_slice(&b[s as usize..e as usize]);
+        }
+        Ok(out)
+    }
+
+    /// Writes `data` at `offset` (into the dirty set; durable after the next flush). `None`
+    /// data (with `len`) writes zeros: trim and write-zeroes.
+    async fn put_range(&self, offset: u64, len: u64, data: Option<&[u8]>) -> Result<()> {
+        self.check_fence()?;
+        let g = self.geometry().await;
+        Self::check_range(&g, offset, len)?;
+        let bs = g.block_size;
+        let mut pos = offset;
+        while pos < offset + len {
+            let idx = pos / bs;
+            let base = idx * bs;
+            let s = pos - base;
+            let e = (offset + len).min(base + bs) - base;
+            let piece = data.map(|d| &d[(pos - offset) as usize..(pos - offset + e - s) as usize]);
+            let whole = s == 0 && e == bs;
+            let patch = |cur: &mut Vec<u8>| match piece {
+                Some(p) => cur[s as usize..e as usize].copy_from_slice(p),
+                None => cur[s as usize..e as usize].fill(0),
+            };
+            let thin = |cur: Vec<u8>| if cur.iter().all(|b| *b == 0) { None } else { Some(Bytes::from(cur)) };
+            let mut dirty = self.dirty.lock().await;
+            if whole {
+                dirty.insert(idx, piece.filter(|p| p.iter().any(|b| *b != 0)).map(Bytes::copy_from_slice));
+            } else if let Some(cur) = dirty.get(&idx) {
+                // Patched under the lock: two writes into one block never lose each other.
+                let mut cur = cur.as_ref().map_or_else(|| vec![0u8; bs as usize], |b| b.to_vec());
+                patch(&mut cur);
+                dirty.insert(idx, thin(cur));
+            } else {
+                drop(dirty);
+                let base = self.block(idx, bs).await?;
+                let mut dirty = self.dirty.lock().await;
+                // A write that got in meanwhile is newer than what was fetched.
+                let mut cur = match dirty.get(&idx) {
+                    Some(c) => c.as_ref().map_or_else(|| vec![0u8; bs as usize], |b| b.to_vec()),
+                    None => base.to_vec(),
+                };
+                patch(&mut cur);
+                dirty.insert(idx, thin(cur));
+            }
+            pos = base + e;
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at `offset`.
+    pub async fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.put_range(offset, data.len() as u64, Some(data)).await
+    }
+
+    /// Zeroes `len` bytes at `offset`; whole blocks are released (thin again).
+    pub async fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        self.put_range(offset, len, None).await
+    }
+
+    /// Bytes written and not yet flushed.
+    pub async fn dirty_bytes(&self) -> u64 {
+        let bs = self.geometry().await.block_size;
+        self.dirty.lock().await.len() as u64 * bs
+    }
+
+    fn check_fence(&self) -> Result<()> {
+        if self.fenced.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(EngineError::Fenced { volume: self.id.clone(), generation: self.generation, current: None });
+        }
+        Ok(())
+    }
+
+    /// Makes every write before this call durable: puts the dirty blocks as replicated chunks,
+    /// then commits the block map under the fencing generation. On failure the blocks stay
+    /// dirty (unless fenced) and the error is returned.
+    pub async fn flush(&self) -> Result<()> {
+        let _one = self.flush_lock.lock().await;
+        self.check_fence()?;
+        let batch = {
+            // The batch becomes readable as "flushing" before the dirty set lets go of it.
+            let mut dirty = self.dirty.lock().await;
+            if dirty.is_empty() {
+                return Ok(());
+            }
+            let batch = Arc::new(std::mem::take(&mut *dirty));
+            *self.flushing.write().await = batch.clone();
+            batch
+        };
+        let out = self.commit(&batch).await;
+        if out.is_err() && !self.fenced.load(std::sync::atomic::Ordering::Relaxed) {
+            // Put back what was not overwritten meanwhile, so the next flush retries it.
+            let mut dirty = self.dirty.lock().await;
+            for (idx, b) in batch.iter() {
+                dirty.entry(*idx).or_insert_with(|| b.clone());
+            }
+        }
+        *self.flushing.write().await = Arc::new(BTreeMap::new());
+        out
+    }
+
+    async fn commit(&self, batch: &BTreeMap<u64, Option<Bytes>>) -> Result<()> {
+        let puts: Vec<(u64, Option<ChunkHash>)> = stream::iter(batch.iter())
+            .map(|(idx, b)| async move {
+                match b {
+                    Some(data) => Ok::<_, EngineError>((*idx, Some(self.chunks.put(data.clone()).await?.hash))),
+                    None => Ok((*idx, None)),
+                }
+            })
+            .buffered(FLUSH_DEPTH)
+            .try_collect()
+            .await?;
+        let gen_key = keys::generation_key(&self.id);
+        let gen_val = self.generation.to_string();
+        for group in puts.chunks(BLOCKS_PER_TXN) {
+            let old: Vec<Option<ChunkHash>> = {
+                let map = self.map.read().await;
+                group.iter().map(|(i, _)| map.get(i).copied()).collect()
+            };
+            let mut txn = Txn::new().value_equals(&gen_key, gen_val.as_bytes());
+            for ((idx, new), old) in group.iter().zip(&old) {
+                if new == old {
+                    continue;
+                }
+                let owner = keys::owner(&self.id, *idx);
+                let k = keys::map_key(&self.id, *idx);
+                if let Some(o) = old {
+                    txn = remove_refs(txn, std::slice::from_ref(o), &owner);
+                }
+                txn = match new {
+                    Some(h) => add_refs(txn.put(&k, h.to_string().as_bytes()), std::slice::from_ref(h), &owner),
+                    None => txn.delete(&k),
+                };
+            }
+            if !self.meta.txn(txn).await?.succeeded {
+                self.fenced.store(true, std::sync::atomic::Ordering::Relaxed);
+                let current = current_generation(&self.meta, &self.id).await.ok().flatten();
+                tracing::warn!(volume = %self.id, generation = self.generation, ?current, "attachment fenced; writes refused");
+                return Err(EngineError::Fenced { volume: self.id.clone(), generation: self.generation, current });
+            }
+            let mut map = self.map.write().await;
+            for (idx, new) in group {
+                match new {
+                    Some(h) => map.insert(*idx, *h),
+                    None => map.remove(idx),
+                };
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The fencing generation volume `id` is attached at (None: never published).
+pub async fn current_generation(meta: &MetaClient, id: &str) -> Result<Option<u64>> {
+    match meta.get(&keys::generation_key(id)).await? {
+        None => Ok(None),
+        Some(kv) => std::str::from_utf8(&kv.value)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map(Some)
+            .ok_or_else(|| EngineError::Corrupt(format!("generation of {id}"))),
+    }
+}
+
+/// Adds to `txn` the write of volume `id`'s fencing generation (done with each publication
+/// change, in the same transaction as the controller's own record).
+pub fn set_generation(txn: Txn, id: &str, generation: u64) -> Txn {
+    txn.put(&keys::generation_key(id), generation.to_string().as_bytes())
+}
+
+/// Adds to `txn` the removal of volume `id`'s fencing generation; its block map and references
+/// are removed by [`delete_data`].
+pub fn clear_generation(txn: Txn, id: &str) -> Txn {
+    txn.delete(&keys::generation_key(id))
+}
+
+/// Removes every block-map entry of volume `id` with its chunk references, in batches (pool GC
+/// then reclaims the chunks no one else uses). Call after the volume's record is gone.
+pub async fn delete_data(meta: &MetaClient, id: &str) -> Result<u64> {
+    let prefix = keys::map_prefix(id);
+    let end = keys::prefix_end(&prefix);
+    let mut removed = 0;
+    loop {
+        let page = meta.range(&prefix, &end, BLOCKS_PER_TXN as u32).await?;
+        if page.kvs.is_empty() {
+            return Ok(removed);
+        }
+        let mut txn = Txn::new();
+        for kv in &page.kvs {
+            let idx = keys::block_of(&prefix, &kv.key)?;
+            txn = txn.mod_revision_equals(&kv.key, kv.mod_revision).delete(&kv.key);
+            if let Some(h) = std::str::from_utf8(&kv.value).ok().and_then(|s| s.parse::<ChunkHash>().ok()) {
+                txn = remove_refs(txn, &[h], &keys::owner(id, idx));
+            }
+        }
+        if meta.txn(txn).await?.succeeded {
+            removed += page.kvs.len() as u64;
+        }
+    }
+}
