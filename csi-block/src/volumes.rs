@@ -55,6 +55,7 @@ impl Volumes {
                 .absent(&volume_key(&rec.id))
                 .put(&nk, rec.id.as_bytes())
                 .put(&volume_key(&rec.id), &encode(&rec));
+            let txn = volume_engine::set_generation(txn, &rec.id, rec.generation);
             if self.meta.txn(txn).await?.succeeded {
                 return Ok(Created::New(rec));
             }
@@ -73,10 +74,15 @@ impl Volumes {
             let Some((kv, mut rec)) = self.get(id).await? else {
                 return Err(CsiError::NotFound(format!("volume {id} does not exist")));
             };
+            let generation = rec.generation;
             if !change(&mut rec)? {
                 return Ok(rec);
             }
-            let txn = Txn::new().mod_revision_equals(&kv.key, kv.mod_revision).put(&kv.key, &encode(&rec));
+            let mut txn = Txn::new().mod_revision_equals(&kv.key, kv.mod_revision).put(&kv.key, &encode(&rec));
+            if rec.generation != generation {
+                // The engine's fence moves with the record: an older attachment can no longer commit.
+                txn = volume_engine::set_generation(txn, id, rec.generation);
+            }
             if self.meta.txn(txn).await?.succeeded {
                 return Ok(rec);
             }
@@ -84,7 +90,9 @@ impl Volumes {
         Err(CsiError::Aborted(format!("volume {id} is changing under another call; retry")))
     }
 
-    /// Deletes volume `id` and its name entry; FailedPrecondition while it is published.
+    /// Deletes volume `id`: its blocks' map entries and chunk references first (pool GC then
+    /// reclaims the chunks), then its record, name entry and fence. FailedPrecondition while it
+    /// is published.
     pub async fn delete(&self, id: &str) -> Result<(), CsiError> {
         for _ in 0..16 {
             let Some((kv, rec)) = self.get(id).await? else { return Ok(()) };
@@ -95,8 +103,12 @@ impl Volumes {
                     nodes.join(", ")
                 )));
             }
+            let blocks =
+                volume_engine::delete_data(&self.meta, id).await.map_err(|e| CsiError::Unavailable(e.to_string()))?;
+            tracing::info!(volume = %id, blocks, "volume data released");
             let txn =
                 Txn::new().mod_revision_equals(&kv.key, kv.mod_revision).delete(&kv.key).delete(&name_key(&rec.name));
+            let txn = volume_engine::clear_generation(txn, id);
             if self.meta.txn(txn).await?.succeeded {
                 return Ok(());
             }

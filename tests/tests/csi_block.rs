@@ -211,6 +211,12 @@ async fn csi_block_controller_over_the_socket() {
     let p = c.controller_publish_volume(publish_req(&vid, "node-b", Mode::SingleNodeWriter, false)).await.unwrap();
     let gen_b: u64 = p.into_inner().publish_context["generation"].parse().unwrap();
     assert!(gen_b > gen_a, "each attachment fences the one before: {gen_a} then {gen_b}");
+    let meta_client = metadata_client::MetaClient::new(&[api.clone()]).unwrap();
+    assert_eq!(
+        volume_engine::current_generation(&meta_client, &vid).await.unwrap(),
+        Some(gen_b),
+        "the volume engine's fence moved with the publication"
+    );
 
     // Many readers: MULTI_NODE_READER_ONLY attaches to both nodes.
     let mut rox = create_req("pv-rox", MIB, &[]);
@@ -285,6 +291,7 @@ async fn csi_block_controller_over_the_socket() {
             code(c.controller_get_volume(ControllerGetVolumeRequest { volume_id: v.to_string() }).await),
             Code::NotFound
         );
+        assert_eq!(volume_engine::current_generation(&meta_client, v).await.unwrap(), None);
     }
     // The name is free again: a new volume of that name gets a new id.
     let v1b = c.create_volume(create_req("pv-1", MIB, &[])).await.unwrap().into_inner().volume.unwrap();
