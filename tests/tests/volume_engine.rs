@@ -150,6 +150,31 @@ async fn volume_engine_on_a_replicated_pool() {
     let v = Volume::open(s.meta.clone(), chunks.clone(), id, g, 1).await.unwrap();
     assert!(v.read(0, g.capacity).await.unwrap() == model, "re-attached volume differs from the model");
 
+    // Frozen (a snapshot being cut): a flush waits for the thaw; the block map copied while
+    // frozen is the state before that flush, sharing its chunks.
+    volume_engine::freeze(&s.meta, id).await.unwrap();
+    v.write(5 * BS, &[3u8; 4096]).await.unwrap();
+    let flush = tokio::spawn({
+        let v = std::sync::Arc::new(v);
+        let v2 = v.clone();
+        async move {
+            v2.flush().await.unwrap();
+            v2
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!flush.is_finished(), "a flush must wait while the volume is frozen");
+    let snap = "blk-00000000000000000000000000000002";
+    let copied = volume_engine::copy_map(&s.meta, id, snap).await.unwrap();
+    volume_engine::thaw(&s.meta, id).await.unwrap();
+    let v = std::sync::Arc::try_unwrap(flush.await.unwrap()).ok().unwrap();
+    assert_eq!(v.read(5 * BS, 4096).await.unwrap(), vec![3u8; 4096]);
+    publish(&s.meta, snap, 1).await;
+    let sv = Volume::open(s.meta.clone(), chunks.clone(), snap, g, 1).await.unwrap();
+    assert_eq!(sv.allocated_blocks().await, copied);
+    assert!(sv.read(0, g.capacity).await.unwrap() == model, "the copy is the state at the freeze");
+    model[(5 * BS) as usize..(5 * BS + 4096) as usize].fill(3);
+
     // Published elsewhere (generation 2): the old attachment can no longer commit, and cannot
     // re-attach at its generation; the new one sees everything flushed.
     publish(&s.meta, id, 2).await;
@@ -168,4 +193,7 @@ async fn volume_engine_on_a_replicated_pool() {
     assert!(held > 0);
     assert_eq!(delete_data(&s.meta, id).await.unwrap(), held);
     assert_eq!(refs_of(&s.meta, id).await, 0);
+    // the copy keeps its own references to the shared chunks
+    assert_eq!(refs_of(&s.meta, snap).await as u64, copied);
+    assert!(sv.read(0, g.capacity).await.unwrap()[..(5 * BS) as usize] == model[..(5 * BS) as usize]);
 }

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! vol/gen/<volume id>                  fencing generation (decimal): only an attachment at it commits
+//! vol/freeze/<volume id>               present while a snapshot is cut: commits wait (value: expiry, ms)
 //! vol/map/<volume id>/<index:016x>     chunk hash (hex) of a block that holds data
 //! cluster/refs/<chunk>/vol:<id>:<idx>  the block's chunk reference (cluster::refs)
 //! ```
@@ -10,6 +11,10 @@ use crate::error::{EngineError, Result};
 
 pub fn generation_key(id: &str) -> Vec<u8> {
     format!("vol/gen/{id}").into_bytes()
+}
+
+pub fn freeze_key(id: &str) -> Vec<u8> {
+    format!("vol/freeze/{id}").into_bytes()
 }
 
 pub fn map_prefix(id: &str) -> Vec<u8> {

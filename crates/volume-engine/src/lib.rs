@@ -9,7 +9,9 @@
 //! references) to the metadata service in transactions conditioned on the volume's fencing
 //! generation. A flush is acknowledged only after that commit, so what a flush acknowledged
 //! survives the loss of this node; an attachment whose generation was superseded (the volume
-//! was published elsewhere) can no longer commit anything.
+//! was published elsewhere) can no longer commit anything. While a snapshot or clone is cut the
+//! volume is frozen ([`freeze`]): commits wait, so the copied block map ([`copy_map`]) is the
+//! state a crash at that moment would leave.
 
 mod error;
 pub mod keys;
@@ -279,11 +281,17 @@ impl Volume {
     }
 
     async fn commit(&self, batch: &BTreeMap<u64, Option<Bytes>>) -> Result<()> {
-        let puts: Vec<(u64, Option<ChunkHash>)> = stream::iter(batch.iter())
-            .map(|(idx, b)| async move {
-                match b {
-                    Some(data) => Ok::<_, EngineError>((*idx, Some(self.chunks.put(data.clone()).await?.hash))),
-                    None => Ok((*idx, None)),
+        // Owned items, so the flush future is Send for any caller (spawned tasks included).
+        let items: Vec<(u64, Option<Bytes>)> = batch.iter().map(|(i, b)| (*i, b.clone())).collect();
+        let client = self.chunks.clone();
+        let puts: Vec<(u64, Option<ChunkHash>)> = stream::iter(items)
+            .map(move |(idx, b)| {
+                let client = client.clone();
+                async move {
+                    match b {
+                        Some(data) => Ok::<_, EngineError>((idx, Some(client.put(data).await?.hash))),
+                        None => Ok((idx, None)),
+                    }
                 }
             })
             .buffered(FLUSH_DEPTH)
@@ -296,7 +304,7 @@ impl Volume {
                 let map = self.map.read().await;
                 group.iter().map(|(i, _)| map.get(i).copied()).collect()
             };
-            let mut txn = Txn::new().value_equals(&gen_key, gen_val.as_bytes());
+            let mut txn = Txn::new().value_equals(&gen_key, gen_val.as_bytes()).absent(&keys::freeze_key(&self.id));
             for ((idx, new), old) in group.iter().zip(&old) {
                 if new == old {
                     continue;
@@ -311,7 +319,13 @@ impl Volume {
                     None => txn.delete(&k),
                 };
             }
-            if !self.meta.txn(txn).await?.succeeded {
+            let mut out = self.meta.txn(txn.clone()).await?;
+            // Frozen while a snapshot or clone is cut: wait for the thaw (or the freeze's expiry).
+            while out.failed_condition == Some(1) {
+                wait_for_thaw(&self.meta, &self.id).await?;
+                out = self.meta.txn(txn.clone()).await?;
+            }
+            if !out.succeeded {
                 self.fenced.store(true, std::sync::atomic::Ordering::Relaxed);
                 let current = current_generation(&self.meta, &self.id).await.ok().flatten();
                 tracing::warn!(volume = %self.id, generation = self.generation, ?current, "attachment fenced; writes refused");
@@ -326,6 +340,79 @@ impl Volume {
             }
         }
         Ok(())
+    }
+}
+
+/// How long a freeze holds writes at most: a controller that died while cutting a snapshot
+/// does not stall the volume for longer.
+pub const FREEZE_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Holds commits of volume `id` (its attachment's flushes wait) so that its block map can be
+/// copied at one point: what a crash at that moment would leave, i.e. crash-consistent.
+pub async fn freeze(meta: &MetaClient, id: &str) -> Result<()> {
+    let until = unix_ms() + FREEZE_MAX.as_millis() as u64;
+    meta.put(&keys::freeze_key(id), until.to_string().as_bytes()).await?;
+    Ok(())
+}
+
+/// Lets commits of volume `id` go on.
+pub async fn thaw(meta: &MetaClient, id: &str) -> Result<()> {
+    meta.delete(&keys::freeze_key(id)).await?;
+    Ok(())
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Waits until volume `id` is thawed; a freeze past its expiry is removed.
+async fn wait_for_thaw(meta: &MetaClient, id: &str) -> Result<()> {
+    let k = keys::freeze_key(id);
+    loop {
+        let Some(kv) = meta.get(&k).await? else { return Ok(()) };
+        let until: u64 = std::str::from_utf8(&kv.value).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+        if unix_ms() > until {
+            tracing::warn!(volume = id, "a freeze outlived its expiry; removing it");
+            meta.txn(Txn::new().mod_revision_equals(&k, kv.mod_revision).delete(&k)).await?;
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Copies the block map of `from` (a volume or snapshot id) to `to`, with `to`'s own chunk
+/// references — no data is copied, the blocks share chunks. Idempotent: a copy cut short is
+/// finished by running it again. Freeze `from` around it if it is attached.
+pub async fn copy_map(meta: &MetaClient, from: &str, to: &str) -> Result<u64> {
+    let prefix = keys::map_prefix(from);
+    let end = keys::prefix_end(&prefix);
+    let mut start = prefix.clone();
+    let mut copied = 0;
+    loop {
+        let page = meta.range(&start, &end, BLOCKS_PER_TXN as u32).await?;
+        let mut txn = Txn::new();
+        for kv in &page.kvs {
+            let idx = keys::block_of(&prefix, &kv.key)?;
+            let h: ChunkHash = std::str::from_utf8(&kv.value)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| EngineError::Corrupt(format!("block map entry {idx} of {from}")))?;
+            // The source entry must still be there: a reference is only added to a live chunk.
+            txn = txn.mod_revision_equals(&kv.key, kv.mod_revision);
+            txn = add_refs(txn.put(&keys::map_key(to, idx), &kv.value), &[h], &keys::owner(to, idx));
+        }
+        if !page.kvs.is_empty() {
+            if !meta.txn(txn).await?.succeeded {
+                return Err(EngineError::Invalid(format!(
+                    "{from} changed while its blocks were copied; freeze it first"
+                )));
+            }
+            copied += page.kvs.len() as u64;
+        }
+        match page.next_key {
+            Some(k) => start = k,
+            None => return Ok(copied),
+        }
     }
 }
 
