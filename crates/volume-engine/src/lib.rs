@@ -73,7 +73,7 @@ impl Volume {
     ) -> Result<Volume> {
         if geometry.block_size == 0
             || !geometry.block_size.is_power_of_two()
-            || geometry.capacity % geometry.block_size != 0
+            || !geometry.capacity.is_multiple_of(geometry.block_size)
         {
             return Err(EngineError::Invalid(format!("bad geometry {geometry:?}")));
         }
@@ -126,7 +126,7 @@ impl Volume {
     /// Grows the volume (online expansion); the new blocks read as zeros.
     pub async fn grow(&self, capacity: u64) -> Result<()> {
         let mut g = self.geometry.write().await;
-        if capacity < g.capacity || capacity % g.block_size != 0 {
+        if capacity < g.capacity || !capacity.is_multiple_of(g.block_size) {
             return Err(EngineError::Invalid(format!("cannot resize {} to {capacity} bytes", g.capacity)));
         }
         g.capacity = capacity;
