@@ -31,7 +31,18 @@ impl Driver {
             capacity_bytes: rec.capacity_bytes as i64,
             volume_id: rec.id.clone(),
             volume_context: ctx,
-            content_source: None,
+            content_source: rec.source.as_ref().map(|src| VolumeContentSource {
+                r#type: Some(match src {
+                    Source::Snapshot(id) => {
+                        volume_content_source::Type::Snapshot(volume_content_source::SnapshotSource {
+                            snapshot_id: id.clone(),
+                        })
+                    }
+                    Source::Volume(id) => volume_content_source::Type::Volume(volume_content_source::VolumeSource {
+                        volume_id: id.clone(),
+                    }),
+                }),
+            }),
             accessible_topology: vec![Topology { segments: self.topology() }],
         }
     }
@@ -42,9 +53,40 @@ impl Driver {
         }
         let _busy = self.inflight.begin(&format!("name:{}", r.name))?;
         let access = params::check_capabilities(&r.volume_capabilities)?;
-        let p = params::parse_parameters(&r.parameters, self.cfg.default_replicas)?;
-        if r.volume_content_source.is_some() {
-            return Err(invalid("volume_content_source: creating from a snapshot or a volume is not offered yet"));
+        let mut p = params::parse_parameters(&r.parameters, self.cfg.default_replicas)?;
+        // A copy shares the source's blocks, so it has the source's block size and at least its size.
+        let source = match r.volume_content_source.as_ref().and_then(|s| s.r#type.as_ref()) {
+            None => None,
+            Some(volume_content_source::Type::Snapshot(s)) => {
+                let Some((_, snap)) = self.volumes.snapshot(&s.snapshot_id).await? else {
+                    return Err(CsiError::NotFound(format!("snapshot {} does not exist", s.snapshot_id)));
+                };
+                if !snap.ready {
+                    return Err(CsiError::Unavailable(format!("snapshot {} is still being cut; retry", snap.id)));
+                }
+                Some((Source::Snapshot(snap.id), snap.size_bytes, snap.block_size))
+            }
+            Some(volume_content_source::Type::Volume(v)) => {
+                let Some((_, vol)) = self.volumes.get(&v.volume_id).await? else {
+                    return Err(CsiError::NotFound(format!("volume {} does not exist", v.volume_id)));
+                };
+                Some((Source::Volume(vol.id), vol.capacity_bytes, vol.block_size))
+            }
+        };
+        if let Some((src, size, block_size)) = &source {
+            if r.parameters.contains_key("blockSize") && p.block_size != *block_size {
+                return Err(invalid(format!(
+                    "parameter blockSize {} differs from the source's {block_size}: a copy shares the source's blocks",
+                    p.block_size
+                )));
+            }
+            p.block_size = *block_size;
+            let capacity = params::capacity(r.capacity_range.as_ref())?;
+            if capacity < *size {
+                return Err(CsiError::OutOfRange(format!(
+                    "{capacity} bytes is smaller than the source {src:?} ({size} bytes)"
+                )));
+            }
         }
         if let Some(req) = &r.accessibility_requirements {
             let ours = self.topology();
@@ -91,6 +133,8 @@ impl Driver {
             created_unix_ms: now_ms(),
             generation: 1,
             published: Default::default(),
+            populated: source.is_none(),
+            source: source.map(|(s, _, _)| s),
         };
         let rec = match self.volumes.create(rec.clone()).await? {
             Created::New(v) => {
@@ -102,7 +146,8 @@ impl Driver {
                     && v.replicas == rec.replicas
                     && v.min_replicas == rec.min_replicas
                     && v.block_size == rec.block_size
-                    && v.fs_type == rec.fs_type;
+                    && v.fs_type == rec.fs_type
+                    && v.source == rec.source;
                 if !same {
                     return Err(CsiError::AlreadyExists(format!(
                         "volume {} exists as {} with other size or parameters",
@@ -112,7 +157,28 @@ impl Driver {
                 v
             }
         };
+        let rec = if rec.populated { rec } else { self.populate(rec).await? };
         Ok(CreateVolumeResponse { volume: Some(self.volume(&rec)) })
+    }
+
+    /// Copies a new volume's source blocks in (sharing chunks; a source volume is frozen
+    /// meanwhile), then marks it populated. Run again by a repeated CreateVolume after a crash.
+    async fn populate(&self, rec: VolumeRecord) -> Result<VolumeRecord, CsiError> {
+        let blocks = match &rec.source {
+            Some(Source::Snapshot(s)) => self.volumes.copy_blocks(s, &rec.id, false).await?,
+            Some(Source::Volume(v)) => self.volumes.copy_blocks(v, &rec.id, true).await?,
+            None => 0,
+        };
+        let rec = self
+            .volumes
+            .update(&rec.id, |v| {
+                let was = v.populated;
+                v.populated = true;
+                Ok(!was)
+            })
+            .await?;
+        tracing::info!(volume = %rec.id, source = ?rec.source, blocks, "volume populated from its source");
+        Ok(rec)
     }
 
     async fn publish(&self, r: ControllerPublishVolumeRequest) -> Result<ControllerPublishVolumeResponse, CsiError> {
@@ -137,6 +203,9 @@ impl Driver {
         let rec = self
             .volumes
             .update(&r.volume_id, |v| {
+                if !v.populated {
+                    return Err(CsiError::Aborted(format!("volume {} is still being copied from its source", v.id)));
+                }
                 if let Some(p) = v.published.get(&r.node_id) {
                     if p.readonly != r.readonly || p.mode != mode {
                         return Err(CsiError::AlreadyExists(format!(
@@ -394,6 +463,9 @@ impl Controller for Driver {
                     Rpc::VolumeCondition,
                     Rpc::GetVolume,
                     Rpc::SingleNodeMultiWriter,
+                    Rpc::CreateDeleteSnapshot,
+                    Rpc::ListSnapshots,
+                    Rpc::CloneVolume,
                 ]
                 .into_iter()
                 .map(rpc_cap)
@@ -405,23 +477,27 @@ impl Controller for Driver {
 
     async fn create_snapshot(
         &self,
-        _r: Request<CreateSnapshotRequest>,
+        r: Request<CreateSnapshotRequest>,
     ) -> Result<Response<CreateSnapshotResponse>, Status> {
-        unoffered("CreateSnapshot")
+        let r = r.into_inner();
+        let id = r.source_volume_id.clone();
+        csi_kit::rpc(&self.metrics, "CreateSnapshot", &id, crate::snapshot::create(self, r)).await
     }
 
     async fn delete_snapshot(
         &self,
-        _r: Request<DeleteSnapshotRequest>,
+        r: Request<DeleteSnapshotRequest>,
     ) -> Result<Response<DeleteSnapshotResponse>, Status> {
-        unoffered("DeleteSnapshot")
+        let r = r.into_inner();
+        let id = r.snapshot_id.clone();
+        csi_kit::rpc(&self.metrics, "DeleteSnapshot", &id, crate::snapshot::delete(self, r)).await
     }
 
     async fn list_snapshots(
         &self,
-        _r: Request<ListSnapshotsRequest>,
+        r: Request<ListSnapshotsRequest>,
     ) -> Result<Response<ListSnapshotsResponse>, Status> {
-        unoffered("ListSnapshots")
+        csi_kit::rpc(&self.metrics, "ListSnapshots", "", crate::snapshot::list(self, r.into_inner())).await
     }
 
     async fn get_snapshot(&self, _r: Request<GetSnapshotRequest>) -> Result<Response<GetSnapshotResponse>, Status> {

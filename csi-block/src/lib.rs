@@ -9,6 +9,7 @@ mod identity;
 mod node;
 pub mod params;
 pub mod records;
+mod snapshot;
 mod volumes;
 
 use std::future::Future;

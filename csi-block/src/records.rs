@@ -4,7 +4,10 @@
 //! csi/block/v/<volume id>     VolumeRecord: size, replicas, block size, file system, publications
 //! csi/block/name/<name>       the volume id created for a CSI volume name (idempotent CreateVolume)
 //! csi/block/node/<node id>    NodeRecord: a node plugin that registered (ControllerPublish targets)
+//! csi/block/s/<snapshot id>   SnapshotRecord: source volume, size, block size, ready
+//! csi/block/sname/<name>      the snapshot id created for a CSI snapshot name
 //! ```
+//! Block data (of volumes and snapshots alike) is the volume engine's: `vol/map/<id>/...`.
 //! A volume's record and its name entry are written and deleted together in one transaction.
 
 use std::collections::BTreeMap;
@@ -18,6 +21,26 @@ pub const RECORD_VERSION: u32 = 1;
 pub const VOLUMES_PREFIX: &str = "csi/block/v/";
 pub const NAMES_PREFIX: &str = "csi/block/name/";
 pub const NODES_PREFIX: &str = "csi/block/node/";
+pub const SNAPSHOTS_PREFIX: &str = "csi/block/s/";
+pub const SNAPSHOT_NAMES_PREFIX: &str = "csi/block/sname/";
+
+pub fn snapshot_key(id: &str) -> Vec<u8> {
+    format!("{SNAPSHOTS_PREFIX}{id}").into_bytes()
+}
+
+pub fn snapshot_name_key(name: &str) -> Vec<u8> {
+    format!("{SNAPSHOT_NAMES_PREFIX}{name}").into_bytes()
+}
+
+/// A new snapshot id: `snap-` and 32 hex digits.
+pub fn new_snapshot_id() -> String {
+    format!("snap-{:032x}", rand::random::<u128>())
+}
+
+/// Snapshot ids this driver hands out.
+pub fn is_snapshot_id(id: &str) -> bool {
+    id.len() == 37 && id.starts_with("snap-") && id[5..].bytes().all(|b| b.is_ascii_hexdigit())
+}
 
 pub fn volume_key(id: &str) -> Vec<u8> {
     format!("{VOLUMES_PREFIX}{id}").into_bytes()
@@ -93,6 +116,39 @@ pub struct VolumeRecord {
     /// Nodes it is published to.
     #[serde(default)]
     pub published: BTreeMap<String, Publication>,
+    /// What its first content is a copy of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Source>,
+    /// False until the source's blocks are in; such a volume is not published.
+    #[serde(default = "populated_default")]
+    pub populated: bool,
+}
+
+fn populated_default() -> bool {
+    true
+}
+
+/// The content source of a volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Snapshot(String),
+    Volume(String),
+}
+
+/// A snapshot of a volume: a copy of its block map at one point, sharing its chunks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRecord {
+    pub version: u32,
+    pub id: String,
+    /// The CSI name CreateSnapshot was called with.
+    pub name: String,
+    pub source_volume: String,
+    pub size_bytes: u64,
+    pub block_size: u32,
+    pub created_unix_ms: u64,
+    /// True once the block map is copied.
+    pub ready: bool,
 }
 
 /// A node plugin, registered when it starts.
@@ -110,6 +166,11 @@ pub trait Versioned {
     fn format_version(&self) -> u32;
 }
 impl Versioned for VolumeRecord {
+    fn format_version(&self) -> u32 {
+        self.version
+    }
+}
+impl Versioned for SnapshotRecord {
     fn format_version(&self) -> u32 {
         self.version
     }

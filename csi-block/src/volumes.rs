@@ -13,10 +13,10 @@ pub struct Volumes {
     pub meta: MetaClient,
 }
 
-/// What CreateVolume found or made.
-pub enum Created {
-    New(VolumeRecord),
-    Existing(VolumeRecord),
+/// What a create found or made.
+pub enum Created<T = VolumeRecord> {
+    New(T),
+    Existing(T),
 }
 
 impl Volumes {
@@ -131,6 +131,95 @@ impl Volumes {
         let more = page.next_key.is_some();
         let recs = page.kvs.iter().map(|kv| decode(&kv.key, &kv.value)).collect::<Result<Vec<_>, _>>()?;
         Ok((recs, more))
+    }
+
+    /// The snapshot `id` with its metadata entry (None: no such snapshot).
+    pub async fn snapshot(&self, id: &str) -> Result<Option<(KeyValue, SnapshotRecord)>, CsiError> {
+        if !is_snapshot_id(id) {
+            return Ok(None);
+        }
+        let k = snapshot_key(id);
+        match self.meta.get(&k).await? {
+            Some(kv) => {
+                let rec = decode(&k, &kv.value)?;
+                Ok(Some((kv, rec)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Stores snapshot `rec` under its name unless one of that name exists (returned instead).
+    pub async fn create_snapshot(&self, rec: SnapshotRecord) -> Result<Created<SnapshotRecord>, CsiError> {
+        for _ in 0..16 {
+            if let Some(kv) = self.meta.get(&snapshot_name_key(&rec.name)).await?
+                && let Some((_, existing)) = self.snapshot(&String::from_utf8_lossy(&kv.value)).await?
+            {
+                return Ok(Created::Existing(existing));
+            }
+            let (nk, k) = (snapshot_name_key(&rec.name), snapshot_key(&rec.id));
+            let txn = Txn::new().absent(&nk).absent(&k).put(&nk, rec.id.as_bytes()).put(&k, &encode(&rec));
+            if self.meta.txn(txn).await?.succeeded {
+                return Ok(Created::New(rec));
+            }
+        }
+        Err(CsiError::Aborted(format!("snapshot {} is being created by another call", rec.name)))
+    }
+
+    /// Marks snapshot `id` ready.
+    pub async fn snapshot_ready(&self, id: &str) -> Result<SnapshotRecord, CsiError> {
+        loop {
+            let Some((kv, mut rec)) = self.snapshot(id).await? else {
+                return Err(CsiError::NotFound(format!("snapshot {id} does not exist")));
+            };
+            if rec.ready {
+                return Ok(rec);
+            }
+            rec.ready = true;
+            let txn = Txn::new().mod_revision_equals(&kv.key, kv.mod_revision).put(&kv.key, &encode(&rec));
+            if self.meta.txn(txn).await?.succeeded {
+                return Ok(rec);
+            }
+        }
+    }
+
+    /// Deletes snapshot `id`: its block map and references, then its record and name entry.
+    pub async fn delete_snapshot(&self, id: &str) -> Result<(), CsiError> {
+        let Some((kv, rec)) = self.snapshot(id).await? else { return Ok(()) };
+        volume_engine::delete_data(&self.meta, id).await.map_err(|e| CsiError::Unavailable(e.to_string()))?;
+        let txn = Txn::new()
+            .mod_revision_equals(&kv.key, kv.mod_revision)
+            .delete(&kv.key)
+            .delete(&snapshot_name_key(&rec.name));
+        self.meta.txn(txn).await?;
+        Ok(())
+    }
+
+    /// Up to `max` snapshots after `after` (a snapshot id) in id order, and whether more follow.
+    pub async fn list_snapshots(&self, after: &str, max: u32) -> Result<(Vec<SnapshotRecord>, bool), CsiError> {
+        let start = if after.is_empty() {
+            SNAPSHOTS_PREFIX.as_bytes().to_vec()
+        } else {
+            let mut k = snapshot_key(after);
+            k.push(0);
+            k
+        };
+        let page = self.meta.range(&start, &prefix_end(SNAPSHOTS_PREFIX.as_bytes()), max).await?;
+        let recs = page.kvs.iter().map(|kv| decode(&kv.key, &kv.value)).collect::<Result<Vec<_>, _>>()?;
+        Ok((recs, page.next_key.is_some()))
+    }
+
+    /// Copies the blocks of `from` into `to` (sharing chunks); an attached source volume is
+    /// frozen meanwhile, so the copy is crash-consistent.
+    pub async fn copy_blocks(&self, from: &str, to: &str, freeze: bool) -> Result<u64, CsiError> {
+        let unavailable = |e: volume_engine::EngineError| CsiError::Unavailable(e.to_string());
+        if freeze {
+            volume_engine::freeze(&self.meta, from).await.map_err(unavailable)?;
+        }
+        let out = volume_engine::copy_map(&self.meta, from, to).await.map_err(unavailable);
+        if freeze {
+            volume_engine::thaw(&self.meta, from).await.map_err(unavailable)?;
+        }
+        out
     }
 
     /// Whether node plugin `id` registered.

@@ -88,6 +88,7 @@ async fn csi_block_controller_over_the_socket() {
         "node-b",
         &["--meta", &api, "--controller", "false", "--node-id", "node-b"],
     );
+    let meta_client = metadata_client::MetaClient::new(std::slice::from_ref(&api)).unwrap();
     let ch: Channel = ctrl.channel().await;
     let mut id = IdentityClient::new(ch.clone());
     let mut c = ControllerClient::new(ch);
@@ -143,7 +144,13 @@ async fn csi_block_controller_over_the_socket() {
             volume_id: v1.volume_id.clone(),
         })),
     });
-    assert_eq!(code(c.create_volume(clone).await), Code::InvalidArgument);
+    assert_eq!(code(c.create_volume(clone.clone()).await), Code::OutOfRange, "a clone smaller than its source");
+    clone.volume_content_source = Some(VolumeContentSource {
+        r#type: Some(volume_content_source::Type::Volume(volume_content_source::VolumeSource {
+            volume_id: "blk-00000000000000000000000000000009".into(),
+        })),
+    });
+    assert_eq!(code(c.create_volume(clone).await), Code::NotFound, "a clone of a volume that does not exist");
 
     // ListVolumes pages through every volume exactly once; a made-up token is ABORTED.
     let mut ids = vec![v1.volume_id.clone()];
@@ -211,7 +218,6 @@ async fn csi_block_controller_over_the_socket() {
     let p = c.controller_publish_volume(publish_req(&vid, "node-b", Mode::SingleNodeWriter, false)).await.unwrap();
     let gen_b: u64 = p.into_inner().publish_context["generation"].parse().unwrap();
     assert!(gen_b > gen_a, "each attachment fences the one before: {gen_a} then {gen_b}");
-    let meta_client = metadata_client::MetaClient::new(&[api.clone()]).unwrap();
     assert_eq!(
         volume_engine::current_generation(&meta_client, &vid).await.unwrap(),
         Some(gen_b),
@@ -257,6 +263,96 @@ async fn csi_block_controller_over_the_socket() {
     assert!(no.confirmed.is_none() && no.message.contains("ext4"), "{no:?}");
     let unknown = validate(vec![cap(Mode::SingleNodeWriter, None)], "blk-00000000000000000000000000000000");
     assert_eq!(code(c.validate_volume_capabilities(unknown).await), Code::NotFound);
+
+    // Snapshots and clones: the test plays the attached node with the volume engine (at the
+    // publication's generation), writes, snapshots, writes more, and restores and clones.
+    let mut data_req = create_req("pv-data", 8 * MIB, &[]);
+    data_req.volume_capabilities = vec![cap(Mode::SingleNodeWriter, None)];
+    let data = c.create_volume(data_req).await.unwrap().into_inner().volume.unwrap();
+    let gen_of = |p: tonic::Response<ControllerPublishVolumeResponse>| -> u64 {
+        p.into_inner().publish_context["generation"].parse().unwrap()
+    };
+    let g = c.controller_publish_volume(publish_req(&data.volume_id, "node-a", Mode::SingleNodeWriter, false)).await;
+    let pool = cluster::ChunkClient::new(
+        meta_client.clone(),
+        cluster::ClientConfig { replicas: 1, min_replicas: 1, ..Default::default() },
+    )
+    .await
+    .unwrap();
+    let geometry = volume_engine::Geometry { capacity: 8 << 20, block_size: 64 << 10 };
+    let attach = |id: String, generation: u64| {
+        let (m, p) = (meta_client.clone(), pool.clone());
+        async move { volume_engine::Volume::open(m, p, &id, geometry, generation).await.unwrap() }
+    };
+    let vol = attach(data.volume_id.clone(), gen_of(g.unwrap())).await;
+    let first: Vec<u8> = (0..3 * MIB as usize + 123).map(|i| (i % 253) as u8).collect();
+    vol.write(4096, &first).await.unwrap();
+    vol.flush().await.unwrap();
+    let snap_req = |name: &str, src: &str| CreateSnapshotRequest {
+        source_volume_id: src.into(),
+        name: name.into(),
+        ..Default::default()
+    };
+    let snap = c.create_snapshot(snap_req("snap-1", &data.volume_id)).await.unwrap().into_inner().snapshot.unwrap();
+    assert!(snap.ready_to_use && snap.size_bytes == 8 * MIB && snap.source_volume_id == data.volume_id, "{snap:?}");
+    let again = c.create_snapshot(snap_req("snap-1", &data.volume_id)).await.unwrap().into_inner().snapshot.unwrap();
+    assert_eq!(again.snapshot_id, snap.snapshot_id, "same name, same source: same snapshot");
+    assert_eq!(code(c.create_snapshot(snap_req("snap-1", &vid)).await), Code::AlreadyExists);
+    assert_eq!(
+        code(c.create_snapshot(snap_req("snap-2", "blk-00000000000000000000000000000009")).await),
+        Code::NotFound
+    );
+    assert_eq!(code(c.create_snapshot(snap_req("", &data.volume_id)).await), Code::InvalidArgument);
+    // The volume moves on after the snapshot.
+    vol.write(0, &vec![0xEE; MIB as usize]).await.unwrap();
+    vol.flush().await.unwrap();
+    let mut now = vec![0u8; 8 * MIB as usize];
+    now[4096..4096 + first.len()].copy_from_slice(&first);
+    now[..MIB as usize].fill(0xEE);
+    let mut at_snap = vec![0u8; 8 * MIB as usize];
+    at_snap[4096..4096 + first.len()].copy_from_slice(&first);
+
+    let from = |name: &str, src: volume_content_source::Type, size: i64| {
+        let mut r = create_req(name, size, &[]);
+        r.volume_capabilities = vec![cap(Mode::SingleNodeWriter, None)];
+        r.volume_content_source = Some(VolumeContentSource { r#type: Some(src) });
+        r
+    };
+    let snap_src = volume_content_source::Type::Snapshot(volume_content_source::SnapshotSource {
+        snapshot_id: snap.snapshot_id.clone(),
+    });
+    let vol_src =
+        volume_content_source::Type::Volume(volume_content_source::VolumeSource { volume_id: data.volume_id.clone() });
+    assert_eq!(code(c.create_volume(from("pv-small", snap_src.clone(), MIB)).await), Code::OutOfRange);
+    let restored = c.create_volume(from("pv-restore", snap_src.clone(), 8 * MIB)).await.unwrap().into_inner();
+    let restored = restored.volume.unwrap();
+    assert!(restored.content_source.is_some());
+    let cloned = c.create_volume(from("pv-clone", vol_src, 8 * MIB)).await.unwrap().into_inner().volume.unwrap();
+    for (v, want, what) in
+        [(&restored, &at_snap, "restore = the volume at the snapshot"), (&cloned, &now, "clone = the volume now")]
+    {
+        let g = c.controller_publish_volume(publish_req(&v.volume_id, "node-a", Mode::SingleNodeWriter, false)).await;
+        let e = attach(v.volume_id.clone(), gen_of(g.unwrap())).await;
+        assert!(e.read(0, 8 << 20).await.unwrap() == *want, "{what}");
+    }
+    let listed = c
+        .list_snapshots(ListSnapshotsRequest { source_volume_id: data.volume_id.clone(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.entries.len(), 1);
+    let bad_token = ListSnapshotsRequest { starting_token: "nope".into(), ..Default::default() };
+    assert_eq!(code(c.list_snapshots(bad_token).await), Code::Aborted);
+    let del = DeleteSnapshotRequest { snapshot_id: snap.snapshot_id.clone(), ..Default::default() };
+    c.delete_snapshot(del.clone()).await.unwrap();
+    c.delete_snapshot(del).await.unwrap();
+    let by_id = ListSnapshotsRequest { snapshot_id: snap.snapshot_id.clone(), ..Default::default() };
+    assert!(c.list_snapshots(by_id).await.unwrap().into_inner().entries.is_empty());
+    // The restored volume keeps its blocks after its snapshot is gone (its own references).
+    let g =
+        c.controller_publish_volume(publish_req(&restored.volume_id, "node-a", Mode::SingleNodeWriter, false)).await;
+    let e = attach(restored.volume_id.clone(), gen_of(g.unwrap())).await;
+    assert!(e.read(0, 8 << 20).await.unwrap() == at_snap, "restore survives its snapshot's deletion");
 
     let capacity = c.get_capacity(GetCapacityRequest::default()).await.unwrap().into_inner();
     assert!(capacity.available_capacity > 0, "{capacity:?}");
