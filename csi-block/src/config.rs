@@ -22,6 +22,8 @@ pub struct CsiBlockConfig {
     pub node_id: Option<String>,
     /// The driver name a StorageClass's `provisioner` names. Default `block.csi.cairn.io`.
     pub driver_name: String,
+    /// Node service: where attached volumes' FUSE mounts live. Default `/var/lib/cairn/csi-block`.
+    pub state_dir: PathBuf,
     /// Replicas of a volume whose StorageClass does not say (`replicas`). Default 3.
     pub default_replicas: u32,
     /// HTTP listen address for `/metrics` and `/healthz`. Default `127.0.0.1:7790`.
@@ -44,6 +46,7 @@ impl Default for CsiBlockConfig {
             controller: true,
             node_id: None,
             driver_name: "block.csi.cairn.io".into(),
+            state_dir: PathBuf::from("/var/lib/cairn/csi-block"),
             default_replicas: 3,
             http_listen: "127.0.0.1:7790".parse().expect("default address"),
             log: "info".into(),
@@ -75,6 +78,9 @@ pub struct CsiBlockArgs {
     /// Driver name.
     #[arg(long, env = "CAIRN_CSI_BLOCK_DRIVER_NAME")]
     pub driver_name: Option<String>,
+    /// Node service state directory (FUSE mounts of attached volumes).
+    #[arg(long, env = "CAIRN_CSI_BLOCK_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Replicas of a volume whose StorageClass does not say.
     #[arg(long, env = "CAIRN_CSI_BLOCK_DEFAULT_REPLICAS")]
     pub default_replicas: Option<u32>,
@@ -105,7 +111,7 @@ impl CsiBlockConfig {
         macro_rules! over {
             ($($f:ident),*) => { $( if let Some(v) = &args.$f { c.$f = v.clone(); } )* };
         }
-        over!(endpoint, meta, controller, driver_name, default_replicas, http_listen, log);
+        over!(endpoint, meta, controller, driver_name, state_dir, default_replicas, http_listen, log);
         if args.node_id.is_some() {
             c.node_id = args.node_id.clone();
         }
@@ -133,6 +139,9 @@ impl CsiBlockConfig {
         }
         if let Some(n) = &self.node_id {
             crate::records::check_node_id(n)?;
+        }
+        if !self.state_dir.is_absolute() {
+            return Err(format!("state_dir must be an absolute path, got {}", self.state_dir.display()));
         }
         if !valid_driver_name(&self.driver_name) {
             return Err(format!(

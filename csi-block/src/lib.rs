@@ -34,6 +34,10 @@ pub struct Driver {
     volumes: Volumes,
     inflight: InFlight,
     metrics: RpcMetrics,
+    /// Node service: the volumes staged on this node (their engines and devices).
+    staged: Arc<tokio::sync::Mutex<std::collections::HashMap<String, node::Staged>>>,
+    /// Node service: the pool client, made at the first stage.
+    pool: Arc<tokio::sync::OnceCell<cluster::ChunkClient>>,
 }
 
 impl Driver {
@@ -74,8 +78,14 @@ pub async fn run(cfg: CsiBlockConfig, shutdown: impl Future<Output = ()> + Send 
     .map_err(|e| e.to_string())?;
     let http = tokio::spawn(http);
 
-    let driver =
-        Driver { cfg: Arc::new(cfg.clone()), volumes: Volumes { meta }, inflight: InFlight::default(), metrics };
+    let driver = Driver {
+        cfg: Arc::new(cfg.clone()),
+        volumes: Volumes { meta },
+        inflight: InFlight::default(),
+        metrics,
+        staged: Default::default(),
+        pool: Default::default(),
+    };
     let mut shutdown = Box::pin(shutdown);
     if cfg.node_id.is_some() && !node::register(&driver, &mut shutdown).await {
         let _ = stop_tx.send(true);

@@ -104,3 +104,29 @@ impl Drop for CsiProc {
         self.kill9();
     }
 }
+
+/// Unmounts (lazily) every mount under `dir` and detaches every loop device whose backing file
+/// is under it — what a CSI node test leaves behind when it fails midway. Deepest first.
+pub fn cleanup_mounts_under(dir: &Path) {
+    let prefix = dir.to_string_lossy().to_string();
+    if let Ok(out) = Command::new("losetup").arg("-a").output() {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if line.contains(&prefix)
+                && let Some(dev) = line.split(':').next()
+            {
+                let _ = Command::new("losetup").args(["-d", dev]).output();
+            }
+        }
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<String> = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| p.starts_with(&prefix))
+        .map(String::from)
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        let _ = Command::new("umount").arg("-l").arg(&p).output();
+    }
+}

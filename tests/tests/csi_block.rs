@@ -394,3 +394,242 @@ async fn csi_block_controller_over_the_socket() {
     assert_ne!(v1b.volume_id, vid);
     assert!(!ctrl.log_text().contains("panicked"), "{}", ctrl.log_text());
 }
+
+/// Removes every mount and loop device under the test's directory, even when it fails.
+struct MountCleanup(std::path::PathBuf);
+
+impl Drop for MountCleanup {
+    fn drop(&mut self) {
+        integration_tests::csi::cleanup_mounts_under(&self.0);
+    }
+}
+
+fn stage_req(
+    vol: &str,
+    ctx: &HashMap<String, String>,
+    staging: &std::path::Path,
+    c: VolumeCapability,
+) -> NodeStageVolumeRequest {
+    NodeStageVolumeRequest {
+        volume_id: vol.into(),
+        publish_context: ctx.clone(),
+        staging_target_path: staging.to_string_lossy().into(),
+        volume_capability: Some(c),
+        ..Default::default()
+    }
+}
+
+fn node_publish_req(
+    vol: &str,
+    staging: &std::path::Path,
+    target: &std::path::Path,
+    c: VolumeCapability,
+    readonly: bool,
+) -> NodePublishVolumeRequest {
+    NodePublishVolumeRequest {
+        volume_id: vol.into(),
+        staging_target_path: staging.to_string_lossy().into(),
+        target_path: target.to_string_lossy().into(),
+        volume_capability: Some(c),
+        readonly,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn csi_block_kubelet_sequence_mounts_for_real() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(std::env::var_os("CI").is_none(), "CI runs as root: this test must not be skipped there");
+        eprintln!("skipped: needs root for FUSE, loop devices and mounts");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _cleanup = MountCleanup(dir.path().to_path_buf());
+    let meta = meta_cluster(1, dir.path(), &[]);
+    let api = meta[0].addrs.api.clone();
+    let _node = NodeProc::start(
+        &dir.path().join("n1"),
+        &["--meta", &api, "--node-id", "n1", "--replicas", "1", "--heartbeat-ms", "200"],
+    );
+    let state = dir.path().join("state");
+    let state_s = state.to_string_lossy().to_string();
+    let plugin = CsiProc::start(
+        "csi-block",
+        dir.path(),
+        "plugin",
+        &["--meta", &api, "--node-id", "node-a", "--default-replicas", "1", "--state-dir", &state_s],
+    );
+    let ch = plugin.channel().await;
+    let mut c = ControllerClient::new(ch.clone());
+    let mut n = NodeClient::new(ch);
+    let fs_cap = || cap(Mode::SingleNodeWriter, Some("ext4"));
+
+    // Filesystem volume: publish, stage (mkfs on first use), publish into a "pod", use.
+    let vol = c.create_volume(create_req("pv-fs", 64 * MIB, &[])).await.unwrap().into_inner().volume.unwrap().volume_id;
+    let ctx = c
+        .controller_publish_volume(publish_req(&vol, "node-a", Mode::SingleNodeWriter, false))
+        .await
+        .unwrap()
+        .into_inner()
+        .publish_context;
+    let staging = dir.path().join("kubelet/staging/pv-fs");
+    let target = dir.path().join("kubelet/pods/p1/volumes/pv-fs");
+    let mut no_gen = stage_req(&vol, &ctx, &staging, fs_cap());
+    no_gen.publish_context.clear();
+    assert_eq!(code(n.node_stage_volume(no_gen).await), Code::InvalidArgument);
+    assert_eq!(
+        code(n.node_publish_volume(node_publish_req(&vol, &staging, &target, fs_cap(), false)).await),
+        Code::FailedPrecondition,
+        "publish before stage"
+    );
+    n.node_stage_volume(stage_req(&vol, &ctx, &staging, fs_cap())).await.unwrap();
+    n.node_stage_volume(stage_req(&vol, &ctx, &staging, fs_cap())).await.unwrap();
+    let dotdot = dir.path().join("kubelet/pods/../../etc");
+    assert_eq!(
+        code(n.node_publish_volume(node_publish_req(&vol, &staging, &dotdot, fs_cap(), false)).await),
+        Code::InvalidArgument
+    );
+    n.node_publish_volume(node_publish_req(&vol, &staging, &target, fs_cap(), false)).await.unwrap();
+    n.node_publish_volume(node_publish_req(&vol, &staging, &target, fs_cap(), false)).await.unwrap();
+    let payload = integration_tests::random_bytes(3 << 20);
+    std::fs::write(target.join("app.db"), &payload).unwrap();
+    std::fs::File::open(target.join("app.db")).unwrap().sync_all().unwrap();
+    let stats = n
+        .node_get_volume_stats(NodeGetVolumeStatsRequest {
+            volume_id: vol.clone(),
+            volume_path: target.to_string_lossy().into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let bytes = stats.usage.iter().find(|u| u.unit == volume_usage::Unit::Bytes as i32).unwrap();
+    assert!(bytes.total > 50 * MIB && bytes.used >= 3 * MIB, "{stats:?}");
+    assert!(stats.usage.iter().any(|u| u.unit == volume_usage::Unit::Inodes as i32 && u.total > 0));
+
+    // A read-only publication refuses writes.
+    let ro_target = dir.path().join("kubelet/pods/p2/volumes/pv-fs");
+    n.node_publish_volume(node_publish_req(&vol, &staging, &ro_target, fs_cap(), true)).await.unwrap();
+    assert!(std::fs::write(ro_target.join("nope"), b"x").is_err(), "read-only publication took a write");
+    assert!(std::fs::read(ro_target.join("app.db")).unwrap() == payload);
+
+    // Online expansion: controller, then node; the file system grows while mounted.
+    c.controller_expand_volume(ControllerExpandVolumeRequest {
+        volume_id: vol.clone(),
+        capacity_range: Some(CapacityRange { required_bytes: 128 * MIB, limit_bytes: 0 }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let expanded = n
+        .node_expand_volume(NodeExpandVolumeRequest {
+            volume_id: vol.clone(),
+            volume_path: target.to_string_lossy().into(),
+            ..Default::default()
+        })
+        .await;
+    // The device grows in any case (loop capacity re-read from the FUSE file).
+    let dev = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(staging.to_string_lossy().as_ref()))
+        .and_then(|l| l.split(" - ").nth(1))
+        .and_then(|l| l.split(' ').nth(1))
+        .map(String::from)
+        .expect("staging mount's device");
+    let out = std::process::Command::new("blockdev").args(["--getsize64", &dev]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), (128 * MIB).to_string(), "the device grew");
+    // Growing a mounted ext4 needs CAP_SYS_RESOURCE (a privileged node plugin has it; some
+    // sandboxes, this machine's included, drop it): with it the file system grows online,
+    // without it NodeExpandVolume says why.
+    let cap_eff = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:").map(|v| u64::from_str_radix(v.trim(), 16).unwrap()))
+        .unwrap();
+    if cap_eff & (1 << 24) != 0 {
+        expanded.unwrap();
+        let stats = n
+            .node_get_volume_stats(NodeGetVolumeStatsRequest {
+                volume_id: vol.clone(),
+                volume_path: target.to_string_lossy().into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let bytes = stats.usage.iter().find(|u| u.unit == volume_usage::Unit::Bytes as i32).unwrap();
+        assert!(bytes.total > 100 * MIB, "grown online: {stats:?}");
+    } else {
+        let err = expanded.unwrap_err();
+        assert!(err.message().contains("resize2fs"), "{err:?}");
+        eprintln!("no CAP_SYS_RESOURCE here: the device grew, the mounted ext4 could not ({})", err.message());
+    }
+
+    // Tear down as the kubelet does, then attach again: the data is there.
+    for t in [&target, &ro_target] {
+        let r = NodeUnpublishVolumeRequest { volume_id: vol.clone(), target_path: t.to_string_lossy().into() };
+        n.node_unpublish_volume(r.clone()).await.unwrap();
+        n.node_unpublish_volume(r).await.unwrap();
+        assert!(!t.exists());
+    }
+    let unstage =
+        NodeUnstageVolumeRequest { volume_id: vol.clone(), staging_target_path: staging.to_string_lossy().into() };
+    n.node_unstage_volume(unstage.clone()).await.unwrap();
+    n.node_unstage_volume(unstage.clone()).await.unwrap();
+    let unpub =
+        ControllerUnpublishVolumeRequest { volume_id: vol.clone(), node_id: "node-a".into(), ..Default::default() };
+    c.controller_unpublish_volume(unpub.clone()).await.unwrap();
+    let ctx2 = c
+        .controller_publish_volume(publish_req(&vol, "node-a", Mode::SingleNodeWriter, false))
+        .await
+        .unwrap()
+        .into_inner()
+        .publish_context;
+    assert_ne!(ctx2["generation"], ctx["generation"]);
+    n.node_stage_volume(stage_req(&vol, &ctx2, &staging, fs_cap())).await.unwrap();
+    n.node_publish_volume(node_publish_req(&vol, &staging, &target, fs_cap(), false)).await.unwrap();
+    assert!(std::fs::read(target.join("app.db")).unwrap() == payload, "the data outlived detach and re-attach");
+    let r = NodeUnpublishVolumeRequest { volume_id: vol.clone(), target_path: target.to_string_lossy().into() };
+    n.node_unpublish_volume(r).await.unwrap();
+    n.node_unstage_volume(unstage).await.unwrap();
+    c.controller_unpublish_volume(unpub).await.unwrap();
+
+    // Raw block volume: the device itself is published at the target path.
+    let mut raw = create_req("pv-raw", 16 * MIB, &[]);
+    raw.volume_capabilities = vec![cap(Mode::SingleNodeWriter, None)];
+    let rv = c.create_volume(raw).await.unwrap().into_inner().volume.unwrap().volume_id;
+    let rctx = c
+        .controller_publish_volume(publish_req(&rv, "node-a", Mode::SingleNodeWriter, false))
+        .await
+        .unwrap()
+        .into_inner()
+        .publish_context;
+    let rstaging = dir.path().join("kubelet/staging/pv-raw");
+    let rtarget = dir.path().join("kubelet/pods/p3/volumeDevices/pv-raw");
+    let bcap = || cap(Mode::SingleNodeWriter, None);
+    n.node_stage_volume(stage_req(&rv, &rctx, &rstaging, bcap())).await.unwrap();
+    n.node_publish_volume(node_publish_req(&rv, &rstaging, &rtarget, bcap(), false)).await.unwrap();
+    let block = integration_tests::random_bytes(1 << 20);
+    {
+        use std::io::{Read, Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new().read(true).write(true).open(&rtarget).unwrap();
+        f.seek(SeekFrom::Start(4096)).unwrap();
+        f.write_all(&block).unwrap();
+        f.sync_all().unwrap();
+        let mut back = vec![0u8; block.len()];
+        f.seek(SeekFrom::Start(4096)).unwrap();
+        f.read_exact(&mut back).unwrap();
+        assert!(back == block, "raw block device reads back what was written");
+    }
+    let r = NodeUnpublishVolumeRequest { volume_id: rv.clone(), target_path: rtarget.to_string_lossy().into() };
+    n.node_unpublish_volume(r).await.unwrap();
+    n.node_unstage_volume(NodeUnstageVolumeRequest {
+        volume_id: rv.clone(),
+        staging_target_path: rstaging.to_string_lossy().into(),
+    })
+    .await
+    .unwrap();
+    assert!(!plugin.log_text().contains("panicked"), "{}", plugin.log_text());
+}

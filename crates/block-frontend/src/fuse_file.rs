@@ -17,7 +17,8 @@ use volume_engine::{EngineError, Volume};
 pub const FILE_NAME: &str = "volume";
 const ROOT: u64 = 1;
 const FILE: u64 = 2;
-const TTL: Duration = Duration::from_secs(1);
+/// No attribute caching: the file grows when the volume is expanded.
+const TTL: Duration = Duration::ZERO;
 /// `FOPEN_DIRECT_IO` (fuse_kernel.h): no page cache in FUSE; the loop device is the cache.
 const FOPEN_DIRECT_IO: u32 = 1;
 const FALLOC_FL_KEEP_SIZE: u32 = 0x01;

@@ -5,6 +5,7 @@
 pub mod endpoint;
 pub mod error;
 pub mod guard;
+pub mod mount;
 pub mod server;
 
 pub use endpoint::socket_path;
