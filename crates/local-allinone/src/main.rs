@@ -127,6 +127,7 @@ fn main() -> ExitCode {
         controller: true,
         node_id: Some("local-1".into()),
         default_replicas: 1,
+        state_dir: p.parent().map(|d| d.join("csi-block")).unwrap_or_default(),
         http_listen: cli.csi_block_http,
         log: cli.log.clone(),
         tls_ca: member.ca.clone(),
