@@ -596,6 +596,38 @@ async fn csi_block_kubelet_sequence_mounts_for_real() {
     n.node_unstage_volume(unstage).await.unwrap();
     c.controller_unpublish_volume(unpub).await.unwrap();
 
+    // xfs, made on first stage (xfs needs 300 MiB; the volume is thin).
+    let mut xr = create_req("pv-xfs", 320 * MIB, &[]);
+    xr.volume_capabilities = vec![cap(Mode::SingleNodeWriter, Some("xfs"))];
+    let xv = c.create_volume(xr).await.unwrap().into_inner().volume.unwrap().volume_id;
+    let xctx = c
+        .controller_publish_volume(publish_req(&xv, "node-a", Mode::SingleNodeWriter, false))
+        .await
+        .unwrap()
+        .into_inner()
+        .publish_context;
+    let (xstaging, xtarget) = (dir.path().join("kubelet/staging/pv-xfs"), dir.path().join("kubelet/pods/p4/pv-xfs"));
+    let xcap = || cap(Mode::SingleNodeWriter, Some("xfs"));
+    n.node_stage_volume(stage_req(&xv, &xctx, &xstaging, xcap())).await.unwrap();
+    n.node_publish_volume(node_publish_req(&xv, &xstaging, &xtarget, xcap(), false)).await.unwrap();
+    std::fs::write(xtarget.join("x.txt"), b"on xfs").unwrap();
+    let fstype = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(xtarget.to_string_lossy().as_ref()))
+        .and_then(|l| l.split(" - ").nth(1))
+        .and_then(|l| l.split(' ').next())
+        .map(String::from);
+    assert_eq!(fstype.as_deref(), Some("xfs"));
+    let r = NodeUnpublishVolumeRequest { volume_id: xv.clone(), target_path: xtarget.to_string_lossy().into() };
+    n.node_unpublish_volume(r).await.unwrap();
+    n.node_unstage_volume(NodeUnstageVolumeRequest {
+        volume_id: xv.clone(),
+        staging_target_path: xstaging.to_string_lossy().into(),
+    })
+    .await
+    .unwrap();
+
     // Raw block volume: the device itself is published at the target path.
     let mut raw = create_req("pv-raw", 16 * MIB, &[]);
     raw.volume_capabilities = vec![cap(Mode::SingleNodeWriter, None)];
