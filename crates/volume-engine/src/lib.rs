@@ -18,6 +18,7 @@ pub mod keys;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use chunk_engine::ChunkHash;
@@ -56,6 +57,8 @@ pub struct Volume {
     flushing: RwLock<Arc<BTreeMap<u64, Option<Bytes>>>>,
     /// One flush at a time.
     flush_lock: Mutex<()>,
+    /// Counts dirty sets taken by flushes (a read-modify-write checks it did not miss one).
+    taken: AtomicU64,
     /// Set once a commit found another generation: nothing more is written.
     fenced: std::sync::atomic::AtomicBool,
 }
@@ -111,6 +114,7 @@ impl Volume {
             dirty: Mutex::new(BTreeMap::new()),
             flushing: RwLock::new(Arc::new(BTreeMap::new())),
             flush_lock: Mutex::new(()),
+            taken: AtomicU64::new(0),
             fenced: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -213,16 +217,26 @@ impl Volume {
                 patch(&mut cur);
                 dirty.insert(idx, thin(cur));
             } else {
+                // Fetch the block without holding the lock. A write into it that got in
+                // meanwhile is either still dirty (patched instead of the fetched copy) or was
+                // taken by a flush, which moves `taken`: then fetch again.
+                let mut taken = self.taken.load(Ordering::Acquire);
                 drop(dirty);
-                let base = self.block(idx, bs).await?;
-                let mut dirty = self.dirty.lock().await;
-                // A write that got in meanwhile is newer than what was fetched.
-                let mut cur = match dirty.get(&idx) {
-                    Some(c) => c.as_ref().map_or_else(|| vec![0u8; bs as usize], |b| b.to_vec()),
-                    None => base.to_vec(),
-                };
-                patch(&mut cur);
-                dirty.insert(idx, thin(cur));
+                loop {
+                    let base = self.block(idx, bs).await?;
+                    let mut dirty = self.dirty.lock().await;
+                    let mut cur = match dirty.get(&idx) {
+                        Some(c) => c.as_ref().map_or_else(|| vec![0u8; bs as usize], |b| b.to_vec()),
+                        None if self.taken.load(Ordering::Acquire) != taken => {
+                            taken = self.taken.load(Ordering::Acquire);
+                            continue;
+                        }
+                        None => base.to_vec(),
+                    };
+                    patch(&mut cur);
+                    dirty.insert(idx, thin(cur));
+                    break;
+                }
             }
             pos = base + e;
         }
@@ -266,6 +280,7 @@ impl Volume {
             }
             let batch = Arc::new(std::mem::take(&mut *dirty));
             *self.flushing.write().await = batch.clone();
+            self.taken.fetch_add(1, Ordering::AcqRel);
             batch
         };
         let out = self.commit(&batch).await;
