@@ -54,17 +54,7 @@ pub fn node_key(id: &str) -> Vec<u8> {
     format!("{NODES_PREFIX}{id}").into_bytes()
 }
 
-/// The end of the key range starting with `prefix`.
-pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    Vec::new()
-}
+pub use metadata_client::prefix_end;
 
 /// A new volume id: `blk-` and 32 hex digits.
 pub fn new_volume_id() -> String {

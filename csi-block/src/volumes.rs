@@ -4,6 +4,8 @@
 use cluster::nodemap::{NodeMap, NodeState, Timeouts, now_unix_ms};
 use csi_kit::CsiError;
 use metadata_client::{KeyValue, MetaClient, Txn};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::records::*;
 
@@ -13,6 +15,9 @@ pub struct Volumes {
     pub meta: MetaClient,
 }
 
+/// Builds a record's key from its id or name.
+type KeyOf = fn(&str) -> Vec<u8>;
+
 /// What a create found or made.
 pub enum Created<T = VolumeRecord> {
     New(T),
@@ -20,47 +25,85 @@ pub enum Created<T = VolumeRecord> {
 }
 
 impl Volumes {
-    /// The volume `id` with its metadata entry (None: no such volume).
-    pub async fn get(&self, id: &str) -> Result<Option<(KeyValue, VolumeRecord)>, CsiError> {
-        if !is_volume_id(id) {
-            return Ok(None);
-        }
-        let k = volume_key(id);
-        match self.meta.get(&k).await? {
+    /// The record at `key` with its metadata entry (None: absent).
+    async fn record<T: Versioned + DeserializeOwned>(&self, key: &[u8]) -> Result<Option<(KeyValue, T)>, CsiError> {
+        match self.meta.get(key).await? {
             Some(kv) => {
-                let rec = decode(&k, &kv.value)?;
+                let rec = decode(key, &kv.value)?;
                 Ok(Some((kv, rec)))
             }
             None => Ok(None),
         }
     }
 
-    /// The volume created for CSI name `name`, if any.
-    pub async fn by_name(&self, name: &str) -> Result<Option<VolumeRecord>, CsiError> {
-        match self.meta.get(&name_key(name)).await? {
-            Some(kv) => Ok(self.get(&String::from_utf8_lossy(&kv.value)).await?.map(|(_, r)| r)),
+    /// The record a name entry points at (`key_of` its id), if any.
+    async fn named<T: Versioned + DeserializeOwned>(
+        &self,
+        name_key: &[u8],
+        key_of: KeyOf,
+    ) -> Result<Option<T>, CsiError> {
+        match self.meta.get(name_key).await? {
+            Some(kv) => Ok(self.record(&key_of(&String::from_utf8_lossy(&kv.value))).await?.map(|(_, r)| r)),
             None => Ok(None),
         }
     }
 
-    /// Stores `rec` under its name unless a volume of that name exists, which is returned instead.
-    pub async fn create(&self, rec: VolumeRecord) -> Result<Created, CsiError> {
+    /// Stores `rec` (named `name`, id `id`) under `key_of(id)` and its name entry `name_key_of(name)`
+    /// unless a record of that name exists, which is returned instead. `extra` adds to the
+    /// creating transaction.
+    async fn create_named<T: Versioned + DeserializeOwned + Serialize>(
+        &self,
+        rec: T,
+        (name, id): (&str, &str),
+        (name_key_of, key_of): (KeyOf, KeyOf),
+        extra: impl Fn(Txn) -> Txn,
+    ) -> Result<Created<T>, CsiError> {
+        let (name_key, key) = (name_key_of(name), key_of(id));
         for _ in 0..16 {
-            if let Some(existing) = self.by_name(&rec.name).await? {
+            if let Some(existing) = self.named(&name_key, key_of).await? {
                 return Ok(Created::Existing(existing));
             }
-            let nk = name_key(&rec.name);
-            let txn = Txn::new()
-                .absent(&nk)
-                .absent(&volume_key(&rec.id))
-                .put(&nk, rec.id.as_bytes())
-                .put(&volume_key(&rec.id), &encode(&rec));
-            let txn = volume_engine::set_generation(txn, &rec.id, rec.generation);
-            if self.meta.txn(txn).await?.succeeded {
+            let txn = Txn::new().absent(&name_key).absent(&key).put(&name_key, id.as_bytes()).put(&key, &encode(&rec));
+            if self.meta.txn(extra(txn)).await?.succeeded {
                 return Ok(Created::New(rec));
             }
         }
-        Err(CsiError::Aborted(format!("volume {} is being created by another call", rec.name)))
+        Err(CsiError::Aborted(format!("{name} is being created by another call")))
+    }
+
+    /// Up to `max` records under `prefix` after `after_key` (None: from the start) in key
+    /// order, and whether more follow.
+    async fn page<T: Versioned + DeserializeOwned>(
+        &self,
+        prefix: &str,
+        after_key: Option<Vec<u8>>,
+        max: u32,
+    ) -> Result<(Vec<T>, bool), CsiError> {
+        let start = match after_key {
+            Some(mut k) => {
+                k.push(0);
+                k
+            }
+            None => prefix.as_bytes().to_vec(),
+        };
+        let page = self.meta.range(&start, &prefix_end(prefix.as_bytes()), max).await?;
+        let recs = page.kvs.iter().map(|kv| decode(&kv.key, &kv.value)).collect::<Result<Vec<_>, _>>()?;
+        Ok((recs, page.next_key.is_some()))
+    }
+
+    /// The volume `id` with its metadata entry (None: no such volume).
+    pub async fn get(&self, id: &str) -> Result<Option<(KeyValue, VolumeRecord)>, CsiError> {
+        if !is_volume_id(id) {
+            return Ok(None);
+        }
+        self.record(&volume_key(id)).await
+    }
+
+    /// Stores `rec` under its name unless a volume of that name exists, which is returned instead.
+    pub async fn create(&self, rec: VolumeRecord) -> Result<Created, CsiError> {
+        let (name, id, generation) = (rec.name.clone(), rec.id.clone(), rec.generation);
+        let fence = |txn| volume_engine::set_generation(txn, &id, generation);
+        self.create_named(rec, (&name, &id), (name_key, volume_key), fence).await
     }
 
     /// Applies `change` to volume `id` and stores it, retrying when another writer got in
@@ -119,18 +162,7 @@ impl Volumes {
     /// Up to `max` volumes after `after` (a volume id; empty: from the start) in id order, and
     /// whether more follow.
     pub async fn list(&self, after: &str, max: u32) -> Result<(Vec<VolumeRecord>, bool), CsiError> {
-        let start = if after.is_empty() {
-            VOLUMES_PREFIX.as_bytes().to_vec()
-        } else {
-            let mut k = volume_key(after);
-            k.push(0);
-            k
-        };
-        let end = prefix_end(VOLUMES_PREFIX.as_bytes());
-        let page = self.meta.range(&start, &end, max).await?;
-        let more = page.next_key.is_some();
-        let recs = page.kvs.iter().map(|kv| decode(&kv.key, &kv.value)).collect::<Result<Vec<_>, _>>()?;
-        Ok((recs, more))
+        self.page(VOLUMES_PREFIX, Some(after).filter(|a| !a.is_empty()).map(volume_key), max).await
     }
 
     /// The snapshot `id` with its metadata entry (None: no such snapshot).
@@ -138,31 +170,13 @@ impl Volumes {
         if !is_snapshot_id(id) {
             return Ok(None);
         }
-        let k = snapshot_key(id);
-        match self.meta.get(&k).await? {
-            Some(kv) => {
-                let rec = decode(&k, &kv.value)?;
-                Ok(Some((kv, rec)))
-            }
-            None => Ok(None),
-        }
+        self.record(&snapshot_key(id)).await
     }
 
     /// Stores snapshot `rec` under its name unless one of that name exists (returned instead).
     pub async fn create_snapshot(&self, rec: SnapshotRecord) -> Result<Created<SnapshotRecord>, CsiError> {
-        for _ in 0..16 {
-            if let Some(kv) = self.meta.get(&snapshot_name_key(&rec.name)).await?
-                && let Some((_, existing)) = self.snapshot(&String::from_utf8_lossy(&kv.value)).await?
-            {
-                return Ok(Created::Existing(existing));
-            }
-            let (nk, k) = (snapshot_name_key(&rec.name), snapshot_key(&rec.id));
-            let txn = Txn::new().absent(&nk).absent(&k).put(&nk, rec.id.as_bytes()).put(&k, &encode(&rec));
-            if self.meta.txn(txn).await?.succeeded {
-                return Ok(Created::New(rec));
-            }
-        }
-        Err(CsiError::Aborted(format!("snapshot {} is being created by another call", rec.name)))
+        let (name, id) = (rec.name.clone(), rec.id.clone());
+        self.create_named(rec, (&name, &id), (snapshot_name_key, snapshot_key), |txn| txn).await
     }
 
     /// Marks snapshot `id` ready.
@@ -184,28 +198,23 @@ impl Volumes {
 
     /// Deletes snapshot `id`: its block map and references, then its record and name entry.
     pub async fn delete_snapshot(&self, id: &str) -> Result<(), CsiError> {
-        let Some((kv, rec)) = self.snapshot(id).await? else { return Ok(()) };
-        volume_engine::delete_data(&self.meta, id).await.map_err(|e| CsiError::Unavailable(e.to_string()))?;
-        let txn = Txn::new()
-            .mod_revision_equals(&kv.key, kv.mod_revision)
-            .delete(&kv.key)
-            .delete(&snapshot_name_key(&rec.name));
-        self.meta.txn(txn).await?;
-        Ok(())
+        for _ in 0..16 {
+            let Some((kv, rec)) = self.snapshot(id).await? else { return Ok(()) };
+            volume_engine::delete_data(&self.meta, id).await.map_err(|e| CsiError::Unavailable(e.to_string()))?;
+            let txn = Txn::new()
+                .mod_revision_equals(&kv.key, kv.mod_revision)
+                .delete(&kv.key)
+                .delete(&snapshot_name_key(&rec.name));
+            if self.meta.txn(txn).await?.succeeded {
+                return Ok(());
+            }
+        }
+        Err(CsiError::Aborted(format!("snapshot {id} is changing under another call; retry")))
     }
 
     /// Up to `max` snapshots after `after` (a snapshot id) in id order, and whether more follow.
     pub async fn list_snapshots(&self, after: &str, max: u32) -> Result<(Vec<SnapshotRecord>, bool), CsiError> {
-        let start = if after.is_empty() {
-            SNAPSHOTS_PREFIX.as_bytes().to_vec()
-        } else {
-            let mut k = snapshot_key(after);
-            k.push(0);
-            k
-        };
-        let page = self.meta.range(&start, &prefix_end(SNAPSHOTS_PREFIX.as_bytes()), max).await?;
-        let recs = page.kvs.iter().map(|kv| decode(&kv.key, &kv.value)).collect::<Result<Vec<_>, _>>()?;
-        Ok((recs, page.next_key.is_some()))
+        self.page(SNAPSHOTS_PREFIX, Some(after).filter(|a| !a.is_empty()).map(snapshot_key), max).await
     }
 
     /// Copies the blocks of `from` into `to` (sharing chunks); an attached source volume is

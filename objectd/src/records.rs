@@ -79,17 +79,7 @@ pub fn part_key(upload_id: &str, part: i32) -> Vec<u8> {
     format!("s3/p/{upload_id}/{part:05}").into_bytes()
 }
 
-/// The end (exclusive) of the span of every key starting with `prefix`.
-pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0xff; 1] // the whole keyspace (never reached: our prefixes are ASCII)
-}
+pub use metadata_client::prefix_end;
 
 /// What a grant lets a key do on a bucket; each level includes the ones before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

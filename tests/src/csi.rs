@@ -2,26 +2,19 @@
 //! for `/healthz`, connect gRPC clients over the socket as the sidecars and the kubelet do, and
 //! SIGKILL or restart it. Killed when dropped.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use tonic::transport::Channel;
 
-use crate::s3::tail;
-use crate::{bin, free_port, http_get};
+use crate::daemon::Daemon;
+use crate::free_port;
 
-/// One running CSI driver process.
+/// One running CSI driver process and its socket.
 pub struct CsiProc {
-    child: Option<Child>,
-    binary: &'static str,
-    args: Vec<String>,
+    daemon: Daemon,
     /// Its CSI socket.
     pub socket: PathBuf,
-    /// `/metrics` and `/healthz` address.
-    pub http: SocketAddr,
-    log: PathBuf,
 }
 
 impl CsiProc {
@@ -29,48 +22,15 @@ impl CsiProc {
     /// waits until it is healthy.
     pub fn start(binary: &'static str, dir: &Path, name: &str, args: &[&str]) -> CsiProc {
         let socket = dir.join(format!("{name}.sock"));
-        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let mut all: Vec<String> =
-            vec!["--endpoint".into(), format!("unix://{}", socket.display()), "--http-listen".into(), http.to_string()];
+        let http = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let mut all: Vec<String> = vec![
+            "--endpoint".into(),
+            format!("unix://{}", socket.display()),
+            "--http-listen".into(),
+            format!("{http}"),
+        ];
         all.extend(args.iter().map(|s| s.to_string()));
-        let mut p = CsiProc { child: None, binary, args: all, socket, http, log: dir.join(format!("{name}.log")) };
-        p.spawn();
-        p.wait_healthy(Duration::from_secs(60));
-        p
-    }
-
-    fn spawn(&mut self) {
-        assert!(self.child.is_none(), "{} already running", self.binary);
-        let logf = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
-        let errf = logf.try_clone().expect("dup log file");
-        let child = Command::new(bin(self.binary))
-            .args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(logf)
-            .stderr(errf)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", self.binary));
-        self.child = Some(child);
-    }
-
-    fn wait_healthy(&mut self, within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Ok((200, _)) = http_get(self.http, "/healthz") {
-                return;
-            }
-            if let Some(st) = self.child.as_mut().and_then(|c| c.try_wait().expect("try_wait")) {
-                self.child = None;
-                panic!("{} exited with {st} before it was ready:\n{}", self.binary, tail(&self.log, 60));
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} not healthy after {within:?}:\n{}",
-                self.binary,
-                tail(&self.log, 60)
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        CsiProc { daemon: Daemon::start(binary, all, dir.join(format!("{name}.log")), http), socket }
     }
 
     /// A gRPC channel over the socket.
@@ -78,30 +38,14 @@ impl CsiProc {
         csi_kit::connect_unix(&self.socket).await.expect("connect to the CSI socket")
     }
 
-    /// SIGKILL (no clean shutdown), then reap.
-    pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
     /// SIGKILL, start again with the same flags, wait until healthy.
     pub fn restart(&mut self) {
-        self.kill9();
-        self.spawn();
-        self.wait_healthy(Duration::from_secs(60));
+        self.daemon.restart();
     }
 
     /// Everything it logged so far.
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for CsiProc {
-    fn drop(&mut self) {
-        self.kill9();
+        self.daemon.log_text()
     }
 }
 

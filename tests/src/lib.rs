@@ -12,6 +12,7 @@ use node_client::NodeClient;
 use rand::RngCore;
 
 pub mod csi;
+pub mod daemon;
 pub mod meta;
 pub mod s3;
 

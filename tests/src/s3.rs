@@ -8,8 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use crate::daemon::Daemon;
 use crate::meta::{MetaProc, meta_cluster};
-use crate::{NodeProc, bin, free_port, http_get};
+use crate::{NodeProc, bin, free_port};
 
 /// The workspace root (the parent of this crate).
 pub fn repo_root() -> PathBuf {
@@ -47,58 +48,6 @@ pub fn python() -> &'static Path {
     })
 }
 
-/// The `objectd` child process.
-struct Objectd {
-    child: Option<Child>,
-    args: Vec<String>,
-    log: PathBuf,
-    http: SocketAddr,
-}
-
-impl Objectd {
-    fn spawn(&mut self) {
-        assert!(self.child.is_none(), "objectd already running");
-        let logf = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("objectd log file");
-        let errf = logf.try_clone().expect("dup log file");
-        let child = Command::new(bin("objectd"))
-            .args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(logf)
-            .stderr(errf)
-            .spawn()
-            .expect("spawn objectd");
-        self.child = Some(child);
-    }
-
-    fn wait_healthy(&mut self, within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Ok((200, _)) = http_get(self.http, "/healthz") {
-                return;
-            }
-            if let Some(st) = self.child.as_mut().and_then(|c| c.try_wait().expect("try_wait")) {
-                self.child = None;
-                panic!("objectd exited with {st} before it was ready:\n{}", tail(&self.log, 60));
-            }
-            assert!(Instant::now() < deadline, "objectd not healthy after {within:?}:\n{}", tail(&self.log, 60));
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Objectd {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
 /// The last `n` lines of a file.
 pub fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -109,7 +58,7 @@ pub fn tail(path: &Path, n: usize) -> String {
 /// One metadata node, one storage node and objectd, on free loopback ports in a temp dir.
 pub struct S3Stack {
     // Drop order: objectd first, then the storage node, the metadata node, the directory.
-    objectd: Objectd,
+    objectd: Daemon,
     /// The storage node.
     pub node: NodeProc,
     /// The metadata node(s).
@@ -157,9 +106,7 @@ impl S3Stack {
             args.extend(["--log".into(), "info".into()]);
         }
         args.extend(objectd_extra.iter().map(|s| s.to_string()));
-        let mut objectd = Objectd { child: None, args, log: dir.path().join("objectd.log"), http };
-        objectd.spawn();
-        objectd.wait_healthy(Duration::from_secs(60));
+        let objectd = Daemon::start("objectd", args, dir.path().join("objectd.log"), http);
         S3Stack { objectd, node, meta, meta_api, endpoint: format!("http://127.0.0.1:{port}"), http, dir }
     }
 
@@ -202,9 +149,7 @@ impl S3Stack {
 
     /// Starts objectd again with the same flags and waits for `/healthz`.
     pub fn restart_objectd(&mut self) {
-        self.objectd.kill9();
-        self.objectd.spawn();
-        self.objectd.wait_healthy(Duration::from_secs(60));
+        self.objectd.restart();
     }
 
     /// Path of objectd's log (stdout and stderr, across restarts).
@@ -214,7 +159,7 @@ impl S3Stack {
 
     /// Everything objectd logged so far.
     pub fn objectd_log(&self) -> String {
-        std::fs::read_to_string(&self.objectd.log).unwrap_or_default()
+        self.objectd.log_text()
     }
 
     /// The environment a Python suite needs: endpoint, keys, region, and the CLI's whereabouts.

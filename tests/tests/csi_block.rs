@@ -436,6 +436,47 @@ fn node_publish_req(
     }
 }
 
+/// ControllerPublishVolume to `node` (single writer); its publish context.
+async fn attach_ctx(c: &mut ControllerClient<Channel>, vol: &str, node: &str) -> HashMap<String, String> {
+    c.controller_publish_volume(publish_req(vol, node, Mode::SingleNodeWriter, false))
+        .await
+        .unwrap()
+        .into_inner()
+        .publish_context
+}
+
+/// NodeGetVolumeStats of `vol` at `path`: (byte usage, the whole answer).
+async fn byte_stats(
+    n: &mut NodeClient<Channel>,
+    vol: &str,
+    path: &std::path::Path,
+) -> (VolumeUsage, NodeGetVolumeStatsResponse) {
+    let stats = n
+        .node_get_volume_stats(NodeGetVolumeStatsRequest {
+            volume_id: vol.into(),
+            volume_path: path.to_string_lossy().into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let bytes = stats.usage.iter().find(|u| u.unit == volume_usage::Unit::Bytes as i32).cloned().unwrap();
+    (bytes, stats)
+}
+
+/// The file system type and source device of the mount at `path` (from /proc/self/mountinfo).
+fn mount_of(path: &std::path::Path) -> Option<(String, String)> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(path.to_string_lossy().as_ref()))
+        .and_then(|l| l.split(" - ").nth(1))
+        .map(|l| {
+            let mut f = l.split(' ');
+            (f.next().unwrap_or_default().to_string(), f.next().unwrap_or_default().to_string())
+        })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn csi_block_kubelet_sequence_mounts_for_real() {
     // SAFETY: geteuid has no preconditions.
@@ -467,12 +508,7 @@ async fn csi_block_kubelet_sequence_mounts_for_real() {
 
     // Filesystem volume: publish, stage (mkfs on first use), publish into a "pod", use.
     let vol = c.create_volume(create_req("pv-fs", 64 * MIB, &[])).await.unwrap().into_inner().volume.unwrap().volume_id;
-    let ctx = c
-        .controller_publish_volume(publish_req(&vol, "node-a", Mode::SingleNodeWriter, false))
-        .await
-        .unwrap()
-        .into_inner()
-        .publish_context;
+    let ctx = attach_ctx(&mut c, &vol, "node-a").await;
     let staging = dir.path().join("kubelet/staging/pv-fs");
     let target = dir.path().join("kubelet/pods/p1/volumes/pv-fs");
     let mut no_gen = stage_req(&vol, &ctx, &staging, fs_cap());
@@ -495,16 +531,7 @@ async fn csi_block_kubelet_sequence_mounts_for_real() {
     let payload = integration_tests::random_bytes(3 << 20);
     std::fs::write(target.join("app.db"), &payload).unwrap();
     std::fs::File::open(target.join("app.db")).unwrap().sync_all().unwrap();
-    let stats = n
-        .node_get_volume_stats(NodeGetVolumeStatsRequest {
-            volume_id: vol.clone(),
-            volume_path: target.to_string_lossy().into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let bytes = stats.usage.iter().find(|u| u.unit == volume_usage::Unit::Bytes as i32).unwrap();
+    let (bytes, stats) = byte_stats(&mut n, &vol, &target).await;
     assert!(bytes.total > 50 * MIB && bytes.used >= 3 * MIB, "{stats:?}");
     assert!(stats.usage.iter().any(|u| u.unit == volume_usage::Unit::Inodes as i32 && u.total > 0));
 
@@ -530,14 +557,7 @@ async fn csi_block_kubelet_sequence_mounts_for_real() {
         })
         .await;
     // The device grows in any case (loop capacity re-read from the FUSE file).
-    let dev = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .find(|l| l.split(' ').nth(4) == Some(staging.to_string_lossy().as_ref()))
-        .and_then(|l| l.split(" - ").nth(1))
-        .and_then(|l| l.split(' ').nth(1))
-        .map(String::from)
-        .expect("staging mount's device");
+    let (_, dev) = mount_of(&staging).expect("staging mount's device");
     let out = std::process::Command::new("blockdev").args(["--getsize64", &dev]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), (128 * MIB).to_string(), "the device grew");
     // Growing a mounted ext4 needs CAP_SYS_RESOURCE (a privileged node plugin has it; some
@@ -550,16 +570,7 @@ async fn csi_block_kubelet_sequence_mounts_for_real() {
         .unwrap();
     if cap_eff & (1 << 24) != 0 {
         expanded.unwrap();
-        let stats = n
-            .node_get_volume_stats(NodeGetVolumeStatsRequest {
-                volume_id: vol.clone(),
-                volume_path: target.to_string_lossy().into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let bytes = stats.usage.iter().find(|u| u.unit == volume_usage::Unit::Bytes as i32).unwrap();
+        let (bytes, stats) = byte_stats(&mut n, &vol, &target).await;
         assert!(bytes.total > 100 * MIB, "grown online: {stats:?}");
     } else {
         let err = expanded.unwrap_err();
@@ -581,12 +592,7 @@ async fn csi_block_kubelet_sequence_mounts_for_real() {
     let unpub =
         ControllerUnpublishVolumeRequest { volume_id: vol.clone(), node_id: "node-a".into(), ..Default::default() };
     c.controller_unpublish_volume(unpub.clone()).await.unwrap();
-    let ctx2 = c
-        .controller_publish_volume(publish_req(&vol, "node-a", Mode::SingleNodeWriter, false))
-        .await
-        .unwrap()
-        .into_inner()
-        .publish_context;
+    let ctx2 = attach_ctx(&mut c, &vol, "node-a").await;
     assert_ne!(ctx2["generation"], ctx["generation"]);
     n.node_stage_volume(stage_req(&vol, &ctx2, &staging, fs_cap())).await.unwrap();
     n.node_publish_volume(node_publish_req(&vol, &staging, &target, fs_cap(), false)).await.unwrap();
@@ -600,25 +606,13 @@ async fn csi_block_kubelet_sequence_mounts_for_real() {
     let mut xr = create_req("pv-xfs", 320 * MIB, &[]);
     xr.volume_capabilities = vec![cap(Mode::SingleNodeWriter, Some("xfs"))];
     let xv = c.create_volume(xr).await.unwrap().into_inner().volume.unwrap().volume_id;
-    let xctx = c
-        .controller_publish_volume(publish_req(&xv, "node-a", Mode::SingleNodeWriter, false))
-        .await
-        .unwrap()
-        .into_inner()
-        .publish_context;
+    let xctx = attach_ctx(&mut c, &xv, "node-a").await;
     let (xstaging, xtarget) = (dir.path().join("kubelet/staging/pv-xfs"), dir.path().join("kubelet/pods/p4/pv-xfs"));
     let xcap = || cap(Mode::SingleNodeWriter, Some("xfs"));
     n.node_stage_volume(stage_req(&xv, &xctx, &xstaging, xcap())).await.unwrap();
     n.node_publish_volume(node_publish_req(&xv, &xstaging, &xtarget, xcap(), false)).await.unwrap();
     std::fs::write(xtarget.join("x.txt"), b"on xfs").unwrap();
-    let fstype = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .find(|l| l.split(' ').nth(4) == Some(xtarget.to_string_lossy().as_ref()))
-        .and_then(|l| l.split(" - ").nth(1))
-        .and_then(|l| l.split(' ').next())
-        .map(String::from);
-    assert_eq!(fstype.as_deref(), Some("xfs"));
+    assert_eq!(mount_of(&xtarget).map(|(fstype, _)| fstype).as_deref(), Some("xfs"));
     let r = NodeUnpublishVolumeRequest { volume_id: xv.clone(), target_path: xtarget.to_string_lossy().into() };
     n.node_unpublish_volume(r).await.unwrap();
     n.node_unstage_volume(NodeUnstageVolumeRequest {
@@ -632,12 +626,7 @@ async fn csi_block_kubelet_sequence_mounts_for_real() {
     let mut raw = create_req("pv-raw", 16 * MIB, &[]);
     raw.volume_capabilities = vec![cap(Mode::SingleNodeWriter, None)];
     let rv = c.create_volume(raw).await.unwrap().into_inner().volume.unwrap().volume_id;
-    let rctx = c
-        .controller_publish_volume(publish_req(&rv, "node-a", Mode::SingleNodeWriter, false))
-        .await
-        .unwrap()
-        .into_inner()
-        .publish_context;
+    let rctx = attach_ctx(&mut c, &rv, "node-a").await;
     let rstaging = dir.path().join("kubelet/staging/pv-raw");
     let rtarget = dir.path().join("kubelet/pods/p3/volumeDevices/pv-raw");
     let bcap = || cap(Mode::SingleNodeWriter, None);

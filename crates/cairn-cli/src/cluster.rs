@@ -118,18 +118,9 @@ pub async fn set_admin(endpoints: &str, id: &str, state: AdminState) -> anyhow::
     Ok(())
 }
 
-/// The end of the key range starting with `prefix` (an ASCII prefix ending in `/`).
-fn prefix_end(prefix: &str) -> Vec<u8> {
-    let mut end = prefix.as_bytes().to_vec();
-    if let Some(last) = end.last_mut() {
-        *last += 1;
-    }
-    end
-}
-
 /// Calls `f(key, value)` for every key under `prefix`, a page at a time.
 async fn scan(meta: &MetaClient, prefix: &str, mut f: impl FnMut(&[u8], &[u8])) -> anyhow::Result<()> {
-    let end = prefix_end(prefix);
+    let end = metadata_client::prefix_end(prefix.as_bytes());
     let mut start = prefix.as_bytes().to_vec();
     loop {
         let page = meta.range(&start, &end, PAGE).await?;

@@ -195,17 +195,7 @@ impl NodeMap {
     }
 }
 
-/// The end of the key range starting with `prefix`.
-pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    Vec::new()
-}
+pub(crate) use metadata_client::prefix_end;
 
 /// Keeps a [`NodeMap`] current from the metadata service's watch (no polling); re-reads the
 /// whole map whenever the watch breaks.

@@ -23,6 +23,19 @@ pub use txn::{Txn, TxnOutcome};
 /// Header carrying the leader's API address on a "not leader" answer.
 const LEADER_HEADER: &str = "x-cairn-leader";
 
+/// The end of the key range holding every key that starts with `prefix`, for [`MetaClient::range`]
+/// (empty when no such end exists: a prefix of 0xff bytes runs to the end).
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    Vec::new()
+}
+
 /// How long and how often to retry.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
@@ -305,5 +318,18 @@ impl MetaClient {
         let req = pb::RemoveVoterRequest { id };
         let r = self.call(Retry::IfNotApplied, |ch| async { AdminClient::new(ch).remove_voter(req).await }).await?;
         Ok(r.into_inner().voters)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn prefix_end_bounds_exactly_the_prefix() {
+        assert_eq!(prefix_end(b"s3/o/b/"), b"s3/o/b0".to_vec());
+        assert_eq!(prefix_end(b"a\xff\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b"\xff"), Vec::<u8>::new());
+        assert!(prefix_end(b"vol/map/x/").as_slice() > b"vol/map/x/ffffffffffffffff".as_slice());
     }
 }

@@ -7,6 +7,8 @@
 //! cluster/refs/<chunk>/vol:<id>:<idx>  the block's chunk reference (cluster::refs)
 //! ```
 
+use chunk_engine::ChunkHash;
+
 use crate::error::{EngineError, Result};
 
 pub fn generation_key(id: &str) -> Vec<u8> {
@@ -30,6 +32,16 @@ pub fn owner(id: &str, idx: u64) -> String {
     format!("vol:{id}:{idx}")
 }
 
+/// A block-map entry under `prefix`: its block index and chunk.
+pub fn map_entry(prefix: &[u8], key: &[u8], value: &[u8]) -> Result<(u64, ChunkHash)> {
+    let idx = block_of(prefix, key)?;
+    let hash = std::str::from_utf8(value)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| EngineError::Corrupt(format!("block map entry {}", String::from_utf8_lossy(key))))?;
+    Ok((idx, hash))
+}
+
 /// The block index of a map key under `prefix`.
 pub fn block_of(prefix: &[u8], key: &[u8]) -> Result<u64> {
     key.strip_prefix(prefix)
@@ -38,17 +50,7 @@ pub fn block_of(prefix: &[u8], key: &[u8]) -> Result<u64> {
         .ok_or_else(|| EngineError::Corrupt(format!("block map key {}", String::from_utf8_lossy(key))))
 }
 
-/// The end of the key range starting with `prefix`.
-pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    Vec::new()
-}
+pub use metadata_client::prefix_end;
 
 #[cfg(test)]
 mod tests {

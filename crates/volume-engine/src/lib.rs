@@ -91,11 +91,7 @@ impl Volume {
         loop {
             let page = meta.range(&start, &end, 4096).await?;
             for kv in &page.kvs {
-                let idx = keys::block_of(&prefix, &kv.key)?;
-                let hash: ChunkHash = std::str::from_utf8(&kv.value)
-                    .ok()
-                    .and_then(|s| s.parse().ok())
-                    .ok_or_else(|| EngineError::Corrupt(format!("block map entry {idx} of {id}")))?;
+                let (idx, hash) = keys::map_entry(&prefix, &kv.key, &kv.value)?;
                 map.insert(idx, hash);
             }
             match page.next_key {
@@ -407,11 +403,7 @@ pub async fn copy_map(meta: &MetaClient, from: &str, to: &str) -> Result<u64> {
         let page = meta.range(&start, &end, BLOCKS_PER_TXN as u32).await?;
         let mut txn = Txn::new();
         for kv in &page.kvs {
-            let idx = keys::block_of(&prefix, &kv.key)?;
-            let h: ChunkHash = std::str::from_utf8(&kv.value)
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| EngineError::Corrupt(format!("block map entry {idx} of {from}")))?;
+            let (idx, h) = keys::map_entry(&prefix, &kv.key, &kv.value)?;
             // The source entry must still be there: a reference is only added to a live chunk.
             txn = txn.mod_revision_equals(&kv.key, kv.mod_revision);
             txn = add_refs(txn.put(&keys::map_key(to, idx), &kv.value), &[h], &keys::owner(to, idx));
@@ -468,9 +460,9 @@ pub async fn delete_data(meta: &MetaClient, id: &str) -> Result<u64> {
         }
         let mut txn = Txn::new();
         for kv in &page.kvs {
-            let idx = keys::block_of(&prefix, &kv.key)?;
             txn = txn.mod_revision_equals(&kv.key, kv.mod_revision).delete(&kv.key);
-            if let Some(h) = std::str::from_utf8(&kv.value).ok().and_then(|s| s.parse::<ChunkHash>().ok()) {
+            // A corrupt entry goes too; only a readable one names a reference to drop.
+            if let Ok((idx, h)) = keys::map_entry(&prefix, &kv.key, &kv.value) {
                 txn = remove_refs(txn, &[h], &keys::owner(id, idx));
             }
         }
