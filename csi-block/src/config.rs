@@ -26,6 +26,10 @@ pub struct CsiBlockConfig {
     pub state_dir: PathBuf,
     /// Replicas of a volume whose StorageClass does not say (`replicas`). Default 3.
     pub default_replicas: u32,
+    /// Node service: also export every staged volume over NBD, on the unix socket
+    /// `<state_dir>/volumes/<id>/nbd.sock` (for qemu, or `nbd-client` where the nbd module is).
+    /// Default false.
+    pub nbd_export: bool,
     /// HTTP listen address for `/metrics` and `/healthz`. Default `127.0.0.1:7790`.
     pub http_listen: SocketAddr,
     /// Log filter (`RUST_LOG` syntax). Default `info`.
@@ -48,6 +52,7 @@ impl Default for CsiBlockConfig {
             driver_name: "block.csi.cairn.io".into(),
             state_dir: PathBuf::from("/var/lib/cairn/csi-block"),
             default_replicas: 3,
+            nbd_export: false,
             http_listen: "127.0.0.1:7790".parse().expect("default address"),
             log: "info".into(),
             tls_ca: None,
@@ -84,6 +89,9 @@ pub struct CsiBlockArgs {
     /// Replicas of a volume whose StorageClass does not say.
     #[arg(long, env = "CAIRN_CSI_BLOCK_DEFAULT_REPLICAS")]
     pub default_replicas: Option<u32>,
+    /// Also export staged volumes over NBD (true or false).
+    #[arg(long, env = "CAIRN_CSI_BLOCK_NBD_EXPORT")]
+    pub nbd_export: Option<bool>,
     /// /metrics and /healthz listen address (host:port).
     #[arg(long, env = "CAIRN_CSI_BLOCK_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
@@ -111,7 +119,7 @@ impl CsiBlockConfig {
         macro_rules! over {
             ($($f:ident),*) => { $( if let Some(v) = &args.$f { c.$f = v.clone(); } )* };
         }
-        over!(endpoint, meta, controller, driver_name, state_dir, default_replicas, http_listen, log);
+        over!(endpoint, meta, controller, driver_name, state_dir, default_replicas, nbd_export, http_listen, log);
         if args.node_id.is_some() {
             c.node_id = args.node_id.clone();
         }

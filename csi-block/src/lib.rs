@@ -3,9 +3,12 @@
 //! publications, registered nodes) lives in the metadata service, so a restarted controller
 //! forgets nothing.
 
+mod attach;
 pub mod config;
 mod controller;
+pub mod datapath;
 mod identity;
+mod nbd_export;
 mod node;
 pub mod params;
 pub mod records;
@@ -34,10 +37,8 @@ pub struct Driver {
     volumes: Volumes,
     inflight: InFlight,
     metrics: RpcMetrics,
-    /// Node service: the volumes staged on this node (their engines and devices).
-    staged: Arc<tokio::sync::Mutex<std::collections::HashMap<String, node::Staged>>>,
-    /// Node service: the pool client, made at the first stage.
-    pool: Arc<tokio::sync::OnceCell<cluster::ChunkClient>>,
+    /// Node service: the volumes staged on this node (as recorded under the state directory).
+    staged: Arc<tokio::sync::Mutex<std::collections::HashMap<String, attach::StagedState>>>,
 }
 
 impl Driver {
@@ -83,9 +84,15 @@ pub async fn run(cfg: CsiBlockConfig, shutdown: impl Future<Output = ()> + Send 
         volumes: Volumes { meta },
         inflight: InFlight::default(),
         metrics,
-        staged: Default::default(),
-        pool: Default::default(),
+        staged: Arc::new(tokio::sync::Mutex::new(match cfg.node_id {
+            Some(_) => attach::load_all(&cfg.state_dir),
+            None => Default::default(),
+        })),
     };
+    let carried = driver.staged.lock().await.len();
+    if carried > 0 {
+        tracing::info!(volumes = carried, "volumes staged before this start carry on");
+    }
     let mut shutdown = Box::pin(shutdown);
     if cfg.node_id.is_some() && !node::register(&driver, &mut shutdown).await {
         let _ = stop_tx.send(true);

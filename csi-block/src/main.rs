@@ -14,6 +14,9 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = csi_block::datapath::main_if_requested() {
+        return code;
+    }
     let cli = Cli::parse();
     daemon_kit::run_daemon("csi-block", CsiBlockConfig::load(&cli.args), |c| c.log.clone(), csi_block::run)
 }

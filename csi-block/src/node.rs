@@ -1,17 +1,16 @@
 //! The CSI Node service: the node plugin registers itself in the metadata service (so
-//! ControllerPublish can tell a real node from a typo) and attaches volumes here: NodeStage opens
-//! the volume engine at the publication's fencing generation, attaches it as a block device
-//! (FUSE + loop), makes the file system on first use and mounts it at the staging path;
-//! NodePublish bind-mounts it (or, for raw block, the device) into the pod; the reverse calls
-//! undo each step. The data path runs inside this process for now.
+//! ControllerPublish can tell a real node from a typo) and attaches volumes here: NodeStage starts
+//! the volume's data path (a process of its own, `datapath.rs`, serving the volume engine at the
+//! publication's fencing generation as a FUSE file), attaches that file with a loop device,
+//! makes the file system on first use and mounts it at the staging path; NodePublish bind-mounts
+//! it (or, for raw block, the device) into the pod; the reverse calls undo each step. What is
+//! staged is kept on disk, so a restarted plugin carries on; a data path found dead is restarted.
 
 use std::future::Future;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use block_frontend::BlockDevice;
-use block_frontend::fuse_loop::FuseLoop;
 use cairn_proto::csi::v1::node_server::Node;
 use cairn_proto::csi::v1::node_service_capability::{self, rpc::Type as Rpc};
 use cairn_proto::csi::v1::volume_capability::AccessType;
@@ -20,20 +19,12 @@ use csi_kit::CsiError;
 use csi_kit::error::invalid;
 use csi_kit::mount;
 use tonic::{Request, Response, Status};
-use volume_engine::{EngineError, Geometry, Volume};
 
 use crate::Driver;
+use crate::attach::{self, StagedState};
+use crate::datapath::{DatapathSpec, SPEC_VERSION};
 use crate::params;
 use crate::records::{NodeRecord, RECORD_VERSION, now_ms};
-
-/// A volume staged on this node.
-pub struct Staged {
-    device: Box<dyn BlockDevice>,
-    volume: Arc<Volume>,
-    staging: PathBuf,
-    /// The file system mounted at the staging path; empty for raw block.
-    fs_type: String,
-}
 
 /// Registers this node plugin, retrying until the metadata service answers; false if
 /// `shutdown` came first.
@@ -60,13 +51,6 @@ pub async fn register(d: &Driver, shutdown: &mut (impl Future<Output = ()> + Unp
     }
 }
 
-fn engine_err(e: EngineError) -> CsiError {
-    match e {
-        EngineError::Fenced { .. } => CsiError::FailedPrecondition(format!("{e}: the volume was published elsewhere")),
-        other => CsiError::Unavailable(other.to_string()),
-    }
-}
-
 fn frontend_err(e: block_frontend::FrontendError) -> CsiError {
     CsiError::Internal(e.to_string())
 }
@@ -83,17 +67,34 @@ fn is_block(cap: &VolumeCapability) -> bool {
     matches!(cap.access_type, Some(AccessType::Block(_)))
 }
 
+/// The device number a path's mount is on (a file system) or is (a device node).
+fn dev_of(path: &Path, block: bool) -> Option<u64> {
+    let m = std::fs::metadata(path).ok()?;
+    Some(if block { m.rdev() } else { m.dev() })
+}
+
 impl Driver {
-    async fn pool_client(&self) -> Result<cluster::ChunkClient, CsiError> {
-        self.pool
-            .get_or_try_init(|| async {
-                let cfg = cluster::ClientConfig { min_replicas: 1, ..Default::default() };
-                cluster::ChunkClient::new(self.volumes.meta.clone(), cfg)
-                    .await
-                    .map_err(|e| CsiError::Unavailable(format!("storage pool: {e}")))
-            })
-            .await
-            .cloned()
+    /// Undoes a stage: unmounts the staging path, detaches the loop device, flushes and ends the
+    /// data path. `force` (a dead data path): unmounts lazily, skips the flush, and does not wait
+    /// for the old loop device, which pods' stale bind mounts may still hold until NodePublish
+    /// replaces them (it clears itself once let go).
+    async fn teardown(&self, st: &StagedState, force: bool) -> Result<(), CsiError> {
+        let d = attach::volume_dir(&self.cfg.state_dir, &st.volume_id);
+        if !st.fs_type.is_empty() && mount::is_mountpoint(&st.staging) {
+            if force {
+                mount::run("umount", &["-l", &st.staging.to_string_lossy()]).await?;
+            } else {
+                mount::unmount(&st.staging).await?;
+            }
+        }
+        if force {
+            let _ = mount::run("losetup", &["-d", &st.device.to_string_lossy()]).await;
+        } else {
+            block_frontend::fuse_loop::loop_detach(&d.file(), Some(&st.device)).await.map_err(frontend_err)?;
+        }
+        attach::stop(&d, st.pid, !force).await?;
+        attach::forget(&self.cfg.state_dir, &st.volume_id, force);
+        Ok(())
     }
 
     async fn node_stage(&self, r: NodeStageVolumeRequest) -> Result<NodeStageVolumeResponse, CsiError> {
@@ -104,7 +105,8 @@ impl Driver {
         let cap = capability(r.volume_capability.as_ref())?;
         let _busy = self.inflight.begin(&r.volume_id)?;
         let staging = PathBuf::from(&r.staging_target_path);
-        if let Some(st) = self.staged.lock().await.get(&r.volume_id) {
+        let earlier = self.staged.lock().await.get(&r.volume_id).cloned();
+        if let Some(st) = earlier {
             if st.staging != staging {
                 return Err(CsiError::AlreadyExists(format!(
                     "volume {} is staged at {}, not {}",
@@ -113,7 +115,15 @@ impl Driver {
                     staging.display()
                 )));
             }
-            return Ok(NodeStageVolumeResponse {});
+            let d = attach::volume_dir(&self.cfg.state_dir, &st.volume_id);
+            if attach::serving(&d) && (st.fs_type.is_empty() || mount::is_mountpoint(&staging)) {
+                return Ok(NodeStageVolumeResponse {});
+            }
+            // The data path died (its FUSE mount answers ENOTCONN) or the mount is gone:
+            // take the remains away and stage afresh.
+            tracing::warn!(volume = %st.volume_id, "staged volume found dead; recovering it");
+            self.teardown(&st, true).await?;
+            self.staged.lock().await.remove(&st.volume_id);
         }
         let Some((_, rec)) = self.volumes.get(&r.volume_id).await? else {
             return Err(CsiError::NotFound(format!("volume {} does not exist", r.volume_id)));
@@ -123,25 +133,39 @@ impl Driver {
             .get("generation")
             .and_then(|g| g.parse().ok())
             .ok_or_else(|| invalid("publish_context lacks the generation ControllerPublishVolume returned"))?;
-        let geometry = Geometry { capacity: rec.capacity_bytes, block_size: u64::from(rec.block_size) };
-        let pool = self.pool_client().await?;
-        let volume = Arc::new(
-            Volume::open(self.volumes.meta.clone(), pool, &rec.id, geometry, generation).await.map_err(engine_err)?,
-        );
-        let fuse_dir = self.cfg.state_dir.join("fuse").join(&rec.id);
-        let device = FuseLoop::attach(volume.clone(), &fuse_dir).await.map_err(frontend_err)?;
-        let device: Box<dyn BlockDevice> = Box::new(device);
-        let fs_type = if is_block(cap) {
-            String::new()
-        } else {
-            let want = match &cap.access_type {
-                Some(AccessType::Mount(m)) if !m.fs_type.is_empty() => m.fs_type.clone(),
-                _ if !rec.fs_type.is_empty() => rec.fs_type.clone(),
-                _ => "ext4".to_string(),
-            };
-            let staged = async {
-                match mount::fs_type_of(device.path()).await? {
-                    None => mount::mkfs(device.path(), &want).await?,
+        let d = attach::volume_dir(&self.cfg.state_dir, &rec.id);
+        let spec = DatapathSpec {
+            version: SPEC_VERSION,
+            volume_id: rec.id.clone(),
+            generation,
+            meta: self.cfg.meta.clone(),
+            tls_ca: self.cfg.tls_ca.clone(),
+            tls_cert: self.cfg.tls_cert.clone(),
+            tls_key: self.cfg.tls_key.clone(),
+            log: self.cfg.log.clone(),
+            nbd_socket: self.cfg.nbd_export.then(|| d.0.join("nbd.sock")),
+            dir: d.0.clone(),
+        };
+        let pid = attach::start(&spec).await?;
+        let mut st = StagedState {
+            version: attach::STAGED_VERSION,
+            volume_id: rec.id.clone(),
+            generation,
+            staging: staging.clone(),
+            fs_type: String::new(),
+            device: PathBuf::new(),
+            pid,
+        };
+        let made = async {
+            st.device = block_frontend::fuse_loop::loop_attach(&d.file()).await.map_err(frontend_err)?;
+            if !is_block(cap) {
+                let want = match &cap.access_type {
+                    Some(AccessType::Mount(m)) if !m.fs_type.is_empty() => m.fs_type.clone(),
+                    _ if !rec.fs_type.is_empty() => rec.fs_type.clone(),
+                    _ => "ext4".to_string(),
+                };
+                match mount::fs_type_of(&st.device).await? {
+                    None => mount::mkfs(&st.device, &want).await?,
                     Some(have) if have != want => {
                         return Err(CsiError::FailedPrecondition(format!(
                             "volume {} holds {have}, not {want}",
@@ -157,16 +181,19 @@ impl Driver {
                     Some(AccessType::Mount(m)) => m.mount_flags.clone(),
                     _ => Vec::new(),
                 };
-                mount::mount(device.path(), &staging, &want, &flags).await
-            };
-            if let Err(e) = staged.await {
-                let _ = device.detach().await;
-                return Err(e);
+                mount::mount(&st.device, &staging, &want, &flags).await?;
+                st.fs_type = want;
             }
-            want
+            attach::store(&self.cfg.state_dir, &st)
         };
-        tracing::info!(volume = %rec.id, device = %device.path().display(), staging = %staging.display(), "volume staged");
-        self.staged.lock().await.insert(rec.id.clone(), Staged { device, volume, staging, fs_type });
+        if let Err(e) = made.await {
+            if let Err(e2) = self.teardown(&st, false).await {
+                tracing::warn!(volume = %rec.id, error = %e2, "cleaning up a failed stage");
+            }
+            return Err(e);
+        }
+        tracing::info!(volume = %rec.id, device = %st.device.display(), staging = %staging.display(), pid, "volume staged");
+        self.staged.lock().await.insert(rec.id.clone(), st);
         Ok(NodeStageVolumeResponse {})
     }
 
@@ -176,16 +203,12 @@ impl Driver {
         }
         mount::check_path("staging_target_path", &r.staging_target_path)?;
         let _busy = self.inflight.begin(&r.volume_id)?;
-        let Some(st) = self.staged.lock().await.remove(&r.volume_id) else {
+        let Some(st) = self.staged.lock().await.get(&r.volume_id).cloned() else {
             return Ok(NodeUnstageVolumeResponse {});
         };
-        let out = async {
-            if !st.fs_type.is_empty() {
-                mount::unmount(&st.staging).await?;
-            }
-            st.device.detach().await.map_err(frontend_err)
-        };
-        out.await?;
+        let d = attach::volume_dir(&self.cfg.state_dir, &st.volume_id);
+        self.teardown(&st, !attach::serving(&d)).await?;
+        self.staged.lock().await.remove(&r.volume_id);
         tracing::info!(volume = %r.volume_id, "volume unstaged");
         Ok(NodeUnstageVolumeResponse {})
     }
@@ -199,24 +222,29 @@ impl Driver {
         let cap = capability(r.volume_capability.as_ref())?;
         let _busy = self.inflight.begin(&r.volume_id)?;
         let target = PathBuf::from(&r.target_path);
-        let staged = self.staged.lock().await;
-        let Some(st) = staged.get(&r.volume_id) else {
+        let Some(st) = self.staged.lock().await.get(&r.volume_id).cloned() else {
             return Err(CsiError::FailedPrecondition(format!("volume {} is not staged on this node", r.volume_id)));
         };
+        let block = is_block(cap);
+        let source: &Path = if block { &st.device } else { &st.staging };
         if mount::is_mountpoint(&target) {
-            return Ok(NodePublishVolumeResponse {});
+            // Published already; unless it still shows an earlier stage (the data path died
+            // and NodeStage recovered it): then bind the live one instead.
+            if dev_of(&target, block).is_some() && dev_of(&target, block) == dev_of(source, block) {
+                return Ok(NodePublishVolumeResponse {});
+            }
+            tracing::warn!(volume = %r.volume_id, target = %target.display(), "stale publication; binding the live stage");
+            mount::run("umount", &["-l", &target.to_string_lossy()]).await?;
         }
         let io = |what: &str, e: std::io::Error| CsiError::Internal(format!("{what} {}: {e}", target.display()));
-        let source: &Path = if is_block(cap) {
+        if block {
             if let Some(parent) = target.parent() {
                 tokio::fs::create_dir_all(parent).await.map_err(|e| io("create parent of", e))?;
             }
             tokio::fs::OpenOptions::new().create(true).append(true).open(&target).await.map_err(|e| io("create", e))?;
-            st.device.path()
         } else {
             tokio::fs::create_dir_all(&target).await.map_err(|e| io("create", e))?;
-            &st.staging
-        };
+        }
         mount::mount(source, &target, "", &[]).await?;
         if r.readonly {
             mount::remount_read_only(&target).await?;
@@ -249,17 +277,25 @@ impl Driver {
             return Err(invalid("volume_id is required"));
         }
         mount::check_path("volume_path", &r.volume_path)?;
-        let staged = self.staged.lock().await;
-        let Some(st) = staged.get(&r.volume_id) else {
+        let Some(st) = self.staged.lock().await.get(&r.volume_id).cloned() else {
             return Err(CsiError::NotFound(format!("volume {} is not staged on this node", r.volume_id)));
         };
-        let g = st.volume.geometry().await;
-        let used_blocks = st.volume.allocated_blocks().await * g.block_size;
+        let d = attach::volume_dir(&self.cfg.state_dir, &st.volume_id);
+        // The data path's file: its size is the volume's, its blocks the ones holding data. A
+        // dead data path answers ENOTCONN: the volume is abnormal until NodeStage recovers it.
+        let file = std::fs::metadata(d.file());
+        let condition = match &file {
+            Ok(_) => VolumeCondition { abnormal: false, message: "attached".into() },
+            Err(e) => {
+                VolumeCondition { abnormal: true, message: format!("the volume's data path is not serving: {e}") }
+            }
+        };
         let usage = if st.fs_type.is_empty() {
+            let (cap, used) = file.map(|m| (m.len(), (m.blocks() * 512).min(m.len()))).unwrap_or((0, 0));
             vec![VolumeUsage {
-                available: (g.capacity - used_blocks.min(g.capacity)) as i64,
-                total: g.capacity as i64,
-                used: used_blocks.min(g.capacity) as i64,
+                available: (cap - used) as i64,
+                total: cap as i64,
+                used: used as i64,
                 unit: volume_usage::Unit::Bytes as i32,
             }]
         } else {
@@ -280,10 +316,7 @@ impl Driver {
                 },
             ]
         };
-        Ok(NodeGetVolumeStatsResponse {
-            usage,
-            volume_condition: Some(VolumeCondition { abnormal: false, message: "attached".into() }),
-        })
+        Ok(NodeGetVolumeStatsResponse { usage, volume_condition: Some(condition) })
     }
 
     async fn node_expand(&self, r: NodeExpandVolumeRequest) -> Result<NodeExpandVolumeResponse, CsiError> {
@@ -295,16 +328,22 @@ impl Driver {
         let Some((_, rec)) = self.volumes.get(&r.volume_id).await? else {
             return Err(CsiError::NotFound(format!("volume {} does not exist", r.volume_id)));
         };
-        let staged = self.staged.lock().await;
-        let Some(st) = staged.get(&r.volume_id) else {
+        let Some(st) = self.staged.lock().await.get(&r.volume_id).cloned() else {
             return Err(CsiError::NotFound(format!("volume {} is not staged on this node", r.volume_id)));
         };
-        if st.volume.geometry().await.capacity < rec.capacity_bytes {
-            st.volume.grow(rec.capacity_bytes).await.map_err(engine_err)?;
-            mount::run("losetup", &["-c", &st.device.path().to_string_lossy()]).await?;
-        }
+        let file = attach::volume_dir(&self.cfg.state_dir, &st.volume_id).file();
+        let cap = rec.capacity_bytes;
+        // Growing the data path's file grows the engine (the FUSE server's setattr).
+        tokio::task::spawn_blocking(move || {
+            let f = std::fs::OpenOptions::new().write(true).open(&file)?;
+            if f.metadata()?.len() < cap { f.set_len(cap) } else { Ok(()) }
+        })
+        .await
+        .map_err(|e| CsiError::Internal(e.to_string()))?
+        .map_err(|e| CsiError::Internal(format!("growing the volume's device: {e}")))?;
+        mount::run("losetup", &["-c", &st.device.to_string_lossy()]).await?;
         if !st.fs_type.is_empty() {
-            mount::grow_fs(st.device.path(), &st.staging, &st.fs_type).await?;
+            mount::grow_fs(&st.device, &st.staging, &st.fs_type).await?;
         }
         Ok(NodeExpandVolumeResponse { capacity_bytes: rec.capacity_bytes as i64 })
     }

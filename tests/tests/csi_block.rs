@@ -654,3 +654,147 @@ async fn csi_block_kubelet_sequence_mounts_for_real() {
     .unwrap();
     assert!(!plugin.log_text().contains("panicked"), "{}", plugin.log_text());
 }
+
+/// The data-path process serving `vol` on a node plugin whose state directory is `state`.
+fn datapath_pid(state: &std::path::Path, vol: &str) -> u32 {
+    let text = std::fs::read(state.join("volumes").join(vol).join("staged.json")).expect("staged.json");
+    let v: serde_json::Value = serde_json::from_slice(&text).unwrap();
+    v["pid"].as_u64().unwrap() as u32
+}
+
+/// File `i` a writer makes: 192 KiB of bytes that only file `i` has (xorshift seeded by `i`).
+fn file_bytes(i: usize) -> Vec<u8> {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (i as u64 + 1);
+    (0..(192 << 10) / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn csi_block_mounts_outlive_the_node_plugin() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(std::env::var_os("CI").is_none(), "CI runs as root: this test must not be skipped there");
+        eprintln!("skipped: needs root for FUSE, loop devices and mounts");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _cleanup = MountCleanup(dir.path().to_path_buf());
+    let meta = meta_cluster(1, dir.path(), &[]);
+    let api = meta[0].addrs.api.clone();
+    let _node = NodeProc::start(
+        &dir.path().join("n1"),
+        &["--meta", &api, "--node-id", "n1", "--replicas", "1", "--heartbeat-ms", "200"],
+    );
+    let (state_a, state_b) = (dir.path().join("state-a"), dir.path().join("state-b"));
+    let mut plugin = CsiProc::start(
+        "csi-block",
+        dir.path(),
+        "plugin-a",
+        &["--meta", &api, "--node-id", "node-a", "--default-replicas", "1", "--state-dir", &state_a.to_string_lossy()],
+    );
+    let plugin_b = CsiProc::start(
+        "csi-block",
+        dir.path(),
+        "plugin-b",
+        &["--meta", &api, "--node-id", "node-b", "--controller", "false", "--state-dir", &state_b.to_string_lossy()],
+    );
+    let mut c = ControllerClient::new(plugin.channel().await);
+    let mut n = NodeClient::new(plugin.channel().await);
+    let fs_cap = || cap(Mode::SingleNodeWriter, Some("ext4"));
+    let vol =
+        c.create_volume(create_req("pv-live", 64 * MIB, &[])).await.unwrap().into_inner().volume.unwrap().volume_id;
+    let ctx = attach_ctx(&mut c, &vol, "node-a").await;
+    let staging = dir.path().join("kubelet/staging/pv-live");
+    let target = dir.path().join("kubelet/pods/p1/volumes/pv-live");
+    n.node_stage_volume(stage_req(&vol, &ctx, &staging, fs_cap())).await.unwrap();
+    n.node_publish_volume(node_publish_req(&vol, &staging, &target, fs_cap(), false)).await.unwrap();
+    let first_pid = datapath_pid(&state_a, &vol);
+
+    // A pod writes (and fsyncs) file after file while the node plugin is SIGKILLed and restarted.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, target) = (stop.clone(), target.clone());
+        std::thread::spawn(move || -> Result<usize, String> {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let path = target.join(format!("f{i}"));
+                std::fs::write(&path, file_bytes(i)).map_err(|e| format!("write f{i}: {e}"))?;
+                std::fs::File::open(&path).and_then(|f| f.sync_all()).map_err(|e| format!("fsync f{i}: {e}"))?;
+                i += 1;
+            }
+            Ok(i)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    plugin.restart();
+    let mut n = NodeClient::new(plugin.channel().await);
+    // The restarted plugin knows the volume is staged: stage and publish again are no-ops.
+    n.node_stage_volume(stage_req(&vol, &ctx, &staging, fs_cap())).await.unwrap();
+    n.node_publish_volume(node_publish_req(&vol, &staging, &target, fs_cap(), false)).await.unwrap();
+    assert_eq!(datapath_pid(&state_a, &vol), first_pid, "the data path kept running");
+    let (_, stats) = byte_stats(&mut n, &vol, &target).await;
+    assert!(!stats.volume_condition.as_ref().unwrap().abnormal, "{stats:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = writer.join().unwrap().expect("the writer saw no error across the plugin restart");
+    assert!(written >= 4, "only {written} files written");
+
+    // The data path itself dies: the volume reports abnormal; NodeStage finds the dead FUSE mount
+    // (ENOTCONN) and starts a new one, NodePublish replaces the pod's stale bind mount.
+    // SAFETY: kill has no memory-safety preconditions; the pid is the test's own child's child.
+    unsafe { libc::kill(first_pid as i32, libc::SIGKILL) };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, stats) = byte_stats(&mut n, &vol, &target).await;
+    assert!(stats.volume_condition.as_ref().unwrap().abnormal, "dead data path not reported: {stats:?}");
+    n.node_stage_volume(stage_req(&vol, &ctx, &staging, fs_cap())).await.unwrap();
+    assert_ne!(datapath_pid(&state_a, &vol), first_pid, "a new data path serves the volume");
+    n.node_publish_volume(node_publish_req(&vol, &staging, &target, fs_cap(), false)).await.unwrap();
+    for i in 0..written {
+        let got = std::fs::read(target.join(format!("f{i}"))).unwrap_or_else(|e| panic!("f{i} after recovery: {e}"));
+        assert!(got == file_bytes(i), "f{i} differs after recovery");
+    }
+    std::fs::write(target.join("after"), b"recovered").unwrap();
+    std::fs::File::open(target.join("after")).unwrap().sync_all().unwrap();
+
+    // Detach from node-a, attach on node-b: every file is there.
+    let r = NodeUnpublishVolumeRequest { volume_id: vol.clone(), target_path: target.to_string_lossy().into() };
+    n.node_unpublish_volume(r).await.unwrap();
+    let unstage =
+        NodeUnstageVolumeRequest { volume_id: vol.clone(), staging_target_path: staging.to_string_lossy().into() };
+    n.node_unstage_volume(unstage).await.unwrap();
+    assert!(!state_a.join("volumes").join(&vol).exists(), "unstage leaves nothing behind");
+    c.controller_unpublish_volume(ControllerUnpublishVolumeRequest {
+        volume_id: vol.clone(),
+        node_id: "node-a".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let ctx_b = attach_ctx(&mut c, &vol, "node-b").await;
+    let mut nb = NodeClient::new(plugin_b.channel().await);
+    let (staging_b, target_b) =
+        (dir.path().join("kubelet-b/staging/pv-live"), dir.path().join("kubelet-b/pods/p9/pv-live"));
+    nb.node_stage_volume(stage_req(&vol, &ctx_b, &staging_b, fs_cap())).await.unwrap();
+    nb.node_publish_volume(node_publish_req(&vol, &staging_b, &target_b, fs_cap(), false)).await.unwrap();
+    for i in 0..written {
+        assert!(std::fs::read(target_b.join(format!("f{i}"))).unwrap() == file_bytes(i), "f{i} on node-b");
+    }
+    assert_eq!(std::fs::read(target_b.join("after")).unwrap(), b"recovered");
+    let r = NodeUnpublishVolumeRequest { volume_id: vol.clone(), target_path: target_b.to_string_lossy().into() };
+    nb.node_unpublish_volume(r).await.unwrap();
+    nb.node_unstage_volume(NodeUnstageVolumeRequest {
+        volume_id: vol.clone(),
+        staging_target_path: staging_b.to_string_lossy().into(),
+    })
+    .await
+    .unwrap();
+    for p in [&plugin, &plugin_b] {
+        assert!(!p.log_text().contains("panicked"), "{}", p.log_text());
+    }
+}

@@ -33,7 +33,7 @@ pub struct VolumeFile {
 
 fn errno(e: EngineError) -> Errno {
     match e {
-        EngineError::OutOfRange { .. } => libc::EINVAL.into(),
+        EngineError::OutOfRange { .. } | EngineError::Invalid(_) => libc::EINVAL.into(),
         EngineError::Fenced { .. } => libc::EROFS.into(),
         other => {
             tracing::warn!(error = %other, "volume I/O failed");
@@ -45,15 +45,18 @@ fn errno(e: EngineError) -> Errno {
 impl VolumeFile {
     async fn attr(&self, ino: u64) -> FileAttr {
         let t = self.started.into();
-        let (kind, perm, size, nlink) = if ino == ROOT {
-            (FileType::Directory, 0o755, 0, 2)
+        let (kind, perm, size, blocks, nlink) = if ino == ROOT {
+            (FileType::Directory, 0o755, 0, 0, 2)
         } else {
-            (FileType::RegularFile, 0o600, self.volume.geometry().await.capacity, 1)
+            let g = self.volume.geometry().await;
+            // Thin: the file's blocks are the ones holding data (its usage).
+            let used = self.volume.allocated_blocks().await * g.block_size;
+            (FileType::RegularFile, 0o600, g.capacity, used / 512, 1)
         };
         FileAttr {
             ino,
             size,
-            blocks: size / 512,
+            blocks,
             atime: t,
             mtime: t,
             ctime: t,
@@ -90,10 +93,13 @@ impl Filesystem for VolumeFile {
     }
 
     async fn setattr(&self, _req: Request, inode: u64, _fh: Option<u64>, set: SetAttr) -> FuseResult<ReplyAttr> {
-        // The file's size is the volume's: it changes only by expansion.
-        if set.size.is_some_and(|s| inode == FILE && s != 0) {
+        // The file's size is the volume's: it only grows (expansion: the node plugin truncates
+        // the file to the new capacity); shrinking is refused.
+        if let Some(size) = set.size.filter(|_| inode == FILE) {
             let cap = self.volume.geometry().await.capacity;
-            if set.size != Some(cap) {
+            if size > cap {
+                self.volume.grow(size).await.map_err(errno)?;
+            } else if size < cap {
                 return Err(libc::EPERM.into());
             }
         }

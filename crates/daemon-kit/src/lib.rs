@@ -109,3 +109,19 @@ pub fn check_unix_path(setting: &str, path: &std::path::Path) -> Result<(), Stri
     }
     Ok(())
 }
+
+/// Writes `bytes` to `path` so that a crash leaves the old file or the new one, never a torn
+/// one: a temp file beside it (mode `mode`), fsync, rename, fsync the directory.
+pub fn write_file_atomic(path: &std::path::Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp = dir.join(name);
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}

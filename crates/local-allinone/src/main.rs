@@ -53,6 +53,10 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    // The node plugin in this process starts volumes' data paths as `cairn-local volume-server`.
+    if let Some(code) = csi_block::datapath::main_if_requested() {
+        return code;
+    }
     let cli = Cli::parse();
     daemon_kit::init_tracing(&cli.log);
     daemon_kit::tune_allocator();

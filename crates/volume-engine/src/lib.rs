@@ -32,6 +32,8 @@ pub use error::{EngineError, Result};
 
 /// Most blocks one block-map transaction commits.
 const BLOCKS_PER_TXN: usize = 128;
+/// Unflushed bytes past which a write waits for a flush (the write cache's size).
+pub const MAX_DIRTY_BYTES: u64 = 256 << 20;
 /// Chunk puts in flight during a flush.
 const FLUSH_DEPTH: usize = 8;
 
@@ -235,6 +237,10 @@ impl Volume {
                 }
             }
             pos = base + e;
+        }
+        // A bounded write cache: past MAX_DIRTY_BYTES the writer waits for a flush.
+        if self.dirty.lock().await.len() as u64 * bs > MAX_DIRTY_BYTES {
+            self.flush().await?;
         }
         Ok(())
     }
