@@ -3,7 +3,7 @@
 # Sourced by run-local.sh and test.sh; safe to run again.
 set -euo pipefail
 
-need_pkgs=(build-essential pkg-config libclang-dev librocksdb-dev fuse3 e2fsprogs xfsprogs util-linux procps iproute2 curl ca-certificates)
+need_pkgs=(build-essential pkg-config libclang-dev librocksdb-dev fuse3 e2fsprogs xfsprogs util-linux procps iproute2 curl ca-certificates qemu-utils fio)
 missing=()
 for p in "${need_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

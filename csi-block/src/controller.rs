@@ -292,13 +292,49 @@ impl Driver {
     }
 }
 
-/// A volume's condition as far as the controller can tell, with `up` storage nodes: abnormal
-/// while fewer are up than it has replicas.
-fn condition(up: usize, rec: &VolumeRecord) -> VolumeCondition {
-    if (up as u32) < rec.replicas {
-        VolumeCondition { abnormal: true, message: format!("degraded: {up} of {} replica nodes are up", rec.replicas) }
-    } else {
-        VolumeCondition { abnormal: false, message: format!("{} replicas placeable", rec.replicas) }
+impl Driver {
+    /// The pool client the controller checks replicas with, made at first use.
+    async fn pool_client(&self) -> Result<cluster::ChunkClient, CsiError> {
+        self.pool
+            .get_or_try_init(|| async {
+                cluster::ChunkClient::new(self.volumes.meta.clone(), cluster::ClientConfig::default())
+                    .await
+                    .map_err(|e| CsiError::Unavailable(format!("storage pool: {e}")))
+            })
+            .await
+            .cloned()
+    }
+
+    /// A volume's condition: abnormal (degraded) while a replica of any of its blocks is
+    /// missing — a storage node down, or a rebuild not finished — or while fewer storage nodes
+    /// are up than it has replicas.
+    async fn condition(&self, up: usize, rec: &VolumeRecord) -> Result<VolumeCondition, CsiError> {
+        let pool = self.pool_client().await?;
+        let h = volume_engine::replica_health(&self.volumes.meta, &pool, &rec.id)
+            .await
+            .map_err(|e| CsiError::Unavailable(format!("checking replicas: {e}")))?;
+        Ok(if h.degraded() {
+            VolumeCondition {
+                abnormal: true,
+                message: format!(
+                    "degraded: {} replica copies missing; {} of {} chunks fully replicated ({:.1}%)",
+                    h.missing_copies,
+                    h.complete,
+                    h.chunks,
+                    h.progress() * 100.0
+                ),
+            }
+        } else if (up as u32) < rec.replicas {
+            VolumeCondition {
+                abnormal: true,
+                message: format!("degraded: {up} of {} replica nodes are up", rec.replicas),
+            }
+        } else {
+            VolumeCondition {
+                abnormal: false,
+                message: format!("healthy: {} chunks, {} replicas each", h.chunks, rec.replicas),
+            }
+        })
     }
 }
 
@@ -416,7 +452,7 @@ impl Controller for Driver {
                     volume: Some(self.volume(v)),
                     status: Some(list_volumes_response::VolumeStatus {
                         published_node_ids: v.published.keys().cloned().collect(),
-                        volume_condition: Some(condition(up, v)),
+                        volume_condition: Some(self.condition(up, v).await?),
                     }),
                 });
             }
@@ -529,7 +565,7 @@ impl Controller for Driver {
                 volume: Some(self.volume(&v)),
                 status: Some(controller_get_volume_response::VolumeStatus {
                     published_node_ids: v.published.keys().cloned().collect(),
-                    volume_condition: Some(condition(self.volumes.pool().await?.len(), &v)),
+                    volume_condition: Some(self.condition(self.volumes.pool().await?.len(), &v).await?),
                 }),
             })
         })

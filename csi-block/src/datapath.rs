@@ -165,7 +165,7 @@ async fn serve(spec: DatapathSpec, shutdown: daemon_kit::ShutdownSignal) -> Resu
     };
     let _ = std::fs::remove_file(dir.ready());
     if let Some(n) = nbd {
-        n.abort();
+        n.stop().await;
     }
     let flushed = volume.flush().await;
     if !unmounted_by_someone {

@@ -39,6 +39,8 @@ pub struct Driver {
     metrics: RpcMetrics,
     /// Node service: the volumes staged on this node (as recorded under the state directory).
     staged: Arc<tokio::sync::Mutex<std::collections::HashMap<String, attach::StagedState>>>,
+    /// Controller: the pool client replica health is checked with, made at first use.
+    pool: Arc<tokio::sync::OnceCell<cluster::ChunkClient>>,
 }
 
 impl Driver {
@@ -88,6 +90,7 @@ pub async fn run(cfg: CsiBlockConfig, shutdown: impl Future<Output = ()> + Send 
             Some(_) => attach::load_all(&cfg.state_dir),
             None => Default::default(),
         })),
+        pool: Default::default(),
     };
     let carried = driver.staged.lock().await.len();
     if carried > 0 {

@@ -247,8 +247,13 @@ impl Volumes {
 
     /// The storage nodes that are up and their free bytes.
     pub async fn pool(&self) -> Result<Vec<(String, u64)>, CsiError> {
-        let map = NodeMap::load(&self.meta).await.map_err(|e| CsiError::Unavailable(format!("storage pool: {e}")))?;
-        let (now, t) = (now_unix_ms(), Timeouts::default());
+        let unavailable = |e: cluster::ClusterError| CsiError::Unavailable(format!("storage pool: {e}"));
+        let map = NodeMap::load(&self.meta).await.map_err(unavailable)?;
+        let t = cluster::PoolSettings::load(&self.meta)
+            .await
+            .map_err(unavailable)?
+            .map_or_else(Timeouts::default, |s| s.timeouts());
+        let now = now_unix_ms();
         Ok(map
             .nodes
             .values()

@@ -1,10 +1,12 @@
 //! Kernel front ends for an attached volume: something the kernel sees as a block device. This
 //! machine's kernel has no nbd or ublk, so the front end here is [`fuse_loop`]: the volume as
 //! one file in a FUSE mount served by this process, attached with a loop device in direct-I/O
-//! mode. Other front ends (NBD, ublk) implement [`BlockDevice`] the same way.
+//! mode. [`nbd`] serves a volume as an NBD export on a Unix or TCP socket, for qemu or for a
+//! kernel that has the nbd client. Other front ends (ublk) implement [`BlockDevice`] the same way.
 
 pub mod fuse_file;
 pub mod fuse_loop;
+pub mod nbd;
 
 use std::future::Future;
 use std::path::Path;

@@ -204,6 +204,38 @@ impl ChunkClient {
         self.ranked(hash).into_iter().take(r).map(|t| t.id).collect()
     }
 
+    /// For each chunk, how many of its R placed nodes are up and hold a good (present, not
+    /// quarantined) copy: R means fully replicated. One `Has` call per node per 256 chunks; a
+    /// node that does not answer holds nothing here.
+    pub async fn placed_copies(&self, hashes: &[ChunkHash]) -> Result<Vec<usize>, ClusterError> {
+        let r = self.inner.cfg.replicas;
+        let mut per_node: HashMap<String, (String, Vec<usize>)> = HashMap::new();
+        for (i, h) in hashes.iter().enumerate() {
+            for t in self.ranked(h).into_iter().take(r) {
+                if t.state == NodeState::Up {
+                    per_node.entry(t.id).or_insert_with(|| (t.addr, Vec::new())).1.push(i);
+                }
+            }
+        }
+        let mut counts = vec![0usize; hashes.len()];
+        for (_, (addr, idxs)) in per_node {
+            for page in idxs.chunks(256) {
+                let asked: Vec<ChunkHash> = page.iter().map(|i| hashes[*i]).collect();
+                let call = async {
+                    let c = self.conn(&addr).await?;
+                    c.has(&asked).await
+                };
+                let Ok(Ok(states)) = tokio::time::timeout(self.inner.cfg.rpc_timeout, call).await else { continue };
+                for (i, st) in page.iter().zip(states) {
+                    if st.present && !st.quarantined {
+                        counts[*i] += 1;
+                    }
+                }
+            }
+        }
+        Ok(counts)
+    }
+
     async fn conn(&self, addr: &str) -> Result<NodeClient, ClientError> {
         if let Some(c) = self.inner.conns.lock().expect("conns lock").get(addr) {
             return Ok(c.clone());

@@ -360,6 +360,61 @@ impl Volume {
     }
 }
 
+/// How far a volume's blocks are from being fully replicated in the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReplicaHealth {
+    /// Blocks holding data (flushed).
+    pub blocks: u64,
+    /// Distinct chunks those blocks are.
+    pub chunks: u64,
+    /// Chunks all of whose placed replicas are up and hold a good copy.
+    pub complete: u64,
+    /// Copies missing across all chunks (0: healthy).
+    pub missing_copies: u64,
+}
+
+impl ReplicaHealth {
+    /// Whether a replica of some block is missing (a node down or out, a rebuild not done).
+    pub fn degraded(&self) -> bool {
+        self.complete < self.chunks
+    }
+    /// Fraction of chunks fully replicated (1.0 when there are none).
+    pub fn progress(&self) -> f64 {
+        if self.chunks == 0 { 1.0 } else { self.complete as f64 / self.chunks as f64 }
+    }
+}
+
+/// Checks every flushed block of volume (or snapshot) `id` against the pool: for each chunk,
+/// do all of its R placed nodes hold a good copy? (One `Has` call per node per 256 chunks.)
+pub async fn replica_health(meta: &MetaClient, chunks: &ChunkClient, id: &str) -> Result<ReplicaHealth> {
+    let prefix = keys::map_prefix(id);
+    let end = keys::prefix_end(&prefix);
+    let mut start = prefix.clone();
+    let mut blocks = 0u64;
+    let mut hashes = std::collections::HashSet::new();
+    loop {
+        let page = meta.range(&start, &end, 4096).await?;
+        for kv in &page.kvs {
+            let (_, hash) = keys::map_entry(&prefix, &kv.key, &kv.value)?;
+            blocks += 1;
+            hashes.insert(hash);
+        }
+        match page.next_key {
+            Some(k) => start = k,
+            None => break,
+        }
+    }
+    let hashes: Vec<ChunkHash> = hashes.into_iter().collect();
+    let r = chunks.config().replicas;
+    let counts = chunks.placed_copies(&hashes).await?;
+    Ok(ReplicaHealth {
+        blocks,
+        chunks: hashes.len() as u64,
+        complete: counts.iter().filter(|c| **c >= r).count() as u64,
+        missing_copies: counts.iter().map(|c| r.saturating_sub(*c) as u64).sum(),
+    })
+}
+
 /// How long a freeze holds writes at most: a controller that died while cutting a snapshot
 /// does not stall the volume for longer.
 pub const FREEZE_MAX: std::time::Duration = std::time::Duration::from_secs(60);
