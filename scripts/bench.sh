@@ -3,6 +3,8 @@
 #   scripts/bench.sh [--dir DIR] [--size-mib N] [--small-secs S]   chunk engine vs the raw disk
 #   scripts/bench.sh meta [--dir DIR] [--secs S]                    metadata service, 1 and 3 voters
 #   scripts/bench.sh cluster [--dir DIR] [--size-mib N]             5-node pool: put R=1/R=3 and repair vs the raw disk
+#   scripts/bench.sh block [--dir DIR] [--size-mib N] [--secs S] [--block-size B]
+#                                                                   fio on csi-block volumes (R=1, R=3) vs a plain file; rebuild rate
 #   scripts/bench.sh s3 [--size-mib N] [--objects N] [--small-ops N] [--clients N]
 #                                                                   S3 on cairn-local vs the raw disk, MD5, blake3
 set -euo pipefail
@@ -17,6 +19,11 @@ if [ "${1:-}" = cluster ]; then
   shift
   cargo build --release --bins
   exec target/release/cluster-bench "$@"
+fi
+if [ "${1:-}" = block ]; then
+  shift
+  cargo build --release --bins
+  exec target/release/block-bench "$@"
 fi
 if [ "${1:-}" = s3 ]; then
   shift

@@ -145,6 +145,7 @@ async fn serve(spec: DatapathSpec, shutdown: daemon_kit::ShutdownSignal) -> Resu
     if csi_kit::mount::is_mountpoint(&dir.fuse()) {
         let _ = csi_kit::mount::run("umount", &["-l", &dir.fuse().to_string_lossy()]).await;
     }
+    let writeback = tokio::spawn(volume.clone().writeback());
     let mut mount =
         block_frontend::fuse_loop::mount_file(volume.clone(), &dir.fuse()).await.map_err(|e| e.to_string())?;
     let nbd = match &spec.nbd_socket {
@@ -167,6 +168,7 @@ async fn serve(spec: DatapathSpec, shutdown: daemon_kit::ShutdownSignal) -> Resu
     if let Some(n) = nbd {
         n.stop().await;
     }
+    writeback.abort();
     let flushed = volume.flush().await;
     if !unmounted_by_someone {
         mount.unmount().await.map_err(|e| format!("unmount {}: {e}", dir.fuse().display()))?;

@@ -3,6 +3,7 @@
 //! publications, registered nodes) lives in the metadata service, so a restarted controller
 //! forgets nothing.
 
+pub mod admin;
 mod attach;
 pub mod config;
 mod controller;

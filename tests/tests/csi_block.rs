@@ -613,6 +613,29 @@ async fn csi_block_kubelet_sequence_mounts_for_real() {
     n.node_publish_volume(node_publish_req(&xv, &xstaging, &xtarget, xcap(), false)).await.unwrap();
     std::fs::write(xtarget.join("x.txt"), b"on xfs").unwrap();
     assert_eq!(mount_of(&xtarget).map(|(fstype, _)| fstype).as_deref(), Some("xfs"));
+    // Online expansion of a mounted xfs (xfs_growfs needs no CAP_SYS_RESOURCE): the file system
+    // the pod sees grows.
+    let (before, _) = byte_stats(&mut n, &xv, &xtarget).await;
+    c.controller_expand_volume(ControllerExpandVolumeRequest {
+        volume_id: xv.clone(),
+        capacity_range: Some(CapacityRange { required_bytes: 640 * MIB, limit_bytes: 0 }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let grown = n
+        .node_expand_volume(NodeExpandVolumeRequest {
+            volume_id: xv.clone(),
+            volume_path: xtarget.to_string_lossy().into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(grown.capacity_bytes, 640 * MIB);
+    let (after, stats) = byte_stats(&mut n, &xv, &xtarget).await;
+    assert!(after.total > before.total + 250 * MIB, "xfs grew online: {} -> {} ({stats:?})", before.total, after.total);
+    assert_eq!(std::fs::read(xtarget.join("x.txt")).unwrap(), b"on xfs");
     let r = NodeUnpublishVolumeRequest { volume_id: xv.clone(), target_path: xtarget.to_string_lossy().into() };
     n.node_unpublish_volume(r).await.unwrap();
     n.node_unstage_volume(NodeUnstageVolumeRequest {

@@ -197,3 +197,24 @@ async fn volume_engine_on_a_replicated_pool() {
     assert_eq!(refs_of(&s.meta, snap).await as u64, copied);
     assert!(sv.read(0, g.capacity).await.unwrap()[..(5 * BS) as usize] == model[..(5 * BS) as usize]);
 }
+
+/// One flush that replaces hundreds of blocks (each replaced block is three operations in the
+/// block-map transaction, which the metadata service caps at 256): committed in several
+/// transactions, every block reads back, and the old chunks' references are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn volume_engine_flushes_many_replaced_blocks() {
+    let s = start(1, 1);
+    let chunks = chunks(&s.meta, 1).await;
+    let blocks = 300u64;
+    let g = Geometry { capacity: blocks * BS, block_size: BS };
+    let id = "blk-00000000000000000000000000000003";
+    publish(&s.meta, id, 1).await;
+    let v = Volume::open(s.meta.clone(), chunks, id, g, 1).await.unwrap();
+    for round in 1..=2u8 {
+        let data: Vec<u8> = (0..g.capacity).map(|i| ((i / BS) % 251) as u8 + round).collect();
+        v.write(0, &data).await.unwrap();
+        v.flush().await.unwrap();
+        assert_eq!(v.read(0, g.capacity).await.unwrap(), data, "round {round}");
+        assert_eq!(refs_of(&s.meta, id).await, blocks as usize, "one reference per block, round {round}");
+    }
+}

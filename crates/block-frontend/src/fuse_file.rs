@@ -21,6 +21,9 @@ const FILE: u64 = 2;
 const TTL: Duration = Duration::ZERO;
 /// `FOPEN_DIRECT_IO` (fuse_kernel.h): no page cache in FUSE; the loop device is the cache.
 const FOPEN_DIRECT_IO: u32 = 1;
+/// `FOPEN_PARALLEL_DIRECT_WRITES` (Linux 6.2+; older kernels ignore it): direct writes to the
+/// file are not serialised on its inode lock, so the loop device's queue reaches the engine.
+const FOPEN_PARALLEL_DIRECT_WRITES: u32 = 1 << 6;
 const FALLOC_FL_KEEP_SIZE: u32 = 0x01;
 const FALLOC_FL_PUNCH_HOLE: u32 = 0x02;
 const FALLOC_FL_ZERO_RANGE: u32 = 0x10;
@@ -110,7 +113,7 @@ impl Filesystem for VolumeFile {
         if inode != FILE {
             return Err(libc::EISDIR.into());
         }
-        Ok(ReplyOpen { fh: 0, flags: FOPEN_DIRECT_IO })
+        Ok(ReplyOpen { fh: 0, flags: FOPEN_DIRECT_IO | FOPEN_PARALLEL_DIRECT_WRITES })
     }
 
     async fn read(&self, _req: Request, _inode: u64, _fh: u64, offset: u64, size: u32) -> FuseResult<ReplyData> {

@@ -11,6 +11,8 @@ use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressStyle};
 use metadata_client::MetaClient;
 use serde::Serialize;
 
+use crate::progress::text_bar;
+
 /// Keys read per range page.
 const PAGE: u32 = 1000;
 /// `--watch` ends once no repair pass has been active and nothing pending for this long: a pass
@@ -288,14 +290,47 @@ fn left(p: &RepairProgress) -> String {
     format!("{} chunks, {} left  {}  {}", p.pending_chunks, HumanBytes(p.pending_bytes), rate(p), eta(p))
 }
 
+/// The pool's repair per storage node as table rows (node, state, a bar of the running pass's
+/// scan, what is left), judged with the pool's own timeouts; `cairn volume rebuild` shows them.
+pub(crate) async fn repair_rows(meta: &MetaClient) -> anyhow::Result<Vec<Vec<String>>> {
+    let settings = PoolSettings::load(meta).await?;
+    let t = settings.map(|p| p.timeouts()).unwrap_or_default();
+    let status = load(meta, &t, settings.map(|p| p.replicas)).await?;
+    Ok(status
+        .nodes
+        .iter()
+        .map(|n| {
+            let (bar, what) = match (n.busy(), &n.repair) {
+                (Some(p), _) => (
+                    text_bar(p.pass_scanned, p.pass_total.max(p.pass_scanned), 30),
+                    format!("pass {}: scanned {}/{} chunks, {}", p.passes, p.pass_scanned, p.pass_total, left(p)),
+                ),
+                // A down or out node's figures are stale.
+                _ if !matches!(n.state, NodeState::Up | NodeState::Draining) => (String::new(), "-".to_string()),
+                (None, Some(_)) => (String::new(), "idle".to_string()),
+                (None, None) => (String::new(), "no repair figures yet".to_string()),
+            };
+            vec![n.id.clone(), state_name(n.state).to_string(), bar, what]
+        })
+        .collect())
+}
+
 /// Prints `rows` as columns two spaces apart; columns in `right` are right-aligned.
-fn print_table(rows: &[Vec<String>], right: &[usize]) {
+pub(crate) fn print_table(rows: &[Vec<String>], right: &[usize]) {
+    for line in table(rows, right) {
+        println!("{line}");
+    }
+}
+
+/// `rows` as lines of columns two spaces apart; columns in `right` are right-aligned.
+pub(crate) fn table(rows: &[Vec<String>], right: &[usize]) -> Vec<String> {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> =
         (0..cols).map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0)).collect();
-    for r in rows {
-        let cells: Vec<String> =
-            r.iter()
+    rows.iter()
+        .map(|r| {
+            let cells: Vec<String> = r
+                .iter()
                 .enumerate()
                 .map(|(c, s)| {
                     if right.contains(&c) {
@@ -305,8 +340,9 @@ fn print_table(rows: &[Vec<String>], right: &[usize]) {
                     }
                 })
                 .collect();
-        println!("{}", cells.join("  ").trim_end());
-    }
+            cells.join("  ").trim_end().to_string()
+        })
+        .collect()
 }
 
 fn summary(s: &Status) -> String {

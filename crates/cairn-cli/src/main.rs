@@ -7,6 +7,7 @@ mod meta;
 mod node;
 mod progress;
 mod s3;
+mod volume;
 
 use std::process::ExitCode;
 
@@ -52,6 +53,9 @@ enum Command {
     /// The object store: access keys and buckets.
     #[command(subcommand)]
     S3(s3::S3Cmd),
+    /// Block volumes (csi-block): list them and their snapshots, replica health, rebuild progress.
+    #[command(subcommand)]
+    Volume(volume::VolumeCmd),
 }
 
 fn main() -> ExitCode {
@@ -75,6 +79,7 @@ fn main() -> ExitCode {
             Command::Cluster(c) => cluster::run(&cli.meta, c).await,
             Command::Meta(c) => meta::run(&cli.meta, c).await,
             Command::S3(c) => s3::run(&cli.meta, c).await,
+            Command::Volume(c) => volume::run(&cli.meta, c).await,
         }
     });
     match res {

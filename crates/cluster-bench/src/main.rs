@@ -5,11 +5,6 @@
 //! at once, which is what a repair on one disk can reach). Each put phase also reports the CPU it
 //! used.
 
-mod cpu;
-mod pool;
-mod raw;
-
-use std::error::Error;
 use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -23,14 +18,10 @@ use cluster::{ChunkClient, ClientConfig, PutReport, Timeouts};
 use metadata_client::MetaClient;
 use rand::RngCore;
 
-use crate::cpu::{CpuSample, CpuUse};
-use crate::pool::Pool;
+use cluster_bench::cpu::{CpuSample, CpuUse};
+use cluster_bench::pool::{self, Pool};
+use cluster_bench::{BLOCK, MIB, Res, fresh_dir, raw};
 
-type Res<T> = Result<T, Box<dyn Error + Send + Sync>>;
-
-const MIB: usize = 1 << 20;
-/// Chunk size of every put, and block size of the raw baseline.
-const BLOCK: usize = 4 * MIB;
 /// Storage nodes in each pool.
 const NODES: usize = 5;
 /// Puts in flight during the write test.
@@ -313,15 +304,6 @@ impl Totals {
 
 fn gbps(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / d.as_secs_f64() / 1e9
-}
-
-fn fresh_dir(dir: &Path) -> Res<()> {
-    match fs::remove_dir_all(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("remove {}: {e}", dir.display()).into()),
-    }
-    fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()).into())
 }
 
 fn print_report(args: &Args, total: usize, f: &Figures) {

@@ -30,12 +30,19 @@ use tokio::sync::{Mutex, RwLock};
 
 pub use error::{EngineError, Result};
 
-/// Most blocks one block-map transaction commits.
-const BLOCKS_PER_TXN: usize = 128;
+/// Most blocks one block-map transaction commits. A flushed block that replaced another takes
+/// three operations (its map entry, the old chunk's reference removed, the new one's added); the
+/// metadata service takes at most 256 per transaction.
+const BLOCKS_PER_TXN: usize = 64;
 /// Unflushed bytes past which a write waits for a flush (the write cache's size).
 pub const MAX_DIRTY_BYTES: u64 = 256 << 20;
+/// Unflushed bytes past which [`Volume::writeback`] starts a flush in the background, so
+/// flushing overlaps writing and writers seldom wait at `MAX_DIRTY_BYTES`.
+pub const WRITEBACK_BYTES: u64 = 32 << 20;
+/// Block-map transactions in flight during a flush.
+const TXNS_IN_FLIGHT: usize = 8;
 /// Chunk puts in flight during a flush.
-const FLUSH_DEPTH: usize = 8;
+const FLUSH_DEPTH: usize = 32;
 
 /// The shape of a volume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +70,8 @@ pub struct Volume {
     taken: AtomicU64,
     /// Set once a commit found another generation: nothing more is written.
     fenced: std::sync::atomic::AtomicBool,
+    /// Woken when the dirty set passes `WRITEBACK_BYTES`.
+    pressure: tokio::sync::Notify,
 }
 
 impl Volume {
@@ -114,6 +123,7 @@ impl Volume {
             flush_lock: Mutex::new(()),
             taken: AtomicU64::new(0),
             fenced: std::sync::atomic::AtomicBool::new(false),
+            pressure: tokio::sync::Notify::new(),
         })
     }
 
@@ -238,8 +248,13 @@ impl Volume {
             }
             pos = base + e;
         }
-        // A bounded write cache: past MAX_DIRTY_BYTES the writer waits for a flush.
-        if self.dirty.lock().await.len() as u64 * bs > MAX_DIRTY_BYTES {
+        // A bounded write cache: past WRITEBACK_BYTES a background flush starts (see
+        // `writeback`), past MAX_DIRTY_BYTES the writer waits for a flush.
+        let dirty = self.dirty.lock().await.len() as u64 * bs;
+        if dirty > WRITEBACK_BYTES {
+            self.pressure.notify_one();
+        }
+        if dirty > MAX_DIRTY_BYTES {
             self.flush().await?;
         }
         Ok(())
@@ -253,6 +268,25 @@ impl Volume {
     /// Zeroes `len` bytes at `offset`; whole blocks are released (thin again).
     pub async fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
         self.put_range(offset, len, None).await
+    }
+
+    /// Flushes in the background whenever more than `WRITEBACK_BYTES` are dirty; runs until the
+    /// volume is fenced (spawn it beside the front end; abort it when detaching). A failed flush
+    /// is logged and retried by the next one (its blocks stay dirty).
+    pub async fn writeback(self: Arc<Self>) {
+        loop {
+            self.pressure.notified().await;
+            while self.dirty_bytes().await > WRITEBACK_BYTES {
+                match self.flush().await {
+                    Ok(()) => {}
+                    Err(EngineError::Fenced { .. }) => return,
+                    Err(e) => {
+                        tracing::warn!(volume = %self.id, error = %e, "background flush failed; retrying");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        }
     }
 
     /// Bytes written and not yet flushed.
@@ -314,47 +348,60 @@ impl Volume {
             .buffered(FLUSH_DEPTH)
             .try_collect()
             .await?;
+        // Groups touch disjoint blocks: their transactions go in parallel, so the metadata
+        // service commits several in one Raft entry.
+        // (Owned groups: a closure over borrowed slices would not make a `Send` future.)
+        let groups: Vec<Vec<(u64, Option<ChunkHash>)>> = puts.chunks(BLOCKS_PER_TXN).map(<[_]>::to_vec).collect();
+        stream::iter(groups)
+            .map(|group| async move { self.commit_group(&group).await })
+            .buffer_unordered(TXNS_IN_FLIGHT)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
+    /// Commits one group of flushed blocks: map entries and reference changes, conditioned on
+    /// the fencing generation (waiting out a freeze).
+    async fn commit_group(&self, group: &[(u64, Option<ChunkHash>)]) -> Result<()> {
         let gen_key = keys::generation_key(&self.id);
         let gen_val = self.generation.to_string();
-        for group in puts.chunks(BLOCKS_PER_TXN) {
-            let old: Vec<Option<ChunkHash>> = {
-                let map = self.map.read().await;
-                group.iter().map(|(i, _)| map.get(i).copied()).collect()
+        let old: Vec<Option<ChunkHash>> = {
+            let map = self.map.read().await;
+            group.iter().map(|(i, _)| map.get(i).copied()).collect()
+        };
+        let mut txn = Txn::new().value_equals(&gen_key, gen_val.as_bytes()).absent(&keys::freeze_key(&self.id));
+        for ((idx, new), old) in group.iter().zip(&old) {
+            if new == old {
+                continue;
+            }
+            let owner = keys::owner(&self.id, *idx);
+            let k = keys::map_key(&self.id, *idx);
+            if let Some(o) = old {
+                txn = remove_refs(txn, std::slice::from_ref(o), &owner);
+            }
+            txn = match new {
+                Some(h) => add_refs(txn.put(&k, h.to_string().as_bytes()), std::slice::from_ref(h), &owner),
+                None => txn.delete(&k),
             };
-            let mut txn = Txn::new().value_equals(&gen_key, gen_val.as_bytes()).absent(&keys::freeze_key(&self.id));
-            for ((idx, new), old) in group.iter().zip(&old) {
-                if new == old {
-                    continue;
-                }
-                let owner = keys::owner(&self.id, *idx);
-                let k = keys::map_key(&self.id, *idx);
-                if let Some(o) = old {
-                    txn = remove_refs(txn, std::slice::from_ref(o), &owner);
-                }
-                txn = match new {
-                    Some(h) => add_refs(txn.put(&k, h.to_string().as_bytes()), std::slice::from_ref(h), &owner),
-                    None => txn.delete(&k),
-                };
-            }
-            let mut out = self.meta.txn(txn.clone()).await?;
-            // Frozen while a snapshot or clone is cut: wait for the thaw (or the freeze's expiry).
-            while out.failed_condition == Some(1) {
-                wait_for_thaw(&self.meta, &self.id).await?;
-                out = self.meta.txn(txn.clone()).await?;
-            }
-            if !out.succeeded {
-                self.fenced.store(true, std::sync::atomic::Ordering::Relaxed);
-                let current = current_generation(&self.meta, &self.id).await.ok().flatten();
-                tracing::warn!(volume = %self.id, generation = self.generation, ?current, "attachment fenced; writes refused");
-                return Err(EngineError::Fenced { volume: self.id.clone(), generation: self.generation, current });
-            }
-            let mut map = self.map.write().await;
-            for (idx, new) in group {
-                match new {
-                    Some(h) => map.insert(*idx, *h),
-                    None => map.remove(idx),
-                };
-            }
+        }
+        let mut out = self.meta.txn(txn.clone()).await?;
+        // Frozen while a snapshot or clone is cut: wait for the thaw (or the freeze's expiry).
+        while out.failed_condition == Some(1) {
+            wait_for_thaw(&self.meta, &self.id).await?;
+            out = self.meta.txn(txn.clone()).await?;
+        }
+        if !out.succeeded {
+            self.fenced.store(true, std::sync::atomic::Ordering::Relaxed);
+            let current = current_generation(&self.meta, &self.id).await.ok().flatten();
+            tracing::warn!(volume = %self.id, generation = self.generation, ?current, "attachment fenced; writes refused");
+            return Err(EngineError::Fenced { volume: self.id.clone(), generation: self.generation, current });
+        }
+        let mut map = self.map.write().await;
+        for (idx, new) in group {
+            match new {
+                Some(h) => map.insert(*idx, *h),
+                None => map.remove(idx),
+            };
         }
         Ok(())
     }

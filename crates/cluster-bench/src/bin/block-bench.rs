@@ -1,0 +1,310 @@
+//! block-bench: fio on a block volume staged by the real csi-block driver (ext4 on FUSE + loop
+//! over the volume engine, chunks in a storage pool of processes on loopback), against the same
+//! fio jobs on a plain file on the same disk in the same run: 1 MiB sequential write and read,
+//! 4 KiB random write and read at queue depth 32, for R=1 (one storage node) and R=3 (four
+//! storage nodes), then the rebuild rate of a lost replica (a storage node of the R=3 pool
+//! SIGKILLed, declared out, its copies rebuilt on the others).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use cairn_proto::csi::v1::controller_client::ControllerClient;
+use cairn_proto::csi::v1::node_client::NodeClient;
+use cairn_proto::csi::v1::volume_capability::access_mode::Mode;
+use cairn_proto::csi::v1::volume_capability::{AccessMode, AccessType, MountVolume};
+use cairn_proto::csi::v1::*;
+use clap::Parser;
+use cluster::{ChunkClient, ClientConfig, Timeouts};
+use cluster_bench::pool::{Pool, free_addr};
+use cluster_bench::{MIB, Res, fresh_dir};
+use metadata_client::MetaClient;
+
+/// Short timeouts: a killed node is out two seconds after its last heartbeat.
+const TIMEOUTS: Timeouts = Timeouts { down_after: Duration::from_millis(1000), out_after: Duration::from_millis(2000) };
+
+#[derive(Parser, Debug)]
+#[command(about = "fio on a csi-block volume vs fio on a plain file, R=1 and R=3, and the rebuild rate")]
+struct Args {
+    /// Working directory (recreated, removed at the end).
+    #[arg(long, default_value = "./data/block-bench")]
+    dir: PathBuf,
+    /// Size of fio's file, in MiB.
+    #[arg(long, default_value_t = 1024)]
+    size_mib: usize,
+    /// Seconds each fio job runs.
+    #[arg(long, default_value_t = 15)]
+    secs: u64,
+    /// Block size of the volumes (the StorageClass parameter `blockSize`).
+    #[arg(long, default_value = "65536")]
+    block_size: String,
+}
+
+/// One fio job: name, fio arguments.
+const JOBS: [(&str, &str); 4] = [
+    ("seq write 1M qd16", "--rw=write --bs=1M --iodepth=16 --end_fsync=1"),
+    ("seq read 1M qd16", "--rw=read --bs=1M --iodepth=16"),
+    ("rand write 4K qd32", "--rw=randwrite --bs=4k --iodepth=32 --end_fsync=1"),
+    ("rand read 4K qd32", "--rw=randread --bs=4k --iodepth=32"),
+];
+
+/// A job's result: bytes per second and operations per second.
+#[derive(Debug, Clone, Copy, Default)]
+struct Fio {
+    bw: f64,
+    iops: f64,
+}
+
+fn main() {
+    let mut args = Args::parse();
+    // Absolute and canonical: it names unix sockets and mount points (found again by path).
+    if let Ok(d) = std::fs::create_dir_all(&args.dir).and_then(|_| std::fs::canonicalize(&args.dir)) {
+        args.dir = d;
+    }
+    if let Err(e) = tokio::runtime::Runtime::new().map_err(Into::into).and_then(|rt| rt.block_on(run(&args))) {
+        eprintln!("block-bench: {e}");
+        std::process::exit(1);
+    }
+    let _ = std::fs::remove_dir_all(&args.dir);
+}
+
+/// Runs fio's jobs on `file` (laid out by the first one).
+fn fio_all(file: &Path, args: &Args) -> Res<Vec<Fio>> {
+    JOBS.iter().map(|(name, opts)| fio(file, name, opts, args)).collect()
+}
+
+fn fio(file: &Path, name: &str, opts: &str, args: &Args) -> Res<Fio> {
+    let out = Command::new("fio")
+        .args([
+            "--name=bench",
+            &format!("--filename={}", file.display()),
+            &format!("--size={}M", args.size_mib),
+            "--direct=1",
+            "--ioengine=libaio",
+            "--time_based",
+            &format!("--runtime={}", args.secs),
+            "--ramp_time=1",
+            "--randrepeat=0",
+            "--output-format=json",
+        ])
+        .args(opts.split(' '))
+        .output()
+        .map_err(|e| format!("cannot run fio (apt install fio): {e}"))?;
+    if !out.status.success() {
+        return Err(format!("fio {name}: {}", String::from_utf8_lossy(&out.stderr).trim()).into());
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("fio {name} output: {e}"))?;
+    let job = &v["jobs"][0];
+    let side = if opts.contains("write") { &job["write"] } else { &job["read"] };
+    let f = Fio { bw: side["bw_bytes"].as_f64().unwrap_or(0.0), iops: side["iops"].as_f64().unwrap_or(0.0) };
+    eprintln!("  {name:<20} {:>8.0} MB/s {:>9.0} IOPS", f.bw / 1e6, f.iops);
+    Ok(f)
+}
+
+/// Unmounts and detaches what a bench volume left under `dir`, even when the bench fails.
+struct MountGuard(PathBuf);
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        let prefix = self.0.to_string_lossy().to_string();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut points: Vec<&str> =
+            mounts.lines().filter_map(|l| l.split(' ').nth(4)).filter(|p| p.starts_with(&prefix)).collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for p in points {
+            let _ = Command::new("umount").arg("-l").arg(p).output();
+        }
+        if let Ok(out) = Command::new("losetup").arg("-a").output() {
+            for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(&prefix)) {
+                if let Some(dev) = line.split(':').next() {
+                    let _ = Command::new("losetup").args(["-d", dev]).output();
+                }
+            }
+        }
+    }
+}
+
+fn mount_cap() -> VolumeCapability {
+    VolumeCapability {
+        access_mode: Some(AccessMode { mode: Mode::SingleNodeWriter as i32 }),
+        access_type: Some(AccessType::Mount(MountVolume { fs_type: "ext4".into(), ..Default::default() })),
+    }
+}
+
+/// A pool of `nodes` storage nodes keeping `r` copies, csi-block on it, one ext4 volume staged:
+/// fio's figures on it (and, with `rebuild`, the rebuild rate afterwards).
+async fn volume_run(args: &Args, r: usize, nodes: usize, rebuild: bool) -> Res<(Vec<Fio>, Option<(u64, Duration)>)> {
+    let dir = args.dir.join(format!("pool-r{r}"));
+    let mut pool = Pool::start(&dir, nodes, r, &TIMEOUTS).await?;
+    let _mounts = MountGuard(dir.clone());
+    let socket = dir.join("csi.sock");
+    let state = dir.join("csi-state");
+    let http = free_addr();
+    let meta_api = pool.meta_api.clone();
+    #[rustfmt::skip]
+    let csi_args = ["--endpoint", &format!("unix://{}", socket.display()), "--meta", &meta_api,
+        "--node-id", "bench", "--state-dir", &state.to_string_lossy(), "--default-replicas", &r.to_string(),
+        "--http-listen", &http, "--log", "warn"];
+    pool.spawn("csi-block", "csi-block", &csi_args)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let channel = loop {
+        pool.check()?;
+        if socket.exists()
+            && let Ok(c) = csi_kit::connect_unix(&socket).await
+        {
+            break c;
+        }
+        if Instant::now() > deadline {
+            return Err("csi-block did not serve within 60 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (mut c, mut n) = (ControllerClient::new(channel.clone()), NodeClient::new(channel));
+    let size = (args.size_mib * MIB) as i64 * 2 + (1 << 30);
+    let params: std::collections::HashMap<String, String> =
+        [("replicas".into(), r.to_string()), ("blockSize".into(), args.block_size.clone())].into();
+    let create = CreateVolumeRequest {
+        name: format!("bench-r{r}"),
+        capacity_range: Some(CapacityRange { required_bytes: size, limit_bytes: 0 }),
+        volume_capabilities: vec![mount_cap()],
+        parameters: params,
+        ..Default::default()
+    };
+    // The storage nodes join the node map within a heartbeat or two.
+    let vol = loop {
+        match c.create_volume(create.clone()).await {
+            Ok(v) => break v.into_inner().volume.ok_or("no volume")?.volume_id,
+            Err(e) if Instant::now() < deadline => {
+                if e.code() != tonic::Code::ResourceExhausted && e.code() != tonic::Code::Unavailable {
+                    return Err(format!("CreateVolume: {e}").into());
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(format!("CreateVolume: {e}").into()),
+        }
+    };
+    let ctx = c
+        .controller_publish_volume(ControllerPublishVolumeRequest {
+            volume_id: vol.clone(),
+            node_id: "bench".into(),
+            volume_capability: Some(mount_cap()),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .publish_context;
+    let staging = dir.join("staging");
+    n.node_stage_volume(NodeStageVolumeRequest {
+        volume_id: vol.clone(),
+        publish_context: ctx,
+        staging_target_path: staging.to_string_lossy().into(),
+        volume_capability: Some(mount_cap()),
+        ..Default::default()
+    })
+    .await?;
+    eprintln!("R={r}: volume {vol} ({} blocks) staged, ext4, {nodes} storage node(s):", args.block_size);
+    let figures = fio_all(&staging.join("fio.dat"), args)?;
+    let mut rebuilt = None;
+    if rebuild {
+        // Everything flushed; a storage node dies; time its copies' rebuild once it is out.
+        let _ = std::fs::File::open(staging.join("fio.dat")).and_then(|f| f.sync_all());
+        let meta = MetaClient::new(&[pool.meta_api.as_str()])?;
+        let chunks = ChunkClient::new(meta.clone(), ClientConfig::default()).await?;
+        let before = volume_engine::replica_health(&meta, &chunks, &vol).await?;
+        pool.kill_node(0);
+        let killed = Instant::now();
+        let mut started = None;
+        let lost = loop {
+            let h = volume_engine::replica_health(&meta, &chunks, &vol).await?;
+            if h.degraded() && started.is_none() && killed.elapsed() >= TIMEOUTS.out_after {
+                started = Some((Instant::now(), h.missing_copies));
+            }
+            if let Some((t, missing)) = started
+                && !h.degraded()
+            {
+                break Some((missing, t.elapsed()));
+            }
+            if killed.elapsed() > Duration::from_secs(900) {
+                return Err(format!("rebuild not done after 900 s: {h:?}").into());
+            }
+            if started.is_none() && killed.elapsed() > TIMEOUTS.out_after + Duration::from_secs(5) && !h.degraded() {
+                break None; // the node held nothing of this volume
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        if let Some((missing, took)) = lost {
+            let bs: u64 = args.block_size.parse()?;
+            rebuilt = Some((missing * bs, took));
+            eprintln!(
+                "  rebuild: {missing} of {} chunk copies lost, rebuilt in {took:.2?} after the node was out",
+                before.chunks * r as u64
+            );
+        }
+    }
+    n.node_unstage_volume(NodeUnstageVolumeRequest {
+        volume_id: vol.clone(),
+        staging_target_path: staging.to_string_lossy().into(),
+    })
+    .await?;
+    Ok((figures, rebuilt))
+}
+
+async fn run(args: &Args) -> Res<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("needs root (FUSE, loop devices, mounts)".into());
+    }
+    fresh_dir(&args.dir)?;
+    eprintln!("raw: a plain file on the same disk ({}):", args.dir.display());
+    let raw_dir = args.dir.join("raw");
+    std::fs::create_dir_all(&raw_dir)?;
+    let raw = fio_all(&raw_dir.join("fio.dat"), args)?;
+    std::fs::remove_dir_all(&raw_dir)?;
+    let (r1, _) = volume_run(args, 1, 1, false).await?;
+    let (r3, rebuilt) = volume_run(args, 3, 4, true).await?;
+
+    let mut rows: BTreeMap<usize, String> = BTreeMap::new();
+    for (i, (name, _)) in JOBS.iter().enumerate() {
+        let random = name.starts_with("rand");
+        let val = |f: &Fio| if random { f.iops } else { f.bw / 1e6 };
+        let unit = if random { "IOPS" } else { "MB/s" };
+        rows.insert(
+            i,
+            format!(
+                "{name:<20} raw {:>8.0} {unit} | R=1 {:>8.0} ({:.2}x) | R=3 {:>8.0} ({:.2}x raw, {:.2}x raw/3)",
+                val(&raw[i]),
+                val(&r1[i]),
+                val(&r1[i]) / val(&raw[i]),
+                val(&r3[i]),
+                val(&r3[i]) / val(&raw[i]),
+                val(&r3[i]) / (val(&raw[i]) / 3.0)
+            ),
+        );
+    }
+    println!(
+        "\nblock-bench: fio {} MiB file, {} s per job, volume block size {}",
+        args.size_mib, args.secs, args.block_size
+    );
+    for row in rows.values() {
+        println!("{row}");
+    }
+    let ratio = |v: &[Fio], i: usize, iops: bool| if iops { v[i].iops / raw[i].iops } else { v[i].bw / raw[i].bw };
+    let goal = |name: &str, got: f64, want: f64| {
+        println!("goal {name:<44} {got:>5.2} (>= {want:.2}) {}", if got >= want { "met" } else { "MISSED" });
+    };
+    goal("R=1 seq write / raw", ratio(&r1, 0, false), 0.5);
+    goal("R=1 seq read / raw", ratio(&r1, 1, false), 0.5);
+    goal("R=1 rand read IOPS / raw", ratio(&r1, 3, true), 0.5);
+    goal("R=1 rand write IOPS / raw", ratio(&r1, 2, true), 0.3);
+    goal("R=3 seq write / (raw / 3)", ratio(&r3, 0, false) * 3.0, 0.8);
+    match rebuilt {
+        Some((bytes, took)) => {
+            let rate = bytes as f64 / took.as_secs_f64();
+            println!("rebuild: {:.0} MiB in {took:.2?} = {:.0} MB/s", bytes as f64 / MIB as f64, rate / 1e6);
+            goal("rebuild rate / raw seq write", rate / raw[0].bw, 0.5);
+        }
+        None => println!("rebuild: the killed node held none of the volume's chunks"),
+    }
+    Ok(())
+}

@@ -1,0 +1,26 @@
+//! Benchmarks of a real storage pool on loopback, shared parts: the throwaway pool of processes
+//! (`pool`), raw-disk baselines (`raw`), CPU accounting (`cpu`). The binaries: `cluster-bench`
+//! (replicated puts and repair) and `block-bench` (fio on block volumes).
+
+pub mod cpu;
+pub mod pool;
+pub mod raw;
+
+use std::path::Path;
+
+/// What the benches return.
+pub type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+pub const MIB: usize = 1 << 20;
+/// Chunk size of every put, and block size of the raw baseline.
+pub const BLOCK: usize = 4 * MIB;
+
+/// Removes and recreates `dir`.
+pub fn fresh_dir(dir: &Path) -> Res<()> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("remove {}: {e}", dir.display()).into()),
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()).into())
+}
