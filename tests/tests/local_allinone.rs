@@ -119,6 +119,82 @@ fn local_system_publishes_its_env_file_and_serves_clients() {
             .volume
             .unwrap();
         assert_eq!(v.capacity_bytes, 64 << 20);
+        // As root, the local node `local-1` attaches it: its data path is `cairn-local
+        // volume-server`, and the raw device takes a write and reads it back.
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            struct Unmount(std::path::PathBuf);
+            impl Drop for Unmount {
+                fn drop(&mut self) {
+                    integration_tests::csi::cleanup_mounts_under(&self.0);
+                }
+            }
+            let _unmount = Unmount(data.clone());
+            let block = || VolumeCapability {
+                access_mode: Some(AccessMode { mode: 1 }),
+                access_type: Some(AccessType::Block(BlockVolume {})),
+            };
+            let ctx = c
+                .controller_publish_volume(ControllerPublishVolumeRequest {
+                    volume_id: v.volume_id.clone(),
+                    node_id: "local-1".into(),
+                    volume_capability: Some(block()),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .publish_context;
+            let (staging, target) = (data.join("kubelet/staging"), data.join("kubelet/pod/dev"));
+            let mut n = node_client::NodeClient::new(csi_kit::connect_unix(std::path::Path::new(&sock)).await.unwrap());
+            n.node_stage_volume(NodeStageVolumeRequest {
+                volume_id: v.volume_id.clone(),
+                publish_context: ctx,
+                staging_target_path: staging.to_string_lossy().into(),
+                volume_capability: Some(block()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+            n.node_publish_volume(NodePublishVolumeRequest {
+                volume_id: v.volume_id.clone(),
+                staging_target_path: staging.to_string_lossy().into(),
+                target_path: target.to_string_lossy().into(),
+                volume_capability: Some(block()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+            {
+                use std::os::unix::fs::FileExt;
+                let f = std::fs::OpenOptions::new().read(true).write(true).open(&target).unwrap();
+                let bytes = random_bytes(1 << 20);
+                f.write_all_at(&bytes, 8 << 20).unwrap();
+                f.sync_all().unwrap();
+                let mut back = vec![0u8; bytes.len()];
+                f.read_exact_at(&mut back, 8 << 20).unwrap();
+                assert!(back == bytes, "the local volume reads back what was written");
+            }
+            n.node_unpublish_volume(NodeUnpublishVolumeRequest {
+                volume_id: v.volume_id.clone(),
+                target_path: target.to_string_lossy().into(),
+            })
+            .await
+            .unwrap();
+            n.node_unstage_volume(NodeUnstageVolumeRequest {
+                volume_id: v.volume_id.clone(),
+                staging_target_path: staging.to_string_lossy().into(),
+            })
+            .await
+            .unwrap();
+            c.controller_unpublish_volume(ControllerUnpublishVolumeRequest {
+                volume_id: v.volume_id.clone(),
+                node_id: "local-1".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
         c.delete_volume(DeleteVolumeRequest { volume_id: v.volume_id, ..Default::default() }).await.unwrap();
     });
 
