@@ -22,8 +22,12 @@ use crate::PutTracker;
 
 /// Chunks examined per step of a pass.
 const PAGE: usize = 256;
-/// Copies pushed at once.
-const PARALLEL_PUSHES: usize = 4;
+/// Bytes of copies pushed at once: four 4 MiB chunks, or up to `MAX_PARALLEL_PUSHES` small ones
+/// (block volumes' 64 KiB chunks are latency-bound at four in flight).
+const PUSH_BYTES_IN_FLIGHT: u64 = 16 << 20;
+/// Fewest and most copies pushed at once.
+const MIN_PARALLEL_PUSHES: usize = 4;
+const MAX_PARALLEL_PUSHES: usize = 32;
 
 /// How a node reconciles.
 #[derive(Debug, Clone)]
@@ -410,12 +414,18 @@ impl Reconciler {
             }
         }
 
-        // Push the missing copies, a few at a time, within the bandwidth budget.
+        // Push the missing copies, a few at a time (by bytes), within the bandwidth budget.
+        let bytes: u64 = pushes.iter().map(|(_, _, len)| *len).sum();
+        let parallel = match bytes.checked_div(pushes.len() as u64) {
+            Some(avg) => (PUSH_BYTES_IN_FLIGHT / avg.max(1)) as usize,
+            None => MIN_PARALLEL_PUSHES,
+        }
+        .clamp(MIN_PARALLEL_PUSHES, MAX_PARALLEL_PUSHES);
         let mut done = futures::stream::iter(pushes.into_iter().map(|(id, hash, len)| {
             let addr = map.nodes.get(&id).map(|n| n.addr.clone()).unwrap_or_default();
             async move { (self.push(&addr, &hash).await.map_err(|e| format!("push {hash} to {id}: {e}")), len) }
         }))
-        .buffer_unordered(PARALLEL_PUSHES);
+        .buffer_unordered(parallel);
         while let Some((res, len)) = done.next().await {
             self.stats.pending_chunks.fetch_sub(1, Ordering::Relaxed);
             self.stats.pending_bytes.fetch_sub(len, Ordering::Relaxed);
