@@ -1,0 +1,318 @@
+//! The data of files open on this client: each open inode has one [`OpenFile`] shared by its
+//! handles, holding the size this client sees, written blocks not yet in the pool (dirty) and a
+//! few recently read blocks. Flushing (fsync, close) puts the dirty blocks as chunks and commits
+//! them with the size in the metadata service — what close-to-open consistency promises other
+//! clients. A partial-block write reads the block first; blocks of zeros are stored as holes.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use bytes::{Bytes, BytesMut};
+use chunk_engine::ChunkHash;
+use cluster::ChunkClient;
+use fs_meta::{FsError, Namespace, Timestamp};
+use futures::stream::{self, StreamExt, TryStreamExt};
+
+/// Dirty bytes one file may hold before its writes are flushed to the pool.
+const MAX_DIRTY: usize = 64 << 20;
+/// Clean blocks kept per open file for reads.
+const CLEAN_BLOCKS: usize = 8;
+/// Chunk puts (and gets) in flight per flush.
+const PUTS_IN_FLIGHT: usize = 8;
+
+/// What one open inode holds on this client.
+pub struct OpenFile {
+    pub ino: u64,
+    pub state: tokio::sync::Mutex<FileState>,
+    /// Handles open on it.
+    pub opens: AtomicUsize,
+    /// Its last name went while open: free it when the last handle closes.
+    pub unlinked: AtomicBool,
+}
+
+/// The file's contents as this client sees them.
+pub struct FileState {
+    pub size: u64,
+    /// Chunks of blocks holding data, as committed (loaded on first use).
+    map: Option<BTreeMap<u64, ChunkHash>>,
+    dirty: BTreeMap<u64, BytesMut>,
+    clean: HashMap<u64, Bytes>,
+    clean_order: VecDeque<u64>,
+    /// Time of the last write not yet committed.
+    mtime: Option<Timestamp>,
+}
+
+impl OpenFile {
+    pub fn new(ino: u64, size: u64) -> OpenFile {
+        OpenFile {
+            ino,
+            state: tokio::sync::Mutex::new(FileState {
+                size,
+                map: None,
+                dirty: BTreeMap::new(),
+                clean: HashMap::new(),
+                clean_order: VecDeque::new(),
+                mtime: None,
+            }),
+            opens: AtomicUsize::new(0),
+            unlinked: AtomicBool::new(false),
+        }
+    }
+
+    pub fn is_unlinked(&self) -> bool {
+        self.unlinked.load(Ordering::Relaxed)
+    }
+}
+
+/// What a file's data operations need.
+pub struct DataPath<'a> {
+    pub ns: &'a Namespace,
+    pub pool: &'a ChunkClient,
+}
+
+impl FileState {
+    /// Forgets what was read, so the next read sees other clients' committed writes (an open
+    /// with no local writes pending: close-to-open).
+    pub fn revalidate(&mut self, size: u64) {
+        if self.dirty.is_empty() {
+            self.size = size;
+            self.map = None;
+            self.clean.clear();
+            self.clean_order.clear();
+        }
+    }
+
+    pub fn dirty_bytes(&self) -> usize {
+        self.dirty.values().map(|b| b.len()).sum()
+    }
+
+    async fn map<'s>(&'s mut self, dp: &DataPath<'_>, ino: u64) -> Result<&'s BTreeMap<u64, ChunkHash>, FsError> {
+        if self.map.is_none() {
+            let all = dp.ns.block_map(ino, 0, u64::MAX).await?;
+            self.map = Some(all.into_iter().collect());
+        }
+        Ok(self.map.as_ref().expect("loaded"))
+    }
+
+    /// Block `idx` as committed (zeros for a hole), `bs` bytes.
+    async fn committed_block(&mut self, dp: &DataPath<'_>, ino: u64, idx: u64) -> Result<Bytes, FsError> {
+        if let Some(b) = self.clean.get(&idx) {
+            return Ok(b.clone());
+        }
+        let bs = dp.ns.block_size() as usize;
+        let hash = self.map(dp, ino).await?.get(&idx).copied();
+        let data = match hash {
+            Some(h) => {
+                let mut d = dp.pool.get(&h).await?;
+                if d.len() < bs {
+                    let mut full = BytesMut::zeroed(bs);
+                    full[..d.len()].copy_from_slice(&d);
+                    d = full.freeze();
+                }
+                d
+            }
+            None => Bytes::from(vec![0u8; bs]),
+        };
+        self.clean.insert(idx, data.clone());
+        self.clean_order.push_back(idx);
+        while self.clean_order.len() > CLEAN_BLOCKS {
+            if let Some(old) = self.clean_order.pop_front() {
+                self.clean.remove(&old);
+            }
+        }
+        Ok(data)
+    }
+
+    /// Reads up to `len` bytes at `offset` (short at the end of the file).
+    pub async fn read(&mut self, dp: &DataPath<'_>, ino: u64, offset: u64, len: u64) -> Result<Bytes, FsError> {
+        let end = (offset + len).min(self.size);
+        if offset >= end {
+            return Ok(Bytes::new());
+        }
+        let bs = dp.ns.block_size();
+        let (first, last) = (offset / bs, (end - 1) / bs);
+        if first == last {
+            let from = (offset - first * bs) as usize;
+            let to = (end - first * bs) as usize;
+            if let Some(d) = self.dirty.get(&first) {
+                return Ok(Bytes::copy_from_slice(&d[from..to]));
+            }
+            return Ok(self.committed_block(dp, ino, first).await?.slice(from..to));
+        }
+        let mut out = BytesMut::with_capacity((end - offset) as usize);
+        for idx in first..=last {
+            let from = if idx == first { (offset - idx * bs) as usize } else { 0 };
+            let to = if idx == last { (end - idx * bs) as usize } else { bs as usize };
+            if let Some(d) = self.dirty.get(&idx) {
+                out.extend_from_slice(&d[from..to]);
+            } else {
+                out.extend_from_slice(&self.committed_block(dp, ino, idx).await?[from..to]);
+            }
+        }
+        Ok(out.freeze())
+    }
+
+    /// Writes `data` at `offset` into dirty blocks; flushes when too much is dirty.
+    pub async fn write(&mut self, dp: &DataPath<'_>, ino: u64, offset: u64, data: &[u8]) -> Result<(), FsError> {
+        let bs = dp.ns.block_size();
+        let mut at = offset;
+        let mut rest = data;
+        while !rest.is_empty() {
+            let idx = at / bs;
+            let within = (at - idx * bs) as usize;
+            let n = rest.len().min(bs as usize - within);
+            if !self.dirty.contains_key(&idx) {
+                let block_start = idx * bs;
+                let whole = within == 0 && n == bs as usize;
+                let buf = if whole || block_start >= self.size {
+                    BytesMut::zeroed(bs as usize)
+                } else {
+                    BytesMut::from(&self.committed_block(dp, ino, idx).await?[..])
+                };
+                self.dirty.insert(idx, buf);
+            }
+            let block = self.dirty.get_mut(&idx).expect("inserted");
+            block[within..within + n].copy_from_slice(&rest[..n]);
+            self.clean.remove(&idx);
+            at += n as u64;
+            rest = &rest[n..];
+        }
+        self.size = self.size.max(offset + data.len() as u64);
+        self.mtime = Some(Timestamp::now());
+        if self.dirty_bytes() > MAX_DIRTY {
+            self.flush(dp, ino).await?;
+        }
+        Ok(())
+    }
+
+    /// Puts the dirty blocks in the pool and commits them with the size. On failure the
+    /// blocks stay dirty (the next flush tries again).
+    pub async fn flush(&mut self, dp: &DataPath<'_>, ino: u64) -> Result<(), FsError> {
+        let Some(mtime) = self.mtime else {
+            return Ok(());
+        };
+        let bs = dp.ns.block_size();
+        let size = self.size;
+        let blocks: Vec<(u64, Bytes)> = self
+            .dirty
+            .iter()
+            .filter(|(idx, _)| **idx * bs < size)
+            .map(|(idx, b)| {
+                // The last block keeps only the bytes inside the file: the rest is zero anyway.
+                let keep = ((size - idx * bs).min(bs)) as usize;
+                let mut b = b.clone();
+                b[keep..].fill(0);
+                (*idx, b.freeze())
+            })
+            .collect();
+        let pool = dp.pool;
+        let put: Vec<(u64, Option<ChunkHash>, Bytes)> = stream::iter(blocks)
+            .map(|(idx, data)| async move {
+                if data.iter().all(|b| *b == 0) {
+                    return Ok::<_, FsError>((idx, None, data));
+                }
+                let r = pool.put(data.clone()).await?;
+                Ok((idx, Some(r.hash), data))
+            })
+            .buffered(PUTS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        let commits: Vec<(u64, Option<ChunkHash>)> = put.iter().map(|(i, h, _)| (*i, *h)).collect();
+        dp.ns.commit_blocks(ino, &commits, size, mtime).await?;
+        for (idx, h, data) in put {
+            // A map not loaded yet will be read with these commits in it.
+            if let Some(map) = self.map.as_mut() {
+                match h {
+                    Some(h) => map.insert(idx, h),
+                    None => map.remove(&idx),
+                };
+            }
+            self.clean.insert(idx, data);
+            self.clean_order.push_back(idx);
+        }
+        while self.clean_order.len() > CLEAN_BLOCKS {
+            if let Some(old) = self.clean_order.pop_front() {
+                self.clean.remove(&old);
+            }
+        }
+        self.dirty.clear();
+        self.mtime = None;
+        Ok(())
+    }
+
+    /// Sets the size (after flushing): blocks past the end go, the bytes of the last block past
+    /// the end become zeros.
+    pub async fn truncate(&mut self, dp: &DataPath<'_>, ino: u64, size: u64) -> Result<(), FsError> {
+        self.flush(dp, ino).await?;
+        let bs = dp.ns.block_size();
+        let mut tail = None;
+        if size < self.size && !size.is_multiple_of(bs) {
+            let idx = size / bs;
+            if self.map(dp, ino).await?.contains_key(&idx) {
+                let mut b = BytesMut::from(&self.committed_block(dp, ino, idx).await?[..]);
+                b[(size % bs) as usize..].fill(0);
+                let b = b.freeze();
+                let h = if b.iter().all(|x| *x == 0) { None } else { Some(dp.pool.put(b).await?.hash) };
+                tail = Some((idx, h));
+            }
+        }
+        dp.ns.truncate(ino, size, tail).await?;
+        self.size = size;
+        self.map = None;
+        self.clean.clear();
+        self.clean_order.clear();
+        Ok(())
+    }
+
+    /// Zeroes `len` bytes at `offset` within the file (punch hole / zero range).
+    pub async fn zero_range(&mut self, dp: &DataPath<'_>, ino: u64, offset: u64, len: u64) -> Result<(), FsError> {
+        let end = (offset + len).min(self.size);
+        if offset >= end {
+            return Ok(());
+        }
+        let zeros = vec![0u8; (end - offset).min(1 << 20) as usize];
+        let mut at = offset;
+        while at < end {
+            let n = (end - at).min(zeros.len() as u64) as usize;
+            self.write(dp, ino, at, &zeros[..n]).await?;
+            at += n as u64;
+        }
+        Ok(())
+    }
+}
+
+/// Open files of this client by inode.
+#[derive(Default)]
+pub struct OpenFiles {
+    files: std::sync::Mutex<HashMap<u64, Arc<OpenFile>>>,
+}
+
+impl OpenFiles {
+    /// The open state of `ino`, made with `size` if it is not open yet; counts one more open.
+    pub fn open(&self, ino: u64, size: u64) -> Arc<OpenFile> {
+        let mut files = self.files.lock().expect("files lock");
+        let f = files.entry(ino).or_insert_with(|| Arc::new(OpenFile::new(ino, size))).clone();
+        f.opens.fetch_add(1, Ordering::Relaxed);
+        f
+    }
+
+    pub fn get(&self, ino: u64) -> Option<Arc<OpenFile>> {
+        self.files.lock().expect("files lock").get(&ino).cloned()
+    }
+
+    /// Counts one open less; returns the file when it was the last.
+    pub fn close(&self, ino: u64) -> Option<Arc<OpenFile>> {
+        let mut files = self.files.lock().expect("files lock");
+        let f = files.get(&ino)?.clone();
+        if f.opens.fetch_sub(1, Ordering::Relaxed) == 1 {
+            files.remove(&ino);
+            return Some(f);
+        }
+        None
+    }
+
+    pub fn all(&self) -> Vec<Arc<OpenFile>> {
+        self.files.lock().expect("files lock").values().cloned().collect()
+    }
+}

@@ -1,0 +1,98 @@
+//! The shared filesystem's client on a node: a multithreaded low-level FUSE daemon (fuse3, each
+//! request its own task) over the namespace in the metadata service (`fs-meta`) and file blocks
+//! as content-hashed chunks in the pool (`cluster::ChunkClient`). Consistency across clients is
+//! close-to-open: a close or fsync commits the file's blocks and size; an open re-reads them.
+//! The kernel caches no attributes or entries (TTL 0), so directory changes made by other
+//! clients are seen at once.
+
+mod attr;
+mod files;
+mod ops;
+
+use cluster::ChunkClient;
+use fs_meta::{FsError, Namespace};
+use fuse3::MountOptions;
+use fuse3::raw::{MountHandle, Session};
+use metadata_client::MetaClient;
+use std::path::Path;
+
+pub use ops::Client;
+
+/// Failures of mounting and serving.
+#[derive(Debug, thiserror::Error)]
+pub enum FsClientError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Fs(#[from] FsError),
+}
+
+/// Which filesystem to mount, and as whom.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    pub fs_id: String,
+    /// This mount's id (unique per mount; registered in the metadata service while mounted).
+    pub client_id: String,
+    /// The node it runs on.
+    pub node: String,
+    pub read_only: bool,
+}
+
+/// A mounted filesystem.
+pub struct Mounted {
+    handle: MountHandle,
+    client: Client,
+    meta: MetaClient,
+    opts: ClientOptions,
+}
+
+/// Mounts filesystem `opts.fs_id` at `mountpoint` (created if missing) and serves it until
+/// unmounted.
+pub async fn mount(
+    meta: MetaClient,
+    pool: ChunkClient,
+    opts: ClientOptions,
+    mountpoint: &Path,
+) -> Result<Mounted, FsClientError> {
+    let ns = Namespace::open(meta.clone(), &opts.fs_id).await?;
+    tokio::fs::create_dir_all(mountpoint)
+        .await
+        .map_err(|source| FsClientError::Io { what: format!("create {}", mountpoint.display()), source })?;
+    let client = Client::new(ns, pool, opts.read_only);
+    let mut mo = MountOptions::default();
+    mo.fs_name(format!("cairnfs-{}", opts.fs_id)).allow_other(true).default_permissions(true).read_only(opts.read_only);
+    let handle = Session::new(mo)
+        .mount(client.clone(), mountpoint)
+        .await
+        .map_err(|source| FsClientError::Io { what: format!("FUSE mount at {}", mountpoint.display()), source })?;
+    fs_meta::filesystem::register_client(&meta, &opts.fs_id, &opts.client_id, &opts.node, opts.read_only).await?;
+    tracing::info!(fs = %opts.fs_id, client = %opts.client_id, at = %mountpoint.display(), "filesystem mounted");
+    Ok(Mounted { handle, client, meta, opts })
+}
+
+impl Mounted {
+    /// The client serving the mount.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Resolves when someone else unmounted the mount (the FUSE session ended).
+    pub async fn ended(&mut self) -> Result<(), FsClientError> {
+        let r = (&mut self.handle).await;
+        self.client.flush_all().await?;
+        let _ = fs_meta::filesystem::unregister_client(&self.meta, &self.opts.fs_id, &self.opts.client_id).await;
+        r.map_err(|source| FsClientError::Io { what: "FUSE session".into(), source })
+    }
+
+    /// Flushes every open file's data, unmounts, unregisters the client.
+    pub async fn unmount(self) -> Result<(), FsClientError> {
+        let flushed = self.client.flush_all().await;
+        self.handle.unmount().await.map_err(|source| FsClientError::Io { what: "unmount".into(), source })?;
+        fs_meta::filesystem::unregister_client(&self.meta, &self.opts.fs_id, &self.opts.client_id).await?;
+        flushed.map_err(FsClientError::from)
+    }
+}

@@ -1,0 +1,198 @@
+//! Inodes and directory entries as stored (JSON with a format version).
+
+use serde::{Deserialize, Serialize};
+
+use crate::{FsError, Result};
+
+/// Format of inode and directory-entry records.
+pub const INODE_VERSION: u32 = 1;
+
+/// What an inode is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+    Fifo,
+    Socket,
+    Char,
+    Block,
+}
+
+impl Kind {
+    /// The `S_IF*` bits of this kind.
+    pub fn mode_bits(self) -> u32 {
+        match self {
+            Kind::File => libc::S_IFREG,
+            Kind::Dir => libc::S_IFDIR,
+            Kind::Symlink => libc::S_IFLNK,
+            Kind::Fifo => libc::S_IFIFO,
+            Kind::Socket => libc::S_IFSOCK,
+            Kind::Char => libc::S_IFCHR,
+            Kind::Block => libc::S_IFBLK,
+        }
+    }
+
+    /// The kind named by a `mode`'s `S_IFMT` bits (a plain file when none are set).
+    pub fn from_mode(mode: u32) -> Result<Kind> {
+        Ok(match mode & libc::S_IFMT {
+            0 | libc::S_IFREG => Kind::File,
+            libc::S_IFDIR => Kind::Dir,
+            libc::S_IFLNK => Kind::Symlink,
+            libc::S_IFIFO => Kind::Fifo,
+            libc::S_IFSOCK => Kind::Socket,
+            libc::S_IFCHR => Kind::Char,
+            libc::S_IFBLK => Kind::Block,
+            other => return Err(FsError::Invalid(format!("file type {other:o}"))),
+        })
+    }
+}
+
+/// A point in time: nanoseconds since the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
+pub struct Timestamp(pub i64);
+
+impl Timestamp {
+    pub fn now() -> Timestamp {
+        let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        Timestamp(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+    }
+
+    pub fn secs(self) -> i64 {
+        self.0.div_euclid(1_000_000_000)
+    }
+
+    pub fn nanos(self) -> u32 {
+        self.0.rem_euclid(1_000_000_000) as u32
+    }
+
+    pub fn from_parts(secs: i64, nanos: u32) -> Timestamp {
+        Timestamp(secs.saturating_mul(1_000_000_000).saturating_add(i64::from(nanos)))
+    }
+}
+
+/// An inode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inode {
+    pub version: u32,
+    pub kind: Kind,
+    /// Permission bits (`0o7777`), without the type.
+    pub perm: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Directory entries naming it; for a directory 2 + its subdirectories.
+    pub nlink: u32,
+    /// Bytes (files), entries (directories), target length (symlinks).
+    pub size: u64,
+    pub atime: Timestamp,
+    pub mtime: Timestamp,
+    pub ctime: Timestamp,
+    pub crtime: Timestamp,
+    #[serde(default)]
+    pub rdev: u32,
+    /// A symlink's target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Vec<u8>>,
+    /// A directory's parent (directories have exactly one).
+    #[serde(default)]
+    pub parent: u64,
+    /// A directory's number of entries.
+    #[serde(default)]
+    pub entries: u64,
+}
+
+impl Inode {
+    /// A new inode of `kind`, owned by `uid`/`gid`, timestamps now.
+    pub fn new(kind: Kind, perm: u32, uid: u32, gid: u32) -> Inode {
+        let now = Timestamp::now();
+        Inode {
+            version: INODE_VERSION,
+            kind,
+            perm: perm & 0o7777,
+            uid,
+            gid,
+            nlink: if kind == Kind::Dir { 2 } else { 1 },
+            size: 0,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            crtime: now,
+            rdev: 0,
+            target: None,
+            parent: 0,
+            entries: 0,
+        }
+    }
+
+    /// The full `st_mode`.
+    pub fn mode(&self) -> u32 {
+        self.kind.mode_bits() | self.perm
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an inode serializes")
+    }
+
+    pub fn decode(key: &[u8], value: &[u8]) -> Result<Inode> {
+        let i: Inode = serde_json::from_slice(value).map_err(|e| corrupt(key, e.to_string()))?;
+        if i.version != INODE_VERSION {
+            return Err(corrupt(key, format!("format version {} (this build reads {INODE_VERSION})", i.version)));
+        }
+        Ok(i)
+    }
+}
+
+/// A directory entry: the inode it names and that inode's kind (for readdir without reading
+/// every inode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dentry {
+    pub ino: u64,
+    pub kind: Kind,
+}
+
+impl Dentry {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a dentry serializes")
+    }
+
+    pub fn decode(key: &[u8], value: &[u8]) -> Result<Dentry> {
+        serde_json::from_slice(value).map_err(|e| corrupt(key, e.to_string()))
+    }
+}
+
+pub(crate) fn corrupt(key: &[u8], message: String) -> FsError {
+    FsError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inode_round_trips_and_refuses_other_versions() {
+        let mut i = Inode::new(Kind::Symlink, 0o777, 10, 20);
+        i.target = Some(b"a/b".to_vec());
+        let bytes = i.encode();
+        assert_eq!(Inode::decode(b"k", &bytes).unwrap(), i);
+        assert_eq!(i.mode(), libc::S_IFLNK | 0o777);
+        let mut other = i.clone();
+        other.version = 9;
+        assert!(matches!(Inode::decode(b"k", &other.encode()), Err(FsError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn kinds_follow_mode_bits() {
+        assert_eq!(Kind::from_mode(0o644).unwrap(), Kind::File);
+        assert_eq!(Kind::from_mode(libc::S_IFDIR | 0o755).unwrap(), Kind::Dir);
+        assert_eq!(Kind::from_mode(libc::S_IFIFO).unwrap(), Kind::Fifo);
+    }
+
+    #[test]
+    fn timestamps_split_into_seconds_and_nanoseconds() {
+        let t = Timestamp::from_parts(12, 345);
+        assert_eq!((t.secs(), t.nanos()), (12, 345));
+        let before = Timestamp(-1);
+        assert_eq!((before.secs(), before.nanos()), (-1, 999_999_999));
+    }
+}

@@ -1,0 +1,387 @@
+//! The shared filesystem client (fs-client over fs-meta and the pool) mounted for real with FUSE,
+//! twice — two clients of one filesystem, as on two nodes — against a real metadata node and
+//! storage node: a POSIX conformance run of our own, what one client closes the other sees
+//! (close-to-open), random operations checked against a model file (fsx style) through both
+//! mounts, and the quota. Needs root (FUSE mounts with allow_other); CI is root.
+
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::os::unix::prelude::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use cluster::{ChunkClient, ClientConfig};
+use fs_client::{ClientOptions, Mounted};
+use integration_tests::NodeProc;
+use integration_tests::csi::cleanup_mounts_under;
+use integration_tests::meta::{MetaProc, meta_cluster};
+use metadata_client::MetaClient;
+use rand::{Rng, SeedableRng};
+
+/// Unmounts whatever the test left mounted, even when it fails.
+struct MountGuard(PathBuf);
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        cleanup_mounts_under(&self.0);
+    }
+}
+
+struct Stack {
+    rt: tokio::runtime::Runtime,
+    meta: MetaClient,
+    pool: ChunkClient,
+    _node: NodeProc,
+    _meta: Vec<MetaProc>,
+    dir: tempfile::TempDir,
+}
+
+fn start() -> Stack {
+    let dir = tempfile::tempdir().unwrap();
+    let meta_procs = meta_cluster(1, dir.path(), &[]);
+    let api = meta_procs[0].addrs.api.clone();
+    let node = NodeProc::start(
+        &dir.path().join("n1"),
+        &["--meta", &api, "--node-id", "n1", "--replicas", "1", "--heartbeat-ms", "200"],
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap();
+    let meta = MetaClient::new(&[api]).unwrap();
+    let pool = rt.block_on(async {
+        let c = ChunkClient::new(meta.clone(), ClientConfig { replicas: 1, min_replicas: 1, ..Default::default() })
+            .await
+            .unwrap();
+        c.wait_for_up(1, Duration::from_secs(30)).await.unwrap();
+        c
+    });
+    Stack { rt, meta, pool, _node: node, _meta: meta_procs, dir }
+}
+
+impl Stack {
+    fn mount(&self, fs: &str, name: &str) -> (Mounted, PathBuf) {
+        let at = self.dir.path().join(name);
+        let opts = ClientOptions { fs_id: fs.into(), client_id: name.into(), node: name.into(), read_only: false };
+        let m = self.rt.block_on(fs_client::mount(self.meta.clone(), self.pool.clone(), opts, &at)).unwrap();
+        (m, at)
+    }
+}
+
+fn not_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
+        assert!(std::env::var_os("CI").is_none(), "CI runs as root: FUSE tests must not be skipped there");
+        eprintln!("skipped: FUSE mounts need root");
+        return true;
+    }
+    false
+}
+
+fn errno_of(e: &std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(0)
+}
+
+fn cpath(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_encoded_bytes()).unwrap()
+}
+
+fn set_xattr(p: &Path, name: &str, value: &[u8], flags: i32) -> std::io::Result<()> {
+    let n = CString::new(name).unwrap();
+    // SAFETY: valid C strings and a buffer of the given length.
+    let r = unsafe { libc::setxattr(cpath(p).as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), flags) };
+    if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+fn get_xattr(p: &Path, name: &str) -> std::io::Result<Vec<u8>> {
+    let n = CString::new(name).unwrap();
+    let mut buf = vec![0u8; 65536];
+    // SAFETY: valid C strings and a buffer of the given length.
+    let r = unsafe { libc::getxattr(cpath(p).as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    buf.truncate(r as usize);
+    Ok(buf)
+}
+
+fn list_xattr(p: &Path) -> Vec<String> {
+    let mut buf = vec![0u8; 65536];
+    // SAFETY: valid C string and a buffer of the given length.
+    let r = unsafe { libc::listxattr(cpath(p).as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    assert!(r >= 0, "listxattr: {}", std::io::Error::last_os_error());
+    buf.truncate(r as usize);
+    buf.split(|b| *b == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect()
+}
+
+/// Runs a shell command as uid/gid 65534 (nobody); returns whether it succeeded.
+fn as_nobody(cmd: &str) -> bool {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c", cmd])
+        .status()
+        .unwrap()
+        .success()
+}
+
+#[test]
+fn shared_filesystem_posix_and_two_clients() {
+    if not_root() {
+        return;
+    }
+    let s = start();
+    // Mount handles must drop inside the runtime, also when the test fails.
+    let _rt = s.rt.enter();
+    let _guard = MountGuard(s.dir.path().to_path_buf());
+    s.rt.block_on(fs_meta::filesystem::create(&s.meta, "fs-test", 64 << 20)).unwrap();
+    let (ma, a) = s.mount("fs-test", "a");
+    let (mb, b) = s.mount("fs-test", "b");
+
+    // Files and directories; what one client closed the other reads.
+    fs::create_dir(a.join("d1")).unwrap();
+    fs::write(a.join("d1/hello"), b"hello from a").unwrap();
+    assert_eq!(fs::read(b.join("d1/hello")).unwrap(), b"hello from a");
+    let st = fs::metadata(b.join("d1/hello")).unwrap();
+    assert_eq!(st.len(), 12);
+    assert_eq!(fs::metadata(a.join("d1")).unwrap().nlink(), 2);
+    fs::create_dir(a.join("d1/sub")).unwrap();
+    assert_eq!(fs::metadata(b.join("d1")).unwrap().nlink(), 3, "a subdirectory counts a link of its parent");
+    assert_eq!(errno_of(&fs::create_dir(b.join("d1")).unwrap_err()), libc::EEXIST);
+    assert_eq!(errno_of(&fs::remove_dir(b.join("d1")).unwrap_err()), libc::ENOTEMPTY);
+    assert_eq!(errno_of(&fs::read(a.join("nope")).unwrap_err()), libc::ENOENT);
+    let mut names: Vec<String> =
+        fs::read_dir(b.join("d1")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["hello", "sub"]);
+
+    // Names longer than 255 bytes.
+    let long = "x".repeat(256);
+    assert_eq!(errno_of(&File::create(a.join(&long)).unwrap_err()), libc::ENAMETOOLONG);
+    File::create(a.join("x".repeat(255))).unwrap();
+    fs::remove_file(a.join("x".repeat(255))).unwrap();
+
+    // O_EXCL, O_APPEND, appends seen across clients.
+    let excl = OpenOptions::new().write(true).create_new(true).open(a.join("d1/hello"));
+    assert_eq!(errno_of(&excl.unwrap_err()), libc::EEXIST);
+    {
+        let mut f = OpenOptions::new().append(true).open(b.join("d1/hello")).unwrap();
+        f.write_all(b", appended by b").unwrap();
+    }
+    assert_eq!(fs::read(a.join("d1/hello")).unwrap(), b"hello from a, appended by b");
+
+    // Symlinks and hard links.
+    symlink("d1/hello", a.join("ln")).unwrap();
+    assert_eq!(fs::read_link(b.join("ln")).unwrap(), Path::new("d1/hello"));
+    assert_eq!(fs::read(b.join("ln")).unwrap(), b"hello from a, appended by b");
+    fs::hard_link(a.join("d1/hello"), a.join("hard")).unwrap();
+    assert_eq!(fs::metadata(b.join("d1/hello")).unwrap().nlink(), 2);
+    assert_eq!(fs::metadata(b.join("hard")).unwrap().ino(), fs::metadata(b.join("d1/hello")).unwrap().ino());
+    fs::remove_file(a.join("hard")).unwrap();
+    assert_eq!(fs::metadata(b.join("d1/hello")).unwrap().nlink(), 1);
+    assert_eq!(errno_of(&fs::hard_link(a.join("d1"), a.join("dlink")).unwrap_err()), libc::EPERM);
+
+    // Rename: across directories, replacing (atomically), a directory into its own subtree.
+    fs::write(a.join("d1/sub/old"), b"old").unwrap();
+    fs::write(a.join("new"), b"new").unwrap();
+    fs::rename(a.join("new"), a.join("d1/sub/old")).unwrap();
+    assert_eq!(fs::read(b.join("d1/sub/old")).unwrap(), b"new");
+    assert!(!b.join("new").exists());
+    fs::create_dir(a.join("d2")).unwrap();
+    fs::rename(a.join("d1/sub"), a.join("d2/moved")).unwrap();
+    assert_eq!(fs::read(b.join("d2/moved/old")).unwrap(), b"new");
+    assert_eq!(fs::metadata(b.join("d1")).unwrap().nlink(), 2);
+    assert_eq!(fs::metadata(b.join("d2")).unwrap().nlink(), 3);
+    assert_eq!(errno_of(&fs::rename(a.join("d2"), a.join("d2/moved/inside")).unwrap_err()), libc::EINVAL);
+    fs::create_dir(a.join("empty")).unwrap();
+    fs::rename(a.join("d1"), a.join("empty")).unwrap(); // a directory replaces an empty one
+    assert!(b.join("empty/hello").exists());
+    assert_eq!(errno_of(&fs::rename(a.join("empty"), a.join("d2")).unwrap_err()), libc::ENOTEMPTY);
+    assert_eq!(errno_of(&fs::rename(a.join("ln"), a.join("d2")).unwrap_err()), libc::EISDIR);
+
+    // Unlink of an open file: the open handle keeps reading it.
+    fs::write(a.join("open-unlinked"), vec![7u8; 300_000]).unwrap();
+    {
+        let mut f = File::open(a.join("open-unlinked")).unwrap();
+        fs::remove_file(a.join("open-unlinked")).unwrap();
+        assert!(!b.join("open-unlinked").exists());
+        let mut back = Vec::new();
+        f.read_to_end(&mut back).unwrap();
+        assert_eq!(back, vec![7u8; 300_000]);
+    }
+
+    // Modes, owners, permission checks (the kernel's, on our attributes).
+    fs::write(a.join("private"), b"secret").unwrap();
+    fs::set_permissions(a.join("private"), fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(fs::metadata(b.join("private")).unwrap().mode() & 0o7777, 0o600);
+    let p = b.join("private");
+    assert!(!as_nobody(&format!("cat {} > /dev/null", p.display())), "nobody must not read a 0600 root file");
+    std::os::unix::fs::chown(a.join("private"), Some(65534), Some(65534)).unwrap();
+    assert_eq!(fs::metadata(b.join("private")).unwrap().uid(), 65534);
+    assert!(as_nobody(&format!("cat {} > /dev/null", p.display())), "the owner reads it");
+    assert!(as_nobody(&format!("echo hi > {}/by-nobody", b.display())), "the root directory is 0777");
+    assert_eq!(fs::metadata(a.join("by-nobody")).unwrap().uid(), 65534);
+    fs::create_dir(a.join("locked")).unwrap();
+    fs::set_permissions(a.join("locked"), fs::Permissions::from_mode(0o755)).unwrap();
+    assert!(!as_nobody(&format!("touch {}/locked/x", b.display())));
+
+    // Timestamps: explicit times are kept; a write moves mtime; noatime.
+    let f = File::options().write(true).open(a.join("private")).unwrap();
+    let t = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    f.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t)).unwrap();
+    drop(f);
+    let m = fs::metadata(b.join("private")).unwrap();
+    assert_eq!((m.mtime(), m.atime()), (1_000_000_000, 1_000_000_000));
+    fs::write(a.join("private"), b"changed").unwrap();
+    assert!(fs::metadata(b.join("private")).unwrap().mtime() > 1_000_000_000);
+
+    // Truncate and sparse files: holes read as zeros, growing never uncovers old bytes.
+    {
+        let f = OpenOptions::new().create(true).truncate(true).read(true).write(true).open(a.join("sparse")).unwrap();
+        f.write_all_at(b"tail", 5 << 20).unwrap();
+        f.sync_all().unwrap();
+        assert_eq!(f.metadata().unwrap().len(), (5 << 20) + 4);
+        f.write_all_at(&[9u8; 3000], 100).unwrap();
+        f.set_len(1000).unwrap();
+        f.set_len(4000).unwrap();
+    }
+    let got = fs::read(b.join("sparse")).unwrap();
+    assert_eq!(got.len(), 4000);
+    assert!(got[..100].iter().all(|x| *x == 0));
+    assert!(got[100..1000].iter().all(|x| *x == 9));
+    assert!(got[1000..].iter().all(|x| *x == 0), "bytes cut by truncate come back as zeros");
+
+    // fallocate: size grows (thin); punching a hole zeroes.
+    let st = Command::new("fallocate").args(["-l", "2M"]).arg(a.join("falloc")).status().unwrap();
+    assert!(st.success());
+    assert_eq!(fs::metadata(b.join("falloc")).unwrap().len(), 2 << 20);
+    fs::write(a.join("punch"), vec![5u8; 200_000]).unwrap();
+    let st = Command::new("fallocate").args(["-p", "-o", "1000", "-l", "5000"]).arg(a.join("punch")).status().unwrap();
+    assert!(st.success());
+    let got = fs::read(b.join("punch")).unwrap();
+    assert_eq!(got.len(), 200_000);
+    assert!(got[1000..6000].iter().all(|x| *x == 0) && got[6000..].iter().all(|x| *x == 5) && got[999] == 5);
+
+    // Extended attributes.
+    set_xattr(&a.join("private"), "user.color", b"blue", 0).unwrap();
+    assert_eq!(get_xattr(&b.join("private"), "user.color").unwrap(), b"blue");
+    assert_eq!(
+        errno_of(&set_xattr(&a.join("private"), "user.color", b"red", libc::XATTR_CREATE).unwrap_err()),
+        libc::EEXIST
+    );
+    assert_eq!(
+        errno_of(&set_xattr(&a.join("private"), "user.none", b"x", libc::XATTR_REPLACE).unwrap_err()),
+        libc::ENODATA
+    );
+    assert!(list_xattr(&b.join("private")).contains(&"user.color".to_string()));
+    assert_eq!(errno_of(&get_xattr(&b.join("private"), "user.none").unwrap_err()), libc::ENODATA);
+
+    // fsync'd data is in the metadata service and the pool: a third client, mounted after,
+    // reads it.
+    {
+        let mut f = File::create(a.join("synced")).unwrap();
+        f.write_all(&vec![3u8; 1_500_000]).unwrap();
+        f.sync_all().unwrap();
+        let (mc, c) = s.mount("fs-test", "c");
+        assert_eq!(fs::read(c.join("synced")).unwrap(), vec![3u8; 1_500_000]);
+        s.rt.block_on(mc.unmount()).unwrap();
+    }
+
+    // statfs reports the quota; writes past it fail with EDQUOT; raising it lifts the limit.
+    // SAFETY: statvfs fills the struct it is given.
+    let mut sv: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid path and struct.
+    assert_eq!(unsafe { libc::statvfs(cpath(&a).as_ptr(), &mut sv) }, 0);
+    assert_eq!(sv.f_blocks * sv.f_frsize, 64 << 20);
+    let used = s.rt.block_on(fs_meta::filesystem::usage(&s.meta, "fs-test")).unwrap();
+    assert!(used.bytes > 3 << 20 && used.inodes > 10, "{used:?}");
+    let big = vec![1u8; 1 << 20];
+    let mut f = File::create(a.join("fill")).unwrap();
+    let mut err = None;
+    for _ in 0..80 {
+        if let Err(e) = f.write_all(&big).and_then(|_| f.sync_all()) {
+            err = Some(e);
+            break;
+        }
+    }
+    let err = err.expect("writes past the quota must fail");
+    assert_eq!(errno_of(&err), libc::EDQUOT, "{err}");
+    drop(f);
+    s.rt.block_on(fs_meta::filesystem::set_quota(&s.meta, "fs-test", 256 << 20)).unwrap();
+    std::thread::sleep(Duration::from_millis(600)); // the client's quota reading expires
+    let mut f = OpenOptions::new().append(true).open(a.join("fill")).unwrap();
+    f.write_all(&big).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    fs::remove_file(a.join("fill")).unwrap();
+
+    fsx(&a, &b, 0xC0FFEE, 400);
+
+    s.rt.block_on(ma.unmount()).unwrap();
+    s.rt.block_on(mb.unmount()).unwrap();
+    let clients = s.rt.block_on(fs_meta::filesystem::clients(&s.meta, "fs-test")).unwrap();
+    assert!(clients.is_empty(), "{clients:?}");
+    // Deleting the filesystem releases every key and chunk reference.
+    s.rt.block_on(fs_meta::filesystem::delete(&s.meta, "fs-test")).unwrap();
+    let left = s.rt.block_on(s.meta.range(b"fs/", b"fs0", 10)).unwrap();
+    assert!(left.kvs.is_empty(), "{:?}", left.kvs.first().map(|k| String::from_utf8_lossy(&k.key).into_owned()));
+    let refs = s.rt.block_on(s.meta.range(b"cluster/refs/", b"cluster/refs0", 100_000)).unwrap();
+    assert!(!refs.kvs.iter().any(|kv| String::from_utf8_lossy(&kv.key).contains("/fs:fs-test:")));
+}
+
+/// fsx-style: random writes, truncates, reads and reopen-through-the-other-client checks of one
+/// file against an in-memory model.
+fn fsx(a: &Path, b: &Path, seed: u64, ops: usize) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut model: Vec<u8> = Vec::new();
+    let name = "fsx-file";
+    let mut f = OpenOptions::new().create(true).read(true).write(true).truncate(true).open(a.join(name)).unwrap();
+    const MAX: u64 = 6 << 20;
+    for op in 0..ops {
+        match rng.gen_range(0..10) {
+            0..=4 => {
+                let off = rng.gen_range(0..MAX);
+                let len = rng.gen_range(1..300_000u64).min(MAX - off) as usize;
+                let data: Vec<u8> = (0..len).map(|_| rng.r#gen()).collect();
+                f.write_all_at(&data, off).unwrap();
+                let end = off as usize + len;
+                if model.len() < end {
+                    model.resize(end, 0);
+                }
+                model[off as usize..end].copy_from_slice(&data);
+            }
+            5 => {
+                let len = rng.gen_range(0..MAX) as usize;
+                f.set_len(len as u64).unwrap();
+                model.resize(len, 0);
+            }
+            6..=7 => {
+                if model.is_empty() {
+                    continue;
+                }
+                let off = rng.gen_range(0..model.len());
+                let len = rng.gen_range(1..200_000).min(model.len() - off);
+                let mut buf = vec![0u8; len];
+                f.read_exact_at(&mut buf, off as u64).unwrap();
+                assert!(buf == model[off..off + len], "op {op}: read at {off}+{len} differs from the model");
+            }
+            8 => {
+                // Close and read everything through the other client.
+                drop(f);
+                let got = fs::read(b.join(name)).unwrap();
+                assert_eq!(got.len(), model.len(), "op {op}: size seen by the other client");
+                assert!(got == model, "op {op}: contents seen by the other client differ");
+                f = OpenOptions::new().read(true).write(true).open(a.join(name)).unwrap();
+            }
+            _ => {
+                f.sync_all().unwrap();
+                assert_eq!(fs::metadata(b.join(name)).unwrap().len(), model.len() as u64, "op {op}: size after fsync");
+            }
+        }
+    }
+    drop(f);
+    let mut got = Vec::new();
+    File::open(b.join(name)).unwrap().read_to_end(&mut got).unwrap();
+    assert!(got == model, "final contents differ");
+    let mut f = File::open(a.join(name)).unwrap();
+    f.seek(SeekFrom::Start(0)).unwrap();
+}
