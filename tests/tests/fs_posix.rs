@@ -275,6 +275,40 @@ fn shared_filesystem_posix_and_two_clients() {
     assert!(list_xattr(&b.join("private")).contains(&"user.color".to_string()));
     assert_eq!(errno_of(&get_xattr(&b.join("private"), "user.none").unwrap_err()), libc::ENODATA);
 
+    // Advisory locks hold across clients: flock, and fcntl byte ranges.
+    fs::write(a.join("lockme"), b"x").unwrap();
+    let flock_n = |p: &Path| Command::new("flock").args(["-n", "-x"]).arg(p).arg("true").status().unwrap().success();
+    {
+        let held = File::open(a.join("lockme")).unwrap();
+        // SAFETY: flock on an open descriptor.
+        assert_eq!(unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&held), libc::LOCK_EX) }, 0);
+        assert!(!flock_n(&b.join("lockme")), "an flock held through one client blocks the other");
+        drop(held);
+        assert!(flock_n(&b.join("lockme")), "closing the holder releases it");
+    }
+    {
+        let fa = OpenOptions::new().read(true).write(true).open(a.join("lockme")).unwrap();
+        let fb = OpenOptions::new().read(true).write(true).open(b.join("lockme")).unwrap();
+        let lock = |f: &File, kind: i32, start: i64, len: i64, cmd: i32| {
+            // SAFETY: an all-zero flock struct is valid; fcntl gets a valid descriptor.
+            let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+            fl.l_type = kind as i16;
+            fl.l_whence = libc::SEEK_SET as i16;
+            fl.l_start = start;
+            fl.l_len = len;
+            // SAFETY: valid descriptor and struct.
+            let r = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(f), cmd, &mut fl) };
+            (r, std::io::Error::last_os_error().raw_os_error().unwrap_or(0), fl.l_type as i32)
+        };
+        assert_eq!(lock(&fa, libc::F_WRLCK, 0, 100, libc::F_SETLK).0, 0);
+        let (r, e, _) = lock(&fb, libc::F_WRLCK, 50, 10, libc::F_SETLK);
+        assert!(r == -1 && (e == libc::EAGAIN || e == libc::EACCES), "conflicting range: {r} {e}");
+        assert_eq!(lock(&fb, libc::F_RDLCK, 50, 10, libc::F_GETLK).2, libc::F_WRLCK);
+        assert_eq!(lock(&fb, libc::F_WRLCK, 200, 100, libc::F_SETLK).0, 0, "a disjoint range is free");
+        assert_eq!(lock(&fa, libc::F_UNLCK, 0, 100, libc::F_SETLK).0, 0);
+        assert_eq!(lock(&fb, libc::F_WRLCK, 50, 10, libc::F_SETLK).0, 0, "unlocked by its holder");
+    }
+
     // fsync'd data is in the metadata service and the pool: a third client, mounted after,
     // reads it.
     {

@@ -184,6 +184,38 @@ impl Filesystem for VolumeFile {
         Ok(ReplyStatFs { blocks, bfree: 0, bavail: 0, files: 1, ffree: 0, bsize: 4096, namelen: 255, frsize: 4096 })
     }
 
+    /// The volume file takes no locks (a loop device holds it; nobody else should).
+    #[allow(clippy::too_many_arguments)]
+    async fn getlk(
+        &self,
+        _req: Request,
+        _inode: u64,
+        _fh: u64,
+        _lock_owner: u64,
+        _start: u64,
+        _end: u64,
+        _type: u32,
+        _pid: u32,
+    ) -> FuseResult<ReplyLock> {
+        Err(libc::ENOLCK.into())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn setlk(
+        &self,
+        _req: Request,
+        _inode: u64,
+        _fh: u64,
+        _lock_owner: u64,
+        _start: u64,
+        _end: u64,
+        _type: u32,
+        _pid: u32,
+        _block: bool,
+    ) -> FuseResult<()> {
+        Err(libc::ENOLCK.into())
+    }
+
     async fn access(&self, _req: Request, _inode: u64, _mask: u32) -> FuseResult<()> {
         Ok(())
     }

@@ -48,7 +48,11 @@ pub struct Mounted {
     client: Client,
     meta: MetaClient,
     opts: ClientOptions,
+    heartbeat: tokio::task::JoinHandle<()>,
 }
+
+/// How often a mounted client refreshes its record (its locks live as long as it does).
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Mounts filesystem `opts.fs_id` at `mountpoint` (created if missing) and serves it until
 /// unmounted.
@@ -62,7 +66,7 @@ pub async fn mount(
     tokio::fs::create_dir_all(mountpoint)
         .await
         .map_err(|source| FsClientError::Io { what: format!("create {}", mountpoint.display()), source })?;
-    let client = Client::new(ns, pool, opts.read_only);
+    let client = Client::new(ns, pool, &opts.client_id, opts.read_only);
     let mut mo = MountOptions::default();
     mo.fs_name(format!("cairnfs-{}", opts.fs_id)).allow_other(true).default_permissions(true).read_only(opts.read_only);
     let handle = Session::new(mo)
@@ -70,8 +74,21 @@ pub async fn mount(
         .await
         .map_err(|source| FsClientError::Io { what: format!("FUSE mount at {}", mountpoint.display()), source })?;
     fs_meta::filesystem::register_client(&meta, &opts.fs_id, &opts.client_id, &opts.node, opts.read_only).await?;
+    let heartbeat = {
+        let (meta, o) = (meta.clone(), opts.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(HEARTBEAT).await;
+                if let Err(e) =
+                    fs_meta::filesystem::register_client(&meta, &o.fs_id, &o.client_id, &o.node, o.read_only).await
+                {
+                    tracing::warn!(error = %e, "client heartbeat failed");
+                }
+            }
+        })
+    };
     tracing::info!(fs = %opts.fs_id, client = %opts.client_id, at = %mountpoint.display(), "filesystem mounted");
-    Ok(Mounted { handle, client, meta, opts })
+    Ok(Mounted { handle, client, meta, opts, heartbeat })
 }
 
 impl Mounted {
@@ -83,6 +100,7 @@ impl Mounted {
     /// Resolves when someone else unmounted the mount (the FUSE session ended).
     pub async fn ended(&mut self) -> Result<(), FsClientError> {
         let r = (&mut self.handle).await;
+        self.heartbeat.abort();
         self.client.flush_all().await?;
         let _ = fs_meta::filesystem::unregister_client(&self.meta, &self.opts.fs_id, &self.opts.client_id).await;
         r.map_err(|source| FsClientError::Io { what: "FUSE session".into(), source })
@@ -91,6 +109,7 @@ impl Mounted {
     /// Flushes every open file's data, unmounts, unregisters the client.
     pub async fn unmount(self) -> Result<(), FsClientError> {
         let flushed = self.client.flush_all().await;
+        self.heartbeat.abort();
         self.handle.unmount().await.map_err(|source| FsClientError::Io { what: "unmount".into(), source })?;
         fs_meta::filesystem::unregister_client(&self.meta, &self.opts.fs_id, &self.opts.client_id).await?;
         flushed.map_err(FsClientError::from)

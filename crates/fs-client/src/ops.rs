@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use cluster::ChunkClient;
 use fs_meta::inode::Dentry;
+use fs_meta::locks::{LockKind, LockOwner};
 use fs_meta::namespace::{NewInode, RenameFlags, SetAttrs, Unlinked};
 use fs_meta::{FsError, Inode, Kind, Namespace};
 use fuse3::raw::prelude::*;
@@ -50,6 +51,8 @@ pub struct Client(Arc<Inner>);
 
 pub struct Inner {
     ns: Namespace,
+    /// This mount's id: the holder of its locks.
+    client_id: String,
     pool: ChunkClient,
     read_only: bool,
     files: OpenFiles,
@@ -79,9 +82,10 @@ fn umask_of(pid: u32) -> u32 {
 }
 
 impl Client {
-    pub fn new(ns: Namespace, pool: ChunkClient, read_only: bool) -> Client {
+    pub fn new(ns: Namespace, pool: ChunkClient, client_id: &str, read_only: bool) -> Client {
         Client(Arc::new(Inner {
             ns,
+            client_id: client_id.to_string(),
             pool,
             read_only,
             files: OpenFiles::default(),
@@ -153,6 +157,10 @@ impl Client {
         }
         q.used += grow;
         Ok(())
+    }
+
+    fn owner(&self, lock_owner: u64) -> LockOwner {
+        LockOwner { client: self.client_id.clone(), owner: lock_owner }
     }
 
     fn new_fh(&self) -> u64 {
@@ -415,10 +423,16 @@ impl Filesystem for Client {
         inode: u64,
         fh: u64,
         _flags: u32,
-        _lock_owner: u64,
+        lock_owner: u64,
         _flush: bool,
     ) -> FuseResult<()> {
         self.handles.lock().expect("handles lock").remove(&fh);
+        // flock locks go with the open file (the kernel names their owner here).
+        if lock_owner != 0
+            && let Err(e) = self.ns.release_locks(inode, &self.owner(lock_owner)).await
+        {
+            tracing::warn!(ino = inode, error = %e, "releasing locks at close failed");
+        }
         let flushed = match self.files.get(inode) {
             Some(f) => f.state.lock().await.flush(&self.dp(), inode).await,
             None => Ok(()),
@@ -553,6 +567,53 @@ impl Filesystem for Client {
         Ok(()) // the kernel checks permissions (default_permissions)
     }
 
+    #[allow(clippy::too_many_arguments)]
+    async fn getlk(
+        &self,
+        _req: Request,
+        inode: u64,
+        _fh: u64,
+        lock_owner: u64,
+        start: u64,
+        end: u64,
+        r#type: u32,
+        pid: u32,
+    ) -> FuseResult<ReplyLock> {
+        let kind = if r#type as i32 == libc::F_RDLCK { LockKind::Read } else { LockKind::Write };
+        match self.ns.test_lock(inode, &self.owner(lock_owner), start, end, kind).await.map_err(errno)? {
+            Some(r) => Ok(ReplyLock { start: r.start, end: r.end, r#type: lock_type(r.kind), pid: r.pid }),
+            None => Ok(ReplyLock { start, end, r#type: libc::F_UNLCK as u32, pid }),
+        }
+    }
+
+    /// Takes or releases an fcntl or flock lock; a blocking request polls until the holder
+    /// lets go (100 ms apart; locks of a crashed client expire with its heartbeat).
+    #[allow(clippy::too_many_arguments)]
+    async fn setlk(
+        &self,
+        _req: Request,
+        inode: u64,
+        _fh: u64,
+        lock_owner: u64,
+        start: u64,
+        end: u64,
+        r#type: u32,
+        pid: u32,
+        block: bool,
+    ) -> FuseResult<()> {
+        let mut wait = Duration::from_millis(10);
+        loop {
+            match self.lock_call(inode, lock_owner, start, end, r#type, pid).await? {
+                None => return Ok(()),
+                Some(_) if !block => return Err(libc::EAGAIN.into()),
+                Some(_) => {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+
     async fn interrupt(&self, _req: Request, _unique: u64) -> FuseResult<()> {
         Ok(())
     }
@@ -592,6 +653,33 @@ impl Filesystem for Client {
         }
         Ok(())
     }
+}
+
+impl Client {
+    async fn lock_call(
+        &self,
+        inode: u64,
+        lock_owner: u64,
+        start: u64,
+        end: u64,
+        r#type: u32,
+        pid: u32,
+    ) -> FuseResult<Option<fs_meta::locks::LockRange>> {
+        let kind = match r#type as i32 {
+            libc::F_RDLCK => Some(LockKind::Read),
+            libc::F_WRLCK => Some(LockKind::Write),
+            libc::F_UNLCK => None,
+            _ => return Err(libc::EINVAL.into()),
+        };
+        self.ns.set_lock(inode, &self.owner(lock_owner), start, end, kind, pid).await.map_err(errno)
+    }
+}
+
+fn lock_type(k: LockKind) -> u32 {
+    (match k {
+        LockKind::Read => libc::F_RDLCK,
+        LockKind::Write => libc::F_WRLCK,
+    }) as u32
 }
 
 fn xattr_reply(v: Vec<u8>, size: u32) -> FuseResult<ReplyXAttr> {

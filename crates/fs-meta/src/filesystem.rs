@@ -71,7 +71,7 @@ impl FsRecord {
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
@@ -224,7 +224,8 @@ pub async fn copy(meta: &MetaClient, src: &str, dst: &str, quota_bytes: u64) -> 
     };
     let start = keys::ns(src);
     let end = prefix_end(&start);
-    let skip: Vec<Vec<u8>> = vec![keys::clients(src), keys::orphans(src)];
+    let skip: Vec<Vec<u8>> =
+        ["c/", "o/", "l/", "lv/"].iter().map(|p| [keys::ns(src), p.as_bytes().to_vec()].concat()).collect();
     let blocks_prefix = format!("fs/n/{src}/b/").into_bytes();
     let mut from = start.clone();
     loop {
@@ -300,19 +301,30 @@ pub struct ClientRecord {
     /// The node it runs on.
     pub node: String,
     pub mounted_ms: u64,
+    /// Last sign of life (refreshed while mounted); a client silent for
+    /// [`crate::locks::CLIENT_DEAD_AFTER_MS`] holds no locks.
+    #[serde(default)]
+    pub heartbeat_ms: u64,
     pub read_only: bool,
 }
 
-/// Registers (or refreshes) a mounted client.
+/// Registers (or refreshes: call it every few seconds while mounted) a mounted client.
 pub async fn register_client(meta: &MetaClient, fs: &str, id: &str, node: &str, read_only: bool) -> Result<()> {
+    let key = keys::client(fs, id);
+    let now = now_ms();
+    let mounted_ms = match meta.get(&key).await? {
+        Some(kv) => serde_json::from_slice::<ClientRecord>(&kv.value).map(|r| r.mounted_ms).unwrap_or(now),
+        None => now,
+    };
     let rec = ClientRecord {
         version: RECORD_VERSION,
         id: id.to_string(),
         node: node.to_string(),
-        mounted_ms: now_ms(),
+        mounted_ms,
+        heartbeat_ms: now,
         read_only,
     };
-    meta.put(&keys::client(fs, id), &serde_json::to_vec(&rec).expect("serializes")).await?;
+    meta.put(&key, &serde_json::to_vec(&rec).expect("serializes")).await?;
     Ok(())
 }
 

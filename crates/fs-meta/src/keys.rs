@@ -9,7 +9,9 @@
 //! fs/n/<fs id>/b/<ino:016x>/<idx:016x>    a file block's chunk hash (32 raw bytes)
 //! fs/n/<fs id>/x/<ino:016x>/<name>        an extended attribute's value (raw)
 //! fs/n/<fs id>/o/<ino:016x>               an unlinked inode whose data is still to be freed
-//! fs/n/<fs id>/c/<client id>              a mounted client (JSON)
+//! fs/n/<fs id>/c/<client id>              a mounted client (JSON, with its heartbeat)
+//! fs/n/<fs id>/l/<ino:016x>/<client>/<owner:016x>   an owner's advisory locks (see `locks`)
+//! fs/n/<fs id>/lv/<ino:016x>              an inode's lock version
 //! cluster/refs/<chunk>/fs:<fs id>:<ino>:<idx>   the block's chunk reference
 //! ```
 

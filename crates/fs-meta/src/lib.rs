@@ -8,6 +8,7 @@ pub mod blocks;
 pub mod filesystem;
 pub mod inode;
 pub mod keys;
+pub mod locks;
 pub mod namespace;
 
 pub use filesystem::{FsRecord, Usage};
