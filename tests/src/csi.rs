@@ -74,3 +74,36 @@ pub fn cleanup_mounts_under(dir: &Path) {
         let _ = Command::new("umount").arg("-l").arg(&p).output();
     }
 }
+
+/// SIGKILLs every process (other than this one) with a command-line argument under `dir` — the
+/// per-volume processes a CSI node plugin starts in their own process group (csi-fs's
+/// `fs-mount`, csi-block's `volume-server`), which outlive the plugin by design and so are not
+/// killed with it when a test fails midway.
+pub fn kill_processes_under(dir: &Path) {
+    let prefix = dir.to_string_lossy().as_bytes().to_vec();
+    let me = std::process::id();
+    let Ok(rd) = std::fs::read_dir("/proc") else { return };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        if pid == me {
+            continue;
+        }
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
+        if cmd.split(|b| *b == 0).skip(1).any(|a| a.starts_with(&prefix)) {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+/// The mount points under `dir` (per /proc/self/mountinfo).
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let prefix = dir.to_string_lossy().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| p.starts_with(&prefix))
+        .map(String::from)
+        .collect()
+}

@@ -6,9 +6,11 @@ pub mod endpoint;
 pub mod error;
 pub mod guard;
 pub mod mount;
+pub mod records;
 pub mod server;
 
 pub use endpoint::socket_path;
 pub use error::{CsiError, Result};
 pub use guard::{InFlight, InFlightGuard};
+pub use records::{Created, RecordStore, Versioned};
 pub use server::{connect_unix, rpc};

@@ -1,6 +1,7 @@
-//! Mount helpers for the node services: is a path a mount point, mount, bind-mount, remount
-//! read-only, unmount, what file system a device holds, make one — each through the system
-//! tools (`mount`, `umount`, `blkid`, `mkfs.*`), each failure one line naming the tool.
+//! Mount helpers for the node services: is a path a mount point (and with which options), mount,
+//! bind-mount, remount read-only, unmount (lazily too), statvfs, what file system a device
+//! holds, make one — each through the system tools (`mount`, `umount`, `blkid`, `mkfs.*`), each
+//! failure one line naming the tool.
 
 use std::path::Path;
 
@@ -94,6 +95,57 @@ pub async fn grow_fs(device: &Path, path: &Path, fstype: &str) -> Result<(), Csi
     }
 }
 
+/// Unmounts `target` lazily (`umount -l`) if it is mounted: for a mount whose FUSE server died
+/// (it answers ENOTCONN) or that is still busy; it goes once nothing uses it.
+pub async fn unmount_lazy(target: &Path) -> Result<(), CsiError> {
+    if is_mountpoint(target) {
+        run("umount", &["-l", &target.to_string_lossy()]).await?;
+    }
+    Ok(())
+}
+
+/// The mount options of the mount at `path` (per /proc/self/mountinfo; None: not a mount point).
+pub fn mount_options(path: &Path) -> Option<Vec<String>> {
+    let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let want = real.to_string_lossy().replace(' ', "\\040");
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    // The last mount at a path is the one seen there.
+    let line = info.lines().rev().find(|l| l.split(' ').nth(4) == Some(want.as_str()))?;
+    Some(line.split(' ').nth(5)?.split(',').map(String::from).collect())
+}
+
+/// What statvfs reports about a mounted file system, in bytes and inodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FsStats {
+    pub total_bytes: u64,
+    pub free_bytes: u64,
+    pub available_bytes: u64,
+    pub total_inodes: u64,
+    pub free_inodes: u64,
+    pub available_inodes: u64,
+}
+
+/// statvfs of `path`; the error is the OS error (ENOTCONN: a FUSE mount whose server is gone).
+pub fn statvfs(path: &Path) -> std::io::Result<FsStats> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: `c` is a valid C string; `out` is written by statvfs before it is read.
+    let mut out: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut out) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let f = out.f_frsize;
+    Ok(FsStats {
+        total_bytes: out.f_blocks * f,
+        free_bytes: out.f_bfree * f,
+        available_bytes: out.f_bavail * f,
+        total_inodes: out.f_files,
+        free_inodes: out.f_ffree,
+        available_inodes: out.f_favail,
+    })
+}
+
 /// Refuses paths a CSI request must not carry: relative, or with a `..` segment.
 pub fn check_path(field: &str, path: &str) -> Result<(), CsiError> {
     if path.is_empty() {
@@ -118,5 +170,9 @@ mod tests {
         assert!(check_path("target_path", "").is_err());
         assert!(is_mountpoint(Path::new("/proc")));
         assert!(!is_mountpoint(Path::new("/proc/self")));
+        assert!(mount_options(Path::new("/proc")).is_some_and(|o| !o.is_empty()));
+        assert!(mount_options(Path::new("/proc/self")).is_none());
+        assert!(statvfs(Path::new("/")).is_ok_and(|s| s.total_bytes > 0));
+        assert!(statvfs(Path::new("/no/such/path")).is_err());
     }
 }
