@@ -284,7 +284,12 @@ fn shared_filesystem_posix_and_two_clients() {
         assert_eq!(unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&held), libc::LOCK_EX) }, 0);
         assert!(!flock_n(&b.join("lockme")), "an flock held through one client blocks the other");
         drop(held);
-        assert!(flock_n(&b.join("lockme")), "closing the holder releases it");
+        // Closing the holder releases it (through the kernel's asynchronous RELEASE).
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !flock_n(&b.join("lockme")) {
+            assert!(std::time::Instant::now() < deadline, "closing the holder never released the flock");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
     {
         let fa = OpenOptions::new().read(true).write(true).open(a.join("lockme")).unwrap();
@@ -300,7 +305,13 @@ fn shared_filesystem_posix_and_two_clients() {
             let r = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(f), cmd, &mut fl) };
             (r, std::io::Error::last_os_error().raw_os_error().unwrap_or(0), fl.l_type as i32)
         };
-        assert_eq!(lock(&fa, libc::F_WRLCK, 0, 100, libc::F_SETLK).0, 0);
+        // The `flock` command's lock is released by the kernel's asynchronous RELEASE after the
+        // command exits (and flock and fcntl locks share one table here): wait for it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while lock(&fa, libc::F_WRLCK, 0, 100, libc::F_SETLK).0 != 0 {
+            assert!(std::time::Instant::now() < deadline, "the released flock never went away");
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let (r, e, _) = lock(&fb, libc::F_WRLCK, 50, 10, libc::F_SETLK);
         assert!(r == -1 && (e == libc::EAGAIN || e == libc::EACCES), "conflicting range: {r} {e}");
         assert_eq!(lock(&fb, libc::F_RDLCK, 50, 10, libc::F_GETLK).2, libc::F_WRLCK);
@@ -326,6 +337,8 @@ fn shared_filesystem_posix_and_two_clients() {
     // SAFETY: valid path and struct.
     assert_eq!(unsafe { libc::statvfs(cpath(&a).as_ptr(), &mut sv) }, 0);
     assert_eq!(sv.f_blocks * sv.f_frsize, 64 << 20);
+    // Clients add their inode counts to the usage record every second.
+    std::thread::sleep(Duration::from_millis(1500));
     let used = s.rt.block_on(fs_meta::filesystem::usage(&s.meta, "fs-test")).unwrap();
     assert!(used.bytes > 3 << 20 && used.inodes > 10, "{used:?}");
     let big = vec![1u8; 1 << 20];

@@ -74,17 +74,22 @@ pub async fn mount(
         .await
         .map_err(|source| FsClientError::Io { what: format!("FUSE mount at {}", mountpoint.display()), source })?;
     fs_meta::filesystem::register_client(&meta, &opts.fs_id, &opts.client_id, &opts.node, opts.read_only).await?;
+    // One task for everything beside the FUSE session (aborted at unmount): the heartbeat of
+    // the client record, the metadata watch, the inode count.
     let heartbeat = {
-        let (meta, o) = (meta.clone(), opts.clone());
+        let (meta, o, c) = (meta.clone(), opts.clone(), client.clone());
         tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(HEARTBEAT).await;
-                if let Err(e) =
-                    fs_meta::filesystem::register_client(&meta, &o.fs_id, &o.client_id, &o.node, o.read_only).await
-                {
-                    tracing::warn!(error = %e, "client heartbeat failed");
+            let beat = async {
+                loop {
+                    tokio::time::sleep(HEARTBEAT).await;
+                    if let Err(e) =
+                        fs_meta::filesystem::register_client(&meta, &o.fs_id, &o.client_id, &o.node, o.read_only).await
+                    {
+                        tracing::warn!(error = %e, "client heartbeat failed");
+                    }
                 }
-            }
+            };
+            tokio::join!(beat, c.background());
         })
     };
     tracing::info!(fs = %opts.fs_id, client = %opts.client_id, at = %mountpoint.display(), "filesystem mounted");

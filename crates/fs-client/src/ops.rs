@@ -104,7 +104,21 @@ impl Client {
         if self.read_only { Err(libc::EROFS.into()) } else { Ok(()) }
     }
 
-    /// Commits every open file's writes (unmount, shutdown).
+    /// What runs beside the mount: the watch that keeps the metadata cache true, and the
+    /// usage record's inode count brought up to date every second.
+    pub async fn background(&self) {
+        let usage = async {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if let Err(e) = self.ns.flush_usage().await {
+                    tracing::warn!(error = %e, "updating the inode count failed; retried");
+                }
+            }
+        };
+        tokio::join!(self.ns.follow(), usage);
+    }
+
+    /// Commits every open file's writes and the inode count (unmount, shutdown).
     pub async fn flush_all(&self) -> Result<(), FsError> {
         let mut first_err = None;
         for f in self.files.all() {
@@ -112,6 +126,9 @@ impl Client {
                 tracing::warn!(ino = f.ino, error = %e, "flush at unmount failed");
                 first_err.get_or_insert(e);
             }
+        }
+        if let Err(e) = self.ns.flush_usage().await {
+            first_err.get_or_insert(e);
         }
         first_err.map_or(Ok(()), Err)
     }
@@ -338,7 +355,8 @@ impl Filesystem for Client {
     }
 
     async fn open(&self, _req: Request, inode: u64, flags: u32) -> FuseResult<ReplyOpen> {
-        let (_, i) = self.ns.inode(inode).await.map_err(errno)?;
+        // Close-to-open: what other clients committed before this open is seen.
+        let (_, i) = self.ns.inode_fresh(inode).await.map_err(errno)?;
         if i.kind == Kind::Dir {
             return Err(libc::EISDIR.into());
         }

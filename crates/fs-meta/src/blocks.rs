@@ -118,7 +118,7 @@ impl Namespace {
             let size = inode.size;
             let mut changes = Changes::default();
             changes.inodes.insert(ino, (irev, inode));
-            if self.meta.txn(self.finish(txn, &changes, usage)).await?.succeeded {
+            if self.commit(self.finish(txn, &changes, usage)).await?.succeeded {
                 return Ok(size);
             }
         }
@@ -178,7 +178,7 @@ impl Namespace {
             inode.ctime = now;
             let mut changes = Changes::default();
             changes.inodes.insert(ino, (irev, inode));
-            if self.meta.txn(self.finish(txn, &changes, Some((urev, u)))).await?.succeeded {
+            if self.commit(self.finish(txn, &changes, Some((urev, u)))).await?.succeeded {
                 return Ok(size);
             }
         }
@@ -202,6 +202,6 @@ pub(crate) async fn drop_blocks_from(ns: &Namespace, ino: u64, from: u64) -> Res
                 txn = txn.delete(&ref_key(&h, &keys::ref_owner(&ns.fs, ino, idx)));
             }
         }
-        ns.meta.txn(txn).await?;
+        ns.commit(txn).await?;
     }
 }

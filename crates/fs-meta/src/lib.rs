@@ -5,6 +5,7 @@
 //! one consistent namespace; a lost race is re-read and retried.
 
 pub mod blocks;
+pub mod cache;
 pub mod filesystem;
 pub mod inode;
 pub mod keys;

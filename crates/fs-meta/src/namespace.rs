@@ -7,8 +7,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
 
-use metadata_client::{MetaClient, Txn, prefix_end};
+use futures::StreamExt;
+use metadata_client::{MetaClient, Txn, TxnOutcome, prefix_end};
+
+use crate::cache::MetaCache;
 
 use crate::filesystem::{FsRecord, RECORD_VERSION, Usage};
 use crate::inode::{Dentry, Inode, Kind, Timestamp, corrupt};
@@ -68,6 +73,10 @@ pub struct Namespace {
     pub(crate) fs: String,
     pub(crate) block_size: u64,
     inos: Mutex<(u64, u64)>,
+    cache: MetaCache,
+    /// Inodes made minus inodes freed by this client, not yet added to the usage record
+    /// (inodes are counted, not limited: [`Self::flush_usage`] adds them every second).
+    pending_inodes: AtomicI64,
 }
 
 pub(crate) fn check_name(name: &[u8]) -> Result<()> {
@@ -89,7 +98,14 @@ impl Namespace {
         if rec.deleting {
             return Err(FsError::NoFilesystem(fs.to_string()));
         }
-        Ok(Namespace { meta, fs: fs.to_string(), block_size: u64::from(rec.block_size), inos: Mutex::new((0, 0)) })
+        Ok(Namespace {
+            meta,
+            fs: fs.to_string(),
+            block_size: u64::from(rec.block_size),
+            inos: Mutex::new((0, 0)),
+            cache: MetaCache::default(),
+            pending_inodes: AtomicI64::new(0),
+        })
     }
 
     pub fn id(&self) -> &str {
@@ -110,22 +126,95 @@ impl Namespace {
         let Some((_, rec)) = crate::filesystem::get(&self.meta, &self.fs).await? else {
             return Err(FsError::NoFilesystem(self.fs.clone()));
         };
-        Ok((rec, crate::filesystem::usage(&self.meta, &self.fs).await?))
+        let mut usage = crate::filesystem::usage(&self.meta, &self.fs).await?;
+        usage.inodes = usage.inodes.saturating_add_signed(self.pending_inodes.load(Ordering::Relaxed));
+        Ok((rec, usage))
+    }
+
+    /// Runs a transaction; the keys it names leave this client's cache (changed, or found
+    /// changed by someone else).
+    pub(crate) async fn commit(&self, txn: Txn) -> Result<TxnOutcome> {
+        let keys: Vec<Vec<u8>> = txn.keys().map(<[u8]>::to_vec).collect();
+        let out = self.meta.txn(txn).await;
+        self.cache.forget(keys.iter().map(Vec::as_slice));
+        Ok(out?)
+    }
+
+    /// A key's value and mod revision, from the cache when the watch vouches for it.
+    async fn cached_get(&self, key: &[u8]) -> Result<Option<(u64, Vec<u8>)>> {
+        if let Some(hit) = self.cache.get(key) {
+            return Ok(Some(hit));
+        }
+        let ticket = self.cache.ticket();
+        match self.meta.get(key).await? {
+            Some(kv) => {
+                self.cache.insert(ticket, key, kv.mod_revision, &kv.value);
+                Ok(Some((kv.mod_revision, kv.value)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Keeps the cache true by following the filesystem's changes; runs until dropped. While
+    /// the watch is down nothing is cached.
+    pub async fn follow(&self) {
+        loop {
+            if let Ok(mut events) = self.meta.watch(&keys::ns(&self.fs)).await {
+                self.cache.set_watching(true);
+                while let Some(Ok(ev)) = events.next().await {
+                    if let Some(kv) = ev.kv {
+                        self.cache.changed(&kv.key, ev.revision);
+                    }
+                }
+                self.cache.set_watching(false);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Adds this client's inode count changes to the usage record.
+    pub async fn flush_usage(&self) -> Result<()> {
+        let delta = self.pending_inodes.swap(0, Ordering::Relaxed);
+        if delta == 0 {
+            return Ok(());
+        }
+        for _ in 0..RETRIES {
+            let (rev, mut u) = self.usage_rev().await?;
+            u.inodes = u.inodes.saturating_add_signed(delta);
+            let key = keys::usage(&self.fs);
+            match self.commit(Txn::new().mod_revision_equals(&key, rev).put(&key, &u.encode())).await {
+                Ok(o) if o.succeeded => return Ok(()),
+                Ok(_) => continue,
+                Err(e) => {
+                    self.pending_inodes.fetch_add(delta, Ordering::Relaxed);
+                    return Err(e.into());
+                }
+            }
+        }
+        self.pending_inodes.fetch_add(delta, Ordering::Relaxed);
+        Err(FsError::Contended("usage".into()))
     }
 
     /// Inode `ino` with its revision.
     pub async fn inode(&self, ino: u64) -> Result<(u64, Inode)> {
         let key = keys::inode(&self.fs, ino);
-        match self.meta.get(&key).await? {
-            Some(kv) => Ok((kv.mod_revision, Inode::decode(&key, &kv.value)?)),
+        match self.cached_get(&key).await? {
+            Some((rev, v)) => Ok((rev, Inode::decode(&key, &v)?)),
             None => Err(FsError::NotFound),
         }
     }
 
+    /// Inode `ino` as the metadata service has it now (open: close-to-open consistency).
+    pub async fn inode_fresh(&self, ino: u64) -> Result<(u64, Inode)> {
+        let key = keys::inode(&self.fs, ino);
+        self.cache.forget(std::iter::once(key.as_slice()));
+        self.inode(ino).await
+    }
+
     async fn dentry(&self, parent: u64, name: &[u8]) -> Result<Option<(Vec<u8>, Dentry)>> {
         let key = keys::dentry(&self.fs, parent, name);
-        match self.meta.get(&key).await? {
-            Some(kv) => Ok(Some((kv.value.clone(), Dentry::decode(&key, &kv.value)?))),
+        match self.cached_get(&key).await? {
+            Some((_, v)) => Ok(Some((v.clone(), Dentry::decode(&key, &v)?))),
             None => Ok(None),
         }
     }
@@ -188,7 +277,7 @@ impl Namespace {
                 .ok_or_else(|| corrupt(&key, "not a number".into()))?;
             let end = next + INO_BATCH;
             let txn = Txn::new().mod_revision_equals(&key, kv.mod_revision).put(&key, end.to_string().as_bytes());
-            if self.meta.txn(txn).await?.succeeded {
+            if self.commit(txn).await?.succeeded {
                 let mut r = self.inos.lock().expect("ino lock");
                 *r = (next + 1, end);
                 return Ok(next);
@@ -223,10 +312,6 @@ impl Namespace {
         let ino = self.alloc_ino().await?;
         for _ in 0..RETRIES {
             let (prev, mut p) = self.dir_inode(parent).await?;
-            if self.dentry(parent, name).await?.is_some() {
-                return Err(FsError::Exists);
-            }
-            let (urev, mut usage) = self.usage_rev().await?;
             let mut inode = Inode::new(new.kind, new.perm, new.uid, new.gid);
             inode.rdev = new.rdev;
             if let Some(t) = &new.target {
@@ -250,18 +335,23 @@ impl Namespace {
             p.entries += 1;
             p.mtime = inode.ctime;
             p.ctime = inode.ctime;
-            usage.inodes += 1;
             let dkey = keys::dentry(&self.fs, parent, name);
             let mut changes = Changes::default();
             changes.inodes.insert(parent, (prev, p));
             let ikey = keys::inode(&self.fs, ino);
+            // The entry's absence is the first condition: failing it means the name is taken.
             let txn = Txn::new()
                 .absent(&dkey)
                 .absent(&ikey)
                 .put(&dkey, &Dentry { ino, kind: new.kind }.encode())
                 .put(&ikey, &inode.encode());
-            if self.meta.txn(self.finish(txn, &changes, Some((urev, usage)))).await?.succeeded {
+            let out = self.commit(self.finish(txn, &changes, None)).await?;
+            if out.succeeded {
+                self.pending_inodes.fetch_add(1, Ordering::Relaxed);
                 return Ok((ino, inode));
+            }
+            if out.failed_condition == Some(0) {
+                return Err(FsError::Exists);
             }
         }
         Err(FsError::Contended(format!("create in directory {parent}")))
@@ -296,7 +386,7 @@ impl Namespace {
             changes.inodes.insert(ino, (irev, i.clone()));
             changes.inodes.insert(parent, (prev, p));
             let txn = Txn::new().absent(&dkey).put(&dkey, &Dentry { ino, kind: i.kind }.encode());
-            if self.meta.txn(self.finish(txn, &changes, None)).await?.succeeded {
+            if self.commit(self.finish(txn, &changes, None)).await?.succeeded {
                 return Ok(i);
             }
         }
@@ -331,7 +421,7 @@ impl Namespace {
             let mut changes = Changes::default();
             changes.inodes.insert(d.ino, (irev, i));
             changes.inodes.insert(parent, (prev, p));
-            if self.meta.txn(self.finish(txn, &changes, None)).await?.succeeded {
+            if self.commit(self.finish(txn, &changes, None)).await?.succeeded {
                 return Ok(gone.then_some(Unlinked { ino: d.ino }));
             }
         }
@@ -358,8 +448,6 @@ impl Namespace {
             if i.entries > 0 {
                 return Err(FsError::NotEmpty);
             }
-            let (urev, mut usage) = self.usage_rev().await?;
-            usage.inodes = usage.inodes.saturating_sub(1);
             let now = Timestamp::now();
             p.entries = p.entries.saturating_sub(1);
             p.nlink = p.nlink.saturating_sub(1);
@@ -371,7 +459,8 @@ impl Namespace {
                 Txn::new().value_equals(&dkey, &dval).mod_revision_equals(&ikey, irev).delete(&dkey).delete(&ikey);
             let mut changes = Changes::default();
             changes.inodes.insert(parent, (prev, p));
-            if self.meta.txn(self.finish(txn, &changes, Some((urev, usage)))).await?.succeeded {
+            if self.commit(self.finish(txn, &changes, None)).await?.succeeded {
+                self.pending_inodes.fetch_sub(1, Ordering::Relaxed);
                 self.delete_xattrs(d.ino).await?;
                 return Ok(());
             }
@@ -443,7 +532,7 @@ impl Namespace {
             let mut txn = Txn::new().value_equals(&skey, &sval);
             let (srev, mut si) = self.inode(s.ino).await?;
             si.ctime = now;
-            let mut usage = None;
+            let mut dropped_dir = false;
             let mut orphaned = None;
             match &target {
                 None => {
@@ -491,9 +580,7 @@ impl Namespace {
                         }
                         // The replaced directory goes; the moved one takes its place.
                         txn = txn.mod_revision_equals(&tkey_i, trev).delete(&tkey_i);
-                        let (urev, mut u) = self.usage_rev().await?;
-                        u.inodes = u.inodes.saturating_sub(1);
-                        usage = Some((urev, u));
+                        dropped_dir = true;
                         if from_parent != to_parent {
                             changes.inodes.get_mut(&from_parent).expect("read").1.nlink -= 1;
                             si.parent = to_parent;
@@ -517,7 +604,10 @@ impl Namespace {
                 i.mtime = now;
                 i.ctime = now;
             }
-            if self.meta.txn(self.finish(txn, &changes, usage)).await?.succeeded {
+            if self.commit(self.finish(txn, &changes, None)).await?.succeeded {
+                if dropped_dir {
+                    self.pending_inodes.fetch_sub(1, Ordering::Relaxed);
+                }
                 if let Some((_, t)) = &target
                     && t.kind == Kind::Dir
                     && !flags.exchange
@@ -557,7 +647,7 @@ impl Namespace {
             i.ctime = Timestamp::now();
             let mut changes = Changes::default();
             changes.inodes.insert(ino, (rev, i.clone()));
-            if self.meta.txn(self.finish(Txn::new(), &changes, None)).await?.succeeded {
+            if self.commit(self.finish(Txn::new(), &changes, None)).await?.succeeded {
                 return Ok(i);
             }
         }
@@ -595,7 +685,7 @@ impl Namespace {
         i.ctime = Timestamp::now();
         let ikey = keys::inode(&self.fs, ino);
         txn = txn.mod_revision_equals(&ikey, rev).put(&key, value).put(&ikey, &i.encode());
-        let out = self.meta.txn(txn).await?;
+        let out = self.commit(txn).await?;
         if out.succeeded {
             return Ok(());
         }
@@ -617,7 +707,7 @@ impl Namespace {
     /// Removes an extended attribute.
     pub async fn removexattr(&self, ino: u64, name: &[u8]) -> Result<()> {
         let key = keys::xattr(&self.fs, ino, name);
-        if self.meta.txn(Txn::new().exists(&key).delete(&key)).await?.succeeded {
+        if self.commit(Txn::new().exists(&key).delete(&key)).await?.succeeded {
             Ok(())
         } else {
             self.inode(ino).await?;
@@ -637,7 +727,7 @@ impl Namespace {
             for kv in &page.kvs {
                 txn = txn.delete(&kv.key);
             }
-            self.meta.txn(txn).await?;
+            self.commit(txn).await?;
         }
     }
 
@@ -661,11 +751,11 @@ impl Namespace {
                 Err(e) => return Err(e),
             };
             let (urev, mut u) = self.usage_rev().await?;
-            u.inodes = u.inodes.saturating_sub(1);
             u.bytes = u.bytes.saturating_sub(if i.kind == Kind::File { i.size } else { 0 });
             let ikey = keys::inode(&self.fs, ino);
             let txn = Txn::new().mod_revision_equals(&ikey, irev).delete(&ikey).delete(&okey);
-            if self.meta.txn(self.finish(txn, &Changes::default(), Some((urev, u)))).await?.succeeded {
+            if self.commit(self.finish(txn, &Changes::default(), Some((urev, u)))).await?.succeeded {
+                self.pending_inodes.fetch_sub(1, Ordering::Relaxed);
                 return Ok(());
             }
         }

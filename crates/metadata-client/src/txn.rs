@@ -59,6 +59,11 @@ impl Txn {
         self
     }
 
+    /// Every key the transaction names, in its conditions and its operations.
+    pub fn keys(&self) -> impl Iterator<Item = &[u8]> {
+        self.conditions.iter().map(|c| c.key.as_slice()).chain(self.ops.iter().map(|o| o.key.as_slice()))
+    }
+
     pub(crate) fn into_request(self) -> pb::TxnRequest {
         pb::TxnRequest { conditions: self.conditions, ops: self.ops }
     }

@@ -1,0 +1,128 @@
+//! A client's cache of inodes and directory entries, kept true by the metadata service's watch
+//! on the filesystem's keys: an event for a key drops it, and a read is cached only when no
+//! event newer than the value it read has been seen for that key. While the watch is down
+//! nothing is cached (and everything cached is dropped), so a client never serves an entry
+//! another client changed longer ago than the watch's delivery delay.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// Entries kept before the cache starts over.
+const MAX_ENTRIES: usize = 200_000;
+
+#[derive(Default)]
+struct Maps {
+    /// key → (mod revision, value)
+    entries: HashMap<Vec<u8>, (u64, Vec<u8>)>,
+    /// key → revision of the newest event seen for it
+    events: HashMap<Vec<u8>, u64>,
+}
+
+/// See the module documentation.
+#[derive(Default)]
+pub struct MetaCache {
+    maps: Mutex<Maps>,
+    watching: AtomicBool,
+    /// Bumped whenever the watch comes up or goes down: a read begun under another generation
+    /// may have missed a change, so it is not cached.
+    generation: AtomicU64,
+}
+
+impl MetaCache {
+    pub fn get(&self, key: &[u8]) -> Option<(u64, Vec<u8>)> {
+        self.maps.lock().expect("cache lock").entries.get(key).cloned()
+    }
+
+    /// Taken before a read whose result may be cached: `None` while the watch is down.
+    pub fn ticket(&self) -> Option<u64> {
+        let g = self.generation.load(Ordering::Acquire);
+        self.watching.load(Ordering::Acquire).then_some(g)
+    }
+
+    /// Caches a value read at `mod_revision` (the read began with `ticket`), unless a newer
+    /// change was announced or the watch went down or up meanwhile.
+    pub fn insert(&self, ticket: Option<u64>, key: &[u8], mod_revision: u64, value: &[u8]) {
+        let mut m = self.maps.lock().expect("cache lock");
+        if ticket.is_none() || ticket != self.ticket() {
+            return;
+        }
+        if m.events.get(key).is_some_and(|rev| *rev > mod_revision) {
+            return;
+        }
+        if m.entries.len() >= MAX_ENTRIES {
+            m.entries.clear();
+        }
+        m.entries.insert(key.to_vec(), (mod_revision, value.to_vec()));
+    }
+
+    /// Drops keys this client just changed (or failed to change: its view was stale).
+    pub fn forget<'a>(&self, keys: impl Iterator<Item = &'a [u8]>) {
+        let mut m = self.maps.lock().expect("cache lock");
+        for k in keys {
+            m.entries.remove(k);
+        }
+    }
+
+    /// A change of `key` at `revision`, from the watch.
+    pub fn changed(&self, key: &[u8], revision: u64) {
+        let mut m = self.maps.lock().expect("cache lock");
+        m.entries.remove(key);
+        if m.events.len() >= MAX_ENTRIES {
+            // Forgetting event revisions is safe only if nothing read before them stays cached.
+            m.events.clear();
+            m.entries.clear();
+        }
+        let e = m.events.entry(key.to_vec()).or_insert(0);
+        *e = (*e).max(revision);
+    }
+
+    /// The watch is up (from now on reads may be cached) or down (nothing is cached).
+    pub fn set_watching(&self, on: bool) {
+        let mut m = self.maps.lock().expect("cache lock");
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.watching.store(on, Ordering::Release);
+        m.entries.clear();
+        m.events.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nothing_is_cached_without_the_watch() {
+        let c = MetaCache::default();
+        c.insert(c.ticket(), b"k", 5, b"v");
+        assert!(c.get(b"k").is_none());
+        let before = c.ticket();
+        c.set_watching(true);
+        c.insert(before, b"k", 5, b"v");
+        assert!(c.get(b"k").is_none(), "a read begun before the watch came up may have missed a change");
+        c.insert(c.ticket(), b"k", 5, b"v");
+        assert_eq!(c.get(b"k"), Some((5, b"v".to_vec())));
+        let t = c.ticket();
+        c.set_watching(false);
+        assert!(c.get(b"k").is_none());
+        c.set_watching(true);
+        c.insert(t, b"k", 5, b"v");
+        assert!(c.get(b"k").is_none(), "the watch went down during the read");
+    }
+
+    #[test]
+    fn a_value_older_than_an_announced_change_is_not_cached() {
+        let c = MetaCache::default();
+        c.set_watching(true);
+        c.changed(b"k", 9);
+        c.insert(c.ticket(), b"k", 7, b"old");
+        assert!(c.get(b"k").is_none(), "a read that raced with a newer change must not stick");
+        c.insert(c.ticket(), b"k", 9, b"new");
+        assert_eq!(c.get(b"k").unwrap().1, b"new");
+        c.changed(b"k", 10);
+        assert!(c.get(b"k").is_none());
+        c.insert(c.ticket(), b"x", 1, b"v");
+        c.forget([&b"x"[..]].into_iter());
+        assert!(c.get(b"x").is_none());
+    }
+}
