@@ -187,7 +187,7 @@ impl Namespace {
                 Ok(_) => continue,
                 Err(e) => {
                     self.pending_inodes.fetch_add(delta, Ordering::Relaxed);
-                    return Err(e.into());
+                    return Err(e);
                 }
             }
         }
