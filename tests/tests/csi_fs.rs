@@ -3,7 +3,8 @@
 //! expansion (controller only); then, as root, one volume staged and published on two nodes at
 //! once — a file written through one node read through the other, renames, deletes and appends
 //! seen across — snapshot and clone contents, read-only publication, a mount process SIGKILLed
-//! and recovered, and teardown leaving no mount behind. Each failure carries the gRPC code the
+//! under a writer fsyncing file after file and recovered (every acknowledged file reads back
+//! through both nodes), and teardown leaving no mount behind. Each failure carries the gRPC code the
 //! CSI spec names.
 
 use std::io::Write;
@@ -475,6 +476,78 @@ fn mount_pid(state: &Path, vol: &str) -> u32 {
     v["pid"].as_u64().unwrap() as u32
 }
 
+/// A file the writer fsynced: its name and contents.
+type Acked = (String, Vec<u8>);
+
+/// A thread writing files through a mount in a loop: each written, fsynced (`sync_all`), then
+/// recorded as acknowledged with its contents. It stops at the first error — that file not
+/// recorded — which must come after `killed` is set (the mount process SIGKILLed under it).
+struct Writer {
+    acked: std::sync::Arc<std::sync::Mutex<Vec<Acked>>>,
+    killed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<std::io::Error>,
+}
+
+impl Writer {
+    /// Files written at most (a kill that never stops the writer fails the test, not the disk).
+    const MAX_FILES: usize = 5000;
+
+    fn start(dir: PathBuf) -> Writer {
+        let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let killed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (list, stop) = (acked.clone(), killed.clone());
+        let handle = std::thread::spawn(move || {
+            for i in 0..Self::MAX_FILES {
+                let name = format!("f-{i:05}.bin");
+                // 64 KiB to 256 KiB and a few odd bytes: whole blocks, partial blocks.
+                let bytes = integration_tests::random_bytes((64 << 10) * (1 + i % 4) + i % 7);
+                let write = || -> std::io::Result<()> {
+                    let mut f = std::fs::File::create(dir.join(&name))?;
+                    f.write_all(&bytes)?;
+                    f.sync_all()
+                };
+                if let Err(e) = write() {
+                    assert!(
+                        stop.load(std::sync::atomic::Ordering::SeqCst),
+                        "writing {name} failed before the mount process was killed: {e}"
+                    );
+                    return e;
+                }
+                list.lock().unwrap().push((name, bytes));
+            }
+            panic!("the writer wrote {} files and never saw the mount die", Self::MAX_FILES);
+        });
+        Writer { acked, killed, handle }
+    }
+
+    fn acknowledged(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// Waits for the writer to stop at its first error (the dead mount's ENOTCONN, or
+    /// ECONNABORTED for a call in flight when the connection was torn down); the files it
+    /// acknowledged.
+    async fn join(self) -> Vec<Acked> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.handle.is_finished() {
+            assert!(Instant::now() < deadline, "the writer is still running 30 s after the kill");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let err = match self.handle.join() {
+            Ok(e) => e,
+            Err(p) => std::panic::resume_unwind(p),
+        };
+        assert!(
+            matches!(err.raw_os_error(), Some(libc::ENOTCONN) | Some(libc::ECONNABORTED)),
+            "the writer's first error is not the dead mount's: {err:?}"
+        );
+        let acked = std::mem::take(&mut *self.acked.lock().unwrap());
+        assert!(acked.len() >= 20, "{} files acknowledged", acked.len());
+        eprintln!("writer: {} files acknowledged before the kill, then {err}", acked.len());
+        acked
+    }
+}
+
 /// Whether process `pid` exists and is not a zombie.
 fn running(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -687,9 +760,23 @@ async fn csi_fs_two_nodes_share_one_filesystem() {
     unpublish_and_unstage(&mut nb, &restored, &pr).await;
     unpublish_and_unstage(&mut na, &cloned, &pc).await;
 
-    // The mount process on node-a dies: the volume reports abnormal; NodeStage starts a new one
-    // and NodePublish replaces the pod's stale bind mount. Node-b never noticed.
+    // The mount process on node-a dies under load: a writer fsyncs file after file through
+    // node-a; SIGKILL lands while it runs, and its next call fails (the mount is dead). The
+    // volume reports abnormal; NodeStage starts a new mount process and NodePublish replaces the
+    // pod's stale bind mount. Node-b never noticed. Every file whose fsync returned is there.
     let first = mount_pid(&state_a, &vol);
+    std::fs::create_dir(ta.join("load")).unwrap();
+    let writer = Writer::start(ta.join("load"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while writer.acknowledged() < 20 {
+        if writer.handle.is_finished() {
+            writer.join().await;
+            panic!("the writer stopped before the kill");
+        }
+        assert!(Instant::now() < deadline, "the writer acknowledged {} files in 60 s", writer.acknowledged());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    writer.killed.store(true, std::sync::atomic::Ordering::SeqCst);
     // SAFETY: kill has no memory-safety preconditions; the pid is the plugin's child.
     unsafe { libc::kill(first as i32, libc::SIGKILL) };
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -697,6 +784,7 @@ async fn csi_fs_two_nodes_share_one_filesystem() {
         assert!(Instant::now() < deadline, "mount process {first} survived SIGKILL");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let acked = writer.join().await;
     let (_, st) = stats(&mut na, &vol, ta).await;
     assert!(st.volume_condition.as_ref().unwrap().abnormal, "a dead mount not reported: {st:?}");
     na.node_stage_volume(stage_req(&vol, &pa.staging, rwx())).await.unwrap();
@@ -707,6 +795,13 @@ async fn csi_fs_two_nodes_share_one_filesystem() {
     assert_eq!(std::fs::read(tb.join("recovered.txt")).unwrap(), b"yes");
     let (_, st) = stats(&mut na, &vol, ta).await;
     assert!(!st.volume_condition.as_ref().unwrap().abnormal, "{st:?}");
+    for (name, bytes) in &acked {
+        for (node, t) in [("node-a (recovered)", ta), ("node-b", tb)] {
+            let back = std::fs::read(t.join("load").join(name))
+                .unwrap_or_else(|e| panic!("{name}, fsynced before the kill, is unreadable through {node}: {e}"));
+            assert!(back == *bytes, "{name}, fsynced before the kill, reads back other bytes through {node}");
+        }
+    }
 
     // Node-b's plugin is SIGKILLed and restarted: its mount process keeps serving, and the new
     // plugin knows the volume is staged (stage and publish again are no-ops).

@@ -2,6 +2,7 @@
 
 mod chunks;
 mod cluster;
+mod fs;
 mod manifest;
 mod meta;
 mod node;
@@ -56,6 +57,9 @@ enum Command {
     /// Block volumes (csi-block): list them and their snapshots, replica health, rebuild progress.
     #[command(subcommand)]
     Volume(volume::VolumeCmd),
+    /// Shared filesystems (csi-fs): quota, usage, origin and the clients that have them mounted.
+    #[command(subcommand)]
+    Fs(fs::FsCmd),
 }
 
 fn main() -> ExitCode {
@@ -80,6 +84,7 @@ fn main() -> ExitCode {
             Command::Meta(c) => meta::run(&cli.meta, c).await,
             Command::S3(c) => s3::run(&cli.meta, c).await,
             Command::Volume(c) => volume::run(&cli.meta, c).await,
+            Command::Fs(c) => fs::run(&cli.meta, c).await,
         }
     });
     match res {

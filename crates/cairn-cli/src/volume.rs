@@ -108,7 +108,7 @@ async fn with_health(meta: &MetaClient, vols: Vec<VolumeRecord>) -> anyhow::Resu
 }
 
 /// `0 B`, `512 B`, `1.5 KiB`, `1.0 GiB`.
-fn human_bytes(n: u64) -> String {
+pub(crate) fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
     if n < 1024 {
         return format!("{n} B");
@@ -146,7 +146,7 @@ fn attached_text(rec: &VolumeRecord) -> String {
 }
 
 /// `2024-05-01 12:34:56 UTC` for milliseconds since the Unix epoch.
-fn utc(unix_ms: u64) -> String {
+pub(crate) fn utc(unix_ms: u64) -> String {
     let secs = unix_ms / 1000;
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Days to a civil date (Howard Hinnant's algorithm), for days on or after 1970-01-01.

@@ -1,9 +1,9 @@
 //! `cairn-local`: every part built so far (a storage node joined to a single-voter metadata
-//! group, objectd serving S3 with a first access key, the csi-block driver's controller and node
-//! services on a unix socket, mutual TLS with a CA of its own) in one process, on embedded
-//! defaults, with its data
-//! under one directory. While it runs it keeps `<data>/local.env` (KEY=value lines) so that
-//! `set -a; . data/local.env` points clients at it; the file is removed on clean shutdown.
+//! group, objectd serving S3 with a first access key, the csi-block and csi-fs drivers'
+//! controller and node services on unix sockets, mutual TLS with a CA of its own) in one
+//! process, on embedded defaults, with its data under one directory. While it runs it keeps
+//! `<data>/local.env` (KEY=value lines) so that `set -a; . data/local.env` points clients at it;
+//! the file is removed on clean shutdown.
 
 mod env_file;
 mod first_key;
@@ -47,13 +47,20 @@ struct Cli {
     /// csi-block /metrics address.
     #[arg(long, env = "CAIRN_LOCAL_CSI_BLOCK_HTTP", default_value = "127.0.0.1:7790")]
     csi_block_http: SocketAddr,
+    /// csi-fs /metrics address.
+    #[arg(long, env = "CAIRN_LOCAL_CSI_FS_HTTP", default_value = "127.0.0.1:7791")]
+    csi_fs_http: SocketAddr,
     /// Log filter.
     #[arg(long, env = "CAIRN_LOG", default_value = "info")]
     log: String,
 }
 
 fn main() -> ExitCode {
-    // The node plugin in this process starts volumes' data paths as `cairn-local volume-server`.
+    // The node plugins in this process start each staged filesystem's FUSE client as
+    // `cairn-local fs-mount` and each block volume's data path as `cairn-local volume-server`.
+    if let Some(code) = csi_fs::mount_process::main_if_requested() {
+        return code;
+    }
     if let Some(code) = csi_block::datapath::main_if_requested() {
         return code;
     }
@@ -76,7 +83,8 @@ fn main() -> ExitCode {
     // A data directory too deep for a socket path falls back to TCP.
     let sock =
         |name: &str| std::fs::canonicalize(&cli.data).map(|d| d.join(name)).ok().filter(|p| p.as_os_str().len() <= 107);
-    let (node_sock, meta_sock, csi_block_sock) = (sock("node.sock"), sock("meta.sock"), sock("csi-block.sock"));
+    let (node_sock, meta_sock) = (sock("node.sock"), sock("meta.sock"));
+    let (csi_block_sock, csi_fs_sock) = (sock("csi-block.sock"), sock("csi-fs.sock"));
     if node_sock.is_none() || meta_sock.is_none() {
         tracing::warn!(data = %cli.data.display(), "data directory path too long for unix sockets; the parts talk over TCP");
     }
@@ -143,6 +151,25 @@ fn main() -> ExitCode {
         eprintln!("cairn-local: {e}");
         return ExitCode::from(2);
     }
+    // The shared-filesystem CSI driver the same way: controller and node "local-1", each staged
+    // filesystem mounted by a FUSE client process of its own (this binary, `fs-mount`).
+    let csi_fs = csi_fs_sock.as_ref().map(|p| csi_fs::CsiFsConfig {
+        endpoint: format!("unix://{}", p.display()),
+        meta: vec![meta_addr.clone()],
+        controller: true,
+        node_id: Some("local-1".into()),
+        state_dir: p.parent().map(|d| d.join("csi-fs")).unwrap_or_default(),
+        http_listen: cli.csi_fs_http,
+        log: cli.log.clone(),
+        tls_ca: member.ca.clone(),
+        tls_cert: member.cert.clone(),
+        tls_key: member.key.clone(),
+        ..csi_fs::CsiFsConfig::default()
+    });
+    if let Some(Err(e)) = csi_fs.as_ref().map(csi_fs::CsiFsConfig::validate) {
+        eprintln!("cairn-local: {e}");
+        return ExitCode::from(2);
+    }
     let s3 = objectd::ObjectdConfig {
         meta: vec![meta_addr],
         listen: cli.s3_listen,
@@ -193,12 +220,28 @@ fn main() -> ExitCode {
         vars.push(("CSI_BLOCK_ENDPOINT".to_string(), c.endpoint.clone()));
         vars.push(("CAIRN_CSI_BLOCK_METRICS_URL".to_string(), format!("http://{}/metrics", cli.csi_block_http)));
     }
+    if let Some(c) = &csi_fs {
+        vars.push(("CSI_FS_ENDPOINT".to_string(), c.endpoint.clone()));
+        vars.push(("CAIRN_CSI_FS_METRICS_URL".to_string(), format!("http://{}/metrics", cli.csi_fs_http)));
+    }
     let res = rt.block_on(async {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut node_task = tokio::spawn(storage_node::run(node, stopped(stop_rx.clone())));
         let mut meta_task = tokio::spawn(metadata_service::run(meta, stopped(stop_rx.clone())));
         let mut s3_task = tokio::spawn(objectd::run(s3, stopped(stop_rx.clone())));
         let csi_block_on = csi_block.is_some();
+        let csi_fs_on = csi_fs.is_some();
+        let fs_stop = stop_rx.clone();
+        let mut csi_fs_task = tokio::spawn(async move {
+            match csi_fs {
+                Some(c) => csi_fs::run(c, stopped(fs_stop)).await,
+                None => {
+                    tracing::warn!("data directory path too long for a unix socket; csi-fs is not started");
+                    stopped(fs_stop).await;
+                    Ok(())
+                }
+            }
+        });
         let mut csi_block_task = tokio::spawn(async move {
             match csi_block {
                 Some(c) => csi_block::run(c, stopped(stop_rx)).await,
@@ -214,6 +257,7 @@ fn main() -> ExitCode {
                 && wait_ready(cli.meta_http).await
                 && wait_healthy(cli.s3_http).await
                 && (!csi_block_on || wait_healthy(cli.csi_block_http).await)
+                && (!csi_fs_on || wait_healthy(cli.csi_fs_http).await)
             {
                 if let Err(e) = first_key::register(&cli.meta_listen.to_string(), &key).await {
                     tracing::error!(error = %e, "cannot store the first S3 access key");
@@ -229,6 +273,9 @@ fn main() -> ExitCode {
                 if let Some(p) = &csi_block_sock {
                     println!("cairn-local: csi-block (controller + node local-1) on unix://{}", p.display());
                 }
+                if let Some(p) = &csi_fs_sock {
+                    println!("cairn-local: csi-fs (controller + node local-1) on unix://{}", p.display());
+                }
                 match env.write(&vars) {
                     Ok(()) => tracing::info!("local system ready; run `set -a; . {}` to use it", env.path().display()),
                     Err(e) => tracing::error!(error = %e, "cannot write local.env"),
@@ -241,12 +288,14 @@ fn main() -> ExitCode {
             r = &mut meta_task => return flatten(r.map(|r| r.map_err(|e| e.to_string()))),
             r = &mut s3_task => return flatten(r.map(|r| r.map_err(|e| e.to_string()))),
             r = &mut csi_block_task => return flatten(r),
+            r = &mut csi_fs_task => return flatten(r),
             _ = daemon_kit::shutdown_signal() => {}
             _ = publish => {}
         }
         let _ = stop_tx.send(true);
-        let (n, m, o, b) = tokio::join!(node_task, meta_task, s3_task, csi_block_task);
+        let (n, m, o, b, f) = tokio::join!(node_task, meta_task, s3_task, csi_block_task, csi_fs_task);
         flatten(b)?;
+        flatten(f)?;
         flatten(o.map(|r| r.map_err(|e| e.to_string())))?;
         flatten(n.map(|r| r.map_err(|e| e.to_string())))?;
         flatten(m.map(|r| r.map_err(|e| e.to_string())))
