@@ -5,6 +5,8 @@
 #   scripts/bench.sh cluster [--dir DIR] [--size-mib N]             5-node pool: put R=1/R=3 and repair vs the raw disk
 #   scripts/bench.sh block [--dir DIR] [--size-mib N] [--secs S] [--block-size B]
 #                                                                   fio on csi-block volumes (R=1, R=3) vs a plain file; rebuild rate
+#   scripts/bench.sh fs [--dir DIR] [--size-mib N] [--secs S] [--files N] [--threads N]
+#                                                                   the shared filesystem (FUSE, R=1) vs ext4 on the same disk
 #   scripts/bench.sh s3 [--size-mib N] [--objects N] [--small-ops N] [--clients N]
 #                                                                   S3 on cairn-local vs the raw disk, MD5, blake3
 set -euo pipefail
@@ -24,6 +26,11 @@ if [ "${1:-}" = block ]; then
   shift
   cargo build --release --bins
   exec target/release/block-bench "$@"
+fi
+if [ "${1:-}" = fs ]; then
+  shift
+  cargo build --release --bins
+  exec target/release/fs-bench "$@"
 fi
 if [ "${1:-}" = s3 ]; then
   shift

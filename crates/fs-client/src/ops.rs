@@ -306,7 +306,8 @@ impl Filesystem for Client {
 
     async fn unlink(&self, _req: Request, parent: u64, name: &OsStr) -> FuseResult<()> {
         self.writable()?;
-        let u = self.ns.unlink(parent, name.as_bytes()).await.map_err(errno)?;
+        let open = |ino: u64| self.files.get(ino).is_some();
+        let u = self.ns.unlink(parent, name.as_bytes(), &open).await.map_err(errno)?;
         self.unlinked(u).await;
         Ok(())
     }

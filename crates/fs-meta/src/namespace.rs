@@ -396,7 +396,12 @@ impl Namespace {
     /// Removes the name `name` (not a directory) from `parent`. When it was the inode's last
     /// name, the inode is kept as an orphan and returned: free it with [`Self::purge`] once
     /// nothing has it open.
-    pub async fn unlink(&self, parent: u64, name: &[u8]) -> Result<Option<Unlinked>> {
+    pub async fn unlink(
+        &self,
+        parent: u64,
+        name: &[u8],
+        is_open: &(dyn Fn(u64) -> bool + Sync),
+    ) -> Result<Option<Unlinked>> {
         for _ in 0..RETRIES {
             let (prev, mut p) = self.dir_inode(parent).await?;
             let Some((dval, d)) = self.dentry(parent, name).await? else {
@@ -415,13 +420,26 @@ impl Namespace {
             let dkey = keys::dentry(&self.fs, parent, name);
             let mut txn = Txn::new().value_equals(&dkey, &dval).delete(&dkey);
             let gone = i.nlink == 0;
-            if gone {
-                txn = txn.put(&keys::orphan(&self.fs, d.ino), b"");
-            }
+            // An inode without data (no blocks, no bytes in the usage) that nothing here has
+            // open goes in the same transaction; others become orphans, freed by `purge`.
+            let at_once = gone && (i.kind != Kind::File || i.size == 0) && !is_open(d.ino);
             let mut changes = Changes::default();
-            changes.inodes.insert(d.ino, (irev, i));
+            if at_once {
+                let ikey = keys::inode(&self.fs, d.ino);
+                txn = txn.mod_revision_equals(&ikey, irev).delete(&ikey);
+            } else {
+                if gone {
+                    txn = txn.put(&keys::orphan(&self.fs, d.ino), b"");
+                }
+                changes.inodes.insert(d.ino, (irev, i));
+            }
             changes.inodes.insert(parent, (prev, p));
             if self.commit(self.finish(txn, &changes, None)).await?.succeeded {
+                if at_once {
+                    self.pending_inodes.fetch_sub(1, Ordering::Relaxed);
+                    self.delete_xattrs(d.ino).await?;
+                    return Ok(None);
+                }
                 return Ok(gone.then_some(Unlinked { ino: d.ino }));
             }
         }
