@@ -20,6 +20,8 @@ const MAX_DIRTY: usize = 64 << 20;
 const CLEAN_BLOCKS: usize = 8;
 /// Chunk puts (and gets) in flight per flush.
 const PUTS_IN_FLIGHT: usize = 8;
+/// Blocks fetched ahead of a sequential reader.
+const READ_AHEAD: u64 = 4;
 
 /// What one open inode holds on this client.
 pub struct OpenFile {
@@ -41,6 +43,10 @@ pub struct FileState {
     clean_order: VecDeque<u64>,
     /// Time of the last write not yet committed.
     mtime: Option<Timestamp>,
+    /// Chunks being fetched ahead of a sequential reader (by hash: a chunk never changes).
+    ahead: HashMap<ChunkHash, tokio::task::JoinHandle<Result<Bytes, cluster::ClusterError>>>,
+    /// The block read last, to tell a sequential reader.
+    last_read: Option<u64>,
 }
 
 impl OpenFile {
@@ -54,6 +60,8 @@ impl OpenFile {
                 clean: HashMap::new(),
                 clean_order: VecDeque::new(),
                 mtime: None,
+                ahead: HashMap::new(),
+                last_read: None,
             }),
             opens: AtomicUsize::new(0),
             unlinked: AtomicBool::new(false),
@@ -80,6 +88,39 @@ impl FileState {
             self.map = None;
             self.clean.clear();
             self.clean_order.clear();
+            self.drop_ahead();
+        }
+    }
+
+    fn drop_ahead(&mut self) {
+        for (_, h) in self.ahead.drain() {
+            h.abort();
+        }
+        self.last_read = None;
+    }
+
+    /// Starts fetching the blocks after `idx` when the reader goes block after block.
+    fn read_ahead(&mut self, dp: &DataPath<'_>, idx: u64) {
+        let sequential = self.last_read.is_none_or(|l| l + 1 == idx || l == idx);
+        self.last_read = Some(idx);
+        if !sequential {
+            return;
+        }
+        if self.ahead.len() > 4 * READ_AHEAD as usize {
+            // Fetched ahead and never read (the reader went elsewhere): let them go.
+            for (_, h) in self.ahead.drain() {
+                h.abort();
+            }
+        }
+        let Some(map) = self.map.as_ref() else { return };
+        let want: Vec<ChunkHash> = (idx + 1..=idx + READ_AHEAD)
+            .filter(|i| !self.clean.contains_key(i) && !self.dirty.contains_key(i))
+            .filter_map(|i| map.get(&i).copied())
+            .filter(|h| !self.ahead.contains_key(h))
+            .collect();
+        for h in want {
+            let pool = dp.pool.clone();
+            self.ahead.insert(h, tokio::spawn(async move { pool.get(&h).await }));
         }
     }
 
@@ -104,7 +145,11 @@ impl FileState {
         let hash = self.map(dp, ino).await?.get(&idx).copied();
         let data = match hash {
             Some(h) => {
-                let mut d = dp.pool.get(&h).await?;
+                let fetched = match self.ahead.remove(&h) {
+                    Some(task) => task.await.unwrap_or_else(|e| Err(cluster::ClusterError::Unavailable(e.to_string()))),
+                    None => dp.pool.get(&h).await,
+                };
+                let mut d = fetched?;
                 if d.len() < bs {
                     let mut full = BytesMut::zeroed(bs);
                     full[..d.len()].copy_from_slice(&d);
@@ -121,6 +166,7 @@ impl FileState {
                 self.clean.remove(&old);
             }
         }
+        self.read_ahead(dp, idx);
         Ok(data)
     }
 
@@ -260,6 +306,7 @@ impl FileState {
         dp.ns.truncate(ino, size, tail).await?;
         self.size = size;
         self.map = None;
+        self.drop_ahead();
         self.clean.clear();
         self.clean_order.clear();
         Ok(())
