@@ -22,6 +22,15 @@ const CLEAN_BLOCKS: usize = 8;
 const PUTS_IN_FLIGHT: usize = 8;
 /// Blocks fetched ahead of a sequential reader.
 const READ_AHEAD: u64 = 4;
+/// A block put this long ago is put again before its reference is committed: pool GC may
+/// collect a chunk left unreferenced for its write window (`cluster::gc::WRITE_WINDOW`).
+const STALE_UPLOAD: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// A finished block being put in the pool while the writer goes on (write-behind).
+struct Upload {
+    data: Bytes,
+    task: tokio::task::JoinHandle<Result<(Option<ChunkHash>, std::time::Instant), cluster::ClusterError>>,
+}
 
 /// What one open inode holds on this client.
 pub struct OpenFile {
@@ -39,6 +48,8 @@ pub struct FileState {
     /// Chunks of blocks holding data, as committed (loaded on first use).
     map: Option<BTreeMap<u64, ChunkHash>>,
     dirty: BTreeMap<u64, BytesMut>,
+    /// Blocks a write finished, being put meanwhile; committed by the next flush.
+    uploads: BTreeMap<u64, Upload>,
     clean: HashMap<u64, Bytes>,
     clean_order: VecDeque<u64>,
     /// Time of the last write not yet committed.
@@ -57,6 +68,7 @@ impl OpenFile {
                 size,
                 map: None,
                 dirty: BTreeMap::new(),
+                uploads: BTreeMap::new(),
                 clean: HashMap::new(),
                 clean_order: VecDeque::new(),
                 mtime: None,
@@ -83,7 +95,7 @@ impl FileState {
     /// Forgets what was read, so the next read sees other clients' committed writes (an open
     /// with no local writes pending: close-to-open).
     pub fn revalidate(&mut self, size: u64) {
-        if self.dirty.is_empty() {
+        if self.dirty.is_empty() && self.uploads.is_empty() {
             self.size = size;
             self.map = None;
             self.clean.clear();
@@ -124,8 +136,28 @@ impl FileState {
         }
     }
 
+    /// Bytes written and not yet committed (dirty or being put).
     pub fn dirty_bytes(&self) -> usize {
-        self.dirty.values().map(|b| b.len()).sum()
+        self.dirty.values().map(|b| b.len()).sum::<usize>() + self.uploads.values().map(|u| u.data.len()).sum::<usize>()
+    }
+
+    /// Block `idx` as written and not yet committed, if it is.
+    fn written(&self, idx: u64) -> Option<&[u8]> {
+        self.dirty.get(&idx).map(|b| &b[..]).or_else(|| self.uploads.get(&idx).map(|u| &u.data[..]))
+    }
+
+    /// Starts putting a block the writer finished, so the pool works while the writer goes on.
+    fn start_upload(&mut self, dp: &DataPath<'_>, idx: u64) {
+        let Some(block) = self.dirty.remove(&idx) else { return };
+        let data = block.freeze();
+        let (pool, put) = (dp.pool.clone(), data.clone());
+        let task = tokio::spawn(async move {
+            if put.iter().all(|b| *b == 0) {
+                return Ok((None, std::time::Instant::now()));
+            }
+            pool.put(put).await.map(|r| (Some(r.hash), r.acked_at))
+        });
+        self.uploads.insert(idx, Upload { data, task });
     }
 
     async fn map<'s>(&'s mut self, dp: &DataPath<'_>, ino: u64) -> Result<&'s BTreeMap<u64, ChunkHash>, FsError> {
@@ -181,7 +213,7 @@ impl FileState {
         if first == last {
             let from = (offset - first * bs) as usize;
             let to = (end - first * bs) as usize;
-            if let Some(d) = self.dirty.get(&first) {
+            if let Some(d) = self.written(first) {
                 return Ok(Bytes::copy_from_slice(&d[from..to]));
             }
             return Ok(self.committed_block(dp, ino, first).await?.slice(from..to));
@@ -190,7 +222,7 @@ impl FileState {
         for idx in first..=last {
             let from = if idx == first { (offset - idx * bs) as usize } else { 0 };
             let to = if idx == last { (end - idx * bs) as usize } else { bs as usize };
-            if let Some(d) = self.dirty.get(&idx) {
+            if let Some(d) = self.written(idx) {
                 out.extend_from_slice(&d[from..to]);
             } else {
                 out.extend_from_slice(&self.committed_block(dp, ino, idx).await?[from..to]);
@@ -199,73 +231,122 @@ impl FileState {
         Ok(out.freeze())
     }
 
-    /// Writes `data` at `offset` into dirty blocks; flushes when too much is dirty.
+    /// Writes `data` at `offset` into dirty blocks; a block the write finishes starts on its way
+    /// to the pool at once; flushes when too much is uncommitted.
     pub async fn write(&mut self, dp: &DataPath<'_>, ino: u64, offset: u64, data: &[u8]) -> Result<(), FsError> {
         let bs = dp.ns.block_size();
         let mut at = offset;
         let mut rest = data;
+        let mut finished = Vec::new();
         while !rest.is_empty() {
             let idx = at / bs;
             let within = (at - idx * bs) as usize;
             let n = rest.len().min(bs as usize - within);
             if !self.dirty.contains_key(&idx) {
-                let block_start = idx * bs;
-                let whole = within == 0 && n == bs as usize;
-                let buf = if whole || block_start >= self.size {
-                    BytesMut::zeroed(bs as usize)
+                let buf = if let Some(up) = self.uploads.remove(&idx) {
+                    // Written again while being put: that put is moot.
+                    up.task.abort();
+                    BytesMut::from(&up.data[..])
                 } else {
-                    BytesMut::from(&self.committed_block(dp, ino, idx).await?[..])
+                    let block_start = idx * bs;
+                    let whole = within == 0 && n == bs as usize;
+                    if whole || block_start >= self.size {
+                        BytesMut::zeroed(bs as usize)
+                    } else {
+                        BytesMut::from(&self.committed_block(dp, ino, idx).await?[..])
+                    }
                 };
                 self.dirty.insert(idx, buf);
             }
             let block = self.dirty.get_mut(&idx).expect("inserted");
             block[within..within + n].copy_from_slice(&rest[..n]);
             self.clean.remove(&idx);
+            if within + n == bs as usize {
+                finished.push(idx);
+            }
             at += n as u64;
             rest = &rest[n..];
         }
         self.size = self.size.max(offset + data.len() as u64);
         self.mtime = Some(Timestamp::now());
+        for idx in finished {
+            self.start_upload(dp, idx);
+        }
         if self.dirty_bytes() > MAX_DIRTY {
             self.flush(dp, ino).await?;
         }
         Ok(())
     }
 
-    /// Puts the dirty blocks in the pool and commits them with the size. On failure the
-    /// blocks stay dirty (the next flush tries again).
+    /// Puts the dirty blocks in the pool (and waits for the blocks being put) and commits them
+    /// with the size. On failure nothing is lost: every block stays written, to be flushed again.
     pub async fn flush(&mut self, dp: &DataPath<'_>, ino: u64) -> Result<(), FsError> {
         let Some(mtime) = self.mtime else {
             return Ok(());
         };
         let bs = dp.ns.block_size();
         let size = self.size;
-        let blocks: Vec<(u64, Bytes)> = self
-            .dirty
-            .iter()
-            .filter(|(idx, _)| **idx * bs < size)
-            .map(|(idx, b)| {
-                // The last block keeps only the bytes inside the file: the rest is zero anyway.
-                let keep = ((size - idx * bs).min(bs)) as usize;
-                let mut b = b.clone();
+        // (index, bytes, the chunk already put for them if still good)
+        let mut blocks: Vec<(u64, Bytes, Option<Option<ChunkHash>>)> = Vec::new();
+        for (idx, b) in self.dirty.iter().filter(|(idx, _)| **idx * bs < size) {
+            // The last block keeps only the bytes inside the file: the rest is zero anyway.
+            let keep = ((size - idx * bs).min(bs)) as usize;
+            let mut b = b.clone();
+            b[keep..].fill(0);
+            blocks.push((*idx, b.freeze(), None));
+        }
+        let uploads = std::mem::take(&mut self.uploads);
+        let mut uploaded = Vec::new();
+        for (idx, up) in uploads {
+            uploaded.push(idx);
+            let put = match up.task.await {
+                Ok(Ok((h, at))) if at.elapsed() < STALE_UPLOAD => Some(h),
+                _ => None, // failed, cut short, or too old for the GC window: put again
+            };
+            if idx * bs >= size {
+                continue;
+            }
+            let keep = ((size - idx * bs).min(bs)) as usize;
+            if keep < bs as usize && up.data[keep..].iter().any(|b| *b != 0) {
+                let mut b = BytesMut::from(&up.data[..]);
                 b[keep..].fill(0);
-                (*idx, b.freeze())
-            })
-            .collect();
+                blocks.push((idx, b.freeze(), None));
+            } else {
+                blocks.push((idx, up.data, put));
+            }
+        }
+        blocks.sort_by_key(|b| b.0);
         let pool = dp.pool;
-        let put: Vec<(u64, Option<ChunkHash>, Bytes)> = stream::iter(blocks)
-            .map(|(idx, data)| async move {
-                if data.iter().all(|b| *b == 0) {
-                    return Ok::<_, FsError>((idx, None, data));
+        let result: Result<Vec<(u64, Option<ChunkHash>, Bytes)>, FsError> = async {
+            let put: Vec<(u64, Option<ChunkHash>, Bytes)> = stream::iter(blocks.clone())
+                .map(|(idx, data, done)| async move {
+                    if let Some(h) = done {
+                        return Ok::<_, FsError>((idx, h, data));
+                    }
+                    if data.iter().all(|b| *b == 0) {
+                        return Ok((idx, None, data));
+                    }
+                    let r = pool.put(data.clone()).await?;
+                    Ok((idx, Some(r.hash), data))
+                })
+                .buffered(PUTS_IN_FLIGHT)
+                .try_collect()
+                .await?;
+            let commits: Vec<(u64, Option<ChunkHash>)> = put.iter().map(|(i, h, _)| (*i, *h)).collect();
+            dp.ns.commit_blocks(ino, &commits, size, mtime).await?;
+            Ok(put)
+        }
+        .await;
+        let put = match result {
+            Ok(p) => p,
+            Err(e) => {
+                // The blocks that were being put are written data still: keep them.
+                for (idx, data, _) in blocks.into_iter().filter(|b| uploaded.contains(&b.0)) {
+                    self.dirty.insert(idx, BytesMut::from(&data[..]));
                 }
-                let r = pool.put(data.clone()).await?;
-                Ok((idx, Some(r.hash), data))
-            })
-            .buffered(PUTS_IN_FLIGHT)
-            .try_collect()
-            .await?;
-        let commits: Vec<(u64, Option<ChunkHash>)> = put.iter().map(|(i, h, _)| (*i, *h)).collect();
-        dp.ns.commit_blocks(ino, &commits, size, mtime).await?;
+                return Err(e);
+            }
+        };
         for (idx, h, data) in put {
             // A map not loaded yet will be read with these commits in it.
             if let Some(map) = self.map.as_mut() {
