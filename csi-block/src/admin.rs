@@ -33,7 +33,7 @@ where
 
 /// Every volume, in id order.
 pub async fn list_volumes(meta: &MetaClient) -> Result<Vec<VolumeRecord>, CsiError> {
-    let v = Volumes { meta: meta.clone() };
+    let v = Volumes::new(meta.clone());
     all_pages(
         |after| {
             let v = v.clone();
@@ -46,7 +46,7 @@ pub async fn list_volumes(meta: &MetaClient) -> Result<Vec<VolumeRecord>, CsiErr
 
 /// Every snapshot, in id order.
 pub async fn list_snapshots(meta: &MetaClient) -> Result<Vec<SnapshotRecord>, CsiError> {
-    let v = Volumes { meta: meta.clone() };
+    let v = Volumes::new(meta.clone());
     all_pages(
         |after| {
             let v = v.clone();
@@ -59,7 +59,7 @@ pub async fn list_snapshots(meta: &MetaClient) -> Result<Vec<SnapshotRecord>, Cs
 
 /// The volume `id` (None: no such volume, or not a volume id).
 pub async fn get_volume(meta: &MetaClient, id: &str) -> Result<Option<VolumeRecord>, CsiError> {
-    Ok(Volumes { meta: meta.clone() }.get(id).await?.map(|(_, rec)| rec))
+    Ok(Volumes::new(meta.clone()).get(id).await?.map(|(_, rec)| rec))
 }
 
 /// Checks every flushed block of volume `id` against the pool (`chunks`: a client of it):

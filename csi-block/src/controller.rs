@@ -7,14 +7,14 @@ use std::collections::HashMap;
 use cairn_proto::csi::v1::controller_server::Controller;
 use cairn_proto::csi::v1::controller_service_capability::{self, rpc::Type as Rpc};
 use cairn_proto::csi::v1::*;
-use csi_kit::CsiError;
 use csi_kit::error::invalid;
+use csi_kit::records::check_name;
+use csi_kit::{Created, CsiError};
 use tonic::{Request, Response, Status};
 
 use crate::Driver;
 use crate::params::{self, Access};
 use crate::records::*;
-use crate::volumes::Created;
 
 /// Most volumes ListVolumes returns in one page.
 const LIST_PAGE_MAX: u32 = 1000;
@@ -48,9 +48,7 @@ impl Driver {
     }
 
     async fn create(&self, r: CreateVolumeRequest) -> Result<CreateVolumeResponse, CsiError> {
-        if r.name.is_empty() || r.name.len() > 253 || r.name.chars().any(char::is_control) {
-            return Err(invalid("name is required: 1-253 characters without control characters"));
-        }
+        check_name("name", &r.name)?;
         let _busy = self.inflight.begin(&format!("name:{}", r.name))?;
         let access = params::check_capabilities(&r.volume_capabilities)?;
         let mut p = params::parse_parameters(&r.parameters, self.cfg.default_replicas)?;
@@ -105,7 +103,7 @@ impl Driver {
         };
         // Repair keeps every chunk at the pool's copy count; a volume cannot ask for another yet.
         if let Some(pool) =
-            cluster::PoolSettings::load(&self.volumes.meta).await.map_err(|e| CsiError::Unavailable(e.to_string()))?
+            cluster::PoolSettings::load(self.volumes.meta()).await.map_err(|e| CsiError::Unavailable(e.to_string()))?
             && pool.replicas != p.replicas as usize
         {
             return Err(invalid(format!(
@@ -188,10 +186,7 @@ impl Driver {
         if r.node_id.is_empty() {
             return Err(invalid("node_id is required"));
         }
-        let cap = r.volume_capability.as_ref().ok_or_else(|| invalid("volume_capability is required"))?;
-        if let Some(why) = params::capability_problem(cap) {
-            return Err(invalid(why));
-        }
+        let cap = params::CAPABILITIES.check(r.volume_capability.as_ref())?;
         let mode = cap.access_mode.as_ref().map_or(0, |m| m.mode);
         let _busy = self.inflight.begin(&r.volume_id)?;
         if self.volumes.get(&r.volume_id).await?.is_none() {
@@ -297,7 +292,7 @@ impl Driver {
     async fn pool_client(&self) -> Result<cluster::ChunkClient, CsiError> {
         self.pool
             .get_or_try_init(|| async {
-                cluster::ChunkClient::new(self.volumes.meta.clone(), cluster::ClientConfig::default())
+                cluster::ChunkClient::new(self.volumes.meta().clone(), cluster::ClientConfig::default())
                     .await
                     .map_err(|e| CsiError::Unavailable(format!("storage pool: {e}")))
             })
@@ -310,7 +305,7 @@ impl Driver {
     /// are up than it has replicas.
     async fn condition(&self, up: usize, rec: &VolumeRecord) -> Result<VolumeCondition, CsiError> {
         let pool = self.pool_client().await?;
-        let h = volume_engine::replica_health(&self.volumes.meta, &pool, &rec.id)
+        let h = volume_engine::replica_health(self.volumes.meta(), &pool, &rec.id)
             .await
             .map_err(|e| CsiError::Unavailable(format!("checking replicas: {e}")))?;
         Ok(if h.degraded() {

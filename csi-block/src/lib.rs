@@ -84,11 +84,11 @@ pub async fn run(cfg: CsiBlockConfig, shutdown: impl Future<Output = ()> + Send 
 
     let driver = Driver {
         cfg: Arc::new(cfg.clone()),
-        volumes: Volumes { meta },
+        volumes: Volumes::new(meta),
         inflight: InFlight::default(),
         metrics,
         staged: Arc::new(tokio::sync::Mutex::new(match cfg.node_id {
-            Some(_) => attach::load_all(&cfg.state_dir),
+            Some(_) => datapath::DATAPATH.load_all(&cfg.state_dir),
             None => Default::default(),
         })),
         pool: Default::default(),
@@ -105,7 +105,7 @@ pub async fn run(cfg: CsiBlockConfig, shutdown: impl Future<Output = ()> + Send 
     let incoming = daemon_kit::bind_unix(&cfg.socket())?;
     let mut server = tonic::transport::Server::builder();
     let router = server
-        .add_service(IdentityServer::new(driver.clone()))
+        .add_service(IdentityServer::new(identity::identity(&driver)))
         .add_optional_service(cfg.controller.then(|| ControllerServer::new(driver.clone())))
         .add_optional_service(cfg.node_id.is_some().then(|| NodeServer::new(driver.clone())));
     ready.store(true, Ordering::Relaxed);

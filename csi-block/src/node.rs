@@ -22,7 +22,7 @@ use tonic::{Request, Response, Status};
 
 use crate::Driver;
 use crate::attach::{self, StagedState};
-use crate::datapath::{DatapathSpec, SPEC_VERSION};
+use crate::datapath::{DATAPATH, DatapathSpec, SPEC_VERSION, volume_file};
 use crate::params;
 use crate::records::{NodeRecord, RECORD_VERSION, now_ms};
 
@@ -55,14 +55,6 @@ fn frontend_err(e: block_frontend::FrontendError) -> CsiError {
     CsiError::Internal(e.to_string())
 }
 
-fn capability(cap: Option<&VolumeCapability>) -> Result<&VolumeCapability, CsiError> {
-    let cap = cap.ok_or_else(|| invalid("volume_capability is required"))?;
-    if let Some(why) = params::capability_problem(cap) {
-        return Err(invalid(why));
-    }
-    Ok(cap)
-}
-
 fn is_block(cap: &VolumeCapability) -> bool {
     matches!(cap.access_type, Some(AccessType::Block(_)))
 }
@@ -79,7 +71,7 @@ impl Driver {
     /// for the old loop device, which pods' stale bind mounts may still hold until NodePublish
     /// replaces them (it clears itself once let go).
     async fn teardown(&self, st: &StagedState, force: bool) -> Result<(), CsiError> {
-        let d = attach::volume_dir(&self.cfg.state_dir, &st.volume_id);
+        let d = DATAPATH.volume_dir(&self.cfg.state_dir, &st.volume_id);
         if !st.fs_type.is_empty() && mount::is_mountpoint(&st.staging) {
             if force {
                 mount::run("umount", &["-l", &st.staging.to_string_lossy()]).await?;
@@ -90,10 +82,10 @@ impl Driver {
         if force {
             let _ = mount::run("losetup", &["-d", &st.device.to_string_lossy()]).await;
         } else {
-            block_frontend::fuse_loop::loop_detach(&d.file(), Some(&st.device)).await.map_err(frontend_err)?;
+            block_frontend::fuse_loop::loop_detach(&volume_file(&d), Some(&st.device)).await.map_err(frontend_err)?;
         }
         attach::stop(&d, st.pid, !force).await?;
-        attach::forget(&self.cfg.state_dir, &st.volume_id, force);
+        d.forget(force);
         Ok(())
     }
 
@@ -102,7 +94,7 @@ impl Driver {
             return Err(invalid("volume_id is required"));
         }
         mount::check_path("staging_target_path", &r.staging_target_path)?;
-        let cap = capability(r.volume_capability.as_ref())?;
+        let cap = params::CAPABILITIES.check(r.volume_capability.as_ref())?;
         let _busy = self.inflight.begin(&r.volume_id)?;
         let staging = PathBuf::from(&r.staging_target_path);
         let earlier = self.staged.lock().await.get(&r.volume_id).cloned();
@@ -115,8 +107,8 @@ impl Driver {
                     staging.display()
                 )));
             }
-            let d = attach::volume_dir(&self.cfg.state_dir, &st.volume_id);
-            if attach::serving(&d) && (st.fs_type.is_empty() || mount::is_mountpoint(&staging)) {
+            let d = DATAPATH.volume_dir(&self.cfg.state_dir, &st.volume_id);
+            if d.serving().await && (st.fs_type.is_empty() || mount::is_mountpoint(&staging)) {
                 return Ok(NodeStageVolumeResponse {});
             }
             // The data path died (its FUSE mount answers ENOTCONN) or the mount is gone:
@@ -133,7 +125,7 @@ impl Driver {
             .get("generation")
             .and_then(|g| g.parse().ok())
             .ok_or_else(|| invalid("publish_context lacks the generation ControllerPublishVolume returned"))?;
-        let d = attach::volume_dir(&self.cfg.state_dir, &rec.id);
+        let d = DATAPATH.volume_dir(&self.cfg.state_dir, &rec.id);
         let spec = DatapathSpec {
             version: SPEC_VERSION,
             volume_id: rec.id.clone(),
@@ -143,10 +135,9 @@ impl Driver {
             tls_cert: self.cfg.tls_cert.clone(),
             tls_key: self.cfg.tls_key.clone(),
             log: self.cfg.log.clone(),
-            nbd_socket: self.cfg.nbd_export.then(|| d.0.join("nbd.sock")),
-            dir: d.0.clone(),
+            nbd_socket: self.cfg.nbd_export.then(|| d.path().join("nbd.sock")),
         };
-        let pid = attach::start(&spec).await?;
+        let pid = d.start(&spec).await?;
         let mut st = StagedState {
             version: attach::STAGED_VERSION,
             volume_id: rec.id.clone(),
@@ -157,7 +148,7 @@ impl Driver {
             pid,
         };
         let made = async {
-            st.device = block_frontend::fuse_loop::loop_attach(&d.file()).await.map_err(frontend_err)?;
+            st.device = block_frontend::fuse_loop::loop_attach(&volume_file(&d)).await.map_err(frontend_err)?;
             if !is_block(cap) {
                 let want = match &cap.access_type {
                     Some(AccessType::Mount(m)) if !m.fs_type.is_empty() => m.fs_type.clone(),
@@ -184,7 +175,7 @@ impl Driver {
                 mount::mount(&st.device, &staging, &want, &flags).await?;
                 st.fs_type = want;
             }
-            attach::store(&self.cfg.state_dir, &st)
+            d.store_staged(&st)
         };
         if let Err(e) = made.await {
             if let Err(e2) = self.teardown(&st, false).await {
@@ -206,8 +197,8 @@ impl Driver {
         let Some(st) = self.staged.lock().await.get(&r.volume_id).cloned() else {
             return Ok(NodeUnstageVolumeResponse {});
         };
-        let d = attach::volume_dir(&self.cfg.state_dir, &st.volume_id);
-        self.teardown(&st, !attach::serving(&d)).await?;
+        let d = DATAPATH.volume_dir(&self.cfg.state_dir, &st.volume_id);
+        self.teardown(&st, !d.serving().await).await?;
         self.staged.lock().await.remove(&r.volume_id);
         tracing::info!(volume = %r.volume_id, "volume unstaged");
         Ok(NodeUnstageVolumeResponse {})
@@ -219,7 +210,7 @@ impl Driver {
         }
         mount::check_path("target_path", &r.target_path)?;
         mount::check_path("staging_target_path", &r.staging_target_path)?;
-        let cap = capability(r.volume_capability.as_ref())?;
+        let cap = params::CAPABILITIES.check(r.volume_capability.as_ref())?;
         let _busy = self.inflight.begin(&r.volume_id)?;
         let target = PathBuf::from(&r.target_path);
         let Some(st) = self.staged.lock().await.get(&r.volume_id).cloned() else {
@@ -280,10 +271,10 @@ impl Driver {
         let Some(st) = self.staged.lock().await.get(&r.volume_id).cloned() else {
             return Err(CsiError::NotFound(format!("volume {} is not staged on this node", r.volume_id)));
         };
-        let d = attach::volume_dir(&self.cfg.state_dir, &st.volume_id);
+        let d = DATAPATH.volume_dir(&self.cfg.state_dir, &st.volume_id);
         // The data path's file: its size is the volume's, its blocks the ones holding data. A
         // dead data path answers ENOTCONN: the volume is abnormal until NodeStage recovers it.
-        let file = std::fs::metadata(d.file());
+        let file = std::fs::metadata(volume_file(&d));
         let condition = match &file {
             Ok(_) => VolumeCondition { abnormal: false, message: "attached".into() },
             Err(e) => {
@@ -331,7 +322,7 @@ impl Driver {
         let Some(st) = self.staged.lock().await.get(&r.volume_id).cloned() else {
             return Err(CsiError::NotFound(format!("volume {} is not staged on this node", r.volume_id)));
         };
-        let file = attach::volume_dir(&self.cfg.state_dir, &st.volume_id).file();
+        let file = volume_file(&DATAPATH.volume_dir(&self.cfg.state_dir, &st.volume_id));
         let cap = rec.capacity_bytes;
         // Growing the data path's file grows the engine (the FUSE server's setattr).
         tokio::task::spawn_blocking(move || {

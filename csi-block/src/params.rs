@@ -9,11 +9,11 @@ use cairn_proto::csi::v1::volume_capability::access_mode::Mode;
 use cairn_proto::csi::v1::{CapacityRange, VolumeCapability};
 use csi_kit::CsiError;
 use csi_kit::error::invalid;
+use csi_kit::params::Capabilities;
+pub use csi_kit::params::{MIB, fits};
 
 /// Most replicas a volume may ask for.
 pub const MAX_REPLICAS: u32 = 5;
-/// Volumes are sized in whole MiB.
-pub const MIB: u64 = 1 << 20;
 /// The size of a volume whose claim names none.
 pub const DEFAULT_CAPACITY: u64 = 1 << 30;
 /// The largest volume.
@@ -90,17 +90,22 @@ pub fn parse_parameters(p: &HashMap<String, String>, default_replicas: u32) -> R
     Ok(VolumeParams { replicas, min_replicas, block_size, fs_type, spread })
 }
 
-/// Access modes a block volume offers: one node at a time, or many nodes reading.
-pub fn supported_mode(mode: i32) -> bool {
-    matches!(
-        Mode::try_from(mode),
-        Ok(Mode::SingleNodeWriter
-            | Mode::SingleNodeReaderOnly
-            | Mode::SingleNodeSingleWriter
-            | Mode::SingleNodeMultiWriter
-            | Mode::MultiNodeReaderOnly)
-    )
-}
+/// The volume capabilities a block volume offers: one node at a time, or many nodes reading;
+/// raw block or a file system of `FS_TYPES`.
+pub const CAPABILITIES: Capabilities = Capabilities {
+    modes: &[
+        Mode::SingleNodeWriter,
+        Mode::SingleNodeReaderOnly,
+        Mode::SingleNodeSingleWriter,
+        Mode::SingleNodeMultiWriter,
+        Mode::MultiNodeReaderOnly,
+    ],
+    modes_note: " by block volumes (single-node modes and MULTI_NODE_READER_ONLY are)",
+    access_types: "block or mount",
+    block_refused: None,
+    fs_types: &FS_TYPES,
+    fs_types_note: "one of ext4, xfs",
+};
 
 /// Whether `mode` lets several nodes attach at once.
 pub fn multi_node(mode: i32) -> bool {
@@ -109,23 +114,7 @@ pub fn multi_node(mode: i32) -> bool {
 
 /// Why this driver cannot serve `cap` (None: it can).
 pub fn capability_problem(cap: &VolumeCapability) -> Option<String> {
-    let Some(mode) = cap.access_mode.as_ref() else {
-        return Some("a volume capability has no access_mode".into());
-    };
-    if !supported_mode(mode.mode) {
-        let name = Mode::try_from(mode.mode).map(|m| m.as_str_name()).unwrap_or("unknown");
-        return Some(format!(
-            "access mode {name} is not offered by block volumes (single-node modes and MULTI_NODE_READER_ONLY are)"
-        ));
-    }
-    match &cap.access_type {
-        None => Some("a volume capability has no access_type (block or mount)".into()),
-        Some(AccessType::Block(_)) => None,
-        Some(AccessType::Mount(m)) if m.fs_type.is_empty() || FS_TYPES.contains(&m.fs_type.as_str()) => None,
-        Some(AccessType::Mount(m)) => {
-            Some(format!("fs_type {:?} is not offered (one of {})", m.fs_type, FS_TYPES.join(", ")))
-        }
-    }
+    CAPABILITIES.problem(cap)
 }
 
 /// How a new volume will be accessed: raw block, or mounted with a file system.
@@ -137,14 +126,8 @@ pub enum Access {
 
 /// Checks CreateVolume's capabilities: at least one, all served, and not both block and mount.
 pub fn check_capabilities(caps: &[VolumeCapability]) -> Result<Access, CsiError> {
-    if caps.is_empty() {
-        return Err(invalid("volume_capabilities is required"));
-    }
     let mut access: Option<Access> = None;
-    for cap in caps {
-        if let Some(why) = capability_problem(cap) {
-            return Err(invalid(why));
-        }
+    CAPABILITIES.check_all(caps, |cap| {
         let this = match &cap.access_type {
             Some(AccessType::Mount(m)) => Access::Mount { fs_type: Some(m.fs_type.clone()).filter(|f| !f.is_empty()) },
             _ => Access::Block,
@@ -156,57 +139,22 @@ pub fn check_capabilities(caps: &[VolumeCapability]) -> Result<Access, CsiError>
             (Some(Access::Mount { fs_type: None }), Access::Mount { .. }) => access = Some(this),
             _ => return Err(invalid("volume_capabilities mix block and mount access, or two file systems")),
         }
-    }
+        Ok(())
+    })?;
     Ok(access.expect("at least one capability"))
 }
 
 /// The size to create for `range`: the required bytes rounded up to whole MiB (1 GiB when no
 /// size is asked for), within the limit.
 pub fn capacity(range: Option<&CapacityRange>) -> Result<u64, CsiError> {
-    let (req, lim) = range.map_or((0, 0), |r| (r.required_bytes, r.limit_bytes));
-    if req < 0 || lim < 0 {
-        return Err(invalid("capacity_range bytes must not be negative"));
-    }
-    let (req, lim) = (req as u64, lim as u64);
-    if lim != 0 && req > lim {
-        return Err(CsiError::OutOfRange(format!("required_bytes {req} exceeds limit_bytes {lim}")));
-    }
-    let want = if req == 0 { if lim == 0 { DEFAULT_CAPACITY } else { lim.min(DEFAULT_CAPACITY) } } else { req };
-    let mut size = want.div_ceil(MIB) * MIB;
-    if lim != 0 && size > lim {
-        size = lim / MIB * MIB;
-    }
-    if size < want || size == 0 {
-        return Err(CsiError::OutOfRange(format!(
-            "volumes are sized in whole MiB; none fits between {req} and {lim} bytes"
-        )));
-    }
-    if size > MAX_CAPACITY {
-        return Err(CsiError::OutOfRange(format!("{size} bytes exceeds the largest volume, {MAX_CAPACITY} bytes")));
-    }
-    Ok(size)
-}
-
-/// Whether a volume of `size` bytes satisfies `range`.
-pub fn fits(size: u64, range: Option<&CapacityRange>) -> bool {
-    let Some(r) = range else { return true };
-    size >= r.required_bytes.max(0) as u64 && (r.limit_bytes <= 0 || size <= r.limit_bytes as u64)
+    csi_kit::params::capacity(range, DEFAULT_CAPACITY, MAX_CAPACITY)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cairn_proto::csi::v1::volume_capability::{AccessMode, BlockVolume, MountVolume};
-
-    fn cap(mode: Mode, fs: Option<&str>) -> VolumeCapability {
-        VolumeCapability {
-            access_mode: Some(AccessMode { mode: mode as i32 }),
-            access_type: Some(match fs {
-                Some(f) => AccessType::Mount(MountVolume { fs_type: f.into(), ..Default::default() }),
-                None => AccessType::Block(BlockVolume {}),
-            }),
-        }
-    }
+    use cairn_proto::csi::v1::volume_capability::AccessMode;
+    use csi_kit::params::capability as cap;
 
     fn params(kv: &[(&str, &str)]) -> HashMap<String, String> {
         kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
@@ -262,6 +210,13 @@ mod tests {
         );
         let no_type = VolumeCapability { access_mode: Some(AccessMode { mode: 1 }), access_type: None };
         assert!(capability_problem(&no_type).unwrap().contains("access_type"));
+        let mode = capability_problem(&cap(Mode::MultiNodeMultiWriter, None)).unwrap();
+        assert_eq!(
+            mode,
+            "access mode MULTI_NODE_MULTI_WRITER is not offered by block volumes (single-node modes and MULTI_NODE_READER_ONLY are)"
+        );
+        let fs = capability_problem(&cap(Mode::SingleNodeWriter, Some("zfs"))).unwrap();
+        assert_eq!(fs, format!("fs_type \"zfs\" is not offered (one of {})", FS_TYPES.join(", ")));
     }
 
     #[test]

@@ -12,8 +12,10 @@
 
 use std::collections::BTreeMap;
 
-use csi_kit::CsiError;
 use serde::{Deserialize, Serialize};
+
+pub use csi_kit::records::{check_node_id, decode, encode, now_ms};
+pub use metadata_client::prefix_end;
 
 /// Format version of every record below.
 pub const RECORD_VERSION: u32 = 1;
@@ -54,8 +56,6 @@ pub fn node_key(id: &str) -> Vec<u8> {
     format!("{NODES_PREFIX}{id}").into_bytes()
 }
 
-pub use metadata_client::prefix_end;
-
 /// A new volume id: `blk-` and 32 hex digits.
 pub fn new_volume_id() -> String {
     format!("blk-{:032x}", rand::random::<u128>())
@@ -65,14 +65,6 @@ pub fn new_volume_id() -> String {
 /// with slashes or dots in it.
 pub fn is_volume_id(id: &str) -> bool {
     id.len() == 36 && id.starts_with("blk-") && id[4..].bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-/// Node ids (Kubernetes node names): 1–253 characters of `[A-Za-z0-9._-]`.
-pub fn check_node_id(id: &str) -> Result<(), String> {
-    if id.is_empty() || id.len() > 253 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
-        return Err(format!("node id must be 1-253 characters of letters, digits, '.', '_' and '-', got {id:?}"));
-    }
-    Ok(())
 }
 
 /// How a volume is attached to one node.
@@ -151,43 +143,7 @@ pub struct NodeRecord {
     pub registered_unix_ms: u64,
 }
 
-/// Records that carry a format version.
-pub trait Versioned {
-    fn format_version(&self) -> u32;
-}
-impl Versioned for VolumeRecord {
-    fn format_version(&self) -> u32 {
-        self.version
-    }
-}
-impl Versioned for SnapshotRecord {
-    fn format_version(&self) -> u32 {
-        self.version
-    }
-}
-impl Versioned for NodeRecord {
-    fn format_version(&self) -> u32 {
-        self.version
-    }
-}
-
-/// Decodes a record, refusing unknown format versions.
-pub fn decode<T: serde::de::DeserializeOwned + Versioned>(key: &[u8], value: &[u8]) -> Result<T, CsiError> {
-    let bad = |why: String| CsiError::Internal(format!("record {}: {why}", String::from_utf8_lossy(key)));
-    let rec: T = serde_json::from_slice(value).map_err(|e| bad(e.to_string()))?;
-    if rec.format_version() != RECORD_VERSION {
-        return Err(bad(format!("format version {} (this build reads {RECORD_VERSION})", rec.format_version())));
-    }
-    Ok(rec)
-}
-
-pub fn encode<T: Serialize>(rec: &T) -> Vec<u8> {
-    serde_json::to_vec(rec).expect("records always serialize")
-}
-
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
+csi_kit::versioned!(RECORD_VERSION => VolumeRecord, SnapshotRecord, NodeRecord);
 
 #[cfg(test)]
 mod tests {

@@ -4,34 +4,27 @@
 //! no space until the volume diverges.
 
 use cairn_proto::csi::v1::*;
-use csi_kit::CsiError;
 use csi_kit::error::invalid;
+use csi_kit::records::check_name;
+use csi_kit::snapshots::{self, SnapshotLayout, StoredSnapshots};
+use csi_kit::{Created, CsiError};
 
 use crate::Driver;
 use crate::records::*;
-use crate::volumes::Created;
 
 /// Most snapshots ListSnapshots returns in one page.
 const LIST_PAGE_MAX: u32 = 1000;
 
+/// Snapshot records and their CSI form, as ListSnapshots reads them.
+const LAYOUT: SnapshotLayout<SnapshotRecord> =
+    SnapshotLayout { prefix: SNAPSHOTS_PREFIX, key_of: snapshot_key, is_id: is_snapshot_id, to_csi };
+
 fn to_csi(s: &SnapshotRecord) -> Snapshot {
-    Snapshot {
-        size_bytes: s.size_bytes as i64,
-        snapshot_id: s.id.clone(),
-        source_volume_id: s.source_volume.clone(),
-        creation_time: Some(prost_types::Timestamp {
-            seconds: (s.created_unix_ms / 1000) as i64,
-            nanos: ((s.created_unix_ms % 1000) * 1_000_000) as i32,
-        }),
-        ready_to_use: s.ready,
-        group_snapshot_id: String::new(),
-    }
+    snapshots::snapshot(&s.id, &s.source_volume, s.size_bytes, s.created_unix_ms, s.ready)
 }
 
 pub async fn create(d: &Driver, r: CreateSnapshotRequest) -> Result<CreateSnapshotResponse, CsiError> {
-    if r.name.is_empty() || r.name.len() > 253 || r.name.chars().any(char::is_control) {
-        return Err(invalid("name is required: 1-253 characters without control characters"));
-    }
+    check_name("name", &r.name)?;
     if r.source_volume_id.is_empty() {
         return Err(invalid("source_volume_id is required"));
     }
@@ -84,46 +77,5 @@ pub async fn delete(d: &Driver, r: DeleteSnapshotRequest) -> Result<DeleteSnapsh
 }
 
 pub async fn list(d: &Driver, r: ListSnapshotsRequest) -> Result<ListSnapshotsResponse, CsiError> {
-    if r.max_entries < 0 {
-        return Err(invalid("max_entries must not be negative"));
-    }
-    if !r.snapshot_id.is_empty() {
-        let found = d.volumes.snapshot(&r.snapshot_id).await?.map(|(_, s)| s);
-        let entries = found
-            .filter(|s| r.source_volume_id.is_empty() || s.source_volume == r.source_volume_id)
-            .map(|s| list_snapshots_response::Entry { snapshot: Some(to_csi(&s)) })
-            .into_iter()
-            .collect();
-        return Ok(ListSnapshotsResponse { entries, next_token: String::new() });
-    }
-    if !r.starting_token.is_empty() && !is_snapshot_id(&r.starting_token) {
-        return Err(CsiError::Aborted(format!(
-            "starting_token {:?} is not a token ListSnapshots gave",
-            r.starting_token
-        )));
-    }
-    let max = if r.max_entries == 0 { LIST_PAGE_MAX } else { (r.max_entries as u32).min(LIST_PAGE_MAX) };
-    // Filtering by source reads on until a page is full or the snapshots end.
-    let (mut entries, mut after, mut next_token) = (Vec::new(), r.starting_token.clone(), String::new());
-    loop {
-        let (recs, more) = d.volumes.list_snapshots(&after, max).await?;
-        for s in &recs {
-            if entries.len() as u32 == max {
-                next_token = after.clone();
-                return Ok(ListSnapshotsResponse { entries, next_token });
-            }
-            after = s.id.clone();
-            if r.source_volume_id.is_empty() || s.source_volume == r.source_volume_id {
-                entries.push(list_snapshots_response::Entry { snapshot: Some(to_csi(s)) });
-            }
-        }
-        if !more {
-            break;
-        }
-        if entries.len() as u32 == max {
-            next_token = after.clone();
-            break;
-        }
-    }
-    Ok(ListSnapshotsResponse { entries, next_token })
+    snapshots::list(&StoredSnapshots { store: &d.volumes.store, layout: &LAYOUT }, &r, LIST_PAGE_MAX).await
 }

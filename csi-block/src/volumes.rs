@@ -2,93 +2,24 @@
 //! under a revision check, delete with the name entry, list in pages, register node plugins.
 
 use cluster::nodemap::{NodeMap, NodeState, Timeouts, now_unix_ms};
-use csi_kit::CsiError;
+use csi_kit::{Created, CsiError, RecordStore};
 use metadata_client::{KeyValue, MetaClient, Txn};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 use crate::records::*;
 
 /// The volume store every handler uses; cheap to clone.
 #[derive(Clone)]
 pub struct Volumes {
-    pub meta: MetaClient,
-}
-
-/// Builds a record's key from its id or name.
-type KeyOf = fn(&str) -> Vec<u8>;
-
-/// What a create found or made.
-pub enum Created<T = VolumeRecord> {
-    New(T),
-    Existing(T),
+    pub store: RecordStore,
 }
 
 impl Volumes {
-    /// The record at `key` with its metadata entry (None: absent).
-    async fn record<T: Versioned + DeserializeOwned>(&self, key: &[u8]) -> Result<Option<(KeyValue, T)>, CsiError> {
-        match self.meta.get(key).await? {
-            Some(kv) => {
-                let rec = decode(key, &kv.value)?;
-                Ok(Some((kv, rec)))
-            }
-            None => Ok(None),
-        }
+    pub fn new(meta: MetaClient) -> Volumes {
+        Volumes { store: RecordStore { meta } }
     }
 
-    /// The record a name entry points at (`key_of` its id), if any.
-    async fn named<T: Versioned + DeserializeOwned>(
-        &self,
-        name_key: &[u8],
-        key_of: KeyOf,
-    ) -> Result<Option<T>, CsiError> {
-        match self.meta.get(name_key).await? {
-            Some(kv) => Ok(self.record(&key_of(&String::from_utf8_lossy(&kv.value))).await?.map(|(_, r)| r)),
-            None => Ok(None),
-        }
-    }
-
-    /// Stores `rec` (named `name`, id `id`) under `key_of(id)` and its name entry `name_key_of(name)`
-    /// unless a record of that name exists, which is returned instead. `extra` adds to the
-    /// creating transaction.
-    async fn create_named<T: Versioned + DeserializeOwned + Serialize>(
-        &self,
-        rec: T,
-        (name, id): (&str, &str),
-        (name_key_of, key_of): (KeyOf, KeyOf),
-        extra: impl Fn(Txn) -> Txn,
-    ) -> Result<Created<T>, CsiError> {
-        let (name_key, key) = (name_key_of(name), key_of(id));
-        for _ in 0..16 {
-            if let Some(existing) = self.named(&name_key, key_of).await? {
-                return Ok(Created::Existing(existing));
-            }
-            let txn = Txn::new().absent(&name_key).absent(&key).put(&name_key, id.as_bytes()).put(&key, &encode(&rec));
-            if self.meta.txn(extra(txn)).await?.succeeded {
-                return Ok(Created::New(rec));
-            }
-        }
-        Err(CsiError::Aborted(format!("{name} is being created by another call")))
-    }
-
-    /// Up to `max` records under `prefix` after `after_key` (None: from the start) in key
-    /// order, and whether more follow.
-    async fn page<T: Versioned + DeserializeOwned>(
-        &self,
-        prefix: &str,
-        after_key: Option<Vec<u8>>,
-        max: u32,
-    ) -> Result<(Vec<T>, bool), CsiError> {
-        let start = match after_key {
-            Some(mut k) => {
-                k.push(0);
-                k
-            }
-            None => prefix.as_bytes().to_vec(),
-        };
-        let page = self.meta.range(&start, &prefix_end(prefix.as_bytes()), max).await?;
-        let recs = page.kvs.iter().map(|kv| decode(&kv.key, &kv.value)).collect::<Result<Vec<_>, _>>()?;
-        Ok((recs, page.next_key.is_some()))
+    pub fn meta(&self) -> &MetaClient {
+        &self.store.meta
     }
 
     /// The volume `id` with its metadata entry (None: no such volume).
@@ -96,14 +27,14 @@ impl Volumes {
         if !is_volume_id(id) {
             return Ok(None);
         }
-        self.record(&volume_key(id)).await
+        self.store.record(&volume_key(id)).await
     }
 
     /// Stores `rec` under its name unless a volume of that name exists, which is returned instead.
-    pub async fn create(&self, rec: VolumeRecord) -> Result<Created, CsiError> {
-        let (name, id, generation) = (rec.name.clone(), rec.id.clone(), rec.generation);
+    pub async fn create(&self, rec: VolumeRecord) -> Result<Created<VolumeRecord>, CsiError> {
+        let (name, id, generation) = (name_key(&rec.name), rec.id.clone(), rec.generation);
         let fence = |txn| volume_engine::set_generation(txn, &id, generation);
-        self.create_named(rec, (&name, &id), (name_key, volume_key), fence).await
+        self.store.create_named(rec, (&name, &id), volume_key, fence).await
     }
 
     /// Applies `change` to volume `id` and stores it, retrying when another writer got in
@@ -126,7 +57,7 @@ impl Volumes {
                 // The engine's fence moves with the record: an older attachment can no longer commit.
                 txn = volume_engine::set_generation(txn, id, rec.generation);
             }
-            if self.meta.txn(txn).await?.succeeded {
+            if self.meta().txn(txn).await?.succeeded {
                 return Ok(rec);
             }
         }
@@ -147,12 +78,12 @@ impl Volumes {
                 )));
             }
             let blocks =
-                volume_engine::delete_data(&self.meta, id).await.map_err(|e| CsiError::Unavailable(e.to_string()))?;
+                volume_engine::delete_data(self.meta(), id).await.map_err(|e| CsiError::Unavailable(e.to_string()))?;
             tracing::info!(volume = %id, blocks, "volume data released");
             let txn =
                 Txn::new().mod_revision_equals(&kv.key, kv.mod_revision).delete(&kv.key).delete(&name_key(&rec.name));
             let txn = volume_engine::clear_generation(txn, id);
-            if self.meta.txn(txn).await?.succeeded {
+            if self.meta().txn(txn).await?.succeeded {
                 return Ok(());
             }
         }
@@ -162,7 +93,7 @@ impl Volumes {
     /// Up to `max` volumes after `after` (a volume id; empty: from the start) in id order, and
     /// whether more follow.
     pub async fn list(&self, after: &str, max: u32) -> Result<(Vec<VolumeRecord>, bool), CsiError> {
-        self.page(VOLUMES_PREFIX, Some(after).filter(|a| !a.is_empty()).map(volume_key), max).await
+        self.store.page(VOLUMES_PREFIX, Some(after).filter(|a| !a.is_empty()).map(volume_key), max).await
     }
 
     /// The snapshot `id` with its metadata entry (None: no such snapshot).
@@ -170,13 +101,13 @@ impl Volumes {
         if !is_snapshot_id(id) {
             return Ok(None);
         }
-        self.record(&snapshot_key(id)).await
+        self.store.record(&snapshot_key(id)).await
     }
 
     /// Stores snapshot `rec` under its name unless one of that name exists (returned instead).
     pub async fn create_snapshot(&self, rec: SnapshotRecord) -> Result<Created<SnapshotRecord>, CsiError> {
-        let (name, id) = (rec.name.clone(), rec.id.clone());
-        self.create_named(rec, (&name, &id), (snapshot_name_key, snapshot_key), |txn| txn).await
+        let (name, id) = (snapshot_name_key(&rec.name), rec.id.clone());
+        self.store.create_named(rec, (&name, &id), snapshot_key, |txn| txn).await
     }
 
     /// Marks snapshot `id` ready.
@@ -190,7 +121,7 @@ impl Volumes {
             }
             rec.ready = true;
             let txn = Txn::new().mod_revision_equals(&kv.key, kv.mod_revision).put(&kv.key, &encode(&rec));
-            if self.meta.txn(txn).await?.succeeded {
+            if self.meta().txn(txn).await?.succeeded {
                 return Ok(rec);
             }
         }
@@ -200,12 +131,12 @@ impl Volumes {
     pub async fn delete_snapshot(&self, id: &str) -> Result<(), CsiError> {
         for _ in 0..16 {
             let Some((kv, rec)) = self.snapshot(id).await? else { return Ok(()) };
-            volume_engine::delete_data(&self.meta, id).await.map_err(|e| CsiError::Unavailable(e.to_string()))?;
+            volume_engine::delete_data(self.meta(), id).await.map_err(|e| CsiError::Unavailable(e.to_string()))?;
             let txn = Txn::new()
                 .mod_revision_equals(&kv.key, kv.mod_revision)
                 .delete(&kv.key)
                 .delete(&snapshot_name_key(&rec.name));
-            if self.meta.txn(txn).await?.succeeded {
+            if self.meta().txn(txn).await?.succeeded {
                 return Ok(());
             }
         }
@@ -214,7 +145,7 @@ impl Volumes {
 
     /// Up to `max` snapshots after `after` (a snapshot id) in id order, and whether more follow.
     pub async fn list_snapshots(&self, after: &str, max: u32) -> Result<(Vec<SnapshotRecord>, bool), CsiError> {
-        self.page(SNAPSHOTS_PREFIX, Some(after).filter(|a| !a.is_empty()).map(snapshot_key), max).await
+        self.store.page(SNAPSHOTS_PREFIX, Some(after).filter(|a| !a.is_empty()).map(snapshot_key), max).await
     }
 
     /// Copies the blocks of `from` into `to` (sharing chunks); an attached source volume is
@@ -222,11 +153,11 @@ impl Volumes {
     pub async fn copy_blocks(&self, from: &str, to: &str, freeze: bool) -> Result<u64, CsiError> {
         let unavailable = |e: volume_engine::EngineError| CsiError::Unavailable(e.to_string());
         if freeze {
-            volume_engine::freeze(&self.meta, from).await.map_err(unavailable)?;
+            volume_engine::freeze(self.meta(), from).await.map_err(unavailable)?;
         }
-        let out = volume_engine::copy_map(&self.meta, from, to).await.map_err(unavailable);
+        let out = volume_engine::copy_map(self.meta(), from, to).await.map_err(unavailable);
         if freeze {
-            volume_engine::thaw(&self.meta, from).await.map_err(unavailable)?;
+            volume_engine::thaw(self.meta(), from).await.map_err(unavailable)?;
         }
         out
     }
@@ -236,20 +167,20 @@ impl Volumes {
         if check_node_id(id).is_err() {
             return Ok(false);
         }
-        Ok(self.meta.get(&node_key(id)).await?.is_some())
+        Ok(self.meta().get(&node_key(id)).await?.is_some())
     }
 
     /// Records node plugin `rec` (a restart overwrites its earlier record).
     pub async fn register_node(&self, rec: &NodeRecord) -> Result<(), CsiError> {
-        self.meta.put(&node_key(&rec.id), &encode(rec)).await?;
+        self.meta().put(&node_key(&rec.id), &encode(rec)).await?;
         Ok(())
     }
 
     /// The storage nodes that are up and their free bytes.
     pub async fn pool(&self) -> Result<Vec<(String, u64)>, CsiError> {
         let unavailable = |e: cluster::ClusterError| CsiError::Unavailable(format!("storage pool: {e}"));
-        let map = NodeMap::load(&self.meta).await.map_err(unavailable)?;
-        let t = cluster::PoolSettings::load(&self.meta)
+        let map = NodeMap::load(self.meta()).await.map_err(unavailable)?;
+        let t = cluster::PoolSettings::load(self.meta())
             .await
             .map_err(unavailable)?
             .map_or_else(Timeouts::default, |s| s.timeouts());
@@ -260,5 +191,13 @@ impl Volumes {
             .filter(|n| map.state(&n.id, now, &t) == Some(NodeState::Up))
             .map(|n| (n.id.clone(), n.free_bytes))
             .collect())
+    }
+}
+
+/// Ready once the metadata service answers and at least one storage node is up.
+#[tonic::async_trait]
+impl csi_kit::identity::Probe for Volumes {
+    async fn ready(&self) -> Result<bool, CsiError> {
+        Ok(!self.pool().await?.is_empty())
     }
 }

@@ -93,7 +93,7 @@ pub async fn run(cfg: CsiFsConfig, shutdown: impl Future<Output = ()> + Send + '
         inflight: InFlight::default(),
         metrics,
         staged: Arc::new(tokio::sync::Mutex::new(match cfg.node_id {
-            Some(_) => attach::load_all(&cfg.state_dir),
+            Some(_) => mount_process::MOUNT_PROCESS.load_all(&cfg.state_dir),
             None => Default::default(),
         })),
     };
@@ -111,7 +111,7 @@ pub async fn run(cfg: CsiFsConfig, shutdown: impl Future<Output = ()> + Send + '
     };
     let mut server = tonic::transport::Server::builder();
     let router = server
-        .add_service(IdentityServer::new(driver.clone()))
+        .add_service(IdentityServer::new(identity::identity(&driver)))
         .add_optional_service(cfg.controller.then(|| ControllerServer::new(driver.clone())))
         .add_optional_service(cfg.node_id.is_some().then(|| NodeServer::new(driver.clone())));
     ready.store(true, Ordering::Relaxed);

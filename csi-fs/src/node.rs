@@ -17,7 +17,7 @@ use csi_kit::mount;
 use tonic::{Request, Response, Status};
 
 use crate::attach::{self, StagedState};
-use crate::mount_process::{MountSpec, SPEC_VERSION};
+use crate::mount_process::{MOUNT_PROCESS, MountSpec, SPEC_VERSION};
 use crate::{Driver, params};
 
 /// What the Node service offers.
@@ -47,14 +47,14 @@ impl Driver {
     /// and unregisters) and forgets the stage. `dead` (the mount process is gone): unmounts
     /// lazily and keeps the log, which tells why it died.
     async fn teardown(&self, st: &StagedState, dead: bool) -> Result<(), CsiError> {
-        let d = attach::volume_dir(&self.cfg.state_dir, &st.volume_id);
+        let d = MOUNT_PROCESS.volume_dir(&self.cfg.state_dir, &st.volume_id);
         if dead {
             mount::unmount_lazy(&st.staging).await?;
         } else {
             unmount_or_detach(&st.staging).await?;
         }
-        attach::stop(&d, st.pid).await?;
-        attach::forget(&self.cfg.state_dir, &st.volume_id, dead);
+        d.stop(st.pid).await?;
+        d.forget(dead);
         Ok(())
     }
 
@@ -79,8 +79,8 @@ impl Driver {
                     if read_only { "read-only" } else { "read-write" },
                 )));
             }
-            let d = attach::volume_dir(&self.cfg.state_dir, &st.volume_id);
-            if attach::serving(&d).await && mount::is_mountpoint(&staging) && attach::alive(&staging).await {
+            let d = MOUNT_PROCESS.volume_dir(&self.cfg.state_dir, &st.volume_id);
+            if d.serving().await && mount::is_mountpoint(&staging) && csi_kit::child::alive(&staging).await {
                 return Ok(NodeStageVolumeResponse {});
             }
             // The mount process died (its FUSE mount answers ENOTCONN) or a mount is gone: take
@@ -96,7 +96,7 @@ impl Driver {
             return Err(CsiError::Unavailable(format!("volume {} is still being made; retry", rec.id)));
         }
         let node = self.cfg.node_id.clone().unwrap_or_default();
-        let d = attach::volume_dir(&self.cfg.state_dir, &rec.id);
+        let d = MOUNT_PROCESS.volume_dir(&self.cfg.state_dir, &rec.id);
         let spec = MountSpec {
             version: SPEC_VERSION,
             fs_id: rec.id.clone(),
@@ -108,9 +108,8 @@ impl Driver {
             tls_cert: self.cfg.tls_cert.clone(),
             tls_key: self.cfg.tls_key.clone(),
             log: self.cfg.log.clone(),
-            dir: d.0.clone(),
         };
-        let pid = attach::start(&spec).await?;
+        let pid = d.start(&spec).await?;
         let st = StagedState {
             version: attach::STAGED_VERSION,
             volume_id: rec.id.clone(),
@@ -123,11 +122,11 @@ impl Driver {
             tokio::fs::create_dir_all(&staging).await.map_err(|e| io_err("create", &staging, e))?;
             // Whatever an earlier plugin left mounted there is not this stage.
             mount::unmount_lazy(&staging).await?;
-            mount::mount(&d.mnt(), &staging, "", &[]).await?;
+            mount::mount(&d.mount_point(), &staging, "", &[]).await?;
             if read_only {
                 mount::remount_read_only(&staging).await?;
             }
-            attach::store(&self.cfg.state_dir, &st)
+            d.store_staged(&st)
         };
         if let Err(e) = made.await {
             if let Err(e2) = self.teardown(&st, false).await {
@@ -149,8 +148,8 @@ impl Driver {
         let Some(st) = self.staged.lock().await.get(&r.volume_id).cloned() else {
             return Ok(NodeUnstageVolumeResponse {});
         };
-        let d = attach::volume_dir(&self.cfg.state_dir, &st.volume_id);
-        let dead = !attach::serving(&d).await;
+        let d = MOUNT_PROCESS.volume_dir(&self.cfg.state_dir, &st.volume_id);
+        let dead = !d.serving().await;
         self.teardown(&st, dead).await?;
         self.staged.lock().await.remove(&r.volume_id);
         tracing::info!(volume = %r.volume_id, "volume unstaged");

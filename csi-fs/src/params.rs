@@ -4,14 +4,13 @@
 
 use std::collections::HashMap;
 
-use cairn_proto::csi::v1::volume_capability::AccessType;
 use cairn_proto::csi::v1::volume_capability::access_mode::Mode;
 use cairn_proto::csi::v1::{CapacityRange, VolumeCapability};
 use csi_kit::CsiError;
 use csi_kit::error::invalid;
+use csi_kit::params::{ALL_MODES, Capabilities};
+pub use csi_kit::params::{MIB, fits};
 
-/// Volumes are sized in whole MiB.
-pub const MIB: u64 = 1 << 20;
 /// The size of a volume whose claim names none.
 pub const DEFAULT_CAPACITY: u64 = 1 << 30;
 /// The largest volume (its filesystem's quota).
@@ -39,19 +38,16 @@ pub fn check_parameters(p: &HashMap<String, String>) -> Result<(), CsiError> {
     Ok(())
 }
 
-/// Access modes a shared filesystem offers: every one the spec names.
-pub fn supported_mode(mode: i32) -> bool {
-    matches!(
-        Mode::try_from(mode),
-        Ok(Mode::SingleNodeWriter
-            | Mode::SingleNodeReaderOnly
-            | Mode::SingleNodeSingleWriter
-            | Mode::SingleNodeMultiWriter
-            | Mode::MultiNodeReaderOnly
-            | Mode::MultiNodeSingleWriter
-            | Mode::MultiNodeMultiWriter)
-    )
-}
+/// The volume capabilities a shared filesystem offers: every access mode the spec names, mount
+/// access only, its file system `cairnfs` (or none named).
+pub const CAPABILITIES: Capabilities = Capabilities {
+    modes: ALL_MODES,
+    modes_note: "",
+    access_types: "mount",
+    block_refused: Some("block access is not offered by shared filesystem volumes; use mount access"),
+    fs_types: &[FS_TYPE],
+    fs_types_note: "empty or cairnfs",
+};
 
 /// Whether `cap` only reads: such a stage mounts the filesystem read-only.
 pub fn read_only(cap: &VolumeCapability) -> bool {
@@ -63,90 +59,30 @@ pub fn read_only(cap: &VolumeCapability) -> bool {
 
 /// Why this driver cannot serve `cap` (None: it can).
 pub fn capability_problem(cap: &VolumeCapability) -> Option<String> {
-    let Some(mode) = cap.access_mode.as_ref() else {
-        return Some("a volume capability has no access_mode".into());
-    };
-    if !supported_mode(mode.mode) {
-        let name = Mode::try_from(mode.mode).map(|m| m.as_str_name()).unwrap_or("unknown");
-        return Some(format!("access mode {name} is not offered"));
-    }
-    match &cap.access_type {
-        None => Some("a volume capability has no access_type (mount)".into()),
-        Some(AccessType::Block(_)) => {
-            Some("block access is not offered by shared filesystem volumes; use mount access".into())
-        }
-        Some(AccessType::Mount(m)) if m.fs_type.is_empty() || m.fs_type == FS_TYPE => None,
-        Some(AccessType::Mount(m)) => Some(format!("fs_type {:?} is not offered (empty or {FS_TYPE})", m.fs_type)),
-    }
+    CAPABILITIES.problem(cap)
 }
 
 /// Checks one capability (a Node call's): present and served.
 pub fn check_capability(cap: Option<&VolumeCapability>) -> Result<&VolumeCapability, CsiError> {
-    let cap = cap.ok_or_else(|| invalid("volume_capability is required"))?;
-    match capability_problem(cap) {
-        Some(why) => Err(invalid(why)),
-        None => Ok(cap),
-    }
+    CAPABILITIES.check(cap)
 }
 
 /// Checks CreateVolume's capabilities: at least one, all served.
 pub fn check_capabilities(caps: &[VolumeCapability]) -> Result<(), CsiError> {
-    if caps.is_empty() {
-        return Err(invalid("volume_capabilities is required"));
-    }
-    match caps.iter().find_map(capability_problem) {
-        Some(why) => Err(invalid(why)),
-        None => Ok(()),
-    }
+    CAPABILITIES.check_all(caps, |_| Ok(()))
 }
 
 /// The size to create for `range`: the required bytes rounded up to whole MiB (1 GiB when no
 /// size is asked for), within the limit.
 pub fn capacity(range: Option<&CapacityRange>) -> Result<u64, CsiError> {
-    let (req, lim) = range.map_or((0, 0), |r| (r.required_bytes, r.limit_bytes));
-    if req < 0 || lim < 0 {
-        return Err(invalid("capacity_range bytes must not be negative"));
-    }
-    let (req, lim) = (req as u64, lim as u64);
-    if lim != 0 && req > lim {
-        return Err(CsiError::OutOfRange(format!("required_bytes {req} exceeds limit_bytes {lim}")));
-    }
-    let want = if req == 0 { if lim == 0 { DEFAULT_CAPACITY } else { lim.min(DEFAULT_CAPACITY) } } else { req };
-    let mut size = want.div_ceil(MIB) * MIB;
-    if lim != 0 && size > lim {
-        size = lim / MIB * MIB;
-    }
-    if size < want || size == 0 {
-        return Err(CsiError::OutOfRange(format!(
-            "volumes are sized in whole MiB; none fits between {req} and {lim} bytes"
-        )));
-    }
-    if size > MAX_CAPACITY {
-        return Err(CsiError::OutOfRange(format!("{size} bytes exceeds the largest volume, {MAX_CAPACITY} bytes")));
-    }
-    Ok(size)
-}
-
-/// Whether a volume of `size` bytes satisfies `range`.
-pub fn fits(size: u64, range: Option<&CapacityRange>) -> bool {
-    let Some(r) = range else { return true };
-    size >= r.required_bytes.max(0) as u64 && (r.limit_bytes <= 0 || size <= r.limit_bytes as u64)
+    csi_kit::params::capacity(range, DEFAULT_CAPACITY, MAX_CAPACITY)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cairn_proto::csi::v1::volume_capability::{AccessMode, BlockVolume, MountVolume};
-
-    fn cap(mode: Mode, fs: Option<&str>) -> VolumeCapability {
-        VolumeCapability {
-            access_mode: Some(AccessMode { mode: mode as i32 }),
-            access_type: Some(match fs {
-                Some(f) => AccessType::Mount(MountVolume { fs_type: f.into(), ..Default::default() }),
-                None => AccessType::Block(BlockVolume {}),
-            }),
-        }
-    }
+    use cairn_proto::csi::v1::volume_capability::AccessMode;
+    use csi_kit::params::capability as cap;
 
     fn params(kv: &[(&str, &str)]) -> HashMap<String, String> {
         kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
@@ -183,6 +119,10 @@ mod tests {
         assert!(check_capabilities(&[cap(Mode::MultiNodeMultiWriter, Some("ext4"))]).is_err());
         let no_type = VolumeCapability { access_mode: Some(AccessMode { mode: 5 }), access_type: None };
         assert!(capability_problem(&no_type).unwrap().contains("access_type"));
+        let fs = capability_problem(&cap(Mode::MultiNodeMultiWriter, Some("ext4"))).unwrap();
+        assert_eq!(fs, format!("fs_type \"ext4\" is not offered (empty or {FS_TYPE})"));
+        let mode = capability_problem(&cap(Mode::Unknown, Some(""))).unwrap();
+        assert_eq!(mode, "access mode UNKNOWN is not offered");
         let no_mode = VolumeCapability { access_mode: None, ..cap(Mode::MultiNodeMultiWriter, Some("")) };
         assert!(capability_problem(&no_mode).unwrap().contains("access_mode"));
         assert_eq!(check_capability(None).unwrap_err().code(), tonic::Code::InvalidArgument);

@@ -10,7 +10,6 @@
 //! volume and per snapshot, its id the volume's (`fs-` + 32 hex) or the snapshot's (`fss-` + 32
 //! hex). A record and its name entry are written and deleted together in one transaction.
 
-use csi_kit::Versioned;
 use serde::{Deserialize, Serialize};
 
 pub use csi_kit::records::{check_node_id, decode, encode, now_ms};
@@ -114,19 +113,7 @@ pub struct SnapshotRecord {
     pub ready: bool,
 }
 
-impl Versioned for VolumeRecord {
-    const FORMAT: u32 = RECORD_VERSION;
-    fn format_version(&self) -> u32 {
-        self.version
-    }
-}
-
-impl Versioned for SnapshotRecord {
-    const FORMAT: u32 = RECORD_VERSION;
-    fn format_version(&self) -> u32 {
-        self.version
-    }
-}
+csi_kit::versioned!(RECORD_VERSION => VolumeRecord, SnapshotRecord);
 
 #[cfg(test)]
 mod tests {

@@ -6,6 +6,7 @@
 use cairn_proto::csi::v1::*;
 use csi_kit::error::invalid;
 use csi_kit::records::check_name;
+use csi_kit::snapshots::{self, SnapshotLayout, StoredSnapshots};
 use csi_kit::{Created, CsiError};
 
 use crate::records::*;
@@ -14,18 +15,12 @@ use crate::{Driver, fs_error};
 /// Most snapshots ListSnapshots returns in one page.
 const LIST_PAGE_MAX: u32 = 1000;
 
+/// Snapshot records and their CSI form, as ListSnapshots reads them.
+const LAYOUT: SnapshotLayout<SnapshotRecord> =
+    SnapshotLayout { prefix: SNAPSHOTS_PREFIX, key_of: snapshot_key, is_id: is_snapshot_id, to_csi };
+
 fn to_csi(s: &SnapshotRecord) -> Snapshot {
-    Snapshot {
-        size_bytes: s.size_bytes as i64,
-        snapshot_id: s.id.clone(),
-        source_volume_id: s.source_volume.clone(),
-        creation_time: Some(prost_types::Timestamp {
-            seconds: (s.created_unix_ms / 1000) as i64,
-            nanos: ((s.created_unix_ms % 1000) * 1_000_000) as i32,
-        }),
-        ready_to_use: s.ready,
-        group_snapshot_id: String::new(),
-    }
+    snapshots::snapshot(&s.id, &s.source_volume, s.size_bytes, s.created_unix_ms, s.ready)
 }
 
 pub async fn create(d: &Driver, r: CreateSnapshotRequest) -> Result<CreateSnapshotResponse, CsiError> {
@@ -81,43 +76,5 @@ pub async fn delete(d: &Driver, r: DeleteSnapshotRequest) -> Result<DeleteSnapsh
 }
 
 pub async fn list(d: &Driver, r: ListSnapshotsRequest) -> Result<ListSnapshotsResponse, CsiError> {
-    if r.max_entries < 0 {
-        return Err(invalid("max_entries must not be negative"));
-    }
-    if !r.snapshot_id.is_empty() {
-        let found = d.volumes.snapshot(&r.snapshot_id).await?.map(|(_, s)| s);
-        let entries = found
-            .filter(|s| r.source_volume_id.is_empty() || s.source_volume == r.source_volume_id)
-            .map(|s| list_snapshots_response::Entry { snapshot: Some(to_csi(&s)) })
-            .into_iter()
-            .collect();
-        return Ok(ListSnapshotsResponse { entries, next_token: String::new() });
-    }
-    if !r.starting_token.is_empty() && !is_snapshot_id(&r.starting_token) {
-        return Err(CsiError::Aborted(format!(
-            "starting_token {:?} is not a token ListSnapshots gave",
-            r.starting_token
-        )));
-    }
-    let max = if r.max_entries == 0 { LIST_PAGE_MAX } else { (r.max_entries as u32).min(LIST_PAGE_MAX) };
-    // Filtering by source reads on until a page is full or the snapshots end.
-    let (mut entries, mut after) = (Vec::new(), r.starting_token.clone());
-    loop {
-        let (recs, more) = d.volumes.list_snapshots(&after, max).await?;
-        for s in &recs {
-            if entries.len() as u32 == max {
-                return Ok(ListSnapshotsResponse { entries, next_token: after });
-            }
-            after = s.id.clone();
-            if r.source_volume_id.is_empty() || s.source_volume == r.source_volume_id {
-                entries.push(list_snapshots_response::Entry { snapshot: Some(to_csi(s)) });
-            }
-        }
-        if !more || recs.is_empty() {
-            return Ok(ListSnapshotsResponse { entries, next_token: String::new() });
-        }
-        if entries.len() as u32 == max {
-            return Ok(ListSnapshotsResponse { entries, next_token: after });
-        }
-    }
+    snapshots::list(&StoredSnapshots { store: &d.volumes.store, layout: &LAYOUT }, &r, LIST_PAGE_MAX).await
 }

@@ -134,11 +134,6 @@ impl Volumes {
         Err(CsiError::Aborted(format!("snapshot {id} is changing under another call; retry")))
     }
 
-    /// Up to `max` snapshots after `after` (a snapshot id) in id order, and whether more follow.
-    pub async fn list_snapshots(&self, after: &str, max: u32) -> Result<(Vec<SnapshotRecord>, bool), CsiError> {
-        self.store.page(SNAPSHOTS_PREFIX, Some(after).filter(|a| !a.is_empty()).map(snapshot_key), max).await
-    }
-
     /// The storage nodes that are up and their free bytes, and the pool's copies per chunk.
     pub async fn pool(&self) -> Result<(Vec<(String, u64)>, usize), CsiError> {
         let unavailable = |e: cluster::ClusterError| CsiError::Unavailable(format!("storage pool: {e}"));
@@ -154,5 +149,13 @@ impl Volumes {
             .map(|n| (n.id.clone(), n.free_bytes))
             .collect();
         Ok((up, replicas.max(1)))
+    }
+}
+
+/// Ready once the metadata service answers and at least one storage node is up.
+#[tonic::async_trait]
+impl csi_kit::identity::Probe for Volumes {
+    async fn ready(&self) -> Result<bool, CsiError> {
+        Ok(!self.pool().await?.0.is_empty())
     }
 }

@@ -47,19 +47,32 @@ pub async fn create_key(
     Ok(k)
 }
 
-/// Stores a key with a given id and secret unless one with that id exists (the local
-/// all-in-one's first key). Returns the stored key.
-pub async fn ensure_key(meta: &MetaClient, id: &str, secret: &str, name: &str) -> Result<AccessKey> {
+/// Keeps an admin key with this id and secret in the metadata service (objectd's configured
+/// admin key from a Kubernetes Secret, the local all-in-one's first key): made (named `name`)
+/// if missing, its secret replaced if the configured one changed (rotation), its grants kept.
+pub async fn sync_admin_key(meta: &MetaClient, id: &str, secret: &str, name: &str) -> Result<AccessKey> {
     let key = access_key_key(id);
-    if let Some(kv) = meta.get(&key).await? {
-        return decode(&kv.key, &kv.value);
+    for _ in 0..8 {
+        let Some(kv) = meta.get(&key).await? else {
+            let mut k = AccessKey::generate(name, true, true);
+            k.id = id.to_string();
+            k.secret = secret.to_string();
+            if meta.txn(Txn::new().absent(&key).put(&key, &encode(&k))).await?.succeeded {
+                return Ok(k);
+            }
+            continue;
+        };
+        let mut k: AccessKey = decode(&kv.key, &kv.value)?;
+        if k.secret == secret && k.admin {
+            return Ok(k);
+        }
+        k.secret = secret.to_string();
+        k.admin = true;
+        if meta.txn(Txn::new().mod_revision_equals(&key, kv.mod_revision).put(&key, &encode(&k))).await?.succeeded {
+            return Ok(k);
+        }
     }
-    let mut k = AccessKey::generate(name, true, true);
-    k.id = id.to_string();
-    k.secret = secret.to_string();
-    meta.txn(Txn::new().absent(&key).put(&key, &encode(&k))).await?;
-    let kv = meta.get(&key).await?.ok_or(ObjectdError::Conflict)?;
-    decode(&kv.key, &kv.value)
+    Err(ObjectdError::Conflict)
 }
 
 /// Every key, by id.

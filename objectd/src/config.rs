@@ -44,6 +44,23 @@ pub struct ObjectdConfig {
     pub tls_cert: Option<PathBuf>,
     /// This member's private key (PEM).
     pub tls_key: Option<PathBuf>,
+    /// An admin access key objectd keeps in the metadata service from its start on (made if
+    /// missing, its secret brought in step if changed): how a Kubernetes Secret becomes the
+    /// first S3 key. Set together with `admin_secret_access_key`, or neither.
+    pub admin_access_key_id: Option<String>,
+    /// That key's secret (never logged).
+    pub admin_secret_access_key: Option<SecretString>,
+}
+
+/// A secret that prints as `<redacted>` in `Debug` output (and so in logs).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretString(pub String);
+
+impl std::fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 impl Default for ObjectdConfig {
@@ -64,6 +81,8 @@ impl Default for ObjectdConfig {
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
+            admin_access_key_id: None,
+            admin_secret_access_key: None,
         }
     }
 }
@@ -119,6 +138,13 @@ pub struct ObjectdArgs {
     /// This member's private key (PEM).
     #[arg(long, env = "CAIRN_S3_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// Admin access key id kept in the metadata service (with --admin-secret-access-key; best
+    /// given through the environment, e.g. from a Kubernetes Secret).
+    #[arg(long, env = "CAIRN_S3_ADMIN_ACCESS_KEY_ID")]
+    pub admin_access_key_id: Option<String>,
+    /// That admin key's secret.
+    #[arg(long, env = "CAIRN_S3_ADMIN_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub admin_secret_access_key: Option<String>,
 }
 
 impl ObjectdConfig {
@@ -141,6 +167,12 @@ impl ObjectdConfig {
         }
         if args.tls_key.is_some() {
             c.tls_key = args.tls_key.clone();
+        }
+        if args.admin_access_key_id.is_some() {
+            c.admin_access_key_id = args.admin_access_key_id.clone();
+        }
+        if let Some(s) = &args.admin_secret_access_key {
+            c.admin_secret_access_key = Some(SecretString(s.clone()));
         }
         c.validate()?;
         Ok(c)
@@ -169,6 +201,18 @@ impl ObjectdConfig {
         }
         if self.mpu_expiry_secs == 0 {
             return bad("mpu_expiry_secs must be at least 1".into());
+        }
+        match (&self.admin_access_key_id, &self.admin_secret_access_key) {
+            (None, None) => {}
+            (Some(id), Some(secret)) => {
+                if !(3..=128).contains(&id.len()) || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                    return bad("admin_access_key_id must be 3 to 128 letters and digits".into());
+                }
+                if !(8..=128).contains(&secret.0.len()) || secret.0.bytes().any(|b| !b.is_ascii_graphic()) {
+                    return bad("admin_secret_access_key must be 8 to 128 printable characters without spaces".into());
+                }
+            }
+            _ => return bad("admin_access_key_id and admin_secret_access_key go together".into()),
         }
         self.tls().validate().map_err(|e| ObjectdError::Config(e.to_string()))?;
         Ok(())
@@ -201,5 +245,22 @@ mod tests {
         let c = ObjectdConfig::load(&args).unwrap();
         assert_eq!(c.region, "eu-west-3");
         assert_eq!(c.meta, vec!["a:1".to_string()]);
+    }
+
+    #[test]
+    fn admin_key_goes_in_pairs_and_its_secret_is_never_printed() {
+        let mut args = ObjectdArgs {
+            meta: Some(vec!["a:1".into()]),
+            admin_access_key_id: Some("CKADMIN".into()),
+            ..Default::default()
+        };
+        assert!(ObjectdConfig::load(&args).unwrap_err().to_string().contains("go together"));
+        args.admin_secret_access_key = Some("short".into());
+        assert!(ObjectdConfig::load(&args).unwrap_err().to_string().contains("admin_secret_access_key"));
+        args.admin_secret_access_key = Some("s3cr3t-value-long".into());
+        let c = ObjectdConfig::load(&args).unwrap();
+        assert!(!format!("{c:?}").contains("s3cr3t"));
+        args.admin_access_key_id = Some("bad id".into());
+        assert!(ObjectdConfig::load(&args).unwrap_err().to_string().contains("admin_access_key_id"));
     }
 }

@@ -99,6 +99,11 @@ pub async fn run(cfg: ObjectdConfig, shutdown: impl Future<Output = ()> + Send +
         let _ = stop_tx.send(true);
         return Ok(());
     };
+    if let (Some(id), Some(secret)) = (&cfg.admin_access_key_id, &cfg.admin_secret_access_key) {
+        // Every replica does this at start; the compare-and-set makes them agree.
+        admin::sync_admin_key(&meta, id, &secret.0, "admin").await?;
+        tracing::info!(access_key = %id, "admin access key in place");
+    }
     let store = Store {
         keys: Cache::<AccessKey>::follow(meta.clone(), records::KEYS_PREFIX),
         buckets: Cache::<BucketRecord>::follow(meta.clone(), records::BUCKETS_PREFIX),

@@ -107,3 +107,31 @@ pub fn mounts_under(dir: &Path) -> Vec<String> {
         .map(String::from)
         .collect()
 }
+
+/// The RPC types a Controller service reports in ControllerGetCapabilities.
+pub async fn controller_rpcs(c: &mut cairn_proto::csi::v1::controller_client::ControllerClient<Channel>) -> Vec<i32> {
+    use cairn_proto::csi::v1::{ControllerGetCapabilitiesRequest, controller_service_capability::Type};
+    let caps = c.controller_get_capabilities(ControllerGetCapabilitiesRequest {}).await.expect("capabilities");
+    caps.into_inner()
+        .capabilities
+        .into_iter()
+        .filter_map(|c| match c.r#type {
+            Some(Type::Rpc(r)) => Some(r.r#type),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The RPC types a Node service reports in NodeGetCapabilities.
+pub async fn node_rpcs(n: &mut cairn_proto::csi::v1::node_client::NodeClient<Channel>) -> Vec<i32> {
+    use cairn_proto::csi::v1::{NodeGetCapabilitiesRequest, node_service_capability::Type};
+    let caps = n.node_get_capabilities(NodeGetCapabilitiesRequest {}).await.expect("capabilities");
+    caps.into_inner()
+        .capabilities
+        .into_iter()
+        .filter_map(|c| match c.r#type {
+            Some(Type::Rpc(r)) => Some(r.r#type),
+            _ => None,
+        })
+        .collect()
+}

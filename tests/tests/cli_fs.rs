@@ -62,8 +62,9 @@ async fn cli_fs_list_shows_quota_usage_origin_and_clients() {
     let other = "team-share";
     let rec = fs_meta::filesystem::create(&mc, vol, 64 * MIB).await.unwrap();
     assert_eq!(rec.quota_bytes, 64 * MIB);
-    fs_meta::filesystem::register_client(&mc, vol, "node-a-0001", "node-a", false).await.unwrap();
-    fs_meta::filesystem::register_client(&mc, vol, "node-b-0002", "node-b", true).await.unwrap();
+    let now = fs_meta::filesystem::now_ms();
+    fs_meta::filesystem::register_client(&mc, vol, "node-a-0001", "node-a", false, now).await.unwrap();
+    fs_meta::filesystem::register_client(&mc, vol, "node-b-0002", "node-b", true, now).await.unwrap();
     fs_meta::filesystem::copy(&mc, vol, copy, 128 * MIB).await.unwrap();
     fs_meta::filesystem::create(&mc, other, 3 << 30).await.unwrap();
 

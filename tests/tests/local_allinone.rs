@@ -5,48 +5,18 @@
 //! cleanly.
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use integration_tests::{bin, free_port, random_bytes};
+use integration_tests::local::LocalSystem;
+use integration_tests::{bin, random_bytes};
 
 #[test]
 fn local_system_publishes_its_env_file_and_serves_clients() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let addr = || format!("127.0.0.1:{}", free_port());
-    let mut child = Command::new(bin("cairn-local"))
-        .arg("--data")
-        .arg(&data)
-        .args(["--node-listen", &addr(), "--node-http", &addr()])
-        .args(["--meta-listen", &addr(), "--meta-peer", &addr(), "--meta-http", &addr()])
-        .args(["--s3-listen", &addr(), "--s3-http", &addr(), "--csi-block-http", &addr()])
-        .args(["--csi-fs-http", &addr()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let env_path = data.join("local.env");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !env_path.exists() {
-        assert!(child.try_wait().unwrap().is_none(), "cairn-local exited early");
-        assert!(Instant::now() < deadline, "no local.env after 60 s");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let pid = child.id();
-    let guard = Kill(child);
-    let env: HashMap<String, String> = std::fs::read_to_string(&env_path)
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
-        .collect();
+    let mut local = LocalSystem::start(dir.path());
+    let data = local.data.clone();
+    let env = local.env.clone();
     for key in [
         "CAIRN_NODE",
         "CAIRN_META",
@@ -72,20 +42,7 @@ fn local_system_publishes_its_env_file_and_serves_clients() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     // `set -a; . data/local.env` and the aws CLI works at once.
-    let py = integration_tests::s3::python();
-    let aws = |args: &[&str]| {
-        let out = Command::new(py)
-            .args(["-m", "awscli"])
-            .args(args)
-            .env_clear()
-            .envs(&env)
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("HOME", dir.path())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "aws {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let aws = |args: &[&str]| aws_with(&env, dir.path(), args);
     aws(&["s3", "mb", "s3://local-first"]);
     aws(&["s3", "cp", "--no-progress", file.to_str().unwrap(), "s3://local-first/f.bin"]);
     let back = dir.path().join("back.bin");
@@ -108,33 +65,12 @@ fn local_system_publishes_its_env_file_and_serves_clients() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let mut c = controller_client::ControllerClient::new(ch);
-        let v = c
-            .create_volume(CreateVolumeRequest {
-                name: "pv-local".into(),
-                capacity_range: Some(CapacityRange { required_bytes: 64 << 20, limit_bytes: 0 }),
-                volume_capabilities: vec![VolumeCapability {
-                    access_mode: Some(AccessMode { mode: 1 }),
-                    access_type: Some(AccessType::Block(BlockVolume {})),
-                }],
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .volume
-            .unwrap();
+        let v = create_raw_volume(&mut c, "pv-local", 64 << 20).await;
         assert_eq!(v.capacity_bytes, 64 << 20);
         // As root, the local node `local-1` attaches it: its data path is `cairn-local
         // volume-server`, and the raw device takes a write and reads it back.
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } == 0 {
-            struct Unmount(std::path::PathBuf);
-            impl Drop for Unmount {
-                fn drop(&mut self) {
-                    integration_tests::csi::cleanup_mounts_under(&self.0);
-                }
-            }
-            let _unmount = Unmount(data.clone());
             let block = || VolumeCapability {
                 access_mode: Some(AccessMode { mode: 1 }),
                 access_type: Some(AccessType::Block(BlockVolume {})),
@@ -224,14 +160,6 @@ fn local_system_publishes_its_env_file_and_serves_clients() {
         }
         // As root: a shared filesystem made, staged and published on `local-1` (its FUSE client
         // is `cairn-local fs-mount`), a file written and read back, then all of it taken down.
-        struct Cleanup(std::path::PathBuf);
-        impl Drop for Cleanup {
-            fn drop(&mut self) {
-                kill_fs_mounts_under(&self.0);
-                integration_tests::csi::cleanup_mounts_under(&self.0);
-            }
-        }
-        let _cleanup = Cleanup(data.clone());
         let rwx = || VolumeCapability {
             access_mode: Some(AccessMode { mode: Mode::MultiNodeMultiWriter as i32 }),
             access_type: Some(AccessType::Mount(MountVolume::default())),
@@ -295,36 +223,90 @@ fn local_system_publishes_its_env_file_and_serves_clients() {
         c.delete_volume(DeleteVolumeRequest { volume_id: v.volume_id, ..Default::default() }).await.unwrap();
     });
 
-    // SAFETY: signalling our own child.
-    unsafe {
-        libc::kill(pid as i32, libc::SIGTERM);
-    }
-    let mut guard = guard;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(st) = guard.0.try_wait().unwrap() {
-            break st;
-        }
-        assert!(Instant::now() < deadline, "cairn-local ignored SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(status.success(), "{status:?}");
-    assert!(!env_path.exists(), "local.env must go away when the system stops");
+    local.stop();
 }
 
-/// SIGKILLs every `fs-mount` process (a staged filesystem's FUSE client, which outlives its node
-/// plugin by design) serving a volume under `data` — what a failed test would leave running.
-/// cairn-local itself names `data` too, and is left alone.
-fn kill_fs_mounts_under(data: &std::path::Path) {
-    let prefix = data.to_string_lossy().as_bytes().to_vec();
-    let Ok(rd) = std::fs::read_dir("/proc") else { return };
-    for e in rd.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
-        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
-        if args.get(1) == Some(&&b"fs-mount"[..]) && args.get(2).is_some_and(|a| a.starts_with(&prefix)) {
-            // SAFETY: kill has no memory-safety preconditions.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
+/// The local system tells what runs where and how to stop it, stops cleanly on SIGTERM, and a
+/// second start on the same data directory has everything the first one held: metadata keys, S3
+/// objects (with the same first access key) and CSI volumes.
+#[test]
+fn local_system_keeps_its_data_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("obj.bin");
+    std::fs::write(&file, random_bytes(5 << 20)).unwrap();
+    let aws = |env: &HashMap<String, String>, args: &[&str]| aws_with(env, dir.path(), args);
+    let cairn = |env: &HashMap<String, String>, args: &[&str]| {
+        let out = Command::new(bin("cairn")).envs(env).args(args).output().unwrap();
+        assert!(out.status.success(), "cairn {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let create_volume = |env: &HashMap<String, String>| -> String {
+        let sock = env["CSI_BLOCK_ENDPOINT"].strip_prefix("unix://").unwrap().to_string();
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            let ch = csi_kit::connect_unix(std::path::Path::new(&sock)).await.unwrap();
+            let mut c = cairn_proto::csi::v1::controller_client::ControllerClient::new(ch);
+            create_raw_volume(&mut c, "pv-kept", 32 << 20).await.volume_id
+        })
+    };
+
+    let mut first = LocalSystem::start(dir.path());
+    let log = std::fs::read_to_string(dir.path().join("cairn-local.log")).unwrap();
+    for what in
+        ["S3 (objectd)", "metadata service", "storage node", "csi-block", "csi-fs", "stop: Ctrl-C or kill -TERM"]
+    {
+        assert!(log.contains(what), "cairn-local does not say where {what:?} is:\n{log}");
     }
+    let env1 = first.env.clone();
+    cairn(&env1, &["meta", "put", "kept", "across-restarts"]);
+    aws(&env1, &["s3", "mb", "s3://kept"]);
+    aws(&env1, &["s3", "cp", "--no-progress", file.to_str().unwrap(), "s3://kept/obj.bin"]);
+    let volume = create_volume(&env1);
+    first.stop();
+    drop(first);
+
+    let second = LocalSystem::start(dir.path());
+    let env2 = second.env.clone();
+    assert_eq!(env1["AWS_ACCESS_KEY_ID"], env2["AWS_ACCESS_KEY_ID"], "the first access key is kept");
+    assert_eq!(cairn(&env2, &["meta", "get", "kept"]), "across-restarts");
+    let back = dir.path().join("back.bin");
+    aws(&env2, &["s3", "cp", "--no-progress", "s3://kept/obj.bin", back.to_str().unwrap()]);
+    assert!(std::fs::read(&back).unwrap() == std::fs::read(&file).unwrap(), "the object survives a restart");
+    assert_eq!(create_volume(&env2), volume, "CreateVolume by the same name finds the same volume");
+}
+
+/// CreateVolume of a raw block volume (single-node writer) of `bytes` named `name`.
+async fn create_raw_volume(
+    c: &mut cairn_proto::csi::v1::controller_client::ControllerClient<tonic::transport::Channel>,
+    name: &str,
+    bytes: i64,
+) -> cairn_proto::csi::v1::Volume {
+    use cairn_proto::csi::v1::volume_capability::{AccessMode, AccessType, BlockVolume};
+    use cairn_proto::csi::v1::*;
+    let cap = VolumeCapability {
+        access_mode: Some(AccessMode { mode: 1 }),
+        access_type: Some(AccessType::Block(BlockVolume {})),
+    };
+    let req = CreateVolumeRequest {
+        name: name.into(),
+        capacity_range: Some(CapacityRange { required_bytes: bytes, limit_bytes: 0 }),
+        volume_capabilities: vec![cap],
+        ..Default::default()
+    };
+    c.create_volume(req).await.unwrap_or_else(|e| panic!("CreateVolume {name}: {e}")).into_inner().volume.unwrap()
+}
+
+/// Runs the aws CLI with exactly `env` (what `set -a; . data/local.env` gives a shell) and
+/// `home` as HOME; asserts it succeeds and returns its stdout.
+fn aws_with(env: &HashMap<String, String>, home: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new(integration_tests::s3::python())
+        .args(["-m", "awscli"])
+        .args(args)
+        .env_clear()
+        .envs(env)
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "aws {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -137,7 +137,8 @@ async fn bad_input_gets_the_right_codes_and_stores_nothing() {
     assert!(!states[0].present);
     // Raw protocol misuse: a short hash and a length that the data does not match.
     let mut raw = cairn_proto_client(&node.grpc).await;
-    let bad_hash = raw.get(cairn_proto::chunk::v1::GetRequest { hash: vec![1, 2, 3] }).await.unwrap_err();
+    let bad_hash =
+        raw.get(cairn_proto::chunk::v1::GetRequest { hash: vec![1, 2, 3], caller_verifies: false }).await.unwrap_err();
     assert_eq!(bad_hash.code(), Code::InvalidArgument);
     let short = cairn_proto::chunk::v1::PutRequest { hash: vec![], length: 100, data: vec![0; 10].into() };
     let err = raw.put(tokio_stream_iter(vec![short])).await.unwrap_err();

@@ -127,3 +127,32 @@ fn s3_cli_tools() {
     let _g = serial();
     run_suite("cli_tools", &[], &[]);
 }
+
+/// The admin key a Helm install hands objectd through its environment (from a Secret) works at
+/// once with the aws CLI, is an admin key in `cairn s3 key list`, and its secret is never logged.
+#[test]
+fn s3_admin_key_from_config() {
+    let _g = serial();
+    let py = integration_tests::s3::python();
+    let (id, secret) = ("CKHELMADMIN0001".to_string(), "helm-made-secret-0123456789abcdefghijklmn".to_string());
+    let s = S3Stack::start_with(&["--admin-access-key-id", &id, "--admin-secret-access-key", &secret]);
+    let aws = |args: &[&str]| {
+        std::process::Command::new(py)
+            .args(["-m", "awscli"])
+            .args(args)
+            .env_remove("AWS_PROFILE")
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .envs(s.py_env(&(id.clone(), secret.clone())))
+            .output()
+            .unwrap()
+    };
+    let out = aws(&["s3", "mb", "s3://from-secret"]);
+    assert!(out.status.success(), "aws s3 mb: {}", String::from_utf8_lossy(&out.stderr));
+    let out = aws(&["s3", "ls"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("from-secret"), "{out:?}");
+    let keys = s.cairn(&["s3", "key", "list"]);
+    let line = keys.lines().find(|l| l.contains(&id)).unwrap_or_else(|| panic!("{keys}"));
+    assert!(line.contains("admin"), "{line}");
+    assert_no_secret_logged(&s, std::slice::from_ref(&secret));
+}

@@ -1,5 +1,6 @@
 //! The FUSE file system that serves one volume as one file (`/volume`): reads and writes go to
-//! the volume engine, fsync and close flush it, punching a hole zeroes (and releases) blocks.
+//! its [`BlockBackend`] (the volume engine), fsync and close flush it, punching a hole zeroes
+//! (and releases) blocks.
 //! Each request runs as its own task (fuse3), so the loop device's requests are served at once.
 
 use std::ffi::OsStr;
@@ -11,7 +12,8 @@ use bytes::Bytes;
 use fuse3::raw::prelude::*;
 use fuse3::{Errno, Result as FuseResult};
 use futures::stream::{self, Stream};
-use volume_engine::{EngineError, Volume};
+
+use crate::backend::{BlockBackend, BlockError};
 
 /// The file's name in the mount.
 pub const FILE_NAME: &str = "volume";
@@ -29,32 +31,24 @@ const FALLOC_FL_PUNCH_HOLE: u32 = 0x02;
 const FALLOC_FL_ZERO_RANGE: u32 = 0x10;
 
 /// Serves one volume.
-pub struct VolumeFile {
-    pub volume: Arc<Volume>,
+pub struct VolumeFile<B> {
+    pub volume: Arc<B>,
     pub started: SystemTime,
 }
 
-fn errno(e: EngineError) -> Errno {
-    match e {
-        EngineError::OutOfRange { .. } | EngineError::Invalid(_) => libc::EINVAL.into(),
-        EngineError::Fenced { .. } => libc::EROFS.into(),
-        other => {
-            tracing::warn!(error = %other, "volume I/O failed");
-            libc::EIO.into()
-        }
-    }
+fn errno(e: BlockError) -> Errno {
+    (e.code() as i32).into()
 }
 
-impl VolumeFile {
+impl<B: BlockBackend> VolumeFile<B> {
     async fn attr(&self, ino: u64) -> FileAttr {
         let t = self.started.into();
         let (kind, perm, size, blocks, nlink) = if ino == ROOT {
             (FileType::Directory, 0o755, 0, 0, 2)
         } else {
-            let g = self.volume.geometry().await;
             // Thin: the file's blocks are the ones holding data (its usage).
-            let used = self.volume.allocated_blocks().await * g.block_size;
-            (FileType::RegularFile, 0o600, g.capacity, used / 512, 1)
+            let used = self.volume.allocated().await;
+            (FileType::RegularFile, 0o600, self.volume.size().await, used / 512, 1)
         };
         FileAttr {
             ino,
@@ -74,7 +68,7 @@ impl VolumeFile {
     }
 }
 
-impl Filesystem for VolumeFile {
+impl<B: BlockBackend> Filesystem for VolumeFile<B> {
     async fn init(&self, _req: Request) -> FuseResult<ReplyInit> {
         Ok(ReplyInit { max_write: NonZeroU32::new(1 << 20).expect("non-zero") })
     }
@@ -99,7 +93,7 @@ impl Filesystem for VolumeFile {
         // The file's size is the volume's: it only grows (expansion: the node plugin truncates
         // the file to the new capacity); shrinking is refused.
         if let Some(size) = set.size.filter(|_| inode == FILE) {
-            let cap = self.volume.geometry().await.capacity;
+            let cap = self.volume.size().await;
             if size > cap {
                 self.volume.grow(size).await.map_err(errno)?;
             } else if size < cap {
@@ -117,12 +111,13 @@ impl Filesystem for VolumeFile {
     }
 
     async fn read(&self, _req: Request, _inode: u64, _fh: u64, offset: u64, size: u32) -> FuseResult<ReplyData> {
-        let cap = self.volume.geometry().await.capacity;
+        let cap = self.volume.size().await;
         let len = u64::from(size).min(cap.saturating_sub(offset));
         if len == 0 {
             return Ok(ReplyData { data: Bytes::new() });
         }
-        let data = self.volume.read(offset, len).await.map_err(errno)?;
+        // `len` <= `size`, a u32.
+        let data = self.volume.read(offset, len as u32).await.map_err(errno)?;
         Ok(ReplyData { data: Bytes::from(data) })
     }
 
@@ -179,8 +174,7 @@ impl Filesystem for VolumeFile {
     }
 
     async fn statfs(&self, _req: Request, _inode: u64) -> FuseResult<ReplyStatFs> {
-        let g = self.volume.geometry().await;
-        let blocks = g.capacity / 4096;
+        let blocks = self.volume.size().await / 4096;
         Ok(ReplyStatFs { blocks, bfree: 0, bavail: 0, files: 1, ffree: 0, bsize: 4096, namelen: 255, frsize: 4096 })
     }
 

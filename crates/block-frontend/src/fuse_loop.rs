@@ -13,7 +13,13 @@ use fuse3::MountOptions;
 use fuse3::raw::{MountHandle, Session};
 use volume_engine::Volume;
 
+use crate::backend::BlockBackend;
 use crate::fuse_file::{FILE_NAME, VolumeFile};
+
+/// Async requests the kernel keeps in flight to the volume file (FUSE_INIT's `max_background`).
+/// The loop device's direct I/O is all async: the kernel's default of 12 would cap a queue
+/// depth of 32 at 12, and every request waits on the pool.
+const MAX_BACKGROUND: u16 = 128;
 use crate::{BlockDevice, FrontendError, Result};
 
 /// One volume attached as `/dev/loopN` over a FUSE file.
@@ -44,12 +50,15 @@ pub async fn run_tool(tool: &str, args: &[&str]) -> Result<String> {
 /// Serves `volume` as the file [`FILE_NAME`] in a FUSE mount at `mount_dir` (created if
 /// missing). The mount lives until the handle is unmounted or the process ends; awaiting the
 /// handle waits until someone else unmounts it.
-pub async fn mount_file(volume: Arc<Volume>, mount_dir: &Path) -> Result<MountHandle> {
+pub async fn mount_file<B: BlockBackend>(volume: Arc<B>, mount_dir: &Path) -> Result<MountHandle> {
     tokio::fs::create_dir_all(mount_dir)
         .await
         .map_err(|source| FrontendError::Io { what: format!("create {}", mount_dir.display()), source })?;
     let mut opts = MountOptions::default();
-    opts.fs_name(format!("cairn-{}", volume.id())).allow_other(true).default_permissions(true);
+    opts.fs_name(format!("cairn-{}", volume.name()))
+        .allow_other(true)
+        .default_permissions(true)
+        .max_background(MAX_BACKGROUND);
     let fs = VolumeFile { volume, started: SystemTime::now() };
     Session::new(opts)
         .mount(fs, mount_dir)

@@ -2,8 +2,10 @@
 //! machine's kernel has no nbd or ublk, so the front end here is [`fuse_loop`]: the volume as
 //! one file in a FUSE mount served by this process, attached with a loop device in direct-I/O
 //! mode. [`nbd`] serves a volume as an NBD export on a Unix or TCP socket, for qemu or for a
-//! kernel that has the nbd client. Other front ends (ublk) implement [`BlockDevice`] the same way.
+//! kernel that has the nbd client. Both serve a [`backend::BlockBackend`] (a volume, or memory).
+//! Other front ends (ublk) implement [`BlockDevice`] the same way.
 
+pub mod backend;
 pub mod fuse_file;
 pub mod fuse_loop;
 pub mod nbd;

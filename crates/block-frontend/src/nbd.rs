@@ -1,4 +1,4 @@
-//! The NBD front end: serves one [`NbdBackend`] (a [`Volume`], or a [`MemBackend`]) as one named
+//! The NBD front end: serves one [`BlockBackend`] (a volume, or memory) as one named
 //! export over Unix or TCP sockets, speaking the fixed-newstyle NBD protocol
 //! (<https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md>): option haggling
 //! (`EXPORT_NAME`, `GO`, `INFO`, `LIST`, `ABORT`) and the transmission phase with simple replies
@@ -8,7 +8,6 @@
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, BytesMut};
@@ -17,7 +16,8 @@ use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{Mutex, Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
-use volume_engine::{EngineError, Volume};
+
+use crate::backend::{BlockBackend, BlockError};
 
 const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
 const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
@@ -73,129 +73,6 @@ const IN_FLIGHT_BYTES: usize = 64 << 20;
 const MAX_OPTION: u32 = 64 << 10;
 const PREFERRED_BLOCK: u32 = 4096;
 
-/// An error a request is answered with (the protocol's fixed error values).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum NbdError {
-    #[error("operation not permitted")]
-    Perm,
-    #[error("input/output error")]
-    Io,
-    #[error("invalid argument")]
-    Inval,
-    #[error("no space left on device")]
-    NoSpace,
-}
-
-impl NbdError {
-    /// The value sent in the reply's error field.
-    pub fn code(self) -> u32 {
-        match self {
-            NbdError::Perm => 1,
-            NbdError::Io => 5,
-            NbdError::Inval => 22,
-            NbdError::NoSpace => 28,
-        }
-    }
-}
-
-/// What an export serves. Ranges are within [`size`](Self::size) (the server checks). The server
-/// advertises multi-connection consistency, so `flush` must make durable every write acknowledged
-/// before it, whichever connection took it.
-pub trait NbdBackend: Send + Sync + 'static {
-    /// The export's size in bytes (asked once per connection, at the handshake).
-    fn size(&self) -> impl Future<Output = u64> + Send;
-    /// Exactly `len` bytes at `offset`.
-    fn read(&self, offset: u64, len: u32) -> impl Future<Output = Result<Vec<u8>, NbdError>> + Send;
-    /// Writes `data` at `offset` (durable after the next `flush`).
-    fn write(&self, offset: u64, data: &[u8]) -> impl Future<Output = Result<(), NbdError>> + Send;
-    /// Zeroes `len` bytes at `offset` (TRIM and WRITE_ZEROES); they read back as zeros.
-    fn write_zeroes(&self, offset: u64, len: u32) -> impl Future<Output = Result<(), NbdError>> + Send;
-    /// Makes every acknowledged write durable.
-    fn flush(&self) -> impl Future<Output = Result<(), NbdError>> + Send;
-}
-
-fn engine_error(e: EngineError) -> NbdError {
-    match e {
-        EngineError::OutOfRange { .. } | EngineError::Invalid(_) => NbdError::Inval,
-        EngineError::Fenced { .. } => NbdError::Perm,
-        other => {
-            warn!(error = %other, "nbd: volume I/O failed");
-            NbdError::Io
-        }
-    }
-}
-
-impl NbdBackend for Volume {
-    async fn size(&self) -> u64 {
-        self.geometry().await.capacity
-    }
-    async fn read(&self, offset: u64, len: u32) -> Result<Vec<u8>, NbdError> {
-        Volume::read(self, offset, len.into()).await.map_err(engine_error)
-    }
-    async fn write(&self, offset: u64, data: &[u8]) -> Result<(), NbdError> {
-        Volume::write(self, offset, data).await.map_err(engine_error)
-    }
-    async fn write_zeroes(&self, offset: u64, len: u32) -> Result<(), NbdError> {
-        Volume::write_zeroes(self, offset, len.into()).await.map_err(engine_error)
-    }
-    async fn flush(&self) -> Result<(), NbdError> {
-        Volume::flush(self).await.map_err(engine_error)
-    }
-}
-
-/// An export held in memory (tests and tools); counts its flushes.
-pub struct MemBackend {
-    data: std::sync::Mutex<Vec<u8>>,
-    flushes: AtomicU64,
-}
-
-impl MemBackend {
-    /// `size` zero bytes.
-    pub fn new(size: usize) -> Self {
-        Self::with_contents(vec![0; size])
-    }
-    /// An export holding `data`.
-    pub fn with_contents(data: Vec<u8>) -> Self {
-        Self { data: std::sync::Mutex::new(data), flushes: AtomicU64::new(0) }
-    }
-    /// A copy of the export's bytes.
-    pub fn contents(&self) -> Vec<u8> {
-        self.lock().clone()
-    }
-    /// Flushes served so far.
-    pub fn flushes(&self) -> u64 {
-        self.flushes.load(Ordering::SeqCst)
-    }
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
-        self.data.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-    /// Runs `f` on the bytes `offset..offset+len`.
-    fn with_range<T>(&self, offset: u64, len: u64, f: impl FnOnce(&mut [u8]) -> T) -> Result<T, NbdError> {
-        let mut data = self.lock();
-        let end = offset.checked_add(len).filter(|end| *end <= data.len() as u64).ok_or(NbdError::Inval)?;
-        Ok(f(&mut data[offset as usize..end as usize]))
-    }
-}
-
-impl NbdBackend for MemBackend {
-    async fn size(&self) -> u64 {
-        self.lock().len() as u64
-    }
-    async fn read(&self, offset: u64, len: u32) -> Result<Vec<u8>, NbdError> {
-        self.with_range(offset, len.into(), |r| r.to_vec())
-    }
-    async fn write(&self, offset: u64, data: &[u8]) -> Result<(), NbdError> {
-        self.with_range(offset, data.len() as u64, |r| r.copy_from_slice(data))
-    }
-    async fn write_zeroes(&self, offset: u64, len: u32) -> Result<(), NbdError> {
-        self.with_range(offset, len.into(), |r| r.fill(0))
-    }
-    async fn flush(&self) -> Result<(), NbdError> {
-        self.flushes.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
-}
-
 /// One export: its name (the default name `""` also selects it), what it serves, and whether
 /// clients may write.
 pub struct Export<B> {
@@ -204,7 +81,7 @@ pub struct Export<B> {
     read_only: bool,
 }
 
-impl<B: NbdBackend> Export<B> {
+impl<B: BlockBackend> Export<B> {
     /// A read-only export refuses WRITE, TRIM and WRITE_ZEROES with `EPERM`.
     pub fn new(name: impl Into<String>, backend: Arc<B>, read_only: bool) -> Self {
         Self { name: name.into(), backend, read_only }
@@ -248,7 +125,7 @@ impl Listener for TcpListener {
 /// Serves `export` to every client of `listener`, each connection on its own task, until
 /// `shutdown` completes; then lets every connection finish its requests in flight, closes them,
 /// and returns (no backend call runs after that).
-pub async fn serve<L: Listener, B: NbdBackend>(listener: L, export: Export<B>, shutdown: impl Future<Output = ()>) {
+pub async fn serve<L: Listener, B: BlockBackend>(listener: L, export: Export<B>, shutdown: impl Future<Output = ()>) {
     let export = Arc::new(export);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
@@ -287,7 +164,7 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 async fn connection<S, B>(mut stream: S, export: Arc<Export<B>>, mut stop: watch::Receiver<bool>) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    B: NbdBackend,
+    B: BlockBackend,
 {
     let size = tokio::select! {
         size = handshake(&mut stream, &export) => size?,
@@ -303,7 +180,7 @@ where
 async fn handshake<S, B>(s: &mut S, export: &Export<B>) -> io::Result<Option<u64>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
-    B: NbdBackend,
+    B: BlockBackend,
 {
     let mut hello = BytesMut::with_capacity(18);
     hello.put_u64(NBDMAGIC);
@@ -417,22 +294,22 @@ struct Request {
 
 impl Request {
     /// Whether the request may run, given the export's size.
-    fn check(&self, size: u64, read_only: bool) -> Result<(), NbdError> {
+    fn check(&self, size: u64, read_only: bool) -> Result<(), BlockError> {
         let allowed_flags = match self.kind {
             CMD_READ | CMD_WRITE | CMD_FLUSH | CMD_TRIM => CMD_FLAG_FUA,
             CMD_WRITE_ZEROES => CMD_FLAG_FUA | CMD_FLAG_NO_HOLE,
-            _ => return Err(NbdError::Inval),
+            _ => return Err(BlockError::Inval),
         };
         let writes = matches!(self.kind, CMD_WRITE | CMD_TRIM | CMD_WRITE_ZEROES);
         if self.flags & !allowed_flags != 0 {
-            Err(NbdError::Inval)
+            Err(BlockError::Inval)
         } else if writes && read_only {
-            Err(NbdError::Perm)
+            Err(BlockError::Perm)
         } else if matches!(self.kind, CMD_READ | CMD_WRITE) && self.len > MAX_PAYLOAD {
-            Err(NbdError::Inval)
+            Err(BlockError::Inval)
         } else if self.offset.checked_add(self.len.into()).is_none_or(|end| end > size) {
             // The spec asks for ENOSPC on writes past the end.
-            Err(if matches!(self.kind, CMD_WRITE | CMD_WRITE_ZEROES) { NbdError::NoSpace } else { NbdError::Inval })
+            Err(if matches!(self.kind, CMD_WRITE | CMD_WRITE_ZEROES) { BlockError::NoSpace } else { BlockError::Inval })
         } else {
             Ok(())
         }
@@ -470,7 +347,7 @@ async fn transmission<S, B>(
 ) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    B: NbdBackend,
+    B: BlockBackend,
 {
     let (rd, wr) = tokio::io::split(stream);
     let mut rd = BufReader::with_capacity(256 << 10, rd);
@@ -496,7 +373,7 @@ async fn requests<R, S, B>(
 where
     R: AsyncRead + Unpin,
     S: AsyncWrite + Send + 'static,
-    B: NbdBackend,
+    B: BlockBackend,
 {
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let budget = Arc::new(Semaphore::new(IN_FLIGHT_BYTES));
@@ -544,18 +421,18 @@ where
     }
 }
 
-async fn execute<B: NbdBackend>(backend: &B, req: &Request, payload: &[u8]) -> Result<Vec<u8>, NbdError> {
+async fn execute<B: BlockBackend>(backend: &B, req: &Request, payload: &[u8]) -> Result<Vec<u8>, BlockError> {
     match req.kind {
         CMD_READ => {
             let data = backend.read(req.offset, req.len).await?;
             if data.len() != req.len as usize {
                 warn!(want = req.len, got = data.len(), "nbd: backend read returned a wrong length");
-                return Err(NbdError::Io);
+                return Err(BlockError::Io);
             }
             return Ok(data);
         }
         CMD_WRITE => backend.write(req.offset, payload).await?,
-        CMD_TRIM | CMD_WRITE_ZEROES => backend.write_zeroes(req.offset, req.len).await?,
+        CMD_TRIM | CMD_WRITE_ZEROES => backend.write_zeroes(req.offset, req.len.into()).await?,
         _ => {}
     }
     if req.kind == CMD_FLUSH || req.flags & CMD_FLAG_FUA != 0 {
@@ -567,7 +444,7 @@ async fn execute<B: NbdBackend>(backend: &B, req: &Request, payload: &[u8]) -> R
 async fn reply<W: AsyncWrite + Unpin>(
     wr: &Mutex<BufWriter<W>>,
     cookie: u64,
-    result: Result<Vec<u8>, NbdError>,
+    result: Result<Vec<u8>, BlockError>,
 ) -> io::Result<()> {
     let (error, data) = match &result {
         Ok(data) => (0, data.as_slice()),
@@ -586,6 +463,7 @@ async fn reply<W: AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::MemBackend;
     use tokio::io::DuplexStream;
     use tokio::task::JoinHandle;
 
@@ -596,7 +474,7 @@ mod tests {
     const SIZE: usize = 1 << 20;
 
     /// Starts a connection served over an in-memory pipe; returns the client end.
-    fn start<B: NbdBackend>(export: Export<B>) -> (DuplexStream, JoinHandle<io::Result<()>>) {
+    fn start<B: BlockBackend>(export: Export<B>) -> (DuplexStream, JoinHandle<io::Result<()>>) {
         let (client, server) = tokio::io::duplex(1 << 16);
         let (_stop, rx) = watch::channel(false);
         (client, tokio::spawn(connection(server, Arc::new(export), rx)))
@@ -665,7 +543,7 @@ mod tests {
     }
 
     /// A client in transmission on the default export via GO.
-    async fn go_client<B: NbdBackend>(export: Export<B>) -> (DuplexStream, JoinHandle<io::Result<()>>) {
+    async fn go_client<B: BlockBackend>(export: Export<B>) -> (DuplexStream, JoinHandle<io::Result<()>>) {
         let (mut c, server) = start(export);
         hello(&mut c, FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES).await;
         info(&mut c, OPT_GO, "").await.unwrap();
@@ -909,23 +787,32 @@ mod tests {
         }
     }
 
-    impl NbdBackend for Gate {
+    impl BlockBackend for Gate {
+        fn name(&self) -> String {
+            "gate".into()
+        }
         async fn size(&self) -> u64 {
             self.mem.size().await
         }
-        async fn read(&self, offset: u64, len: u32) -> Result<Vec<u8>, NbdError> {
-            let _pass = self.open.acquire().await.map_err(|_| NbdError::Io)?;
+        async fn allocated(&self) -> u64 {
+            self.mem.allocated().await
+        }
+        async fn grow(&self, size: u64) -> Result<(), BlockError> {
+            self.mem.grow(size).await
+        }
+        async fn read(&self, offset: u64, len: u32) -> Result<Vec<u8>, BlockError> {
+            let _pass = self.open.acquire().await.map_err(|_| BlockError::Io)?;
             self.mem.read(offset, len).await
         }
-        async fn write(&self, offset: u64, data: &[u8]) -> Result<(), NbdError> {
+        async fn write(&self, offset: u64, data: &[u8]) -> Result<(), BlockError> {
             self.mem.write(offset, data).await?;
             self.open();
             Ok(())
         }
-        async fn write_zeroes(&self, offset: u64, len: u32) -> Result<(), NbdError> {
+        async fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), BlockError> {
             self.mem.write_zeroes(offset, len).await
         }
-        async fn flush(&self) -> Result<(), NbdError> {
+        async fn flush(&self) -> Result<(), BlockError> {
             self.mem.flush().await
         }
     }

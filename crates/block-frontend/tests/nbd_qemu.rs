@@ -6,7 +6,8 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use block_frontend::nbd::{Export, Listener, MemBackend, serve};
+use block_frontend::backend::MemBackend;
+use block_frontend::nbd::{Export, Listener, serve};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::process::Command;
 use tokio::sync::oneshot;

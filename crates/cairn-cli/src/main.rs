@@ -1,5 +1,6 @@
 //! `cairn`, the operator CLI. Every error is one readable line on stderr and a non-zero exit.
 
+mod backup_file;
 mod chunks;
 mod cluster;
 mod fs;

@@ -1,8 +1,10 @@
 //! Benchmarks of a real storage pool on loopback, shared parts: the throwaway pool of processes
-//! (`pool`), raw-disk baselines (`raw`), CPU accounting (`cpu`). The binaries: `cluster-bench`
-//! (replicated puts and repair) and `block-bench` (fio on block volumes).
+//! (`pool`), raw-disk baselines (`raw`), CPU accounting (`cpu`), a file system in memory over
+//! FUSE (`memfs`). The binaries: `cluster-bench` (replicated puts and repair), `block-bench` (fio
+//! on block volumes) and `fs-bench` (the shared filesystem against ext4).
 
 pub mod cpu;
+pub mod memfs;
 pub mod pool;
 pub mod raw;
 

@@ -17,6 +17,20 @@ pub trait Versioned {
     fn format_version(&self) -> u32;
 }
 
+/// Implements `Versioned` for record types whose `version` field carries the format:
+/// `versioned!(FORMAT => TypeA, TypeB)`.
+#[macro_export]
+macro_rules! versioned {
+    ($format:expr => $($t:ty),+ $(,)?) => {
+        $(impl $crate::records::Versioned for $t {
+            const FORMAT: u32 = $format;
+            fn format_version(&self) -> u32 {
+                self.version
+            }
+        })+
+    };
+}
+
 /// Decodes the record at `key`, refusing unknown format versions (INTERNAL: a corrupt record).
 pub fn decode<T: DeserializeOwned + Versioned>(key: &[u8], value: &[u8]) -> Result<T, CsiError> {
     let bad = |why: String| CsiError::Internal(format!("record {}: {why}", String::from_utf8_lossy(key)));
@@ -153,12 +167,7 @@ mod tests {
     struct R {
         version: u32,
     }
-    impl Versioned for R {
-        const FORMAT: u32 = 1;
-        fn format_version(&self) -> u32 {
-            self.version
-        }
-    }
+    crate::versioned!(1 => R);
 
     #[test]
     fn versions_names_and_node_ids() {

@@ -54,6 +54,10 @@ pub struct Mounted {
 /// How often a mounted client refreshes its record (its locks live as long as it does).
 const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Async requests (read-ahead, async direct I/O) the kernel keeps in flight to this client
+/// (FUSE_INIT's `max_background`; the kernel's default is 12).
+const MAX_BACKGROUND: u16 = 128;
+
 /// Mounts filesystem `opts.fs_id` at `mountpoint` (created if missing) and serves it until
 /// unmounted.
 pub async fn mount(
@@ -68,12 +72,19 @@ pub async fn mount(
         .map_err(|source| FsClientError::Io { what: format!("create {}", mountpoint.display()), source })?;
     let client = Client::new(ns, pool, &opts.client_id, opts.read_only);
     let mut mo = MountOptions::default();
-    mo.fs_name(format!("cairnfs-{}", opts.fs_id)).allow_other(true).default_permissions(true).read_only(opts.read_only);
+    mo.fs_name(format!("cairnfs-{}", opts.fs_id))
+        .allow_other(true)
+        .default_permissions(true)
+        .read_only(opts.read_only)
+        .max_background(MAX_BACKGROUND);
     let handle = Session::new(mo)
         .mount(client.clone(), mountpoint)
         .await
         .map_err(|source| FsClientError::Io { what: format!("FUSE mount at {}", mountpoint.display()), source })?;
-    fs_meta::filesystem::register_client(&meta, &opts.fs_id, &opts.client_id, &opts.node, opts.read_only).await?;
+    // Kept for the heartbeats, which rewrite the record with it.
+    let mounted_ms = fs_meta::filesystem::now_ms();
+    fs_meta::filesystem::register_client(&meta, &opts.fs_id, &opts.client_id, &opts.node, opts.read_only, mounted_ms)
+        .await?;
     // One task for everything beside the FUSE session (aborted at unmount): the heartbeat of
     // the client record, the metadata watch, the inode count.
     let heartbeat = {
@@ -82,8 +93,15 @@ pub async fn mount(
             let beat = async {
                 loop {
                     tokio::time::sleep(HEARTBEAT).await;
-                    if let Err(e) =
-                        fs_meta::filesystem::register_client(&meta, &o.fs_id, &o.client_id, &o.node, o.read_only).await
+                    if let Err(e) = fs_meta::filesystem::register_client(
+                        &meta,
+                        &o.fs_id,
+                        &o.client_id,
+                        &o.node,
+                        o.read_only,
+                        mounted_ms,
+                    )
+                    .await
                     {
                         tracing::warn!(error = %e, "client heartbeat failed");
                     }

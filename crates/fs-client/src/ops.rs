@@ -62,6 +62,10 @@ pub struct Inner {
     dirs: Mutex<HashMap<u64, Arc<Listing>>>,
     next_fh: AtomicU64,
     quota: Mutex<QuotaView>,
+    /// (inode, kernel lock owner) that took a lock here: a FLUSH by that owner (a close of any
+    /// of its descriptors) releases its fcntl locks on the inode, as POSIX says — the kernel
+    /// leaves that to a FUSE server that implements locks.
+    lockers: Mutex<std::collections::HashSet<(u64, u64)>>,
 }
 
 impl std::ops::Deref for Client {
@@ -93,6 +97,7 @@ impl Client {
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             quota: Mutex::new(QuotaView { read_at: None, quota: 0, used: 0 }),
+            lockers: Mutex::new(std::collections::HashSet::new()),
         }))
     }
 
@@ -429,7 +434,10 @@ impl Filesystem for Client {
         })
     }
 
-    async fn flush(&self, _req: Request, inode: u64, _fh: u64, _lock_owner: u64) -> FuseResult<()> {
+    async fn flush(&self, _req: Request, inode: u64, _fh: u64, lock_owner: u64) -> FuseResult<()> {
+        if self.lockers.lock().expect("lockers lock").remove(&(inode, lock_owner)) {
+            self.ns.release_locks(inode, &self.owner(lock_owner)).await.map_err(errno)?;
+        }
         if let Some(f) = self.files.get(inode) {
             f.state.lock().await.flush(&self.dp(), inode).await.map_err(errno)?;
         }
@@ -690,7 +698,11 @@ impl Client {
             libc::F_UNLCK => None,
             _ => return Err(libc::EINVAL.into()),
         };
-        self.ns.set_lock(inode, &self.owner(lock_owner), start, end, kind, pid).await.map_err(errno)
+        let held = self.ns.set_lock(inode, &self.owner(lock_owner), start, end, kind, pid).await.map_err(errno)?;
+        if kind.is_some() && held.is_none() {
+            self.lockers.lock().expect("lockers lock").insert((inode, lock_owner));
+        }
+        Ok(held)
     }
 }
 

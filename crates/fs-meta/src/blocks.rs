@@ -134,14 +134,6 @@ impl Namespace {
         if inode.kind != Kind::File {
             return Err(if inode.kind == Kind::Dir { FsError::IsDir } else { FsError::Invalid("not a file".into()) });
         }
-        if size > inode.size {
-            let (urev, u) = self.usage_rev().await?;
-            let quota = self.quota().await?;
-            if u.bytes.saturating_add(size - inode.size) > quota {
-                return Err(FsError::Quota { quota });
-            }
-            let _ = urev;
-        }
         if size < inode.size {
             drop_blocks_from(self, ino, keep).await?;
         }

@@ -1,6 +1,7 @@
 //! A client's cache of inodes and directory entries, kept true by the metadata service's watch
-//! on the filesystem's keys: an event for a key drops it, and a read is cached only when no
-//! event newer than the value it read has been seen for that key. While the watch is down
+//! on the filesystem's keys: an event for a key drops it unless the entry holds that very change,
+//! and a read (or this client's own committed write) is cached only when no event newer than
+//! its revision has been seen for that key. While the watch is down
 //! nothing is cached (and everything cached is dropped), so a client never serves an entry
 //! another client changed longer ago than the watch's delivery delay.
 
@@ -64,10 +65,13 @@ impl MetaCache {
         }
     }
 
-    /// A change of `key` at `revision`, from the watch.
+    /// A change of `key` at `revision`, from the watch. An entry holding that very change (this
+    /// client's own write, or a read of it) stays.
     pub fn changed(&self, key: &[u8], revision: u64) {
         let mut m = self.maps.lock().expect("cache lock");
-        m.entries.remove(key);
+        if m.entries.get(key).is_some_and(|(rev, _)| *rev < revision) {
+            m.entries.remove(key);
+        }
         if m.events.len() >= MAX_ENTRIES {
             // Forgetting event revisions is safe only if nothing read before them stays cached.
             m.events.clear();
@@ -119,6 +123,8 @@ mod tests {
         assert!(c.get(b"k").is_none(), "a read that raced with a newer change must not stick");
         c.insert(c.ticket(), b"k", 9, b"new");
         assert_eq!(c.get(b"k").unwrap().1, b"new");
+        c.changed(b"k", 9);
+        assert_eq!(c.get(b"k").unwrap().1, b"new", "the event of the change the entry holds keeps it");
         c.changed(b"k", 10);
         assert!(c.get(b"k").is_none());
         c.insert(c.ticket(), b"x", 1, b"v");

@@ -71,7 +71,8 @@ impl FsRecord {
     }
 }
 
-pub(crate) fn now_ms() -> u64 {
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
@@ -308,23 +309,26 @@ pub struct ClientRecord {
     pub read_only: bool,
 }
 
-/// Registers (or refreshes: call it every few seconds while mounted) a mounted client.
-pub async fn register_client(meta: &MetaClient, fs: &str, id: &str, node: &str, read_only: bool) -> Result<()> {
-    let key = keys::client(fs, id);
-    let now = now_ms();
-    let mounted_ms = match meta.get(&key).await? {
-        Some(kv) => serde_json::from_slice::<ClientRecord>(&kv.value).map(|r| r.mounted_ms).unwrap_or(now),
-        None => now,
-    };
+/// Registers a mounted client, or refreshes its heartbeat (call it every few seconds while
+/// mounted): one put. `mounted_ms` is when it mounted ([`now_ms`] at the first registration),
+/// which the caller keeps.
+pub async fn register_client(
+    meta: &MetaClient,
+    fs: &str,
+    id: &str,
+    node: &str,
+    read_only: bool,
+    mounted_ms: u64,
+) -> Result<()> {
     let rec = ClientRecord {
         version: RECORD_VERSION,
         id: id.to_string(),
         node: node.to_string(),
         mounted_ms,
-        heartbeat_ms: now,
+        heartbeat_ms: now_ms(),
         read_only,
     };
-    meta.put(&key, &serde_json::to_vec(&rec).expect("serializes")).await?;
+    meta.put(&keys::client(fs, id), &serde_json::to_vec(&rec).expect("serializes")).await?;
     Ok(())
 }
 

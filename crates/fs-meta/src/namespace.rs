@@ -135,8 +135,21 @@ impl Namespace {
     /// changed by someone else).
     pub(crate) async fn commit(&self, txn: Txn) -> Result<TxnOutcome> {
         let keys: Vec<Vec<u8>> = txn.keys().map(<[u8]>::to_vec).collect();
+        let writes: Vec<(Vec<u8>, Vec<u8>)> =
+            txn.writes().into_iter().filter_map(|(k, v)| v.map(|v| (k.to_vec(), v.to_vec()))).collect();
+        let ticket = self.cache.ticket();
         let out = self.meta.txn(txn).await;
         self.cache.forget(keys.iter().map(Vec::as_slice));
+        // What this client wrote is known at the transaction's revision: keep it, so the next
+        // operation on the same directory or inode needs no read (the watch drops it as soon
+        // as anyone changes it again).
+        if let Ok(o) = &out
+            && o.succeeded
+        {
+            for (k, v) in &writes {
+                self.cache.insert(ticket, k, o.revision, v);
+            }
+        }
         Ok(out?)
     }
 

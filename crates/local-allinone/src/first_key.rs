@@ -45,5 +45,5 @@ pub fn open_or_create(data: &Path) -> Result<FirstKey, String> {
 /// Stores the key in the metadata service unless it is there.
 pub async fn register(meta: &str, k: &FirstKey) -> Result<(), String> {
     let meta = metadata_client::MetaClient::new(&[meta]).map_err(|e| e.to_string())?;
-    objectd::admin::ensure_key(&meta, &k.id, &k.secret, "local-admin").await.map(|_| ()).map_err(|e| e.to_string())
+    objectd::admin::sync_admin_key(&meta, &k.id, &k.secret, "local-admin").await.map(|_| ()).map_err(|e| e.to_string())
 }

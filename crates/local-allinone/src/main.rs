@@ -262,20 +262,39 @@ fn main() -> ExitCode {
                 if let Err(e) = first_key::register(&cli.meta_listen.to_string(), &key).await {
                     tracing::error!(error = %e, "cannot store the first S3 access key");
                 }
-                println!(
-                    "cairn-local: S3 endpoint http://{} (access key {}, secret in {}); storage node {}, metadata {}; Ctrl-C stops",
-                    cli.s3_listen,
-                    key.id,
-                    env.path().display(),
-                    cli.node_listen,
-                    cli.meta_listen
-                );
+                let pid = std::process::id();
+                let mut lines = vec![
+                    format!("cairn-local: running as pid {pid}, data in {}", cli.data.display()),
+                    format!(
+                        "  S3 (objectd)       http://{:<28} metrics http://{}/metrics  access key {} (secret in {})",
+                        cli.s3_listen,
+                        cli.s3_http,
+                        key.id,
+                        env.path().display()
+                    ),
+                    format!("  metadata service   {:<35} metrics http://{}/metrics", cli.meta_listen, cli.meta_http),
+                    format!("  storage node       {:<35} metrics http://{}/metrics", cli.node_listen, cli.node_http),
+                ];
                 if let Some(p) = &csi_block_sock {
-                    println!("cairn-local: csi-block (controller + node local-1) on unix://{}", p.display());
+                    let ep = format!("unix://{}", p.display());
+                    lines.push(format!(
+                        "  csi-block          {ep:<35} metrics http://{}/metrics  (controller + node local-1)",
+                        cli.csi_block_http
+                    ));
                 }
                 if let Some(p) = &csi_fs_sock {
-                    println!("cairn-local: csi-fs (controller + node local-1) on unix://{}", p.display());
+                    let ep = format!("unix://{}", p.display());
+                    lines.push(format!(
+                        "  csi-fs             {ep:<35} metrics http://{}/metrics  (controller + node local-1)",
+                        cli.csi_fs_http
+                    ));
                 }
+                lines.push(format!("  clients: set -a; . {}; set +a", env.path().display()));
+                lines.push(format!(
+                    "  stop: Ctrl-C or kill -TERM {pid} (data stays in {} for the next start)",
+                    cli.data.display()
+                ));
+                println!("{}", lines.join("\n"));
                 match env.write(&vars) {
                     Ok(()) => tracing::info!("local system ready; run `set -a; . {}` to use it", env.path().display()),
                     Err(e) => tracing::error!(error = %e, "cannot write local.env"),

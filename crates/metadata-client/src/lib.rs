@@ -289,6 +289,33 @@ impl MetaClient {
         }))
     }
 
+    /// A consistent copy of the whole keyspace, read from one point-in-time view on the leader:
+    /// it holds every write acknowledged before the call. Finding the leader is retried as for
+    /// other calls; the copy itself is not (a broken stream fails [`Backup::next_batch`]).
+    pub async fn backup(&self) -> Result<Backup, MetaClientError> {
+        use futures::StreamExt;
+        let mut stream = self
+            .call(Retry::Always, |ch| async { KvClient::new(ch).backup(pb::BackupRequest {}).await })
+            .await?
+            .into_inner();
+        let first = match stream.next().await {
+            Some(Ok(first)) => first,
+            Some(Err(s)) => return Err(backup_error(s)),
+            None => return Err(MetaClientError::Internal("backup stream ended before its header".into())),
+        };
+        let header = first
+            .header
+            .ok_or_else(|| MetaClientError::Internal("backup stream did not start with a header".into()))?;
+        Ok(Backup {
+            revision: header.revision,
+            applied_index: header.applied_index,
+            stream,
+            pending: Some(first),
+            keys: 0,
+            done: false,
+        })
+    }
+
     /// Status of the node at `endpoint` (no redirect, no retry).
     pub async fn status_of(endpoint: &str) -> Result<StatusResponse, MetaClientError> {
         let c = MetaClient::with_policy(&[endpoint], RetryPolicy { deadline: Duration::ZERO, ..Default::default() })?;
@@ -318,6 +345,64 @@ impl MetaClient {
         let req = pb::RemoveVoterRequest { id };
         let r = self.call(Retry::IfNotApplied, |ch| async { AdminClient::new(ch).remove_voter(req).await }).await?;
         Ok(r.into_inner().voters)
+    }
+}
+
+/// An error status in the middle of a backup stream (not retried: the caller starts over).
+fn backup_error(s: Status) -> MetaClientError {
+    match s.code() {
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
+            MetaClientError::Unavailable { waited: Duration::ZERO, last_error: s.message().into() }
+        }
+        _ => MetaClientError::Internal(s.message().into()),
+    }
+}
+
+/// A backup being received (see [`MetaClient::backup`]).
+pub struct Backup {
+    /// Store revision of the copy: every write up to it, none after.
+    pub revision: u64,
+    /// Raft log index last applied to the copy.
+    pub applied_index: u64,
+    stream: tonic::Streaming<pb::BackupChunk>,
+    pending: Option<pb::BackupChunk>,
+    keys: u64,
+    done: bool,
+}
+
+impl Backup {
+    /// The next pairs, in key order (about 1 MiB of them); `None` once every pair arrived and
+    /// their count matched the server's end marker. A stream cut off before that end marker is
+    /// an error, never a short copy.
+    pub async fn next_batch(&mut self) -> Result<Option<Vec<KeyValue>>, MetaClientError> {
+        use futures::StreamExt;
+        if self.done {
+            return Ok(None);
+        }
+        let chunk = match self.pending.take() {
+            Some(c) => c,
+            None => match self.stream.next().await {
+                Some(Ok(c)) => c,
+                Some(Err(s)) => return Err(backup_error(s)),
+                None => {
+                    return Err(MetaClientError::Unavailable {
+                        waited: Duration::ZERO,
+                        last_error: format!("backup stream cut off after {} keys", self.keys),
+                    });
+                }
+            },
+        };
+        self.keys += chunk.kvs.len() as u64;
+        if let Some(end) = chunk.end {
+            if end.keys != self.keys {
+                return Err(MetaClientError::Internal(format!(
+                    "backup stream carried {} keys but its end marker says {}",
+                    self.keys, end.keys
+                )));
+            }
+            self.done = true;
+        }
+        Ok(Some(chunk.kvs))
     }
 }
 

@@ -64,6 +64,12 @@ impl Txn {
         self.conditions.iter().map(|c| c.key.as_slice()).chain(self.ops.iter().map(|o| o.key.as_slice()))
     }
 
+    /// The value each key holds once the transaction applied (`None`: deleted), in key order.
+    /// Every key changed by one transaction carries the transaction's revision.
+    pub fn writes(&self) -> std::collections::BTreeMap<&[u8], Option<&[u8]>> {
+        self.ops.iter().map(|o| (o.key.as_slice(), (!o.delete).then_some(o.value.as_slice()))).collect()
+    }
+
     pub(crate) fn into_request(self) -> pb::TxnRequest {
         pb::TxnRequest { conditions: self.conditions, ops: self.ops }
     }

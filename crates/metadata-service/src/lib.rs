@@ -64,6 +64,7 @@ pub async fn run(cfg: MetaConfig, shutdown: impl Future<Output = ()> + Send + 's
     let sm =
         StateMachine::open(sm_kv, cfg.data_dir.join("snapshot.bin")).map_err(|e| MetaError::Storage(e.to_string()))?;
     let shared = sm.shared();
+    let flusher = log_store.flusher();
 
     let raft_cfg = openraft::Config {
         cluster_name: "cairn-meta".into(),
@@ -161,6 +162,7 @@ pub async fn run(cfg: MetaConfig, shutdown: impl Future<Output = ()> + Send + 's
         let _ = std::fs::remove_file(path);
     }
     raft.shutdown().await.map_err(internal)?;
+    flusher.stop().await;
     tracing::info!("metadata node stopped cleanly");
     a.map_err(internal)?.map_err(internal)?;
     p.map_err(internal)?.map_err(internal)?;

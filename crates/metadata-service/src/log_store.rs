@@ -39,7 +39,48 @@ pub struct LogStore {
     kv: Arc<dyn KvEngine>,
     last: Arc<Mutex<Option<LogId<NodeId>>>>,
     recent: Arc<Mutex<Recent>>,
-    flusher: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
+    flusher: Arc<Flusher>,
+}
+
+/// The thread that fsyncs the log, and the way to stop it: [`Flusher::stop`] closes its queue and
+/// waits for it to end, so that it no longer holds the database when the process exits (RocksDB
+/// still open in a live thread while `exit` runs its static destructors is a crash).
+pub struct Flusher {
+    tx: Mutex<Option<std::sync::mpsc::Sender<LogFlushed<TypeConfig>>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Flusher {
+    fn send(&self, cb: LogFlushed<TypeConfig>) -> Result<(), StorageError> {
+        let tx = self.tx.lock().expect("flusher lock");
+        match tx.as_ref().map(|tx| tx.send(cb)) {
+            Some(Ok(())) => Ok(()),
+            _ => Err(write_err("log flusher stopped")),
+        }
+    }
+
+    /// Stops the thread once the appends queued before this call are flushed and acknowledged.
+    /// Call it after Raft has shut down: later appends fail.
+    pub async fn stop(self: Arc<Self>) {
+        drop(self.tx.lock().expect("flusher lock").take());
+        let thread = self.thread.lock().expect("flusher lock").take();
+        if let Some(t) = thread {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}
+
+impl Drop for Flusher {
+    /// The last log store is gone without [`Flusher::stop`] (an error path): end the thread
+    /// here, so it cannot outlive the process's exit holding the database either.
+    fn drop(&mut self) {
+        if let Ok(tx) = self.tx.get_mut() {
+            drop(tx.take());
+        }
+        if let Some(t) = self.thread.get_mut().ok().and_then(Option::take) {
+            let _ = t.join();
+        }
+    }
 }
 
 /// The newest entries, consecutive, as appended: openraft reads each entry back right after
@@ -140,13 +181,19 @@ impl LogStore {
             Some(v) => Some(decode::<Entry<TypeConfig>>(&v).map_err(read_err)?.log_id),
             None => None,
         };
-        let (flusher, rx) = std::sync::mpsc::channel();
+        let (tx, rx) = std::sync::mpsc::channel();
         let flush_kv = kv.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("raft-log-flush".into())
             .spawn(move || run_flusher(flush_kv, rx))
             .map_err(write_err)?;
+        let flusher = Arc::new(Flusher { tx: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)) });
         Ok(LogStore { kv, last: Arc::new(Mutex::new(last)), recent: Arc::default(), flusher })
+    }
+
+    /// The flusher thread, to stop at shutdown.
+    pub fn flusher(&self) -> Arc<Flusher> {
+        self.flusher.clone()
     }
 
     fn read_meta<T: for<'a> serde::Deserialize<'a>>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
@@ -255,7 +302,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if last.is_some() {
             *self.last.lock().expect("log lock") = last;
         }
-        self.flusher.send(callback).map_err(|_| write_err("log flusher stopped"))
+        self.flusher.send(callback)
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError> {
@@ -378,5 +425,30 @@ mod tests {
         store.purge(LogId::new(CommittedLeaderId::new(1, 1), 10)).await.unwrap();
         assert_eq!(store.try_get_log_entries(..).await.unwrap(), fresh.try_get_log_entries(..).await.unwrap());
         assert_eq!(store.try_get_log_entries(..).await.unwrap().first().map(|e| e.log_id.index), Some(11));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn stopping_the_flusher_releases_the_database() {
+        let kv: Arc<dyn KvEngine> = Arc::new(kv_engine::MemEngine::default());
+        let store = LogStore::open(kv.clone()).unwrap();
+        let flusher = store.flusher();
+        assert_eq!(Arc::strong_count(&kv), 3, "ours, the store's and the flusher thread's");
+        drop(store);
+        flusher.clone().stop().await;
+        // The thread has ended and dropped its handle: nothing outlives shutdown holding the
+        // database (RocksDB open in a live thread while the process exits is a crash).
+        assert_eq!(Arc::strong_count(&kv), 1);
+        assert!(flusher.thread.lock().unwrap().is_none());
+    }
+
+    #[test]
+    fn dropping_the_last_store_ends_the_flusher() {
+        let kv: Arc<dyn KvEngine> = Arc::new(kv_engine::MemEngine::default());
+        let store = LogStore::open(kv.clone()).unwrap();
+        let copy = store.clone();
+        drop(store);
+        assert_eq!(Arc::strong_count(&kv), 3, "a clone keeps the store and its thread");
+        drop(copy);
+        assert_eq!(Arc::strong_count(&kv), 1, "the thread was joined and let go of the database");
     }
 }

@@ -12,7 +12,7 @@ use std::io::Cursor;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use kv_engine::{KvEngine, KvSnapshot, WriteBatch, for_each_in_range, prefix_end};
+use kv_engine::{KvEngine, KvError, KvSnapshot, WriteBatch, for_each_in_range, prefix_end};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     AnyError, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageIOError, StoredMembership,
@@ -111,12 +111,12 @@ pub struct Shared {
 
 impl Shared {
     /// Reads one key from the applied state.
-    pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, kv_engine::KvError> {
+    pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, KvError> {
         Ok(self.kv.get(&data_key(key))?.and_then(|v| decode_value(key, &v)))
     }
 
     /// Up to `limit` keys in `[start, end)` (no end: to the end of the keyspace).
-    pub fn range(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>, kv_engine::KvError> {
+    pub fn range(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>, KvError> {
         let end = match end {
             Some(e) => Some(data_key(e)),
             None => prefix_end(DATA_PREFIX),
@@ -137,6 +137,44 @@ impl Shared {
     /// Subscribes to changes applied from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<WatchEvent>> {
         self.events.subscribe()
+    }
+
+    /// A point-in-time view of the user keyspace and the revision it holds. `s/applied` is
+    /// written in the same batch as the keys each apply changes, so the view's own copy of it
+    /// names exactly the revision the view holds, however applies interleave with taking it.
+    pub fn backup_view(&self) -> Result<BackupView, KvError> {
+        let view = self.kv.snapshot()?;
+        let mut end = APPLIED.to_vec();
+        end.push(0);
+        let mut state = AppliedState::default();
+        view.for_each(APPLIED, Some(&end), &mut |_, v| {
+            state = decode(v).map_err(|e| KvError::Backend(format!("applied state is malformed: {e}")))?;
+            Ok(())
+        })?;
+        Ok(BackupView { revision: state.revision, applied: state.last_applied, view })
+    }
+}
+
+/// A point-in-time view of the user keyspace, for a backup: taking it is instant, and applying
+/// goes on while it is read.
+pub struct BackupView {
+    /// Store revision of the view: every write up to it, none after.
+    pub revision: u64,
+    /// Last log id applied to the view.
+    pub applied: Option<LogId<NodeId>>,
+    view: Box<dyn KvSnapshot>,
+}
+
+impl BackupView {
+    /// Visits every user key with its value and revisions, in key order, as of the view; stops
+    /// at the first error `visit` returns.
+    pub fn for_each(&self, mut visit: impl FnMut(KeyValue) -> Result<(), KvError>) -> Result<(), KvError> {
+        self.view.for_each(DATA_PREFIX, prefix_end(DATA_PREFIX).as_deref(), &mut |k, v| {
+            let key = &k[DATA_PREFIX.len()..];
+            let kv = decode_value(key, v)
+                .ok_or_else(|| KvError::Backend(format!("stored value of key {key:?} is malformed")))?;
+            visit(kv)
+        })
     }
 }
 
@@ -416,5 +454,50 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         let file: SnapshotFile = decode(&bytes).map_err(snap_err)?;
         Ok(Some(Snapshot { meta: file.meta, snapshot: Box::new(Cursor::new(bytes)) }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kv_engine::MemEngine;
+    use openraft::{CommittedLeaderId, Entry};
+
+    use super::*;
+
+    fn entry(index: u64, cmd: Command) -> Entry<TypeConfig> {
+        Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), index), payload: EntryPayload::Normal(cmd) }
+    }
+
+    fn put(key: &str, value: &[u8]) -> Command {
+        Command::Put { key: key.as_bytes().to_vec(), value: value.to_vec() }
+    }
+
+    fn pairs(view: &BackupView) -> Vec<(Vec<u8>, Vec<u8>, u64, u64)> {
+        let mut out = Vec::new();
+        view.for_each(|kv| {
+            out.push((kv.key, kv.value, kv.create_revision, kv.mod_revision));
+            Ok(())
+        })
+        .unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn backup_view_holds_exactly_the_state_when_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(Arc::new(MemEngine::new()), dir.path().join("snapshot.bin")).unwrap();
+        let shared = sm.shared();
+        let empty = shared.backup_view().unwrap();
+        assert_eq!((empty.revision, empty.applied), (0, None));
+        sm.apply([entry(1, put("a", b"1")), entry(2, put("b", &[0, 255, 10])), entry(3, put("a", b"2"))])
+            .await
+            .unwrap();
+        let view = shared.backup_view().unwrap();
+        sm.apply([entry(4, put("c", b"3")), entry(5, Command::Delete { key: b"b".to_vec() })]).await.unwrap();
+        assert_eq!((view.revision, view.applied.map(|l| l.index)), (3, Some(3)));
+        assert_eq!(pairs(&view), vec![(b"a".to_vec(), b"2".to_vec(), 1, 3), (b"b".to_vec(), vec![0, 255, 10], 2, 2)]);
+        let now = shared.backup_view().unwrap();
+        assert_eq!(now.revision, 5);
+        assert_eq!(pairs(&now).iter().map(|p| p.0.clone()).collect::<Vec<_>>(), vec![b"a".to_vec(), b"c".to_vec()]);
     }
 }

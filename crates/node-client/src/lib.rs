@@ -69,10 +69,10 @@ pub struct NodeClient {
     endpoint: String,
     channel: Channel,
     inner: ChunkStoreClient<Channel>,
-    /// Whether [`get`](Self::get) hashes what arrives. The node verifies every chunk it reads
-    /// from disk; the client checks again only on a transport without integrity of its own
-    /// (plaintext TCP). TLS records are authenticated and a unix socket is a kernel copy on this
-    /// machine, so both deliver what the node verified.
+    /// Whether [`get`](Self::get) hashes what arrives (and the node, told so, does not). Each
+    /// read is verified once: here on a transport without integrity of its own (plaintext TCP);
+    /// by the node otherwise, since TLS records are authenticated and a unix socket is a kernel
+    /// copy on this machine, so both deliver what the node verified.
     verify_reads: bool,
 }
 
@@ -148,19 +148,32 @@ impl NodeClient {
         Ok(msg)
     }
 
-    /// Reads a chunk (verified by the node; here too on plaintext TCP, see `verify_reads`).
+    /// Reads a chunk, verified once: by the node, or here on plaintext TCP (see `verify_reads`),
+    /// where the node is told so and skips its own hashing. Data that fails the check here is
+    /// asked for again with the node verifying, so a damaged copy on its disk is quarantined
+    /// there (and answered with DATA_LOSS) rather than only refused here.
     pub async fn get(&self, hash: &ChunkHash) -> Result<Bytes, ClientError> {
+        let data = self.fetch(hash, self.verify_reads).await?;
+        if !self.verify_reads || ChunkHash::of(&data) == *hash {
+            return Ok(data);
+        }
+        let again = self.fetch(hash, false).await?;
+        if ChunkHash::of(&again) != *hash {
+            return Err(ClientError::BadData { endpoint: self.endpoint.clone(), hash: *hash });
+        }
+        Ok(again)
+    }
+
+    async fn fetch(&self, hash: &ChunkHash, caller_verifies: bool) -> Result<Bytes, ClientError> {
         let mut c = self.inner.clone();
-        let mut stream = c.get(pb::GetRequest { hash: hash.0.to_vec() }).await.map_err(|s| self.rpc(s))?.into_inner();
+        let req = pb::GetRequest { hash: hash.0.to_vec(), caller_verifies };
+        let mut stream = c.get(req).await.map_err(|s| self.rpc(s))?.into_inner();
         let mut buf = Vec::new();
         while let Some(m) = stream.message().await.map_err(|s| self.rpc(s))? {
             if buf.is_empty() {
                 buf.reserve(m.length as usize);
             }
             buf.extend_from_slice(&m.data);
-        }
-        if self.verify_reads && ChunkHash::of(&buf) != *hash {
-            return Err(ClientError::BadData { endpoint: self.endpoint.clone(), hash: *hash });
         }
         Ok(Bytes::from(buf))
     }

@@ -170,7 +170,11 @@ impl ChunkStore for ChunkService {
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<Self::GetStream>, Status> {
         let started = Instant::now();
         let hash = parse_hash(&req.get_ref().hash)?;
-        let data: Bytes = self.blocking("Get", started, move |e| e.get(&hash)).await?;
+        let data: Bytes = if req.get_ref().caller_verifies {
+            self.blocking("Get", started, move |e| e.get_for_copy(&hash)).await?
+        } else {
+            self.blocking("Get", started, move |e| e.get(&hash)).await?
+        };
         let len = data.len() as u64;
         let mut pieces = Vec::with_capacity(data.len() / STREAM_PIECE + 1);
         let mut off = 0;

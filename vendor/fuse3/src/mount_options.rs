@@ -48,6 +48,9 @@ pub struct MountOptions {
     // Other FUSE mount options
     // default 40000
     pub(crate) rootmode: Option<u32>,
+
+    // FUSE_INIT: the kernel's limit on background (async) requests in flight (Cairn patch)
+    pub(crate) max_background: Option<u16>,
 }
 
 impl MountOptions {
@@ -68,6 +71,15 @@ impl MountOptions {
     /// set fuse filesystem name, default is **fuse**.
     pub fn fs_name(&mut self, name: impl Into<String>) -> &mut Self {
         self.fs_name.replace(name.into());
+
+        self
+    }
+
+    /// set the kernel's limit on background requests (readahead, async direct I/O) in flight,
+    /// answered in FUSE_INIT; the congestion threshold is three quarters of it. Default 12.
+    /// (Cairn patch.)
+    pub fn max_background(&mut self, max_background: u16) -> &mut Self {
+        self.max_background.replace(max_background.max(1));
 
         self
     }

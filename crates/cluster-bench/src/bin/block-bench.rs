@@ -3,13 +3,19 @@
 //! fio jobs on a plain file on the same disk in the same run: 1 MiB sequential write and read,
 //! 4 KiB random write and read at queue depth 32, for R=1 (one storage node) and R=3 (four
 //! storage nodes), then the rebuild rate of a lost replica (a storage node of the R=3 pool
-//! SIGKILLed, declared out, its copies rebuilt on the others).
+//! SIGKILLed, declared out, its copies rebuilt on the others). It also runs the jobs on ext4 on
+//! the same front end (FUSE file + loop device) over a volume held in memory: what the front end
+//! alone reaches on this machine, the ceiling for any data path behind it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use block_frontend::backend::MemBackend;
+use block_frontend::fuse_file::FILE_NAME;
+use block_frontend::fuse_loop::{loop_attach, loop_detach, mount_file};
 use cairn_proto::csi::v1::controller_client::ControllerClient;
 use cairn_proto::csi::v1::node_client::NodeClient;
 use cairn_proto::csi::v1::volume_capability::access_mode::Mode;
@@ -123,6 +129,42 @@ impl Drop for MountGuard {
             }
         }
     }
+}
+
+/// Runs a system tool to completion; its stderr becomes the error.
+fn tool(name: &str, args: &[&str]) -> Res<()> {
+    let out = Command::new(name).args(args).output().map_err(|e| format!("cannot run {name}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("{name} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()).into());
+    }
+    Ok(())
+}
+
+/// The front end alone: the volume file served from memory by this process (on its own runtime,
+/// set up as the data path's: the same FUSE options), attached with a loop device in direct-I/O
+/// mode, ext4 on it, the same fio jobs. No hashing, no network, no disk behind it.
+fn memory_run(args: &Args) -> Res<Vec<Fio>> {
+    let dir = args.dir.join("memory");
+    let _mounts = MountGuard(dir.clone());
+    let rt = tokio::runtime::Runtime::new()?;
+    let size = args.size_mib * MIB * 2 + (1 << 30);
+    let mem = Arc::new(MemBackend::new(size));
+    let fuse_dir = dir.join("fuse");
+    let mount = rt.block_on(mount_file(mem, &fuse_dir))?;
+    let file = fuse_dir.join(FILE_NAME);
+    let device = rt.block_on(loop_attach(&file))?;
+    let dev = device.to_string_lossy().to_string();
+    let staging = dir.join("staging");
+    std::fs::create_dir_all(&staging)?;
+    let st = staging.to_string_lossy().to_string();
+    eprintln!("front end alone: ext4 on {dev} over a FUSE file held in memory:");
+    let figures = tool("mkfs.ext4", &["-q", "-F", &dev])
+        .and_then(|_| tool("mount", &[&dev, &st]))
+        .and_then(|_| fio_all(&staging.join("fio.dat"), args));
+    let _ = tool("umount", &[&st]);
+    rt.block_on(loop_detach(&file, Some(&device)))?;
+    rt.block_on(mount.unmount())?;
+    figures
 }
 
 fn mount_cap() -> VolumeCapability {
@@ -261,6 +303,8 @@ async fn run(args: &Args) -> Res<()> {
     std::fs::create_dir_all(&raw_dir)?;
     let raw = fio_all(&raw_dir.join("fio.dat"), args)?;
     std::fs::remove_dir_all(&raw_dir)?;
+    // On a thread of its own: the FUSE server runs on a runtime that thread owns.
+    let mem = std::thread::scope(|s| s.spawn(|| memory_run(args)).join()).map_err(|_| "the memory run panicked")??;
     let (r1, _) = volume_run(args, 1, 1, false).await?;
     let (r3, rebuilt) = volume_run(args, 3, 4, true).await?;
 
@@ -272,8 +316,10 @@ async fn run(args: &Args) -> Res<()> {
         rows.insert(
             i,
             format!(
-                "{name:<20} raw {:>8.0} {unit} | R=1 {:>8.0} ({:.2}x) | R=3 {:>8.0} ({:.2}x raw, {:.2}x raw/3)",
+                "{name:<20} raw {:>8.0} {unit} | front end alone {:>8.0} ({:.2}x) | R=1 {:>8.0} ({:.2}x) | R=3 {:>8.0} ({:.2}x raw, {:.2}x raw/3)",
                 val(&raw[i]),
+                val(&mem[i]),
+                val(&mem[i]) / val(&raw[i]),
                 val(&r1[i]),
                 val(&r1[i]) / val(&raw[i]),
                 val(&r3[i]),
@@ -290,19 +336,26 @@ async fn run(args: &Args) -> Res<()> {
         println!("{row}");
     }
     let ratio = |v: &[Fio], i: usize, iops: bool| if iops { v[i].iops / raw[i].iops } else { v[i].bw / raw[i].bw };
-    let goal = |name: &str, got: f64, want: f64| {
-        println!("goal {name:<44} {got:>5.2} (>= {want:.2}) {}", if got >= want { "met" } else { "MISSED" });
+    // Each goal, and what the front end alone reaches on the same measure.
+    let goal = |name: &str, got: f64, want: f64, alone: f64| {
+        let verdict = if got >= want { "met" } else { "MISSED" };
+        println!("goal {name:<44} {got:>5.2} (>= {want:.2}) {verdict:<6} front end alone {alone:.2}");
     };
-    goal("R=1 seq write / raw", ratio(&r1, 0, false), 0.5);
-    goal("R=1 seq read / raw", ratio(&r1, 1, false), 0.5);
-    goal("R=1 rand read IOPS / raw", ratio(&r1, 3, true), 0.5);
-    goal("R=1 rand write IOPS / raw", ratio(&r1, 2, true), 0.3);
-    goal("R=3 seq write / (raw / 3)", ratio(&r3, 0, false) * 3.0, 0.8);
+    goal("R=1 seq write / raw", ratio(&r1, 0, false), 0.5, ratio(&mem, 0, false));
+    goal("R=1 seq read / raw", ratio(&r1, 1, false), 0.5, ratio(&mem, 1, false));
+    goal("R=1 rand read IOPS / raw", ratio(&r1, 3, true), 0.5, ratio(&mem, 3, true));
+    goal("R=1 rand write IOPS / raw", ratio(&r1, 2, true), 0.3, ratio(&mem, 2, true));
+    goal("R=3 seq write / (raw / 3)", ratio(&r3, 0, false) * 3.0, 0.8, ratio(&mem, 0, false) * 3.0);
     match rebuilt {
         Some((bytes, took)) => {
             let rate = bytes as f64 / took.as_secs_f64();
             println!("rebuild: {:.0} MiB in {took:.2?} = {:.0} MB/s", bytes as f64 / MIB as f64, rate / 1e6);
-            goal("rebuild rate / raw seq write", rate / raw[0].bw, 0.5);
+            println!(
+                "goal {:<44} {:>5.2} (>= 0.50) {}",
+                "rebuild rate / raw seq write",
+                rate / raw[0].bw,
+                if rate / raw[0].bw >= 0.5 { "met" } else { "MISSED" }
+            );
         }
         None => println!("rebuild: the killed node held none of the volume's chunks"),
     }

@@ -1288,13 +1288,18 @@ impl<FS: Filesystem + Send + Sync + 'static> Session<FS> {
             Ok(reply) => reply,
         };
 
+        let max_background = self.mount_options.max_background.unwrap_or(DEFAULT_MAX_BACKGROUND);
+        let congestion_threshold = match self.mount_options.max_background {
+            Some(n) => (u32::from(n) * 3 / 4).max(1) as u16,
+            None => DEFAULT_CONGESTION_THRESHOLD,
+        };
         let init_out = fuse_init_out {
             major: FUSE_KERNEL_VERSION,
             minor: FUSE_KERNEL_MINOR_VERSION,
             max_readahead: init_in.max_readahead,
             flags: reply_flags,
-            max_background: DEFAULT_MAX_BACKGROUND,
-            congestion_threshold: DEFAULT_CONGESTION_THRESHOLD,
+            max_background,
+            congestion_threshold,
             max_write: reply.max_write.get(),
             time_gran: DEFAULT_TIME_GRAN,
             max_pages: DEFAULT_MAX_PAGES,

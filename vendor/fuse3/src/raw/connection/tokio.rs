@@ -64,7 +64,10 @@ use tokio::io::unix::AsyncFd;
     target_os = "macos"
 ))]
 use tokio::process::Command;
-#[cfg(any(target_os = "linux", target_os = "macos"))]
+#[cfg(any(
+    all(target_os = "linux", feature = "unprivileged"),
+    target_os = "macos"
+))]
 use tokio::task;
 #[cfg(any(
     all(target_os = "linux", feature = "unprivileged"),
@@ -212,6 +215,13 @@ enum ConnectionMode {
 #[cfg(any(target_os = "linux", target_os = "macos"))]
 #[derive(Debug)]
 struct BlockFuseConnection {
+    /// Linux (Cairn patch): `file` is non-blocking and read when the reactor says it is
+    /// readable, on the dispatching task, instead of one `spawn_blocking` per request.
+    /// Registered at the first read, once mounted: polling an fd not yet mounted answers an
+    /// error without joining the device's wait queue, and no wake-up would ever come. Declared
+    /// before `file`, so it is deregistered before the fd closes.
+    #[cfg(target_os = "linux")]
+    ready: std::sync::OnceLock<tokio::io::unix::AsyncFd<std::os::fd::RawFd>>,
     file: File,
     read: Mutex<()>,
     write: Mutex<()>,
@@ -221,11 +231,17 @@ struct BlockFuseConnection {
 impl BlockFuseConnection {
     #[cfg(target_os = "linux")]
     pub fn new() -> io::Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
+
         const DEV_FUSE: &str = "/dev/fuse";
 
-        let file = OpenOptions::new().write(true).read(true).open(DEV_FUSE)?;
-
+        let file = OpenOptions::new()
+            .write(true)
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(DEV_FUSE)?;
         Ok(Self {
+            ready: std::sync::OnceLock::new(),
             file,
             read: Mutex::new(()),
             write: Mutex::new(()),
@@ -339,6 +355,56 @@ impl BlockFuseConnection {
         })
     }
 
+    #[cfg(target_os = "linux")]
+    async fn read_vectored<T: DerefMut<Target = [u8]> + Send + 'static>(
+        &self,
+        mut header_buf: Vec<u8>,
+        mut data_buf: T,
+    ) -> CompleteIoResult<(Vec<u8>, T), usize> {
+        use std::io::Read;
+        use std::os::fd::AsRawFd;
+
+        let _guard = self.read.lock().await;
+        let registered = match self.ready.get() {
+            Some(r) => r,
+            None => {
+                // SAFETY: the fd is `file`'s, which is dropped after `ready` (field order) and
+                // never replaced, so it stays open and the same for the registration's life.
+                let r = unsafe {
+                    tokio::io::unix::AsyncFd::register_with_interest(
+                        self.file.as_raw_fd(),
+                        tokio::io::Interest::READABLE,
+                    )
+                };
+                match r {
+                    Err(err) => return ((header_buf, data_buf), Err(err.into())),
+                    // Reads hold `self.read`, so no other registration can race this one.
+                    Ok(r) => self.ready.get_or_init(|| r),
+                }
+            }
+        };
+        loop {
+            let mut ready = match registered
+                .ready(tokio::io::Interest::READABLE | tokio::io::Interest::ERROR)
+                .await
+            {
+                Err(err) => return ((header_buf, data_buf), Err(err)),
+                Ok(ready) => ready,
+            };
+            // EAGAIN clears the readiness and waits again; anything else (a request, ENODEV
+            // after unmount) is the answer.
+            if let Ok(res) = ready.try_io(|_| {
+                (&self.file).read_vectored(&mut [
+                    IoSliceMut::new(&mut header_buf),
+                    IoSliceMut::new(&mut data_buf),
+                ])
+            }) {
+                return ((header_buf, data_buf), res);
+            }
+        }
+    }
+
+    #[cfg(target_os = "macos")]
     async fn read_vectored<T: DerefMut<Target = [u8]> + Send + 'static>(
         &self,
         mut header_buf: Vec<u8>,
