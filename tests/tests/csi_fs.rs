@@ -146,18 +146,7 @@ async fn csi_fs_controller_over_the_socket() {
         .unwrap()
         .into_inner();
     assert!(!offers_controller(&node_caps), "a node-only plugin offers no controller: {node_caps:?}");
-    let ctrl_caps: Vec<i32> = c
-        .controller_get_capabilities(ControllerGetCapabilitiesRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .capabilities
-        .into_iter()
-        .filter_map(|c| match c.r#type {
-            Some(controller_service_capability::Type::Rpc(r)) => Some(r.r#type),
-            _ => None,
-        })
-        .collect();
+    let ctrl_caps = integration_tests::csi::controller_rpcs(&mut c).await;
     use controller_service_capability::rpc::Type as Rpc;
     for want in [
         Rpc::CreateDeleteVolume,
@@ -549,6 +538,16 @@ impl Writer {
 }
 
 /// Whether process `pid` exists and is not a zombie.
+/// Waits (up to 5 s) until a path's existence on one node is `want`: a bare lookup there answers from
+/// that client's watch-kept cache, which trails the other node's commit by the watch's delivery.
+async fn exists_eventually(path: &Path, want: bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while path.exists() != want && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    path.exists()
+}
+
 fn running(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| s.rsplit(')').next().and_then(|r| r.split_whitespace().next()) != Some("Z"))
@@ -669,7 +668,7 @@ async fn csi_fs_two_nodes_share_one_filesystem() {
     assert!(std::fs::read(tb.join("data.bin")).unwrap() == payload, "node-b reads what node-a wrote");
     assert_eq!(std::fs::read(tb.join("hello.txt")).unwrap(), b"hello from a");
     std::fs::rename(tb.join("hello.txt"), tb.join("greeting.txt")).unwrap();
-    assert!(!ta.join("hello.txt").exists(), "node-a sees the rename's old name gone");
+    assert!(!exists_eventually(&ta.join("hello.txt"), false).await, "node-a sees the rename's old name gone");
     assert_eq!(std::fs::read(ta.join("greeting.txt")).unwrap(), b"hello from a");
     {
         let mut f = std::fs::OpenOptions::new().append(true).open(tb.join("greeting.txt")).unwrap();
@@ -681,9 +680,9 @@ async fn csi_fs_two_nodes_share_one_filesystem() {
     std::fs::write(ta.join("sub/x"), b"x").unwrap();
     assert!(tb.join("sub").is_dir());
     std::fs::remove_file(ta.join("sub/x")).unwrap();
-    assert!(!tb.join("sub/x").exists(), "node-b sees the delete");
+    assert!(!exists_eventually(&tb.join("sub/x"), false).await, "node-b sees the delete");
     std::fs::remove_dir(tb.join("sub")).unwrap();
-    assert!(!ta.join("sub").exists());
+    assert!(!exists_eventually(&ta.join("sub"), false).await, "node-a sees the rmdir");
     let mut names: Vec<String> =
         std::fs::read_dir(tb).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     names.sort();
