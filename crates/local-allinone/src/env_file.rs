@@ -1,6 +1,5 @@
 //! `<data>/local.env`: KEY=value lines telling clients where the local system listens.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The env file of one local system.
@@ -18,18 +17,14 @@ impl LocalEnv {
         &self.path
     }
 
-    /// Writes the variables atomically (temp file, fsync, rename).
+    /// Writes the variables atomically (temp file, fsync, rename, fsync the directory); 0600, as
+    /// the file holds the first access key's secret.
     pub fn write(&self, vars: &[(String, String)]) -> std::io::Result<()> {
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let tmp = self.path.with_extension("env.tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        for (k, v) in vars {
-            writeln!(f, "{k}={v}")?;
-        }
-        f.sync_all()?;
-        std::fs::rename(&tmp, &self.path)
+        let text: String = vars.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+        daemon_kit::write_file_atomic(&self.path, text.as_bytes(), 0o600)
     }
 
     /// Removes the file (the system is no longer running).

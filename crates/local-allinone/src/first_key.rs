@@ -1,9 +1,7 @@
 //! The local system's first S3 access key: made once and kept in `<data>/s3/first-key.json`
-//! (mode 0600; temp file, fsync, rename), registered in the metadata service at every start
+//! (mode 0600; `daemon_kit::write_file_atomic`), registered in the metadata service at every start
 //! (a no-op once it is there), and handed to clients through `local.env`.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -31,12 +29,7 @@ pub fn open_or_create(data: &Path) -> Result<FirstKey, String> {
     let k = FirstKey { version: 1, id: g.id, secret: g.secret };
     let write = || -> std::io::Result<()> {
         std::fs::create_dir_all(&dir)?;
-        let tmp = dir.join("first-key.json.tmp");
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-        f.write_all(serde_json::to_string(&k).expect("serializes").as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(&dir)?.sync_all()
+        daemon_kit::write_file_atomic(&path, serde_json::to_string(&k).expect("serializes").as_bytes(), 0o600)
     };
     write().map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     Ok(k)
