@@ -165,6 +165,14 @@ fn shared_filesystem_posix_and_two_clients() {
     assert_eq!(errno_of(&fs::create_dir(b.join("d1")).unwrap_err()), libc::EEXIST);
     assert_eq!(errno_of(&fs::remove_dir(b.join("d1")).unwrap_err()), libc::ENOTEMPTY);
     assert_eq!(errno_of(&fs::read(a.join("nope")).unwrap_err()), libc::ENOENT);
+    // A missing name is cached as missing; the watch drops that when another client makes it.
+    assert!(!b.join("d1/later").exists());
+    assert!(!b.join("d1/later").exists(), "asked twice: the second answer is the cached absence");
+    fs::write(a.join("d1/later"), b"made by a").unwrap();
+    seen(true, "a name made by the other client appears", || b.join("d1/later").exists());
+    assert_eq!(fs::read(b.join("d1/later")).unwrap(), b"made by a");
+    fs::remove_file(b.join("d1/later")).unwrap();
+    seen(false, "and its removal is seen too", || a.join("d1/later").exists());
     let mut names: Vec<String> =
         fs::read_dir(b.join("d1")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     names.sort();

@@ -1,7 +1,9 @@
 //! A client's cache of inodes and directory entries, kept true by the metadata service's watch
 //! on the filesystem's keys: an event for a key drops it unless the entry holds that very change,
 //! and a read (or this client's own committed write) is cached only when no event newer than
-//! its revision has been seen for that key. While the watch is down
+//! its revision has been seen for that key. A key read as absent is cached too, at the revision
+//! the read saw (a negative entry: the kernel asks for missing names on every create and
+//! failed lookup). While the watch is down
 //! nothing is cached (and everything cached is dropped), so a client never serves an entry
 //! another client changed longer ago than the watch's delivery delay.
 
@@ -14,8 +16,8 @@ const MAX_ENTRIES: usize = 200_000;
 
 #[derive(Default)]
 struct Maps {
-    /// key → (mod revision, value)
-    entries: HashMap<Vec<u8>, (u64, Vec<u8>)>,
+    /// key → (mod revision, value), or (revision the read saw, None) for a key absent then
+    entries: HashMap<Vec<u8>, (u64, Option<Vec<u8>>)>,
     /// key → revision of the newest event seen for it
     events: HashMap<Vec<u8>, u64>,
 }
@@ -31,7 +33,8 @@ pub struct MetaCache {
 }
 
 impl MetaCache {
-    pub fn get(&self, key: &[u8]) -> Option<(u64, Vec<u8>)> {
+    /// The cached value (`Some(None)`: known absent) with its revision.
+    pub fn get(&self, key: &[u8]) -> Option<(u64, Option<Vec<u8>>)> {
         self.maps.lock().expect("cache lock").entries.get(key).cloned()
     }
 
@@ -41,9 +44,10 @@ impl MetaCache {
         self.watching.load(Ordering::Acquire).then_some(g)
     }
 
-    /// Caches a value read at `mod_revision` (the read began with `ticket`), unless a newer
-    /// change was announced or the watch went down or up meanwhile.
-    pub fn insert(&self, ticket: Option<u64>, key: &[u8], mod_revision: u64, value: &[u8]) {
+    /// Caches a value read at `mod_revision` (the read began with `ticket`), or an absence seen
+    /// by a read of at least revision `mod_revision` (`value` None), unless a newer change was
+    /// announced or the watch went down or up meanwhile.
+    pub fn insert(&self, ticket: Option<u64>, key: &[u8], mod_revision: u64, value: Option<&[u8]>) {
         let mut m = self.maps.lock().expect("cache lock");
         if ticket.is_none() || ticket != self.ticket() {
             return;
@@ -54,7 +58,7 @@ impl MetaCache {
         if m.entries.len() >= MAX_ENTRIES {
             m.entries.clear();
         }
-        m.entries.insert(key.to_vec(), (mod_revision, value.to_vec()));
+        m.entries.insert(key.to_vec(), (mod_revision, value.map(<[u8]>::to_vec)));
     }
 
     /// Drops keys this client just changed (or failed to change: its view was stale).
@@ -98,19 +102,19 @@ mod tests {
     #[test]
     fn nothing_is_cached_without_the_watch() {
         let c = MetaCache::default();
-        c.insert(c.ticket(), b"k", 5, b"v");
+        c.insert(c.ticket(), b"k", 5, Some(b"v"));
         assert!(c.get(b"k").is_none());
         let before = c.ticket();
         c.set_watching(true);
-        c.insert(before, b"k", 5, b"v");
+        c.insert(before, b"k", 5, Some(b"v"));
         assert!(c.get(b"k").is_none(), "a read begun before the watch came up may have missed a change");
-        c.insert(c.ticket(), b"k", 5, b"v");
-        assert_eq!(c.get(b"k"), Some((5, b"v".to_vec())));
+        c.insert(c.ticket(), b"k", 5, Some(b"v"));
+        assert_eq!(c.get(b"k"), Some((5, Some(b"v".to_vec()))));
         let t = c.ticket();
         c.set_watching(false);
         assert!(c.get(b"k").is_none());
         c.set_watching(true);
-        c.insert(t, b"k", 5, b"v");
+        c.insert(t, b"k", 5, Some(b"v"));
         assert!(c.get(b"k").is_none(), "the watch went down during the read");
     }
 
@@ -119,16 +123,34 @@ mod tests {
         let c = MetaCache::default();
         c.set_watching(true);
         c.changed(b"k", 9);
-        c.insert(c.ticket(), b"k", 7, b"old");
+        c.insert(c.ticket(), b"k", 7, Some(b"old"));
         assert!(c.get(b"k").is_none(), "a read that raced with a newer change must not stick");
-        c.insert(c.ticket(), b"k", 9, b"new");
-        assert_eq!(c.get(b"k").unwrap().1, b"new");
+        c.insert(c.ticket(), b"k", 9, Some(b"new"));
+        assert_eq!(c.get(b"k").unwrap().1.as_deref(), Some(&b"new"[..]));
         c.changed(b"k", 9);
-        assert_eq!(c.get(b"k").unwrap().1, b"new", "the event of the change the entry holds keeps it");
+        assert_eq!(
+            c.get(b"k").unwrap().1.as_deref(),
+            Some(&b"new"[..]),
+            "the event of the change the entry holds keeps it"
+        );
         c.changed(b"k", 10);
         assert!(c.get(b"k").is_none());
-        c.insert(c.ticket(), b"x", 1, b"v");
+        c.insert(c.ticket(), b"x", 1, Some(b"v"));
         c.forget([&b"x"[..]].into_iter());
         assert!(c.get(b"x").is_none());
+    }
+
+    #[test]
+    fn an_absence_is_cached_until_a_newer_change() {
+        let c = MetaCache::default();
+        c.set_watching(true);
+        c.insert(c.ticket(), b"k", 7, None);
+        assert_eq!(c.get(b"k"), Some((7, None)), "absent as of revision 7");
+        c.changed(b"k", 7);
+        assert_eq!(c.get(b"k"), Some((7, None)), "a change the read had seen leaves it");
+        c.changed(b"k", 8);
+        assert!(c.get(b"k").is_none(), "a create after the read drops the absence");
+        c.insert(c.ticket(), b"k", 7, None);
+        assert!(c.get(b"k").is_none(), "an absence read before an announced change must not stick");
     }
 }

@@ -135,36 +135,40 @@ impl Namespace {
     /// changed by someone else).
     pub(crate) async fn commit(&self, txn: Txn) -> Result<TxnOutcome> {
         let keys: Vec<Vec<u8>> = txn.keys().map(<[u8]>::to_vec).collect();
-        let writes: Vec<(Vec<u8>, Vec<u8>)> =
-            txn.writes().into_iter().filter_map(|(k, v)| v.map(|v| (k.to_vec(), v.to_vec()))).collect();
+        let writes: Vec<(Vec<u8>, Option<Vec<u8>>)> =
+            txn.writes().into_iter().map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec))).collect();
         let ticket = self.cache.ticket();
         let out = self.meta.txn(txn).await;
         self.cache.forget(keys.iter().map(Vec::as_slice));
-        // What this client wrote is known at the transaction's revision: keep it, so the next
-        // operation on the same directory or inode needs no read (the watch drops it as soon
-        // as anyone changes it again).
+        // What this client wrote (or deleted) is known at the transaction's revision: keep it,
+        // so the next operation on the same directory or inode needs no read (the watch drops
+        // it as soon as anyone changes it again).
         if let Ok(o) = &out
             && o.succeeded
         {
             for (k, v) in &writes {
-                self.cache.insert(ticket, k, o.revision, v);
+                self.cache.insert(ticket, k, o.revision, v.as_deref());
             }
         }
         Ok(out?)
     }
 
-    /// A key's value and mod revision, from the cache when the watch vouches for it.
+    /// A key's value and mod revision (or its absence), from the cache when the watch vouches
+    /// for it.
     async fn cached_get(&self, key: &[u8]) -> Result<Option<(u64, Vec<u8>)>> {
-        if let Some(hit) = self.cache.get(key) {
-            return Ok(Some(hit));
+        if let Some((rev, hit)) = self.cache.get(key) {
+            return Ok(hit.map(|v| (rev, v)));
         }
         let ticket = self.cache.ticket();
-        match self.meta.get(key).await? {
-            Some(kv) => {
-                self.cache.insert(ticket, key, kv.mod_revision, &kv.value);
+        match self.meta.get_at(key).await? {
+            (Some(kv), _) => {
+                self.cache.insert(ticket, key, kv.mod_revision, Some(&kv.value));
                 Ok(Some((kv.mod_revision, kv.value)))
             }
-            None => Ok(None),
+            (None, seen) => {
+                self.cache.insert(ticket, key, seen, None);
+                Ok(None)
+            }
         }
     }
 

@@ -217,6 +217,14 @@ impl MetaClient {
         self.get_with(key, true).await
     }
 
+    /// Reads a key (linearizable) and the store revision the read was served at: a key found
+    /// absent was absent at that revision, which a cache of absences needs.
+    pub async fn get_at(&self, key: &[u8]) -> Result<(Option<KeyValue>, u64), MetaClientError> {
+        let req = pb::GetRequest { key: key.to_vec(), serializable: false };
+        let r = self.call(Retry::Always, |ch| async { KvClient::new(ch).get(req.clone()).await }).await?.into_inner();
+        Ok((r.kv, r.revision))
+    }
+
     async fn get_with(&self, key: &[u8], serializable: bool) -> Result<Option<KeyValue>, MetaClientError> {
         let req = pb::GetRequest { key: key.to_vec(), serializable };
         let r = self.call(Retry::Always, |ch| async { KvClient::new(ch).get(req.clone()).await }).await?;

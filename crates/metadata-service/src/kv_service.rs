@@ -167,8 +167,11 @@ impl Kv for KvService {
             let req = req.into_inner();
             validate::key(&req.key, "key")?;
             self.linearize(req.serializable).await?;
+            // Taken before the read, so the read saw at least this revision: a key found absent
+            // was absent at it (a client caching absences relies on that).
+            let revision = self.sm.revision();
             let kv = self.sm.get(&req.key).map_err(MetaError::from)?;
-            Ok(Response::new(pb::GetResponse { found: kv.is_some(), kv: kv.map(to_pb), revision: self.sm.revision() }))
+            Ok(Response::new(pb::GetResponse { found: kv.is_some(), kv: kv.map(to_pb), revision }))
         })
         .await
     }
