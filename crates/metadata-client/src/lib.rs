@@ -209,26 +209,24 @@ impl MetaClient {
 
     /// Reads a key (linearizable).
     pub async fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, MetaClientError> {
-        self.get_with(key, false).await
+        Ok(self.get_with(key, false).await?.0)
     }
 
     /// Reads a key from whichever node answers, without asking the leader (may be stale).
     pub async fn get_serializable(&self, key: &[u8]) -> Result<Option<KeyValue>, MetaClientError> {
-        self.get_with(key, true).await
+        Ok(self.get_with(key, true).await?.0)
     }
 
     /// Reads a key (linearizable) and the store revision the read was served at: a key found
     /// absent was absent at that revision, which a cache of absences needs.
     pub async fn get_at(&self, key: &[u8]) -> Result<(Option<KeyValue>, u64), MetaClientError> {
-        let req = pb::GetRequest { key: key.to_vec(), serializable: false };
-        let r = self.call(Retry::Always, |ch| async { KvClient::new(ch).get(req.clone()).await }).await?.into_inner();
-        Ok((r.kv, r.revision))
+        self.get_with(key, false).await
     }
 
-    async fn get_with(&self, key: &[u8], serializable: bool) -> Result<Option<KeyValue>, MetaClientError> {
+    async fn get_with(&self, key: &[u8], serializable: bool) -> Result<(Option<KeyValue>, u64), MetaClientError> {
         let req = pb::GetRequest { key: key.to_vec(), serializable };
-        let r = self.call(Retry::Always, |ch| async { KvClient::new(ch).get(req.clone()).await }).await?;
-        Ok(r.into_inner().kv)
+        let r = self.call(Retry::Always, |ch| async { KvClient::new(ch).get(req.clone()).await }).await?.into_inner();
+        Ok((r.kv, r.revision))
     }
 
     /// Sets a key; returns the store revision of the write.
