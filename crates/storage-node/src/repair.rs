@@ -25,8 +25,9 @@ const PAGE: usize = 256;
 /// Bytes of copies pushed at once: four 4 MiB chunks, or up to `MAX_PARALLEL_PUSHES` small ones
 /// (block volumes' 64 KiB chunks are latency-bound at four in flight).
 const PUSH_BYTES_IN_FLIGHT: u64 = 16 << 20;
-/// Fewest and most copies pushed at once.
-const MIN_PARALLEL_PUSHES: usize = 4;
+/// How often the node map is looked at for a membership change.
+const MEMBERSHIP_CHECK: Duration = Duration::from_millis(200);
+/// Most copies pushed at once.
 const MAX_PARALLEL_PUSHES: usize = 32;
 
 /// How a node reconciles.
@@ -120,6 +121,14 @@ pub struct Reconciler {
     last_publish: Mutex<Instant>,
 }
 
+/// A copy to push: the chunk, and the node that lacks it.
+struct Push {
+    id: String,
+    addr: String,
+    hash: ChunkHash,
+    len: u64,
+}
+
 /// What one page of local chunks needs.
 struct Plan {
     hash: ChunkHash,
@@ -150,7 +159,7 @@ impl Reconciler {
         }
     }
 
-    /// Runs passes until `stop` turns true: every `interval`, and a second after the membership
+    /// Runs passes until `stop` turns true: every `interval`, and within `MEMBERSHIP_CHECK` of the membership
     /// changes (a node going down, out, draining, or joining); only while this node sees itself
     /// up or draining in the node map.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
@@ -178,8 +187,10 @@ impl Reconciler {
                 self.stats.active.store(false, Ordering::Relaxed);
                 self.publish().await;
             }
+            // Membership follows heartbeat ages, so it is looked at often (it costs nothing):
+            // a rebuild starts within `MEMBERSHIP_CHECK` of a node going out.
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = tokio::time::sleep(MEMBERSHIP_CHECK) => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
         }
@@ -230,7 +241,8 @@ impl Reconciler {
         tokio::task::spawn_blocking(move || f(&e)).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
     }
 
-    /// One pass over every local chunk.
+    /// One pass over every local chunk. The scan runs ahead of the copying by up to a page of
+    /// pushes, so copies never stop for a page's listing and `Has` round trips.
     async fn pass(&self) -> Result<(), String> {
         let s = &self.stats;
         add(&s.passes, 1);
@@ -241,15 +253,24 @@ impl Reconciler {
         }
         s.started_unix_ms.store(now_unix_ms(), Ordering::Relaxed);
         self.publish().await;
-        let mut budget = Throttle::new(self.cfg.rate_bytes_per_sec);
-        let mut after: Option<ChunkHash> = None;
-        loop {
-            let page = self.blocking(move |e| e.list(after.as_ref(), PAGE)).await?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.0);
-            self.page(page, &mut budget).await?;
-            self.publish_every_second().await;
-        }
+        let (tx, rx) = tokio::sync::mpsc::channel::<Push>(PAGE);
+        let scan = async move {
+            let mut after: Option<ChunkHash> = None;
+            loop {
+                let page = self.blocking(move |e| e.list(after.as_ref(), PAGE)).await?;
+                let Some(last) = page.last() else { break };
+                after = Some(last.0);
+                for push in self.page(page).await? {
+                    if tx.send(push).await.is_err() {
+                        break;
+                    }
+                }
+                self.publish_every_second().await;
+            }
+            Ok::<(), String>(())
+        };
+        let (scanned, ()) = tokio::join!(scan, self.copy(rx));
+        scanned?;
         self.clear_repaired_records().await
     }
 
@@ -349,7 +370,9 @@ impl Reconciler {
         Holders(answers.into_iter().flatten().collect())
     }
 
-    async fn page(&self, page: Vec<(ChunkHash, ChunkInfo)>, budget: &mut Throttle) -> Result<(), String> {
+    /// Scans one page of local chunks: heals damaged copies, drops surplus ones, and returns the
+    /// copies this node must push.
+    async fn page(&self, page: Vec<(ChunkHash, ChunkInfo)>) -> Result<Vec<Push>, String> {
         let map = self.map.borrow().clone();
         let r = self.cfg.replicas;
         let me = self.cfg.self_id.as_str();
@@ -389,7 +412,8 @@ impl Reconciler {
                         continue;
                     }
                     if *state == NodeState::Up {
-                        pushes.push((id.clone(), p.hash, p.info.len as u64));
+                        let addr = map.nodes.get(id).map(|n| n.addr.clone()).unwrap_or_default();
+                        pushes.push(Push { id: id.clone(), addr, hash: p.hash, len: p.info.len as u64 });
                         add(&self.stats.pending_chunks, 1);
                         add(&self.stats.pending_bytes, p.info.len as u64);
                     } else {
@@ -414,18 +438,25 @@ impl Reconciler {
             }
         }
 
-        // Push the missing copies, a few at a time (by bytes), within the bandwidth budget.
-        let bytes: u64 = pushes.iter().map(|(_, _, len)| *len).sum();
-        let parallel = match bytes.checked_div(pushes.len() as u64) {
-            Some(avg) => (PUSH_BYTES_IN_FLIGHT / avg.max(1)) as usize,
-            None => MIN_PARALLEL_PUSHES,
-        }
-        .clamp(MIN_PARALLEL_PUSHES, MAX_PARALLEL_PUSHES);
-        let mut done = futures::stream::iter(pushes.into_iter().map(|(id, hash, len)| {
-            let addr = map.nodes.get(&id).map(|n| n.addr.clone()).unwrap_or_default();
-            async move { (self.push(&addr, &hash).await.map_err(|e| format!("push {hash} to {id}: {e}")), len) }
-        }))
-        .buffer_unordered(parallel);
+        Ok(pushes)
+    }
+
+    /// Pushes the copies the scan found missing as they come: at most `MAX_PARALLEL_PUSHES` and
+    /// `PUSH_BYTES_IN_FLIGHT` at once, within the bandwidth budget.
+    async fn copy(&self, rx: tokio::sync::mpsc::Receiver<Push>) {
+        let mut budget = Throttle::new(self.cfg.rate_bytes_per_sec);
+        let bytes = Arc::new(tokio::sync::Semaphore::new(PUSH_BYTES_IN_FLIGHT as usize));
+        let pushes = tokio_stream::wrappers::ReceiverStream::new(rx).map(|p| {
+            let bytes = bytes.clone();
+            async move {
+                // A chunk larger than the whole allowance goes alone.
+                let want = p.len.min(PUSH_BYTES_IN_FLIGHT) as u32;
+                let _held = bytes.acquire_many_owned(want).await.expect("semaphore never closed");
+                let res = self.push(&p.addr, &p.hash).await.map_err(|e| format!("push {} to {}: {e}", p.hash, p.id));
+                (res, p.len)
+            }
+        });
+        let mut done = pushes.buffer_unordered(MAX_PARALLEL_PUSHES);
         while let Some((res, len)) = done.next().await {
             self.stats.pending_chunks.fetch_sub(1, Ordering::Relaxed);
             self.stats.pending_bytes.fetch_sub(len, Ordering::Relaxed);
@@ -443,7 +474,6 @@ impl Reconciler {
                 }
             }
         }
-        Ok(())
     }
 
     /// Copies a chunk to `addr`. The receiver verifies the data before storing it, so it is not

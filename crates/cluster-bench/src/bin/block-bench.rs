@@ -30,6 +30,9 @@ use metadata_client::MetaClient;
 /// Short timeouts: a killed node is out two seconds after its last heartbeat.
 const TIMEOUTS: Timeouts = Timeouts { down_after: Duration::from_millis(1000), out_after: Duration::from_millis(2000) };
 
+/// How often the rebuild's end is checked; the time measured is late by at most this.
+const HEALTH_POLL: Duration = Duration::from_millis(500);
+
 #[derive(Parser, Debug)]
 #[command(about = "fio on a csi-block volume vs fio on a plain file, R=1 and R=3, and the rebuild rate")]
 struct Args {
@@ -45,6 +48,10 @@ struct Args {
     /// Block size of the volumes (the StorageClass parameter `blockSize`).
     #[arg(long, default_value = "65536")]
     block_size: String,
+    /// Only the rebuild: the raw sequential write, the R=3 volume filled by the sequential write
+    /// job, a storage node killed, the rebuild rate (for working on the repair path).
+    #[arg(long)]
+    rebuild_only: bool,
 }
 
 /// One fio job: name, fio arguments.
@@ -77,7 +84,8 @@ fn main() {
 
 /// Runs fio's jobs on `file` (laid out by the first one).
 fn fio_all(file: &Path, args: &Args) -> Res<Vec<Fio>> {
-    JOBS.iter().map(|(name, opts)| fio(file, name, opts, args)).collect()
+    let jobs = if args.rebuild_only { &JOBS[..1] } else { &JOBS[..] };
+    jobs.iter().map(|(name, opts)| fio(file, name, opts, args)).collect()
 }
 
 fn fio(file: &Path, name: &str, opts: &str, args: &Args) -> Res<Fio> {
@@ -273,7 +281,9 @@ async fn volume_run(args: &Args, r: usize, nodes: usize, rebuild: bool) -> Res<(
             if started.is_none() && killed.elapsed() > TIMEOUTS.out_after + Duration::from_secs(5) && !h.degraded() {
                 break None; // the node held nothing of this volume
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // Each check asks every storage node about every chunk of the volume: checked more
+            // often, it would take CPU from the rebuild it measures (every 50 ms they took a sixth of it).
+            tokio::time::sleep(HEALTH_POLL).await;
         };
         if let Some((missing, took)) = lost {
             let bs: u64 = args.block_size.parse()?;
@@ -303,6 +313,10 @@ async fn run(args: &Args) -> Res<()> {
     std::fs::create_dir_all(&raw_dir)?;
     let raw = fio_all(&raw_dir.join("fio.dat"), args)?;
     std::fs::remove_dir_all(&raw_dir)?;
+    if args.rebuild_only {
+        let (_, rebuilt) = volume_run(args, 3, 4, true).await?;
+        return report_rebuild(rebuilt, &raw[0]);
+    }
     // On a thread of its own: the FUSE server runs on a runtime that thread owns.
     let mem = std::thread::scope(|s| s.spawn(|| memory_run(args)).join()).map_err(|_| "the memory run panicked")??;
     let (r1, _) = volume_run(args, 1, 1, false).await?;
@@ -346,6 +360,11 @@ async fn run(args: &Args) -> Res<()> {
     goal("R=1 rand read IOPS / raw", ratio(&r1, 3, true), 0.5, ratio(&mem, 3, true));
     goal("R=1 rand write IOPS / raw", ratio(&r1, 2, true), 0.3, ratio(&mem, 2, true));
     goal("R=3 seq write / (raw / 3)", ratio(&r3, 0, false) * 3.0, 0.8, ratio(&mem, 0, false) * 3.0);
+    report_rebuild(rebuilt, &raw[0])
+}
+
+/// Prints the rebuild rate and its ratio to the raw sequential write.
+fn report_rebuild(rebuilt: Option<(u64, Duration)>, raw_write: &Fio) -> Res<()> {
     match rebuilt {
         Some((bytes, took)) => {
             let rate = bytes as f64 / took.as_secs_f64();
@@ -353,8 +372,8 @@ async fn run(args: &Args) -> Res<()> {
             println!(
                 "goal {:<44} {:>5.2} (>= 0.50) {}",
                 "rebuild rate / raw seq write",
-                rate / raw[0].bw,
-                if rate / raw[0].bw >= 0.5 { "met" } else { "MISSED" }
+                rate / raw_write.bw,
+                if rate / raw_write.bw >= 0.5 { "met" } else { "MISSED" }
             );
         }
         None => println!("rebuild: the killed node held none of the volume's chunks"),
