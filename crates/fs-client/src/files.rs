@@ -21,7 +21,7 @@ const CLEAN_BLOCKS: usize = 8;
 /// Chunk puts (and gets) in flight per flush.
 const PUTS_IN_FLIGHT: usize = 8;
 /// Blocks fetched ahead of a sequential reader.
-const READ_AHEAD: u64 = 4;
+const READ_AHEAD: u64 = 8;
 /// A block put this long ago is put again before its reference is committed: pool GC may
 /// collect a chunk left unreferenced for its write window (`cluster::gc::WRITE_WINDOW`).
 const STALE_UPLOAD: std::time::Duration = std::time::Duration::from_secs(300);

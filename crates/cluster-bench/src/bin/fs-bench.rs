@@ -33,6 +33,10 @@ struct Args {
     /// Threads doing the metadata operations (each in its own directory).
     #[arg(long, default_value_t = 8)]
     threads: usize,
+    /// Only the sequential write and read, on ext4 and the filesystem (for working on the data
+    /// path); the other figures print as 0.
+    #[arg(long)]
+    seq_only: bool,
 }
 
 /// The figures of one target.
@@ -139,6 +143,10 @@ fn measure(dir: &Path, args: &Args) -> Res<Figures> {
     let seq_write = fio(dir, "seq write 1M", "--rw=write --bs=1M --end_fsync=1", args.size_mib, None)?.0;
     drop_caches();
     let seq_read = fio(dir, "seq read 1M", "--rw=read --bs=1M", args.size_mib, None)?.0;
+    if args.seq_only {
+        let _ = std::fs::remove_file(dir.join("fio-file"));
+        return Ok(Figures { seq_write, seq_read, ..Default::default() });
+    }
     let small = args.size_mib.min(256);
     let rand_write =
         fio(dir, "rand write 4K x4", "--rw=randwrite --bs=4k --numjobs=4 --fsync=32", small, Some(args.secs))?.1;
@@ -148,6 +156,17 @@ fn measure(dir: &Path, args: &Args) -> Res<Figures> {
     let (creates, stats, unlinks) = metadata_ops(&dir.join("meta"), args.files, args.threads)?;
     let f = Figures { seq_write, seq_read, rand_write, rand_read, creates, stats, unlinks };
     Ok(f)
+}
+
+/// The jobs on `memfs`, a file system held in memory by this process, served as the client serves.
+async fn fuse_alone(args: &Args) -> Res<Figures> {
+    let mem_at = args.dir.join("memfs");
+    let _mem_guard = MountGuard(mem_at.clone());
+    let mem_mount = cluster_bench::memfs::mount(&mem_at).await?;
+    eprintln!("FUSE alone (a file system in memory, served as the client serves):");
+    let alone = tokio::task::block_in_place(|| measure(&mem_at, args))?;
+    mem_mount.unmount().await?;
+    Ok(alone)
 }
 
 /// Unmounts what the bench left under `dir`, even when it fails.
@@ -183,12 +202,7 @@ async fn run(args: &Args) -> Res<()> {
         read_only: false,
     };
     // FUSE alone: the same jobs on a file system held in memory by this process.
-    let mem_at = args.dir.join("memfs");
-    let _mem_guard = MountGuard(mem_at.clone());
-    let mem_mount = cluster_bench::memfs::mount(&mem_at).await?;
-    eprintln!("FUSE alone (a file system in memory, served as the client serves):");
-    let alone = tokio::task::block_in_place(|| measure(&mem_at, args))?;
-    mem_mount.unmount().await?;
+    let alone = if args.seq_only { Figures::default() } else { fuse_alone(args).await? };
 
     let mounted = fs_client::mount(meta, chunks, opts, &at).await?;
     eprintln!("the shared filesystem (FUSE, R=1, one storage node):");
