@@ -242,24 +242,28 @@ impl FileState {
             let idx = at / bs;
             let within = (at - idx * bs) as usize;
             let n = rest.len().min(bs as usize - within);
-            if !self.dirty.contains_key(&idx) {
-                let buf = if let Some(up) = self.uploads.remove(&idx) {
-                    // Written again while being put: that put is moot.
+            if within == 0 && n == bs as usize {
+                // A whole block: copied in once, whatever was there (or being put) is moot.
+                if let Some(up) = self.uploads.remove(&idx) {
                     up.task.abort();
-                    BytesMut::from(&up.data[..])
-                } else {
-                    let block_start = idx * bs;
-                    let whole = within == 0 && n == bs as usize;
-                    if whole || block_start >= self.size {
+                }
+                self.dirty.insert(idx, BytesMut::from(&rest[..n]));
+            } else {
+                if !self.dirty.contains_key(&idx) {
+                    let buf = if let Some(up) = self.uploads.remove(&idx) {
+                        // Written again while being put: that put is moot.
+                        up.task.abort();
+                        BytesMut::from(&up.data[..])
+                    } else if idx * bs >= self.size {
                         BytesMut::zeroed(bs as usize)
                     } else {
                         BytesMut::from(&self.committed_block(dp, ino, idx).await?[..])
-                    }
-                };
-                self.dirty.insert(idx, buf);
+                    };
+                    self.dirty.insert(idx, buf);
+                }
+                let block = self.dirty.get_mut(&idx).expect("inserted");
+                block[within..within + n].copy_from_slice(&rest[..n]);
             }
-            let block = self.dirty.get_mut(&idx).expect("inserted");
-            block[within..within + n].copy_from_slice(&rest[..n]);
             self.clean.remove(&idx);
             if within + n == bs as usize {
                 finished.push(idx);
