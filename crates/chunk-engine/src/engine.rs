@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use bytes::Bytes;
 use kv_engine::{KvEngine, RocksEngine, WriteBatch, for_each_in_range, prefix_end};
 
-use crate::aligned::{AlignedBuf, BufPool};
+use crate::aligned::{AlignedBuf, BufPools};
 use crate::commit::{Committer, Op, OpResult, Reply, Request};
 use crate::format::{PinnedSettings, format_or_check};
 use crate::fsutil::{fs_capacity, sync_dir};
@@ -24,8 +24,6 @@ use crate::{ChunkError, ChunkHash, DEFAULT_MAX_CHUNK_SIZE};
 
 /// Largest maximum chunk size a data directory may be formatted with.
 const MAX_CHUNK_SIZE_LIMIT: u32 = 64 << 20;
-/// Aligned record buffers kept for reuse (puts and gets of large chunks).
-const BUF_POOL: usize = 16;
 
 /// How to open a data directory.
 #[derive(Debug, Clone)]
@@ -130,7 +128,7 @@ pub struct ChunkEngine {
     pub(crate) gc_lock: Mutex<()>,
     tx: RwLock<Option<Sender<Request>>>,
     committer: Mutex<Option<JoinHandle<()>>>,
-    buf_pool: Arc<BufPool>,
+    buf_pool: BufPools,
     io_gate: Arc<RwLock<()>>,
 }
 
@@ -226,7 +224,7 @@ impl ChunkEngine {
             gc_lock: Mutex::new(()),
             tx: RwLock::new(Some(tx)),
             committer: Mutex::new(Some(handle)),
-            buf_pool: BufPool::new(record_span(cfg.max_chunk_size, DIRECT_ALIGN) as usize, BUF_POOL),
+            buf_pool: BufPools::new(record_span(cfg.max_chunk_size, DIRECT_ALIGN) as usize),
             io_gate,
             cfg,
         }))

@@ -9,12 +9,11 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use bytes::Bytes;
 
 use crate::ChunkError;
-use crate::aligned::{AlignedBuf, BufPool, IO_ALIGN};
+use crate::aligned::{AlignedBuf, BufPools, IO_ALIGN};
 use crate::fsutil::sync_dir;
 
 const SEGMENT_MAGIC: &[u8; 8] = b"CAIRNSEG";
@@ -172,19 +171,25 @@ impl Segment {
 
     /// Reads `span` bytes at `off` (O_DIRECT when the segment has it); short reads past the end
     /// of the file come back zero-filled so that the record check reports them.
-    /// O_DIRECT reads go into a buffer from `pool` (when the record fits its buffers), which
-    /// returns there once the caller drops the data.
-    pub(crate) fn read_at(&self, off: u64, span: u64, pool: &Arc<BufPool>) -> Result<Bytes, ChunkError> {
+    /// O_DIRECT reads go into a buffer from `pools` (when the record fits one of its classes),
+    /// which returns there once the caller drops the data.
+    pub(crate) fn read_at(&self, off: u64, span: u64, pools: &BufPools) -> Result<Bytes, ChunkError> {
         let ctx = || format!("read {} at {off}", self.path.display());
         let span = span as usize;
         if let Some(d) = &self.direct {
-            let fits = span <= pool.size();
-            let mut buf = if fits { pool.take(span) } else { AlignedBuf::zeroed(span) };
+            let pool = pools.for_len(span);
+            let mut buf = match pool {
+                Some(p) => p.take(span),
+                None => AlignedBuf::zeroed(span),
+            };
             let want = span.next_multiple_of(IO_ALIGN);
             let b = &mut buf.as_mut_slice()[..want];
             let got = read_fully(d, b, off).map_err(|e| ChunkError::io(ctx(), e))?;
             b[got.min(span)..span].fill(0); // a recycled buffer holds old bytes
-            let owner = if fits { Bytes::from_owner(pool.lend(buf)) } else { Bytes::from_owner(buf) };
+            let owner = match pool {
+                Some(p) => Bytes::from_owner(p.lend(buf)),
+                None => Bytes::from_owner(buf),
+            };
             return Ok(owner.slice(0..span));
         }
         let mut buf = vec![0u8; span];
