@@ -159,9 +159,9 @@ impl Reconciler {
         }
     }
 
-    /// Runs passes until `stop` turns true: every `interval`, and within `MEMBERSHIP_CHECK` of the membership
-    /// changes (a node going down, out, draining, or joining); only while this node sees itself
-    /// up or draining in the node map.
+    /// Runs passes until `stop` turns true: every `interval`, and within `MEMBERSHIP_CHECK` of a
+    /// membership change (a node going down, out, draining, or joining); only while this node
+    /// sees itself up or draining in the node map.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let mut last_members = None;
         let mut last_pass = Instant::now() - self.cfg.interval;

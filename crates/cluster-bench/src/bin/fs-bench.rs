@@ -1,7 +1,8 @@
 //! fs-bench: the shared filesystem (fs-client mounted with FUSE over a storage pool of processes
 //! on loopback, R=1) against ext4 on the same disk in the same run: 1 GiB sequential write and
-//! read through the mount (median of three runs), 4 KiB random write and read (fio), and creates, stats and unlinks
-//! per second on many files with the page cache dropped between phases. The same jobs also run
+//! read through the mount (median of three runs), 4 KiB random write and read (fio), and
+//! creates, stats and unlinks per second on many files with the page cache dropped between
+//! phases. The same jobs also run
 //! on a file system held in memory behind the same FUSE set-up ("FUSE alone"): the ceiling for
 //! any file system served this way on this machine.
 
