@@ -110,9 +110,12 @@ fn write_record<T: Serialize>(path: &Path, rec: &T) -> std::io::Result<()> {
     daemon_kit::write_file_atomic(path, &serde_json::to_vec_pretty(rec).expect("serializes"), 0o600)
 }
 
-/// Whether `path` answers (a path on a FUSE mount whose server died answers ENOTCONN).
+/// Whether `path` answers (a path on a FUSE mount whose server died answers ENOTCONN). Asked
+/// with statvfs, which the kernel always sends to the server: a stat may be answered from the
+/// kernel's attribute cache after the server is gone.
 pub async fn alive(path: &Path) -> bool {
-    tokio::fs::metadata(path).await.is_ok()
+    let p = path.to_path_buf();
+    tokio::task::spawn_blocking(move || mount::statvfs(&p).is_ok()).await.unwrap_or(false)
 }
 
 /// The code word of an error, as the error file carries it.

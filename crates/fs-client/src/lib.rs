@@ -2,8 +2,8 @@
 //! request its own task) over the namespace in the metadata service (`fs-meta`) and file blocks
 //! as content-hashed chunks in the pool (`cluster::ChunkClient`). Consistency across clients is
 //! close-to-open: a close or fsync commits the file's blocks and size; an open re-reads them.
-//! The kernel caches no attributes or entries (TTL 0), so directory changes made by other
-//! clients are seen at once.
+//! The kernel caches entries and attributes for a second; attributes changed by anyone are
+//! dropped from it as the metadata watch announces them, and at every open.
 
 mod attr;
 mod files;
@@ -81,6 +81,9 @@ pub async fn mount(
         .mount(client.clone(), mountpoint)
         .await
         .map_err(|source| FsClientError::Io { what: format!("FUSE mount at {}", mountpoint.display()), source })?;
+    if let Some(n) = handle.notify() {
+        client.set_kernel(n);
+    }
     // Kept for the heartbeats, which rewrite the record with it.
     let mounted_ms = fs_meta::filesystem::now_ms();
     fs_meta::filesystem::register_client(&meta, &opts.fs_id, &opts.client_id, &opts.node, opts.read_only, mounted_ms)

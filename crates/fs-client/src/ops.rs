@@ -23,8 +23,13 @@ use futures::stream::{self, Stream};
 use crate::attr::{errno, file_attr, file_type, from_fuse_time};
 use crate::files::{DataPath, OpenFiles};
 
-/// Nothing is cached by the kernel: other clients' changes are seen at once.
-const TTL: Duration = Duration::ZERO;
+/// How long the kernel keeps an entry or attributes without asking. Attributes changed by
+/// anyone are dropped from the kernel as the watch announces them, and at every open (so
+/// close-to-open holds); an entry another client removed or renamed may resolve here for up to
+/// this long (its open then fails: the open re-reads the inode), as with JuiceFS's default entry
+/// cache. Without it every path component of every call was one more request (a create cost
+/// three lookups; a stat two lookups and a getattr).
+const TTL: Duration = Duration::from_secs(1);
 const FALLOC_FL_KEEP_SIZE: u32 = 0x01;
 const FALLOC_FL_PUNCH_HOLE: u32 = 0x02;
 const FALLOC_FL_ZERO_RANGE: u32 = 0x10;
@@ -66,6 +71,8 @@ pub struct Inner {
     /// of its descriptors) releases its fcntl locks on the inode, as POSIX says — the kernel
     /// leaves that to a FUSE server that implements locks.
     lockers: Mutex<std::collections::HashSet<(u64, u64)>>,
+    /// The mount's channel for telling the kernel to drop cached attributes (set once mounted).
+    kernel: std::sync::OnceLock<fuse3::notify::Notify>,
 }
 
 impl std::ops::Deref for Client {
@@ -73,16 +80,6 @@ impl std::ops::Deref for Client {
     fn deref(&self) -> &Inner {
         &self.0
     }
-}
-
-/// The umask of process `pid` (022 when it cannot be read).
-fn umask_of(pid: u32) -> u32 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| l.strip_prefix("Umask:").and_then(|v| u32::from_str_radix(v.trim(), 8).ok()))
-        })
-        .unwrap_or(0o022)
 }
 
 impl Client {
@@ -98,6 +95,7 @@ impl Client {
             next_fh: AtomicU64::new(1),
             quota: Mutex::new(QuotaView { read_at: None, quota: 0, used: 0 }),
             lockers: Mutex::new(std::collections::HashSet::new()),
+            kernel: std::sync::OnceLock::new(),
         }))
     }
 
@@ -120,7 +118,38 @@ impl Client {
                 }
             }
         };
-        tokio::join!(self.ns.follow(), usage);
+        // Inodes changed (by anyone) leave the kernel's attribute cache; a burst is sent once
+        // per inode.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+        let follow = self.ns.follow(move |ino| {
+            let _ = tx.send(ino);
+        });
+        let invalidate = async {
+            while let Some(first) = rx.recv().await {
+                let mut inos = std::collections::HashSet::from([first]);
+                while let Ok(ino) = rx.try_recv() {
+                    inos.insert(ino);
+                }
+                for ino in inos {
+                    self.forget_attrs(ino).await;
+                }
+            }
+        };
+        tokio::join!(follow, usage, invalidate);
+    }
+
+    /// The kernel's channel for invalidations, given once the filesystem is mounted.
+    pub(crate) fn set_kernel(&self, notify: fuse3::notify::Notify) {
+        let _ = self.kernel.set(notify);
+    }
+
+    /// Drops inode `ino`'s attributes from the kernel's cache (its next stat or read past the
+    /// size it knew asks again). Only attributes: dropping entries or pages waits on kernel
+    /// locks that a request in progress may hold.
+    async fn forget_attrs(&self, ino: u64) {
+        if let Some(k) = self.kernel.get() {
+            k.clone().invalid_inode(ino, -1, 0).await;
+        }
     }
 
     /// Commits every open file's writes and the inode count (unmount, shutdown).
@@ -290,7 +319,7 @@ impl Filesystem for Client {
         if kind == Kind::Dir || kind == Kind::Symlink {
             return Err(libc::EINVAL.into());
         }
-        let perm = mode & 0o7777 & !umask_of(req.pid);
+        let perm = mode & 0o7777; // the kernel took the umask off (no FUSE_DONT_MASK)
         let new = NewInode { kind, perm, uid: req.uid, gid: req.gid, rdev, target: None };
         let (ino, i) = self.make(parent, name, new).await?;
         Ok(self.entry(ino, &i).await)
@@ -366,6 +395,9 @@ impl Filesystem for Client {
         if i.kind == Kind::Dir {
             return Err(libc::EISDIR.into());
         }
+        // ... and the kernel forgets the attributes it holds (the size above all), so a stat or
+        // a read past its old size asks again: the watch may not have told it yet.
+        self.forget_attrs(inode).await;
         let acc = flags as i32 & libc::O_ACCMODE;
         if acc != libc::O_RDONLY {
             self.writable()?;
@@ -379,7 +411,7 @@ impl Filesystem for Client {
     }
 
     async fn create(&self, req: Request, parent: u64, name: &OsStr, mode: u32, flags: u32) -> FuseResult<ReplyCreated> {
-        let perm = mode & 0o7777 & !umask_of(req.pid);
+        let perm = mode & 0o7777; // the kernel took the umask off (no FUSE_DONT_MASK)
         let new = NewInode { kind: Kind::File, perm, uid: req.uid, gid: req.gid, rdev: 0, target: None };
         let (ino, i) = self.make(parent, name, new).await?;
         let fh = self.open_file(ino, &i).await;

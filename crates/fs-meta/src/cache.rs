@@ -20,6 +20,14 @@ struct Maps {
     entries: HashMap<Vec<u8>, (u64, Option<Vec<u8>>)>,
     /// key → revision of the newest event seen for it
     events: HashMap<Vec<u8>, u64>,
+    /// key prefix of a directory this client made → the revision it was made at (empty then):
+    /// a key under it that no event changed since is known absent
+    complete: HashMap<Vec<u8>, u64>,
+}
+
+/// The prefix of `key` up to and including its last `/` (a directory entry's directory).
+fn dir_of(key: &[u8]) -> Option<&[u8]> {
+    key.iter().rposition(|b| *b == b'/').map(|i| &key[..=i])
 }
 
 /// See the module documentation.
@@ -36,6 +44,39 @@ impl MetaCache {
     /// The cached value (`Some(None)`: known absent) with its revision.
     pub fn get(&self, key: &[u8]) -> Option<(u64, Option<Vec<u8>>)> {
         self.maps.lock().expect("cache lock").entries.get(key).cloned()
+    }
+
+    /// Directory `dir` (the prefix of its keys) was made empty by this client at `revision` (the
+    /// transaction began with `ticket`): until an event under it says otherwise, a name in it
+    /// that is not cached is absent, with no read.
+    pub fn made_empty(&self, ticket: Option<u64>, dir: &[u8], revision: u64) {
+        let mut m = self.maps.lock().expect("cache lock");
+        if ticket.is_none() || ticket != self.ticket() {
+            return;
+        }
+        if m.complete.len() >= MAX_ENTRIES {
+            m.complete.clear();
+        }
+        m.complete.insert(dir.to_vec(), revision);
+    }
+
+    /// Whether `key` (not cached) is known absent: it is in a directory this client made, and
+    /// no change of it was announced since.
+    pub fn known_absent(&self, key: &[u8]) -> bool {
+        let m = self.maps.lock().expect("cache lock");
+        let Some(made) = dir_of(key).and_then(|d| m.complete.get(d)) else { return false };
+        !m.events.get(key).is_some_and(|rev| rev > made)
+    }
+
+    /// Keys a transaction of this client touched but whose outcome is unknown or was refused:
+    /// their directories are no longer known whole.
+    pub fn unsure<'a>(&self, keys: impl Iterator<Item = &'a [u8]>) {
+        let mut m = self.maps.lock().expect("cache lock");
+        for k in keys {
+            if let Some(d) = dir_of(k) {
+                m.complete.remove(d);
+            }
+        }
     }
 
     /// Taken before a read whose result may be cached: `None` while the watch is down.
@@ -80,6 +121,7 @@ impl MetaCache {
             // Forgetting event revisions is safe only if nothing read before them stays cached.
             m.events.clear();
             m.entries.clear();
+            m.complete.clear();
         }
         let e = m.events.entry(key.to_vec()).or_insert(0);
         *e = (*e).max(revision);
@@ -92,12 +134,39 @@ impl MetaCache {
         self.watching.store(on, Ordering::Release);
         m.entries.clear();
         m.events.clear();
+        m.complete.clear();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_directory_made_here_knows_its_missing_names_until_an_event_says_otherwise() {
+        let c = MetaCache::default();
+        c.set_watching(true);
+        assert!(!c.known_absent(b"d/7/x"), "a directory not made here");
+        c.made_empty(c.ticket(), b"d/7/", 10);
+        assert!(c.known_absent(b"d/7/x"));
+        assert!(!c.known_absent(b"d/8/x"), "another directory");
+        c.changed(b"d/7/x", 9);
+        assert!(c.known_absent(b"d/7/x"), "an event older than the directory");
+        c.changed(b"d/7/x", 11);
+        assert!(!c.known_absent(b"d/7/x"), "someone made (or removed) it since");
+        assert!(c.known_absent(b"d/7/y"), "the other names are still known");
+        c.unsure([&b"d/7/z"[..]].into_iter());
+        assert!(!c.known_absent(b"d/7/y"), "a transaction of unknown outcome in the directory");
+        c.made_empty(c.ticket(), b"d/9/", 20);
+        c.set_watching(false);
+        c.set_watching(true);
+        assert!(!c.known_absent(b"d/9/a"), "the watch went down: changes may have been missed");
+        let stale = c.ticket();
+        c.set_watching(false);
+        c.set_watching(true);
+        c.made_empty(stale, b"d/9/", 30);
+        assert!(!c.known_absent(b"d/9/a"), "made while the watch was down and up");
+    }
 
     #[test]
     fn nothing_is_cached_without_the_watch() {

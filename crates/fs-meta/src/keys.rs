@@ -40,6 +40,15 @@ pub fn inode(fs: &str, ino: u64) -> Vec<u8> {
     format!("fs/n/{fs}/i/{ino:016x}").into_bytes()
 }
 
+/// The inode number of an inode key of filesystem `fs` (`None` for any other key).
+pub fn inode_of(fs: &str, key: &[u8]) -> Option<u64> {
+    let hex = key.strip_prefix(format!("fs/n/{fs}/i/").as_bytes())?;
+    if hex.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
+}
+
 /// Prefix of directory `parent`'s entries.
 pub fn dir(fs: &str, parent: u64) -> Vec<u8> {
     format!("fs/n/{fs}/d/{parent:016x}/").into_bytes()
@@ -118,5 +127,15 @@ mod tests {
         assert!(d1.starts_with(&dir("f", 1)));
         assert!(!dentry("f", 0x10, b"a").starts_with(&dir("f", 1)));
         assert!(!usage("f").starts_with(&dir("f", 1)));
+    }
+
+    #[test]
+    fn an_inode_key_names_its_inode_and_no_other_key_does() {
+        assert_eq!(inode_of("f", &inode("f", 0x2a)), Some(0x2a));
+        assert_eq!(inode_of("f", &inode("f", u64::MAX)), Some(u64::MAX));
+        assert_eq!(inode_of("g", &inode("f", 7)), None, "another filesystem's inode");
+        assert_eq!(inode_of("f", &dentry("f", 7, b"name")), None);
+        assert_eq!(inode_of("f", &block("f", 7, 1)), None);
+        assert_eq!(inode_of("f", b"fs/n/f/i/xyz"), None);
     }
 }

@@ -140,6 +140,9 @@ impl Namespace {
         let ticket = self.cache.ticket();
         let out = self.meta.txn(txn).await;
         self.cache.forget(keys.iter().map(Vec::as_slice));
+        if !out.as_ref().is_ok_and(|o| o.succeeded) {
+            self.cache.unsure(keys.iter().map(Vec::as_slice));
+        }
         // What this client wrote (or deleted) is known at the transaction's revision: keep it,
         // so the next operation on the same directory or inode needs no read (the watch drops
         // it as soon as anyone changes it again).
@@ -159,6 +162,9 @@ impl Namespace {
         if let Some((rev, hit)) = self.cache.get(key) {
             return Ok(hit.map(|v| (rev, v)));
         }
+        if self.cache.known_absent(key) {
+            return Ok(None);
+        }
         let ticket = self.cache.ticket();
         match self.meta.get_at(key).await? {
             (Some(kv), _) => {
@@ -173,14 +179,18 @@ impl Namespace {
     }
 
     /// Keeps the cache true by following the filesystem's changes; runs until dropped. While
-    /// the watch is down nothing is cached.
-    pub async fn follow(&self) {
+    /// the watch is down nothing is cached. `inode_changed` hears of every inode changed (by
+    /// anyone), for caches kept beyond this one (the kernel's).
+    pub async fn follow(&self, inode_changed: impl Fn(u64)) {
         loop {
             if let Ok(mut events) = self.meta.watch(&keys::ns(&self.fs)).await {
                 self.cache.set_watching(true);
                 while let Some(Ok(ev)) = events.next().await {
                     if let Some(kv) = ev.kv {
                         self.cache.changed(&kv.key, ev.revision);
+                        if let Some(ino) = keys::inode_of(&self.fs, &kv.key) {
+                            inode_changed(ino);
+                        }
                     }
                 }
                 self.cache.set_watching(false);
@@ -362,9 +372,15 @@ impl Namespace {
                 .absent(&ikey)
                 .put(&dkey, &Dentry { ino, kind: new.kind }.encode())
                 .put(&ikey, &inode.encode());
+            let ticket = self.cache.ticket();
             let out = self.commit(self.finish(txn, &changes, None)).await?;
             if out.succeeded {
                 self.pending_inodes.fetch_add(1, Ordering::Relaxed);
+                if new.kind == Kind::Dir {
+                    // Made empty here: a name looked up in it needs no read until the watch
+                    // announces a change of it.
+                    self.cache.made_empty(ticket, &keys::dir(&self.fs, ino), out.revision);
+                }
                 return Ok((ino, inode));
             }
             if out.failed_condition == Some(0) {

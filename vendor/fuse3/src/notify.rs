@@ -56,8 +56,10 @@ impl Notify {
                     len: *len,
                 };
 
+                // (Cairn patch) The kernel answers ENOENT for an inode it does not hold: nothing
+                // to invalidate, not a failed reply.
                 self.sender
-                    .send2(&out_header, invalid_inode_out.as_bytes())
+                    .send_notification(&out_header, invalid_inode_out.as_bytes())
                     .await;
             }
 

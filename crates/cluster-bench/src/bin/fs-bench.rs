@@ -41,6 +41,10 @@ struct Args {
     /// path); the other figures print as 0.
     #[arg(long)]
     seq_only: bool,
+    /// Only the creates, stats and unlinks, on ext4 and the filesystem (for working on the
+    /// namespace); the other figures print as 0.
+    #[arg(long, conflicts_with = "seq_only")]
+    meta_only: bool,
 }
 
 /// The figures of one target.
@@ -144,6 +148,10 @@ fn metadata_ops(dir: &Path, files: usize, threads: usize) -> Res<(f64, f64, f64)
 }
 
 fn measure(dir: &Path, args: &Args) -> Res<Figures> {
+    if args.meta_only {
+        let (creates, stats, unlinks) = metadata_ops(&dir.join("meta"), args.files, args.threads)?;
+        return Ok(Figures { creates, stats, unlinks, ..Default::default() });
+    }
     // Sequential figures swing between runs on this virtual disk (ext4's write from ~400 to
     // ~2,700 MB/s minutes apart): each target's are the median of `seq_runs` fresh runs.
     let (mut writes, mut reads) = (Vec::new(), Vec::new());

@@ -73,6 +73,15 @@ pub struct MountHandle {
 }
 
 impl MountHandle {
+    /// (Cairn patch) A [`Notify`] for this mount's connection, for cache invalidations from
+    /// outside a request (Linux, privileged mounts; `None` elsewhere). Each notification is
+    /// written like a reply: an invalidation that waits on a kernel lock held by a request the
+    /// filesystem has yet to answer would hold every reply back, so send only those that take no
+    /// such lock (an inode's attributes: `invalid_inode` with a negative offset).
+    pub fn notify(&self) -> Option<Notify> {
+        self.inner.as_ref().and_then(|i| i.notify.clone())
+    }
+
     pub async fn unmount(mut self) -> IoResult<()> {
         self.inner
             .take()
@@ -152,6 +161,22 @@ impl ResponseSender {
         }
     }
 
+    /// (Cairn patch) Sends a notification; the kernel's ENOENT (no such inode or entry
+    /// cached) is the ordinary answer, not a failure.
+    pub(crate) async fn send_notification(&self, header: &fuse_out_header, data: &[u8]) {
+        if let Err(err) = self
+            .connection
+            .write_vectored::<_, &[u8]>(header.as_bytes(), Some(data))
+            .await
+            .1
+        {
+            if err.kind() != ErrorKind::NotFound {
+                error!("notify fuse failed {}", err);
+                self.send_failed.notify();
+            }
+        }
+    }
+
     /// send response with header and two parts of data.
     pub(crate) async fn send3(&self, header: &fuse_out_header, d1: &[u8], d2: &[u8]) {
         // TODO: Implement a write_vectored in FuseConnection to avoid this copy
@@ -193,6 +218,7 @@ struct MountHandleInner {
     task: JoinHandle<IoResult<()>>,
     mount_path: PathBuf,
     destroy_notify: Arc<async_notify::Notify>,
+    notify: Option<Notify>,
     #[cfg(any(
         all(target_os = "linux", feature = "unprivileged"),
         target_os = "macos"
@@ -429,6 +455,7 @@ impl<FS: Filesystem + Send + Sync + 'static> Session<FS> {
                 task: task::spawn(self.inner_mount()),
                 mount_path: mount_path.to_path_buf(),
                 destroy_notify: notify,
+                notify: None,
                 unprivileged: true,
             }),
         })
@@ -464,6 +491,7 @@ impl<FS: Filesystem + Send + Sync + 'static> Session<FS> {
                 task: task::spawn(self.inner_mount()),
                 mount_path: mount_path.to_path_buf(),
                 destroy_notify: notify,
+                notify: None,
                 unprivileged: true,
             }),
         })
@@ -507,6 +535,13 @@ impl<FS: Filesystem + Send + Sync + 'static> Session<FS> {
 
         self.filesystem.replace(Arc::new(fs));
 
+        // (Cairn patch) The reply sender exists from here, so the handle can carry a Notify.
+        self.response_sender.replace(Arc::new(ResponseSender {
+            send_failed: Arc::new(async_notify::Notify::new()),
+            connection: self.fuse_connection.as_ref().unwrap().clone(),
+        }));
+        let fs_notify = self.get_notify();
+
         debug!("mount {:?} success", mount_path);
 
         Ok(MountHandle {
@@ -514,6 +549,7 @@ impl<FS: Filesystem + Send + Sync + 'static> Session<FS> {
                 task: task::spawn(self.inner_mount()),
                 mount_path: mount_path.to_path_buf(),
                 destroy_notify: notify,
+                notify: Some(fs_notify),
                 #[cfg(all(target_os = "linux", feature = "unprivileged"))]
                 unprivileged: false,
             }),
@@ -557,6 +593,7 @@ impl<FS: Filesystem + Send + Sync + 'static> Session<FS> {
                 task: task::spawn(self.inner_mount()),
                 mount_path: mount_path.to_path_buf(),
                 destroy_notify: notify,
+                notify: None,
             }),
         })
     }
@@ -574,13 +611,14 @@ impl<FS: Filesystem + Send + Sync + 'static> Session<FS> {
     }
 
     async fn inner_mount(mut self) -> IoResult<()> {
-        let fuse_write_connection = self.fuse_connection.as_ref().unwrap().clone();
-
-        let send_failed = Arc::new(async_notify::Notify::new());
-        self.response_sender.replace(Arc::new(ResponseSender {
-            send_failed: send_failed.clone(),
-            connection: fuse_write_connection,
-        }));
+        if self.response_sender.is_none() {
+            let fuse_write_connection = self.fuse_connection.as_ref().unwrap().clone();
+            self.response_sender.replace(Arc::new(ResponseSender {
+                send_failed: Arc::new(async_notify::Notify::new()),
+                connection: fuse_write_connection,
+            }));
+        }
+        let send_failed = self.response_sender().send_failed.clone();
 
         let dispatch_task = self.dispatch().fuse();
         let mut dispatch_task = pin!(dispatch_task);
