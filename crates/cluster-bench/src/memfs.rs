@@ -1,7 +1,7 @@
 //! A file system held in memory, served over FUSE with the shared filesystem client's mount
 //! options and TTLs (fuse3, every request its own task, `max_background` 128, entries and
-//! attributes cached by the kernel for a second): fs-bench's measure of what FUSE alone reaches on this machine, the
-//! ceiling for any file system behind it. Files, directories, reads, writes, truncation; no
+//! attributes cached by the kernel for a second): fs-bench's measure of what FUSE alone
+//! reaches on this machine, the ceiling for any file system behind it. Files, directories, reads, writes, truncation; no
 //! links, locks or xattrs.
 
 use std::collections::{BTreeMap, HashMap};

@@ -25,6 +25,15 @@ struct Maps {
     complete: HashMap<Vec<u8>, u64>,
 }
 
+impl Maps {
+    /// The revision of the directory this client made that holds `key`, when no event changed
+    /// `key` since (so `key` is absent).
+    fn absent_by_dir(&self, key: &[u8]) -> Option<u64> {
+        let made = *dir_of(key).and_then(|d| self.complete.get(d))?;
+        self.events.get(key).is_none_or(|rev| *rev <= made).then_some(made)
+    }
+}
+
 /// The prefix of `key` up to and including its last `/` (a directory entry's directory).
 fn dir_of(key: &[u8]) -> Option<&[u8]> {
     key.iter().rposition(|b| *b == b'/').map(|i| &key[..=i])
@@ -41,9 +50,12 @@ pub struct MetaCache {
 }
 
 impl MetaCache {
-    /// The cached value (`Some(None)`: known absent) with its revision.
+    /// The cached value (`Some(None)`: known absent) with its revision; a key not cached in a
+    /// directory this client made is absent at the directory's revision unless an event since
+    /// says otherwise.
     pub fn get(&self, key: &[u8]) -> Option<(u64, Option<Vec<u8>>)> {
-        self.maps.lock().expect("cache lock").entries.get(key).cloned()
+        let m = self.maps.lock().expect("cache lock");
+        m.entries.get(key).cloned().or_else(|| m.absent_by_dir(key).map(|made| (made, None)))
     }
 
     /// Directory `dir` (the prefix of its keys) was made empty by this client at `revision` (the
@@ -63,9 +75,7 @@ impl MetaCache {
     /// Whether `key` (not cached) is known absent: it is in a directory this client made, and
     /// no change of it was announced since.
     pub fn known_absent(&self, key: &[u8]) -> bool {
-        let m = self.maps.lock().expect("cache lock");
-        let Some(made) = dir_of(key).and_then(|d| m.complete.get(d)) else { return false };
-        !m.events.get(key).is_some_and(|rev| rev > made)
+        self.maps.lock().expect("cache lock").absent_by_dir(key).is_some()
     }
 
     /// Keys a transaction of this client touched but whose outcome is unknown or was refused:

@@ -162,9 +162,6 @@ impl Namespace {
         if let Some((rev, hit)) = self.cache.get(key) {
             return Ok(hit.map(|v| (rev, v)));
         }
-        if self.cache.known_absent(key) {
-            return Ok(None);
-        }
         let ticket = self.cache.ticket();
         match self.meta.get_at(key).await? {
             (Some(kv), _) => {

@@ -143,6 +143,12 @@ impl ResponseSender {
 
     /// send response with header and data
     pub(crate) async fn send2(&self, header: &fuse_out_header, data: &[u8]) {
+        self.write2(header, data, "reply").await;
+    }
+
+    /// (Cairn patch) Writes header and data; ENOENT (an interrupted request's reply, or a
+    /// notification about something the kernel does not cache) is not a failure.
+    async fn write2(&self, header: &fuse_out_header, data: &[u8], what: &str) {
         if let Err(err) = self
             .connection
             .write_vectored::<_, &[u8]>(header.as_bytes(), Some(data))
@@ -150,12 +156,14 @@ impl ResponseSender {
             .1
         {
             if err.kind() == ErrorKind::NotFound {
-                warn!(
-                    "may reply interrupted fuse request, ignore this error {}",
-                    err
-                );
+                if what == "reply" {
+                    warn!(
+                        "may reply interrupted fuse request, ignore this error {}",
+                        err
+                    );
+                }
             } else {
-                error!("reply fuse failed {}", err);
+                error!("{} fuse failed {}", what, err);
                 self.send_failed.notify();
             }
         }
@@ -164,17 +172,7 @@ impl ResponseSender {
     /// (Cairn patch) Sends a notification; the kernel's ENOENT (no such inode or entry
     /// cached) is the ordinary answer, not a failure.
     pub(crate) async fn send_notification(&self, header: &fuse_out_header, data: &[u8]) {
-        if let Err(err) = self
-            .connection
-            .write_vectored::<_, &[u8]>(header.as_bytes(), Some(data))
-            .await
-            .1
-        {
-            if err.kind() != ErrorKind::NotFound {
-                error!("notify fuse failed {}", err);
-                self.send_failed.notify();
-            }
-        }
+        self.write2(header, data, "notify").await;
     }
 
     /// send response with header and two parts of data.
