@@ -1,7 +1,7 @@
 //! The client for one storage node (`cairn.chunk.v1.ChunkStore`): connects, streams chunks in
 //! and out, verifies what it reads. Every component that talks to storage nodes uses it.
 
-pub mod put_wire;
+pub mod chunk_wire;
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -110,7 +110,7 @@ impl NodeClient {
     }
 
     /// Stores a chunk; with `claimed` the node refuses data with another hash. The pieces go out
-    /// as slices of `data` (see [`put_wire`]), not through tonic's copying encoder.
+    /// as slices of `data` (see [`chunk_wire`]), not through tonic's copying encoder.
     pub async fn put(&self, claimed: Option<ChunkHash>, data: Bytes) -> Result<pb::PutResponse, ClientError> {
         self.put_call(claimed, data).await.map_err(|s| self.rpc(s))
     }
@@ -118,10 +118,10 @@ impl NodeClient {
     async fn put_call(&self, claimed: Option<ChunkHash>, data: Bytes) -> Result<pb::PutResponse, tonic::Status> {
         use tonic::codec::Codec;
         use tonic::codegen::Service;
-        let frames = put_wire::encode_put(claimed.as_ref().map(|h| &h.0[..]), &data, STREAM_PIECE);
+        let frames = chunk_wire::encode_put(claimed.as_ref().map(|h| &h.0[..]), &data, STREAM_PIECE);
         let req = tonic::codegen::http::Request::builder()
             .method(tonic::codegen::http::Method::POST)
-            .uri(put_wire::PUT_PATH)
+            .uri(chunk_wire::PUT_PATH)
             .header("content-type", "application/grpc")
             .header("te", "trailers")
             .body(tonic::body::boxed(Frames(frames.into())))
@@ -168,14 +168,27 @@ impl NodeClient {
         let mut c = self.inner.clone();
         let req = pb::GetRequest { hash: hash.0.to_vec(), caller_verifies };
         let mut stream = c.get(req).await.map_err(|s| self.rpc(s))?.into_inner();
-        let mut buf = Vec::new();
+        // A chunk of up to one piece comes as one message: its data is the answer as decoded,
+        // with no copy; a longer one is joined here.
+        let (mut first, mut length, mut buf) = (None::<Bytes>, 0u64, Vec::new());
+        let mut messages = 0usize;
         while let Some(m) = stream.message().await.map_err(|s| self.rpc(s))? {
-            if buf.is_empty() {
-                buf.reserve(m.length as usize);
+            messages += 1;
+            if messages == 1 {
+                length = m.length;
+                first = Some(m.data);
+                continue;
+            }
+            if let Some(f) = first.take() {
+                buf.reserve(length as usize);
+                buf.extend_from_slice(&f);
             }
             buf.extend_from_slice(&m.data);
         }
-        Ok(Bytes::from(buf))
+        Ok(match first {
+            Some(f) => f,
+            None => Bytes::from(buf),
+        })
     }
 
     /// What the node holds of each hash.

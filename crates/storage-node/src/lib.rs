@@ -6,8 +6,8 @@ mod config;
 mod error;
 mod metrics;
 mod pool_gc;
-mod put_route;
 mod repair;
+mod routes;
 mod service;
 
 use std::future::Future;
@@ -24,8 +24,8 @@ pub use config::{NodeArgs, NodeConfig};
 pub use error::{NodeError, chunk_error_code};
 pub use metrics::NodeMetrics;
 pub use pool_gc::PutTracker;
-pub use put_route::ChunkStoreRoutes;
 pub use repair::{Reconciler, RepairConfig, RepairStats};
+pub use routes::ChunkStoreRoutes;
 pub use service::ChunkService;
 
 async fn stopped(mut rx: watch::Receiver<bool>) {

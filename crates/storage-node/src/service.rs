@@ -70,6 +70,18 @@ impl ChunkService {
         res
     }
 
+    /// The data of the chunk `req` asks for, checked as it asks (recorded as a Get); shared by
+    /// the Get route and the generated service.
+    pub(crate) async fn get_data(&self, req: pb::GetRequest) -> Result<Bytes, Status> {
+        let started = Instant::now();
+        let hash = parse_hash(&req.hash)?;
+        if req.caller_verifies {
+            self.blocking("Get", started, move |e| e.get_for_copy(&hash)).await
+        } else {
+            self.blocking("Get", started, move |e| e.get(&hash)).await
+        }
+    }
+
     /// Stores the chunk `receive` assembles (given the largest chunk size), recording the request
     /// and noting the chunk for pool GC; shared by the Put route and the generated service.
     pub(crate) async fn put_assembled<F>(&self, receive: impl FnOnce(u32) -> F) -> Result<pb::PutResponse, Status>
@@ -149,7 +161,7 @@ impl PutAssembly {
 
 #[tonic::async_trait]
 impl ChunkStore for ChunkService {
-    /// Reached only if the Put route is not installed (`put_route` serves Put in the daemon).
+    /// Reached only if the Put route is not installed (`routes` serves Put in the daemon).
     async fn put(&self, req: Request<Streaming<pb::PutRequest>>) -> Result<Response<pb::PutResponse>, Status> {
         let mut stream = req.into_inner();
         let receive = |max_chunk: u32| async move {
@@ -167,14 +179,9 @@ impl ChunkStore for ChunkService {
 
     type GetStream = BoxStream<pb::GetResponse>;
 
+    /// Reached only if the Get route is not installed (`routes` serves Get in the daemon).
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<Self::GetStream>, Status> {
-        let started = Instant::now();
-        let hash = parse_hash(&req.get_ref().hash)?;
-        let data: Bytes = if req.get_ref().caller_verifies {
-            self.blocking("Get", started, move |e| e.get_for_copy(&hash)).await?
-        } else {
-            self.blocking("Get", started, move |e| e.get(&hash)).await?
-        };
+        let data = self.get_data(req.into_inner()).await?;
         let len = data.len() as u64;
         let mut pieces = Vec::with_capacity(data.len() / STREAM_PIECE + 1);
         let mut off = 0;

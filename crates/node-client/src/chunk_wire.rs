@@ -1,10 +1,11 @@
-//! The `ChunkStore/Put` stream on the wire, without copying chunk data: the client sends each
-//! piece as its own HTTP/2 data frame behind a small gRPC + protobuf prefix, and the storage node
-//! cuts the `data` field of each message out of the received frames as slices.
+//! Chunk data on the wire without copying it: `ChunkStore/Put` and `ChunkStore/Get` streams. The
+//! sender sends each piece as its own HTTP/2 data frame behind a small gRPC + protobuf prefix; the
+//! storage node cuts the `data` field of each received put message out of the frames as slices.
 //!
-//! The messages are ordinary gRPC-framed `PutRequest`s (any gRPC client may call Put); only the
-//! encoding and decoding skip the copies tonic's generic codec makes (one per replica on the
-//! client, one per put on the node — about a fifth of the CPU a replicated put costs here).
+//! The messages are ordinary gRPC-framed `PutRequest`s and `GetResponse`s (any gRPC client may
+//! call Put and Get); only the encoding and decoding skip the copies tonic's generic codec makes
+//! (one per replica on the client and one per put on the node — about a fifth of the CPU a
+//! replicated put costs here — and one per get on the node).
 
 use std::collections::VecDeque;
 
@@ -13,32 +14,51 @@ use cairn_proto::chunk::v1 as pb;
 use prost::Message;
 use tonic::Status;
 
-/// The HTTP/2 path of the method.
+/// The HTTP/2 path of the Put method.
 pub const PUT_PATH: &str = "/cairn.chunk.v1.ChunkStore/Put";
+/// The HTTP/2 path of the Get method.
+pub const GET_PATH: &str = "/cairn.chunk.v1.ChunkStore/Get";
 /// gRPC message header: compression flag and big-endian length.
 const GRPC_HEADER: usize = 5;
 /// Protobuf field numbers of `PutRequest`.
 const FIELD_HASH: u64 = 1;
 const FIELD_LENGTH: u64 = 2;
 const FIELD_DATA: u64 = 3;
+/// Protobuf field number of `GetResponse.data`.
+const GET_FIELD_DATA: u32 = 2;
 
 /// The frames of a put stream for `data`, pieces of at most `piece` bytes: per message a small
 /// prefix (gRPC header, `hash` and `length` on the first, the `data` key and length) and the
 /// piece itself, a slice of `data`.
 pub fn encode_put(claimed: Option<&[u8]>, data: &Bytes, piece: usize) -> Vec<Bytes> {
+    encode_pieces(data, piece, FIELD_DATA as u32, |first| pb::PutRequest {
+        hash: if first { claimed.map(<[u8]>::to_vec).unwrap_or_default() } else { Vec::new() },
+        length: if first { data.len() as u64 } else { 0 },
+        data: Bytes::new(),
+    })
+}
+
+/// The frames of a get answer carrying `data`, as [`encode_put`]'s: `length` on the first message,
+/// each piece a slice of `data`.
+pub fn encode_get(data: &Bytes, piece: usize) -> Vec<Bytes> {
+    encode_pieces(data, piece, GET_FIELD_DATA, |first| pb::GetResponse {
+        length: if first { data.len() as u64 } else { 0 },
+        data: Bytes::new(),
+    })
+}
+
+/// Messages of `data` in pieces of at most `piece` bytes: `head(first)` encodes each message's
+/// other fields, then the piece follows as field `data_field`, a frame of its own.
+fn encode_pieces<M: Message>(data: &Bytes, piece: usize, data_field: u32, head: impl Fn(bool) -> M) -> Vec<Bytes> {
     let mut frames = Vec::with_capacity(2 * (data.len() / piece + 1));
     let mut off = 0;
     loop {
         let end = (off + piece).min(data.len());
-        let head = pb::PutRequest {
-            hash: if off == 0 { claimed.map(<[u8]>::to_vec).unwrap_or_default() } else { Vec::new() },
-            length: if off == 0 { data.len() as u64 } else { 0 },
-            data: Bytes::new(),
-        };
+        let head = head(off == 0);
         let n = end - off;
         let mut key = BytesMut::with_capacity(11);
         if n > 0 {
-            prost::encoding::encode_key(FIELD_DATA as u32, prost::encoding::WireType::LengthDelimited, &mut key);
+            prost::encoding::encode_key(data_field, prost::encoding::WireType::LengthDelimited, &mut key);
             prost::encoding::encode_varint(n as u64, &mut key);
         }
         let len = head.encoded_len() + key.len() + n;
@@ -55,6 +75,17 @@ pub fn encode_put(claimed: Option<&[u8]>, data: &Bytes, piece: usize) -> Vec<Byt
             return frames;
         }
     }
+}
+
+/// The single gRPC message of a unary request body (a get request), decoded; `None` when the
+/// body is not exactly one uncompressed message.
+pub fn decode_unary<M: Message + Default>(body: &[u8]) -> Option<M> {
+    let (&flag, rest) = body.split_first()?;
+    let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    if flag != 0 || rest.len() != 4 + len {
+        return None;
+    }
+    M::decode(&rest[4..]).ok()
 }
 
 /// One gRPC message: header and the encoded `msg` (the node's answer to a put).
@@ -270,6 +301,36 @@ mod tests {
             let got: Vec<u8> = msgs.iter().flat_map(|m| m.data.iter().flat_map(|b| b.iter().copied())).collect();
             assert_eq!(got, data);
         }
+    }
+
+    #[test]
+    fn get_answers_are_standard_protobuf_and_requests_decode() {
+        let data = Bytes::from((0..10_000u32).map(|i| (i % 253) as u8).collect::<Vec<u8>>());
+        let frames = encode_get(&data, 4096);
+        assert_eq!(frames.len(), 6, "three messages, each a prefix and a slice");
+        let mut rest = Bytes::from(frames.concat());
+        let mut joined = Vec::new();
+        for i in 0..3 {
+            let len = u32::from_be_bytes(rest[1..5].try_into().unwrap()) as usize;
+            let m = pb::GetResponse::decode(&rest[5..5 + len]).unwrap();
+            assert_eq!(m.length, if i == 0 { 10_000 } else { 0 });
+            joined.extend_from_slice(&m.data);
+            rest = rest.slice(5 + len..);
+        }
+        assert!(rest.is_empty());
+        assert_eq!(joined, data);
+        let empty = Bytes::from(encode_get(&Bytes::new(), 4096).concat());
+        let m = pb::GetResponse::decode(&empty[5..]).unwrap();
+        assert_eq!((m.length, m.data.len()), (0, 0));
+
+        let req = pb::GetRequest { hash: vec![9; 32], caller_verifies: true };
+        let body = encode_message(&req);
+        assert_eq!(decode_unary::<pb::GetRequest>(&body), Some(req));
+        assert_eq!(decode_unary::<pb::GetRequest>(&body[..body.len() - 1]), None, "truncated");
+        let mut compressed = body.to_vec();
+        compressed[0] = 1;
+        assert_eq!(decode_unary::<pb::GetRequest>(&compressed), None, "compressed");
+        assert_eq!(decode_unary::<pb::GetRequest>(&[]), None);
     }
 
     #[test]

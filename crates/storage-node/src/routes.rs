@@ -1,16 +1,19 @@
-//! The node's gRPC routes: `ChunkStore/Put` is served straight from the HTTP/2 body, its chunk
-//! data never copied on the way to the engine (see `node_client::put_wire`); every other method
-//! goes to the tonic-generated service.
+//! The node's gRPC routes: `ChunkStore/Put` is served straight from the HTTP/2 body and
+//! `ChunkStore/Get` answers with slices of what the engine read, chunk data never copied between
+//! the engine and the socket (see `node_client::chunk_wire`); every other method goes to the
+//! tonic-generated service.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use cairn_proto::chunk::v1 as pb;
 use cairn_proto::chunk::v1::chunk_store_server::ChunkStoreServer;
 use http_body_util::{BodyExt, StreamBody};
-use node_client::put_wire::{PUT_PATH, PutDecoder, encode_message};
+use node_client::STREAM_PIECE;
+use node_client::chunk_wire::{GET_PATH, PUT_PATH, PutDecoder, decode_unary, encode_get, encode_message};
 use tonic::Status;
 use tonic::body::BoxBody;
 use tonic::codegen::Service;
@@ -19,7 +22,7 @@ use tonic::server::NamedService;
 
 use crate::service::{ChunkService, PutAssembly};
 
-/// The `cairn.chunk.v1.ChunkStore` service with its Put route taken over.
+/// The `cairn.chunk.v1.ChunkStore` service with its Put and Get routes taken over.
 #[derive(Clone)]
 pub struct ChunkStoreRoutes {
     grpc: ChunkStoreServer<ChunkService>,
@@ -53,17 +56,27 @@ impl Service<http::Request<BoxBody>> for ChunkStoreRoutes {
     }
 
     fn call(&mut self, req: http::Request<BoxBody>) -> ResponseFuture {
-        if req.uri().path() != PUT_PATH {
-            return self.grpc.call(req);
-        }
         let (service, max) = (self.service.clone(), self.max_message);
-        Box::pin(async move {
-            let res = service.put_assembled(|limit| receive(req.into_body(), max, limit)).await;
-            Ok(match res {
-                Ok(answer) => ok_response(&answer),
-                Err(status) => status.into_http(),
-            })
-        })
+        match req.uri().path() {
+            PUT_PATH => Box::pin(async move {
+                let res = service.put_assembled(|limit| receive(req.into_body(), max, limit)).await;
+                Ok(match res {
+                    Ok(answer) => ok_response(vec![encode_message(&answer)]),
+                    Err(status) => status.into_http(),
+                })
+            }),
+            GET_PATH => Box::pin(async move {
+                let res = match read_get_request(req.into_body()).await {
+                    Ok(get) => service.get_data(get).await,
+                    Err(status) => Err(status),
+                };
+                Ok(match res {
+                    Ok(data) => ok_response(encode_get(&data, STREAM_PIECE)),
+                    Err(status) => status.into_http(),
+                })
+            }),
+            _ => self.grpc.call(req),
+        }
     }
 }
 
@@ -90,12 +103,30 @@ async fn receive(mut body: BoxBody, max_message: usize, max_chunk: u32) -> Resul
     assembly.ok_or_else(|| Status::invalid_argument("put stream carried no message"))
 }
 
-/// A gRPC answer: one message, then `grpc-status: 0` in the trailers.
-fn ok_response(answer: &pb::PutResponse) -> http::Response<BoxBody> {
+/// The get request in `body`: one small gRPC message.
+async fn read_get_request(mut body: BoxBody) -> Result<pb::GetRequest, Status> {
+    /// A hash and a flag; anything much longer is not a get request.
+    const MAX: usize = 1024;
+    let mut buf = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            if buf.len() + data.len() > MAX {
+                return Err(Status::invalid_argument(format!("get request longer than {MAX} bytes")));
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    decode_unary(&buf).ok_or_else(|| Status::invalid_argument("malformed GetRequest"))
+}
+
+/// A gRPC answer: the messages' frames as they are, then `grpc-status: 0` in the trailers.
+fn ok_response(frames: Vec<Bytes>) -> http::Response<BoxBody> {
     let mut trailers = HeaderMap::new();
     trailers.insert("grpc-status", HeaderValue::from_static("0"));
-    let frames =
-        [Ok::<_, Status>(http_body::Frame::data(encode_message(answer))), Ok(http_body::Frame::trailers(trailers))];
+    let frames = frames
+        .into_iter()
+        .map(|f| Ok::<_, Status>(http_body::Frame::data(f)))
+        .chain(std::iter::once(Ok(http_body::Frame::trailers(trailers))));
     let body = StreamBody::new(futures::stream::iter(frames));
     let mut resp = http::Response::new(tonic::body::boxed(body));
     resp.headers_mut().insert("content-type", HeaderValue::from_static("application/grpc"));
