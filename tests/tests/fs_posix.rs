@@ -300,6 +300,22 @@ fn shared_filesystem_posix_and_two_clients() {
     );
     assert!(list_xattr(&b.join("private")).contains(&"user.color".to_string()));
     assert_eq!(errno_of(&get_xattr(&b.join("private"), "user.none").unwrap_err()), libc::ENODATA);
+    // Removing an inode takes its attributes with it; one that never had any needs no look.
+    fs::write(a.join("tagged"), b"").unwrap();
+    set_xattr(&a.join("tagged"), "user.tag", b"1", 0).unwrap();
+    fs::write(a.join("untagged"), b"").unwrap();
+    fs::create_dir(a.join("tagged-dir")).unwrap();
+    set_xattr(&a.join("tagged-dir"), "user.tag", b"2", 0).unwrap();
+    let inos: Vec<u64> =
+        ["tagged", "untagged", "tagged-dir"].iter().map(|n| fs::metadata(a.join(n)).unwrap().ino()).collect();
+    fs::remove_file(b.join("tagged")).unwrap();
+    fs::remove_file(a.join("untagged")).unwrap();
+    fs::remove_dir(a.join("tagged-dir")).unwrap();
+    for ino in inos {
+        let prefix = fs_meta::keys::xattrs("fs-test", ino);
+        let left = s.rt.block_on(s.meta.range(&prefix, &metadata_client::prefix_end(&prefix), 10)).unwrap();
+        assert!(left.kvs.is_empty(), "attributes of inode {ino} outlived it");
+    }
 
     // Advisory locks hold across clients: flock, and fcntl byte ranges.
     fs::write(a.join("lockme"), b"x").unwrap();

@@ -100,6 +100,15 @@ pub struct Inode {
     /// A directory's number of entries.
     #[serde(default)]
     pub entries: u64,
+    /// Whether it may have extended attributes: set by its first setxattr, never cleared.
+    /// Without it, removing the inode needs no read of its attributes. Records written before
+    /// the field existed read as true.
+    #[serde(default = "may_have_xattrs")]
+    pub xattrs: bool,
+}
+
+fn may_have_xattrs() -> bool {
+    true
 }
 
 impl Inode {
@@ -120,6 +129,7 @@ impl Inode {
             crtime: now,
             rdev: 0,
             target: None,
+            xattrs: false,
             parent: 0,
             entries: 0,
         }
@@ -179,6 +189,16 @@ mod tests {
         let mut other = i.clone();
         other.version = 9;
         assert!(matches!(Inode::decode(b"k", &other.encode()), Err(FsError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn records_from_before_the_xattr_flag_may_have_attributes() {
+        let i = Inode::new(Kind::File, 0o644, 1, 1);
+        assert!(!i.xattrs, "a new inode has none");
+        let mut v: serde_json::Value = serde_json::from_slice(&i.encode()).unwrap();
+        v.as_object_mut().unwrap().remove("xattrs");
+        let old = Inode::decode(b"k", &serde_json::to_vec(&v).unwrap()).unwrap();
+        assert!(old.xattrs, "an older record must still have its attributes looked for");
     }
 
     #[test]

@@ -441,6 +441,8 @@ impl Namespace {
                 return Err(FsError::IsDir);
             }
             let (irev, mut i) = self.inode(d.ino).await?;
+            // Exact: the inode goes (below) only at the revision this was read at.
+            let xattrs = i.xattrs;
             let now = Timestamp::now();
             i.nlink = i.nlink.saturating_sub(1);
             i.ctime = now;
@@ -467,7 +469,9 @@ impl Namespace {
             if self.commit(self.finish(txn, &changes, None)).await?.succeeded {
                 if at_once {
                     self.pending_inodes.fetch_sub(1, Ordering::Relaxed);
-                    self.delete_xattrs(d.ino).await?;
+                    if xattrs {
+                        self.delete_xattrs(d.ino).await?;
+                    }
                     return Ok(None);
                 }
                 return Ok(gone.then_some(Unlinked { ino: d.ino }));
@@ -509,7 +513,9 @@ impl Namespace {
             changes.inodes.insert(parent, (prev, p));
             if self.commit(self.finish(txn, &changes, None)).await?.succeeded {
                 self.pending_inodes.fetch_sub(1, Ordering::Relaxed);
-                self.delete_xattrs(d.ino).await?;
+                if i.xattrs {
+                    self.delete_xattrs(d.ino).await?;
+                }
                 return Ok(());
             }
         }
@@ -731,6 +737,7 @@ impl Namespace {
             txn = txn.exists(&key);
         }
         i.ctime = Timestamp::now();
+        i.xattrs = true;
         let ikey = keys::inode(&self.fs, ino);
         txn = txn.mod_revision_equals(&ikey, rev).put(&key, value).put(&ikey, &i.encode());
         let out = self.commit(txn).await?;
