@@ -61,11 +61,14 @@ struct Figures {
 
 fn main() {
     let mut args = Args::parse();
+    // The client runs in this process: with the mount daemon's allocator (jemalloc, linked with
+    // daemon-kit) and settings.
+    daemon_kit::tune_allocator();
     if let Ok(d) = std::fs::create_dir_all(&args.dir).and_then(|_| std::fs::canonicalize(&args.dir)) {
         args.dir = d;
     }
+    // One worker per core, as the mount daemon runs (daemon_kit::run_daemon).
     let out = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
         .enable_all()
         .build()
         .map_err(Into::into)
