@@ -4,10 +4,9 @@
 //! openraft 0.9 makes each proposal's log append durable before it takes the next, so without
 //! this every write would pay a full fsync round on its own.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
 use crate::MetaError;
@@ -20,8 +19,6 @@ pub const QUORUM_WAIT: Duration = Duration::from_secs(5);
 const MAX_BATCH: usize = 1024;
 /// Stop adding proposals to an entry past this many key + value bytes.
 const MAX_BATCH_BYTES: usize = 4 << 20;
-/// Entries being committed at once (so appends and replication overlap).
-const IN_FLIGHT: usize = 4;
 
 struct Proposal {
     cmd: Command,
@@ -92,10 +89,12 @@ fn stopping() -> Status {
 }
 
 async fn run_writes(raft: Raft, mut rx: mpsc::Receiver<Proposal>) {
-    let permits = Arc::new(Semaphore::new(IN_FLIGHT));
-    loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else { return };
-        let Some(first) = rx.recv().await else { return };
+    // One entry at a time: whatever arrives while it commits becomes the next entry. meta-bench
+    // with one voter measured 4,768 and 12,030 commits/s for 8 and 32 clients with four entries
+    // in flight, 8,378-8,888 and 17,815-18,096 with one; with three voters 2,822 and 7,920 with
+    // four, 3,072-3,204 and 7,727-9,278 with one (one client: ~1,900 and ~800 either way). Raft
+    // takes one client write at a time, so entries in flight together only made batches smaller.
+    while let Some(first) = rx.recv().await {
         let mut bytes = first.bytes;
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
@@ -107,11 +106,7 @@ async fn run_writes(raft: Raft, mut rx: mpsc::Receiver<Proposal>) {
                 Err(_) => break,
             }
         }
-        let raft = raft.clone();
-        tokio::spawn(async move {
-            commit(&raft, batch).await;
-            drop(permit);
-        });
+        commit(&raft, batch).await;
     }
 }
 

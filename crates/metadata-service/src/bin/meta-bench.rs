@@ -19,6 +19,12 @@ struct Args {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 5)]
     secs: u64,
+    /// Concurrent clients to measure with, each its own connection.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 32])]
+    clients: Vec<usize>,
+    /// Voters of the groups to measure.
+    #[arg(long, value_delimiter = ',', default_values_t = [1u64, 3])]
+    voters: Vec<u64>,
 }
 
 struct Nodes(Vec<Child>);
@@ -116,13 +122,13 @@ async fn main() -> std::process::ExitCode {
 async fn run(args: Args) -> Result<(), String> {
     let mut target = 0.0;
     println!("{:<8} {:>8} {:>16} {:>20}", "voters", "clients", "commits/s", "linearizable reads/s");
-    for voters in [1u64, 3] {
+    for &voters in &args.voters {
         let _ = std::fs::remove_dir_all(&args.dir);
         std::fs::create_dir_all(&args.dir).map_err(|e| format!("{}: {e}", args.dir.display()))?;
         let (nodes, apis) = start(voters, &args.dir)?;
         let c = MetaClient::new(&apis).map_err(|e| e.to_string())?;
         c.put(b"bench/read", b"value").await.map_err(|e| format!("cluster did not come up: {e}"))?;
-        for clients in [1usize, 32] {
+        for &clients in &args.clients {
             let write: Arc<dyn Fn(MetaClient, u64) -> futures::future::BoxFuture<'static, bool> + Send + Sync> =
                 Arc::new(|c, i| {
                     Box::pin(async move { c.put(format!("bench/w/{i:020}").as_bytes(), &[7u8; 64]).await.is_ok() })
