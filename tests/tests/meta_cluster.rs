@@ -197,6 +197,81 @@ async fn concurrent_compare_and_set_increments_end_exact() {
     eprintln!("{} increments, {conflicts} compare-and-set conflicts retried", CLIENTS * EACH);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn transactions_waiting_together_go_in_one_call_and_each_gets_its_own_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = meta_cluster(1, dir.path(), &[]);
+    let c = client(&nodes);
+    c.put(b"b/taken", b"x").await.unwrap();
+    // Many at once on one client: most create a key, some find their condition false, and in
+    // the second round one is malformed (its batch is refused whole, then sent one by one).
+    // Each answer is its own, whatever else shared its call.
+    for round in [0..150u32, 150..200] {
+        let tasks: Vec<_> = round
+            .map(|i| {
+                let c = c.clone();
+                tokio::spawn(async move {
+                    let key = format!("b/k{i:03}").into_bytes();
+                    let t = match i {
+                        7 | 77 | 170 => Txn::new().absent(b"b/taken").put(&key, b"never"),
+                        163 => Txn::new().put(b"", b"malformed"),
+                        _ => Txn::new().absent(&key).put(&key, i.to_string().as_bytes()),
+                    };
+                    (i, c.txn(t).await)
+                })
+            })
+            .collect();
+        for t in tasks {
+            let (i, r) = t.await.unwrap();
+            let key = format!("b/k{i:03}").into_bytes();
+            match i {
+                7 | 77 | 170 => {
+                    let o = r.unwrap();
+                    assert!(!o.succeeded && o.failed_condition == Some(0), "{i}: {o:?}");
+                    assert!(c.get(&key).await.unwrap().is_none());
+                }
+                163 => assert!(matches!(r, Err(MetaClientError::InvalidArgument(_))), "{i}: {r:?}"),
+                _ => {
+                    let o = r.unwrap();
+                    assert!(o.succeeded, "{i}: {o:?}");
+                    let kv = c.get(&key).await.unwrap().unwrap();
+                    assert_eq!((kv.value, kv.mod_revision), (i.to_string().into_bytes(), o.revision));
+                }
+            }
+        }
+    }
+    // They did travel together: the node answered batches.
+    let (_, body) = integration_tests::http_get(nodes[0].addrs.http, "/metrics").unwrap();
+    let batches: f64 = body
+        .lines()
+        .find(|l| l.starts_with("cairn_meta_rpc_total{code=\"OK\",method=\"TxnBatch\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(batches >= 1.0, "no TxnBatch call answered:\n{body}");
+    // A batch is all or nothing only in being malformed: the service refuses a batch holding a
+    // bad transaction whole, and applies nothing of it.
+    let mut raw = pb::kv_client::KvClient::connect(format!("http://{}", nodes[0].addrs.api)).await.unwrap();
+    let good = pb::TxnRequest {
+        conditions: vec![],
+        ops: vec![pb::Op { key: b"b/raw".to_vec(), value: b"v".to_vec(), delete: false }],
+    };
+    let bad = pb::TxnRequest {
+        conditions: vec![],
+        ops: vec![pb::Op { key: Vec::new(), value: b"v".to_vec(), delete: false }],
+    };
+    let e = raw.txn_batch(pb::TxnBatchRequest { txns: vec![good.clone(), bad] }).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("transaction 1 of the batch"), "{}", e.message());
+    assert!(c.get(b"b/raw").await.unwrap().is_none());
+    let e = raw.txn_batch(pb::TxnBatchRequest { txns: vec![] }).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let r = raw.txn_batch(pb::TxnBatchRequest { txns: vec![good.clone(), good] }).await.unwrap().into_inner();
+    assert_eq!(r.results.len(), 2);
+    assert!(r.results.iter().all(|t| t.succeeded && t.revision > 0));
+    assert!(r.results[1].revision > r.results[0].revision, "applied in order");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_gets_invalid_argument() {
     let dir = tempfile::tempdir().unwrap();

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 /// What a metadata call can fail with. "Not leader" never appears: the client follows it.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum MetaClientError {
     /// The request is malformed (oversized or empty key, bad transaction, ...).
     #[error("invalid request: {0}")]
@@ -23,6 +23,9 @@ pub enum MetaClientError {
     /// A watch fell behind or was cut off.
     #[error("watch aborted: {0}")]
     Aborted(String),
+    /// The service does not offer the call (an older version).
+    #[error("not offered by the metadata service: {0}")]
+    Unimplemented(String),
     /// The service reported an internal error.
     #[error("metadata service error: {0}")]
     Internal(String),

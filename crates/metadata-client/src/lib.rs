@@ -4,6 +4,7 @@
 
 mod error;
 mod txn;
+mod txn_batch;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -74,6 +75,7 @@ struct Inner {
     channels: Mutex<HashMap<String, Channel>>,
     policy: RetryPolicy,
     tls: Option<ClientTlsConfig>,
+    txns: txn_batch::TxnQueue,
 }
 
 /// A client of the metadata service; cheap to clone.
@@ -131,6 +133,7 @@ impl MetaClient {
                 channels: Mutex::new(HashMap::new()),
                 policy,
                 tls,
+                txns: txn_batch::TxnQueue::default(),
             }),
         })
     }
@@ -175,6 +178,7 @@ impl MetaClient {
                     match s.code() {
                         Code::InvalidArgument => return Err(MetaClientError::InvalidArgument(s.message().into())),
                         Code::Aborted => return Err(MetaClientError::Aborted(s.message().into())),
+                        Code::Unimplemented => return Err(MetaClientError::Unimplemented(s.message().into())),
                         Code::DeadlineExceeded | Code::Cancelled | Code::Unknown if retry == Retry::IfNotApplied => {
                             *self.inner.leader.lock().expect("leader lock") = None;
                             return Err(MetaClientError::Indeterminate(last_error));
@@ -270,11 +274,11 @@ impl MetaClient {
     }
 
     /// Runs a transaction. Retried only when it surely was not applied; otherwise an
-    /// [`MetaClientError::Indeterminate`] tells the caller to re-read.
+    /// [`MetaClientError::Indeterminate`] tells the caller to re-read. Transactions of this
+    /// client waiting at the same time are sent together (see `txn_batch`); each still applies
+    /// or fails on its own.
     pub async fn txn(&self, txn: Txn) -> Result<TxnOutcome, MetaClientError> {
-        let req = txn.into_request();
-        let r = self.call(Retry::IfNotApplied, |ch| async { KvClient::new(ch).txn(req.clone()).await }).await?;
-        Ok(TxnOutcome::from(r.into_inner()))
+        self.txn_queued(txn.into_request()).await
     }
 
     /// Changes under `prefix` from now on. The stream ends with [`MetaClientError::Aborted`] if

@@ -232,11 +232,16 @@ impl Kv for KvService {
         self.metered("Txn", async {
             let cmd = validate::txn(req.into_inner())?;
             let r = self.write(cmd).await?;
-            Ok(Response::new(pb::TxnResponse {
-                succeeded: r.succeeded,
-                failed_condition: r.failed_condition.map_or(-1, |i| i as i32),
-                revision: r.revision,
-            }))
+            Ok(Response::new(txn_response(r)))
+        })
+        .await
+    }
+
+    async fn txn_batch(&self, req: Request<pb::TxnBatchRequest>) -> Result<Response<pb::TxnBatchResponse>, Status> {
+        self.metered("TxnBatch", async {
+            let cmd = validate::txn_batch(req.into_inner())?;
+            let r = self.write(cmd).await?;
+            Ok(Response::new(pb::TxnBatchResponse { results: r.batch.into_iter().map(txn_response).collect() }))
         })
         .await
     }
@@ -318,6 +323,15 @@ impl Kv for KvService {
             });
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(out))))
+    }
+}
+
+/// A transaction's answer on the wire.
+fn txn_response(r: CommandResult) -> pb::TxnResponse {
+    pb::TxnResponse {
+        succeeded: r.succeeded,
+        failed_condition: r.failed_condition.map_or(-1, |i| i as i32),
+        revision: r.revision,
     }
 }
 

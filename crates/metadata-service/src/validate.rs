@@ -11,6 +11,8 @@ pub const MAX_KEY: usize = 4096;
 pub const MAX_VALUE: usize = 1 << 20;
 /// Most conditions, and most ops, in one transaction.
 pub const MAX_TXN_ITEMS: usize = 256;
+/// Most transactions in one `TxnBatch`.
+pub const MAX_BATCH_TXNS: usize = 256;
 
 fn bad(m: String) -> MetaError {
     MetaError::InvalidArgument(m)
@@ -76,6 +78,24 @@ pub fn txn(req: pb::TxnRequest) -> Result<Command, MetaError> {
         }
     }
     Ok(Command::Txn { conditions, ops })
+}
+
+/// Turns a wire batch of transactions into one `Batch` command, refusing it whole if any
+/// transaction is malformed.
+pub fn txn_batch(req: pb::TxnBatchRequest) -> Result<Command, MetaError> {
+    if req.txns.is_empty() || req.txns.len() > MAX_BATCH_TXNS {
+        return Err(bad(format!(
+            "a transaction batch holds {} transactions; it must hold 1 to {MAX_BATCH_TXNS}",
+            req.txns.len()
+        )));
+    }
+    let cmds = req
+        .txns
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| txn(t).map_err(|e| bad(format!("transaction {i} of the batch: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Command::Batch(cmds))
 }
 
 #[cfg(test)]
