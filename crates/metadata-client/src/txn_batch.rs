@@ -109,7 +109,8 @@ impl MetaClient {
             Ok(r) => {
                 let results = r.into_inner().results;
                 if results.len() != batch.len() {
-                    let e = MetaClientError::Internal(format!(
+                    // Applied, but the answers cannot be matched to the transactions.
+                    let e = MetaClientError::Indeterminate(format!(
                         "a batch of {} transactions was answered with {} results",
                         batch.len(),
                         results.len()
