@@ -95,46 +95,44 @@ impl MetaClient {
 
     /// Sends `batch` (one call, or one per transaction where batches cannot go) and hands out
     /// the answers.
-    async fn send(&self, mut batch: Vec<Queued>) {
+    async fn send(&self, batch: Vec<Queued>) {
         if batch.len() == 1 || self.inner.txns.no_batches.load(Ordering::Relaxed) {
-            let singles = batch.into_iter().map(|q| async move {
-                let _ = q.reply.send(self.txn_one(q.req).await);
-            });
-            futures::future::join_all(singles).await;
-            return;
+            return self.send_singly(batch).await;
         }
         let req = pb::TxnBatchRequest { txns: batch.iter().map(|q| q.req.clone()).collect() };
         let res = self.call(Retry::IfNotApplied, |ch| async { KvClient::new(ch).txn_batch(req.clone()).await }).await;
-        match res {
-            Ok(r) => {
-                let results = r.into_inner().results;
-                if results.len() != batch.len() {
-                    // Applied, but the answers cannot be matched to the transactions.
-                    let e = MetaClientError::Indeterminate(format!(
-                        "a batch of {} transactions was answered with {} results",
-                        batch.len(),
-                        results.len()
-                    ));
-                    batch.drain(..).for_each(|q| drop(q.reply.send(Err(e.clone()))));
-                    return;
-                }
-                for (q, r) in batch.into_iter().zip(results) {
-                    let _ = q.reply.send(Ok(TxnOutcome::from(r)));
-                }
-            }
+        let results = match res {
+            Ok(r) => r.into_inner().results,
             // Nothing was applied: a malformed transaction refuses the whole batch (each one
             // alone finds which), and a service without batches takes them one by one.
-            Err(MetaClientError::InvalidArgument(_)) | Err(MetaClientError::Unimplemented(_)) => {
-                if matches!(res, Err(MetaClientError::Unimplemented(_))) {
+            Err(e @ (MetaClientError::InvalidArgument(_) | MetaClientError::Unimplemented(_))) => {
+                if matches!(e, MetaClientError::Unimplemented(_)) {
                     self.inner.txns.no_batches.store(true, Ordering::Relaxed);
                 }
-                let singles = batch.into_iter().map(|q| async move {
-                    let _ = q.reply.send(self.txn_one(q.req).await);
-                });
-                futures::future::join_all(singles).await;
+                return self.send_singly(batch).await;
             }
-            Err(e) => batch.into_iter().for_each(|q| drop(q.reply.send(Err(e.clone())))),
+            Err(e) => return batch.into_iter().for_each(|q| drop(q.reply.send(Err(e.clone())))),
+        };
+        if results.len() != batch.len() {
+            // Applied, but the answers cannot be matched to the transactions.
+            let e = MetaClientError::Indeterminate(format!(
+                "a batch of {} transactions was answered with {} results",
+                batch.len(),
+                results.len()
+            ));
+            return batch.into_iter().for_each(|q| drop(q.reply.send(Err(e.clone()))));
         }
+        for (q, r) in batch.into_iter().zip(results) {
+            let _ = q.reply.send(Ok(TxnOutcome::from(r)));
+        }
+    }
+
+    /// Sends each of `batch` as its own `Txn` call, all at once.
+    async fn send_singly(&self, batch: Vec<Queued>) {
+        let calls = batch.into_iter().map(|q| async move {
+            let _ = q.reply.send(self.txn_one(q.req).await);
+        });
+        futures::future::join_all(calls).await;
     }
 
     /// One transaction, one `Txn` call.

@@ -170,25 +170,17 @@ impl NodeClient {
         let mut stream = c.get(req).await.map_err(|s| self.rpc(s))?.into_inner();
         // A chunk of up to one piece comes as one message: its data is the answer as decoded,
         // with no copy; a longer one is joined here.
-        let (mut first, mut length, mut buf) = (None::<Bytes>, 0u64, Vec::new());
-        let mut messages = 0usize;
-        while let Some(m) = stream.message().await.map_err(|s| self.rpc(s))? {
-            messages += 1;
-            if messages == 1 {
-                length = m.length;
-                first = Some(m.data);
-                continue;
+        let Some(first) = stream.message().await.map_err(|s| self.rpc(s))? else { return Ok(Bytes::new()) };
+        let Some(mut more) = stream.message().await.map_err(|s| self.rpc(s))? else { return Ok(first.data) };
+        let mut buf = Vec::with_capacity(first.length as usize);
+        buf.extend_from_slice(&first.data);
+        loop {
+            buf.extend_from_slice(&more.data);
+            match stream.message().await.map_err(|s| self.rpc(s))? {
+                Some(m) => more = m,
+                None => return Ok(Bytes::from(buf)),
             }
-            if let Some(f) = first.take() {
-                buf.reserve(length as usize);
-                buf.extend_from_slice(&f);
-            }
-            buf.extend_from_slice(&m.data);
         }
-        Ok(match first {
-            Some(f) => f,
-            None => Bytes::from(buf),
-        })
     }
 
     /// What the node holds of each hash.
