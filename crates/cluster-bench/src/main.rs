@@ -3,7 +3,8 @@
 //! throughput with R=1 and R=3 against the limit raw / R, and the repair rate after a storage node
 //! is SIGKILLed and declared out against the raw write (and against the disk reading and writing
 //! at once, which is what a repair on one disk can reach). Each put phase also reports the CPU it
-//! used.
+//! used. On the R=1 pool it also times small gets (64 KiB and 4 KiB chunks, 32 in flight): the
+//! rate and CPU of the one storage-node round trip every uncached block read needs.
 
 use std::fs;
 use std::net::SocketAddr;
@@ -33,6 +34,11 @@ const TIMEOUTS: Timeouts = Timeouts { down_after: Duration::from_millis(1000), o
 const POLL: Duration = Duration::from_millis(20);
 /// Longest wait for the repair to finish.
 const REPAIR_LIMIT: Duration = Duration::from_secs(600);
+/// Gets in flight, and seconds, of each small-get phase.
+const GETS_IN_FLIGHT: usize = 32;
+const GET_SECS: u64 = 4;
+/// Distinct chunks each small-get phase reads at random.
+const GET_CHUNKS: usize = 2048;
 const WRITE_TARGET: f64 = 0.80;
 const REPAIR_TARGET: f64 = 0.50;
 
@@ -73,6 +79,8 @@ struct Figures {
     /// The disk reading and writing at once (GB/s each way), measured right after the repair.
     raw_copy: f64,
     repair: Repair,
+    /// Small gets on the R=1 pool: (chunk size, gets/s, machine CPU meanwhile).
+    gets: Vec<(usize, f64, CpuUse)>,
 }
 
 /// The repair after one node of the R=3 pool went out.
@@ -138,6 +146,11 @@ async fn pools(args: &Args, total: usize) -> Res<Figures> {
     let (pool, client) = start_pool(&args.dir.join("pool-r1"), 1, total).await?;
     let (d, _, cpu1) = write(&client, &chunks).await?;
     let put_r1 = gbps(total as u64, d);
+    let mut gets = Vec::new();
+    for size in [64 << 10, 4 << 10] {
+        let (rate, cpu) = small_gets(&client, size).await?;
+        gets.push((size, rate, cpu));
+    }
     drop((client, pool));
     let raw3 = raw_write(&args.dir, total)?;
     let (mut pool, client) = start_pool(&args.dir.join("pool-r3"), 3, total).await?;
@@ -149,7 +162,48 @@ async fn pools(args: &Args, total: usize) -> Res<Figures> {
     drop(client);
     drop(pool);
     let raw_copy = raw_copy(&args.dir, total)?;
-    Ok(Figures { raw: [raw1, raw3, raw_repair], put_r1, put_r3, cpu: [cpu1, cpu3], raw_copy, repair })
+    Ok(Figures { raw: [raw1, raw3, raw_repair], put_r1, put_r3, cpu: [cpu1, cpu3], raw_copy, repair, gets })
+}
+
+/// Puts `GET_CHUNKS` distinct chunks of `size` bytes, then gets them at random, `GETS_IN_FLIGHT`
+/// at a time, for `GET_SECS`: gets per second and the machine's CPU use meanwhile.
+async fn small_gets(client: &ChunkClient, size: usize) -> Res<(f64, CpuUse)> {
+    eprintln!("pool R=1: gets of {} KiB chunks, {GETS_IN_FLIGHT} in flight, {GET_SECS} s ...", size >> 10);
+    let mut base = vec![0u8; size];
+    rand::thread_rng().fill_bytes(&mut base);
+    let mut hashes = Vec::with_capacity(GET_CHUNKS);
+    for i in 0..GET_CHUNKS {
+        let mut chunk = BytesMut::from(&base[..]);
+        chunk[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        hashes.push(client.put(chunk.freeze()).await?.hash);
+    }
+    let hashes = Arc::new(hashes);
+    let done = Arc::new(AtomicUsize::new(0));
+    let cpu_before = CpuSample::now();
+    let start = Instant::now();
+    let until = start + Duration::from_secs(GET_SECS);
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..GETS_IN_FLIGHT {
+        let (client, hashes, done) = (client.clone(), hashes.clone(), done.clone());
+        tasks.spawn(async move {
+            let mut i = t.wrapping_mul(7919);
+            while Instant::now() < until {
+                i = i.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let data = client.get(&hashes[(i >> 17) % hashes.len()]).await?;
+                if data.len() != size {
+                    return Err(cluster::ClusterError::Unavailable(format!("got {} bytes", data.len())));
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    let d = start.elapsed();
+    let cpu = CpuSample::between(cpu_before.as_ref(), CpuSample::now().as_ref());
+    Ok((done.load(Ordering::Relaxed) as f64 / d.as_secs_f64(), cpu))
 }
 
 /// `n` distinct 4 MiB chunks, made before any timing (a frontend has its data in memory): one
@@ -339,6 +393,13 @@ fn print_report(args: &Args, total: usize, f: &Figures) {
     row("raw write, O_DIRECT + fdatasync", f.raw[0], "GB/s", String::new());
     row(&format!("pool put 4 MiB x{PUTS_IN_FLIGHT}, R=1"), f.put_r1, "GB/s", format!("{r1:.2} x raw / 1"));
     cpu_rows(&f.cpu[0], f.put_r1, WRITE_TARGET * f.raw[0]);
+    for (size, rate, cpu) in &f.gets {
+        row(&format!("pool get {} KiB x{GETS_IN_FLIGHT}, R=1", size >> 10), *rate, "gets/s", String::new());
+        if cpu.cores > 0 {
+            busy_row(cpu);
+            row("  CPU per get", cpu.busy_cores / rate * 1e6, "core-us", String::new());
+        }
+    }
     row("raw write, O_DIRECT + fdatasync", f.raw[1], "GB/s", String::new());
     row(&format!("pool put 4 MiB x{PUTS_IN_FLIGHT}, R=3"), f.put_r3, "GB/s", format!("{r3:.2} x raw / 3"));
     cpu_rows(&f.cpu[1], f.put_r3, WRITE_TARGET * f.raw[1] / 3.0);
@@ -382,6 +443,9 @@ fn print_report(args: &Args, total: usize, f: &Figures) {
             "repair_copied_bytes": f.repair.bytes,
             "repair_secs": f.repair.time.as_secs_f64(),
             "repair_first_copy_secs": f.repair.first_copy.as_secs_f64(),
+            "gets": f.gets.iter().map(|(size, rate, cpu)| serde_json::json!({
+                "chunk_bytes": size, "gets_per_s": rate, "cpu_busy_cores": cpu.busy_cores,
+            })).collect::<Vec<_>>(),
         });
         println!("{j}");
     }
