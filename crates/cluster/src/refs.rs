@@ -8,6 +8,7 @@
 //! - a reference to a chunk that is not put again (a copy, a clone) is added in a transaction
 //!   conditioned on an existing reference key of that chunk still being there.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use chunk_engine::ChunkHash;
@@ -69,6 +70,37 @@ pub async fn commit_refs(
         meta.txn(add_refs(Txn::new(), &hashes, owner)).await?;
     }
     Ok(())
+}
+
+/// Which chunks from `first` to `last` (in hash order, both included) have at least one
+/// reference key: one ordered scan over their keys, in pages. Pool GC and repair ask this for a
+/// page of local chunks at a time.
+pub async fn referenced_between(
+    meta: &MetaClient,
+    first: &ChunkHash,
+    last: &ChunkHash,
+) -> Result<HashSet<ChunkHash>, ClusterError> {
+    let mut from = format!("{REFS_PREFIX}{first}/").into_bytes();
+    let mut end = format!("{REFS_PREFIX}{last}/").into_bytes();
+    end.push(0xff);
+    let mut referenced = HashSet::new();
+    loop {
+        let r = meta.range(&from, &end, 1000).await?;
+        for kv in &r.kvs {
+            let hash = std::str::from_utf8(&kv.key)
+                .ok()
+                .and_then(|k| k.strip_prefix(REFS_PREFIX))
+                .and_then(|k| k.split('/').next())
+                .and_then(|hex| hex.parse::<ChunkHash>().ok());
+            if let Some(h) = hash {
+                referenced.insert(h);
+            }
+        }
+        match r.next_key {
+            Some(k) => from = k,
+            None => return Ok(referenced),
+        }
+    }
 }
 
 /// Drops `owner`'s references to `hashes`.

@@ -10,7 +10,6 @@ use std::time::Duration;
 use chunk_engine::{ChunkEngine, ChunkHash};
 use cluster::gc::{GcSweep, current_epoch, report_sweep, sweeps};
 use cluster::nodemap::now_unix_ms;
-use cluster::refs::REFS_PREFIX;
 use metadata_client::MetaClient;
 use tokio::sync::watch;
 
@@ -165,29 +164,10 @@ async fn sweep(
         let (Some(first), Some(last)) = (page.first(), page.last()) else { break };
         after = Some(last.0);
         // Which of these chunks have a reference: one ordered scan over their key span.
-        let start = format!("{REFS_PREFIX}{}/", first.0).into_bytes();
-        let end = {
-            let mut k = format!("{REFS_PREFIX}{}/", last.0).into_bytes();
-            k.push(0xff);
-            k
-        };
-        let mut referenced: HashSet<String> = HashSet::new();
-        let mut from = start;
-        loop {
-            let r = meta.range(&from, &end, 1000).await.map_err(|e| e.to_string())?;
-            for kv in &r.kvs {
-                if let Some(hex) = std::str::from_utf8(&kv.key).ok().and_then(|k| k.strip_prefix(REFS_PREFIX)) {
-                    referenced.insert(hex.split('/').next().unwrap_or_default().to_string());
-                }
-            }
-            match r.next_key {
-                Some(k) => from = k,
-                None => break,
-            }
-        }
+        let referenced = cluster::refs::referenced_between(meta, &first.0, &last.0).await.map_err(|e| e.to_string())?;
         for (hash, info) in page {
             out.examined += 1;
-            if referenced.contains(&hash.to_string()) || tracker.was_put(&hash) {
+            if referenced.contains(&hash) || tracker.was_put(&hash) {
                 continue;
             }
             let (e, refs) = (engine.clone(), info.refs);

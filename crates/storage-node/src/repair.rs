@@ -3,7 +3,9 @@
 //! (the first live holder in placement order pushes the missing ones), a damaged local copy is
 //! replaced from a good replica, and a copy placement no longer wants is dropped once every
 //! placed node holds a good one. A pass only ever asks and copies what is missing, so a returning
-//! node receives nothing it already has, and a restart simply starts a new pass.
+//! node receives nothing it already has, and a restart simply starts a new pass. Copies of
+//! chunks something references go first; those of unreferenced ones (garbage awaiting pool GC,
+//! or chunks put and not yet committed) wait until the pass's scan is done.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,6 +31,9 @@ const PUSH_BYTES_IN_FLIGHT: u64 = 16 << 20;
 const MEMBERSHIP_CHECK: Duration = Duration::from_millis(200);
 /// Most copies pushed at once.
 const MAX_PARALLEL_PUSHES: usize = 32;
+/// Most copies of unreferenced chunks a pass holds back until its scan is done (~150 bytes
+/// each); past it they are copied in scan order.
+const DEFERRED_MAX: usize = 1 << 16;
 
 /// How a node reconciles.
 #[derive(Debug, Clone)]
@@ -256,16 +261,32 @@ impl Reconciler {
         let (tx, rx) = tokio::sync::mpsc::channel::<Push>(PAGE);
         let scan = async move {
             let mut after: Option<ChunkHash> = None;
+            // Copies of chunks nothing references yet (garbage awaiting pool GC, or put and not
+            // yet committed) wait until the scan is done, so the data in use is whole again first.
+            let mut deferred = Vec::new();
             loop {
                 let page = self.blocking(move |e| e.list(after.as_ref(), PAGE)).await?;
-                let Some(last) = page.last() else { break };
-                after = Some(last.0);
-                for push in self.page(page).await? {
+                let (Some(first), Some(last)) = (page.first().map(|c| c.0), page.last().map(|c| c.0)) else { break };
+                after = Some(last);
+                let pushes = self.page(page).await?;
+                let now = self.live_first(pushes, &first, &last, &mut deferred).await;
+                for push in now {
                     if tx.send(push).await.is_err() {
                         break;
                     }
                 }
                 self.publish_every_second().await;
+            }
+            if !deferred.is_empty() {
+                tracing::info!(
+                    copies = deferred.len(),
+                    "copies of referenced chunks queued; now those of unreferenced ones"
+                );
+            }
+            for push in deferred {
+                if tx.send(push).await.is_err() {
+                    break;
+                }
             }
             Ok::<(), String>(())
         };
@@ -441,6 +462,28 @@ impl Reconciler {
         Ok(pushes)
     }
 
+    /// Splits one page's copies (its chunks from `first` to `last`): those of chunks something
+    /// references go now; the others join `deferred` while it has room (`DEFERRED_MAX`). When
+    /// the references cannot be read, everything goes now, in scan order.
+    async fn live_first(
+        &self,
+        pushes: Vec<Push>,
+        first: &ChunkHash,
+        last: &ChunkHash,
+        deferred: &mut Vec<Push>,
+    ) -> Vec<Push> {
+        if pushes.is_empty() || deferred.len() >= DEFERRED_MAX {
+            return pushes;
+        }
+        match cluster::refs::referenced_between(&self.meta, first, last).await {
+            Ok(referenced) => split_live(pushes, &referenced, deferred),
+            Err(e) => {
+                tracing::debug!(error = %e, "reading references failed; copying in scan order");
+                pushes
+            }
+        }
+    }
+
     /// Pushes the copies the scan found missing as they come: at most `MAX_PARALLEL_PUSHES` and
     /// `PUSH_BYTES_IN_FLIGHT` at once, within the bandwidth budget.
     async fn copy(&self, rx: tokio::sync::mpsc::Receiver<Push>) {
@@ -505,6 +548,24 @@ impl Reconciler {
     }
 }
 
+/// The copies of referenced chunks, in order; the others are appended to `deferred` while it
+/// holds fewer than `DEFERRED_MAX` (past that they stay in the returned list).
+fn split_live(
+    pushes: Vec<Push>,
+    referenced: &std::collections::HashSet<ChunkHash>,
+    deferred: &mut Vec<Push>,
+) -> Vec<Push> {
+    let mut now = Vec::with_capacity(pushes.len());
+    for p in pushes {
+        if referenced.contains(&p.hash) || deferred.len() >= DEFERRED_MAX {
+            now.push(p);
+        } else {
+            deferred.push(p);
+        }
+    }
+    now
+}
+
 /// Which (node, chunk) pairs hold a good copy, from `Has` answers.
 struct Holders(std::collections::HashSet<(String, Vec<u8>)>);
 
@@ -537,5 +598,33 @@ impl Throttle {
         if due > elapsed {
             tokio::time::sleep(due - elapsed).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn push(n: u8) -> Push {
+        Push { id: "n2".into(), addr: "127.0.0.1:1".into(), hash: ChunkHash::of(&[n]), len: 64 << 10 }
+    }
+
+    #[test]
+    fn referenced_chunks_are_copied_first_and_the_rest_wait_in_order() {
+        let referenced: std::collections::HashSet<ChunkHash> = [1u8, 3].iter().map(|n| ChunkHash::of(&[*n])).collect();
+        let mut deferred = Vec::new();
+        let now = split_live((0..5).map(push).collect(), &referenced, &mut deferred);
+        let hashes = |v: &[Push]| v.iter().map(|p| p.hash).collect::<Vec<_>>();
+        assert_eq!(hashes(&now), vec![ChunkHash::of(&[1]), ChunkHash::of(&[3])]);
+        assert_eq!(hashes(&deferred), vec![ChunkHash::of(&[0]), ChunkHash::of(&[2]), ChunkHash::of(&[4])]);
+    }
+
+    #[test]
+    fn a_full_deferred_list_lets_the_rest_go_at_once() {
+        let referenced = std::collections::HashSet::new();
+        let mut deferred: Vec<Push> = (0..DEFERRED_MAX).map(|i| push((i % 251) as u8)).collect();
+        let now = split_live((0..3).map(push).collect(), &referenced, &mut deferred);
+        assert_eq!(now.len(), 3, "nothing more is held back once the list is full");
+        assert_eq!(deferred.len(), DEFERRED_MAX);
     }
 }
