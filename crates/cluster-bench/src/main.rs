@@ -141,7 +141,7 @@ fn raw_copy(dir: &Path, total: usize) -> Res<f64> {
 /// The R=1 write, then the R=3 write and the repair, each on a fresh pool and each right after
 /// a raw-disk baseline.
 async fn pools(args: &Args, total: usize) -> Res<Figures> {
-    let chunks = unique_chunks(total / BLOCK);
+    let chunks = unique_chunks(total / BLOCK, BLOCK);
     let raw1 = raw_write(&args.dir, total)?;
     let (pool, client) = start_pool(&args.dir.join("pool-r1"), 1, total).await?;
     let (d, _, cpu1) = write(&client, &chunks).await?;
@@ -169,13 +169,9 @@ async fn pools(args: &Args, total: usize) -> Res<Figures> {
 /// at a time, for `GET_SECS`: gets per second and the machine's CPU use meanwhile.
 async fn small_gets(client: &ChunkClient, size: usize) -> Res<(f64, CpuUse)> {
     eprintln!("pool R=1: gets of {} KiB chunks, {GETS_IN_FLIGHT} in flight, {GET_SECS} s ...", size >> 10);
-    let mut base = vec![0u8; size];
-    rand::thread_rng().fill_bytes(&mut base);
     let mut hashes = Vec::with_capacity(GET_CHUNKS);
-    for i in 0..GET_CHUNKS {
-        let mut chunk = BytesMut::from(&base[..]);
-        chunk[..8].copy_from_slice(&(i as u64).to_le_bytes());
-        hashes.push(client.put(chunk.freeze()).await?.hash);
+    for chunk in unique_chunks(GET_CHUNKS, size) {
+        hashes.push(client.put(chunk).await?.hash);
     }
     let hashes = Arc::new(hashes);
     let done = Arc::new(AtomicUsize::new(0));
@@ -206,10 +202,10 @@ async fn small_gets(client: &ChunkClient, size: usize) -> Res<(f64, CpuUse)> {
     Ok((done.load(Ordering::Relaxed) as f64 / d.as_secs_f64(), cpu))
 }
 
-/// `n` distinct 4 MiB chunks, made before any timing (a frontend has its data in memory): one
-/// random buffer with a counter stamped into the first 8 bytes of each copy.
-fn unique_chunks(n: usize) -> Vec<Bytes> {
-    let mut base = vec![0u8; BLOCK];
+/// `n` distinct chunks of `size` bytes, made before any timing (a frontend has its data in
+/// memory): one random buffer with a counter stamped into the first 8 bytes of each copy.
+fn unique_chunks(n: usize, size: usize) -> Vec<Bytes> {
+    let mut base = vec![0u8; size];
     rand::thread_rng().fill_bytes(&mut base);
     (0..n)
         .map(|i| {

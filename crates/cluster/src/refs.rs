@@ -80,9 +80,8 @@ pub async fn referenced_between(
     first: &ChunkHash,
     last: &ChunkHash,
 ) -> Result<HashSet<ChunkHash>, ClusterError> {
-    let mut from = format!("{REFS_PREFIX}{first}/").into_bytes();
-    let mut end = format!("{REFS_PREFIX}{last}/").into_bytes();
-    end.push(0xff);
+    let (mut from, _) = refs_of(first);
+    let (_, end) = refs_of(last);
     let mut referenced = HashSet::new();
     loop {
         let r = meta.range(&from, &end, 1000).await?;

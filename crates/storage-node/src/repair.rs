@@ -7,7 +7,7 @@
 //! chunks something references go first; those of unreferenced ones (garbage awaiting pool GC,
 //! or chunks put and not yet committed) wait until the pass's scan is done.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -550,11 +550,7 @@ impl Reconciler {
 
 /// The copies of referenced chunks, in order; the others are appended to `deferred` while it
 /// holds fewer than `DEFERRED_MAX` (past that they stay in the returned list).
-fn split_live(
-    pushes: Vec<Push>,
-    referenced: &std::collections::HashSet<ChunkHash>,
-    deferred: &mut Vec<Push>,
-) -> Vec<Push> {
+fn split_live(pushes: Vec<Push>, referenced: &HashSet<ChunkHash>, deferred: &mut Vec<Push>) -> Vec<Push> {
     let mut now = Vec::with_capacity(pushes.len());
     for p in pushes {
         if referenced.contains(&p.hash) || deferred.len() >= DEFERRED_MAX {
@@ -567,7 +563,7 @@ fn split_live(
 }
 
 /// Which (node, chunk) pairs hold a good copy, from `Has` answers.
-struct Holders(std::collections::HashSet<(String, Vec<u8>)>);
+struct Holders(HashSet<(String, Vec<u8>)>);
 
 impl Holders {
     /// Whether node `id` holds a good copy of `p`'s chunk (this node: unless quarantined here).
@@ -611,7 +607,7 @@ mod tests {
 
     #[test]
     fn referenced_chunks_are_copied_first_and_the_rest_wait_in_order() {
-        let referenced: std::collections::HashSet<ChunkHash> = [1u8, 3].iter().map(|n| ChunkHash::of(&[*n])).collect();
+        let referenced: HashSet<ChunkHash> = [1u8, 3].iter().map(|n| ChunkHash::of(&[*n])).collect();
         let mut deferred = Vec::new();
         let now = split_live((0..5).map(push).collect(), &referenced, &mut deferred);
         let hashes = |v: &[Push]| v.iter().map(|p| p.hash).collect::<Vec<_>>();
@@ -621,7 +617,7 @@ mod tests {
 
     #[test]
     fn a_full_deferred_list_lets_the_rest_go_at_once() {
-        let referenced = std::collections::HashSet::new();
+        let referenced = HashSet::new();
         let mut deferred: Vec<Push> = (0..DEFERRED_MAX).map(|i| push((i % 251) as u8)).collect();
         let now = split_live((0..3).map(push).collect(), &referenced, &mut deferred);
         assert_eq!(now.len(), 3, "nothing more is held back once the list is full");
