@@ -1,10 +1,12 @@
 //! The Raft log, vote and committed index, durable in a [`KvEngine`] (RocksDB in production).
 //!
-//! Keys: `l` + index (u64 big endian) → bincode entry; `m/vote`, `m/purged`, `m/committed`.
+//! Keys: `l` + index (u64 big endian) → bincode entry; `m/vote`, `m/purged`, `m/committed`, each
+//! a [`MetaRecord`] that names the one type it is written and read as.
 //! Appends are written with sync (fsync of the write-ahead log) off the async threads, and
 //! openraft batches many proposals into one append, so many commits share one fsync.
 
 use std::fmt::Debug;
+use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
 use std::sync::{Arc, Mutex};
 
@@ -15,9 +17,41 @@ use openraft::{AnyError, Entry, LogId, OptionalSend, RaftLogReader, StorageIOErr
 use crate::types::{NodeId, StorageError, TypeConfig, decode, encode};
 
 const LOG_PREFIX: &[u8] = b"l";
-const VOTE: &[u8] = b"m/vote";
-const PURGED: &[u8] = b"m/purged";
-const COMMITTED: &[u8] = b"m/committed";
+
+/// A value kept under one fixed key, with the one type it is both written and read as: a writer
+/// and a reader cannot disagree on it. (They once did: the purged id was written as
+/// `Option<LogId>` and read as `LogId`, so a voter whose log had been purged once could never
+/// start again.)
+pub(crate) struct MetaRecord<T> {
+    key: &'static [u8],
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T: serde::Serialize + for<'a> serde::Deserialize<'a>> MetaRecord<T> {
+    const fn new(key: &'static [u8]) -> Self {
+        MetaRecord { key, _type: PhantomData }
+    }
+
+    fn put(&self, b: &mut WriteBatch, value: &T) {
+        b.put(self.key.to_vec(), encode(value));
+    }
+
+    fn read(&self, kv: &dyn KvEngine) -> Result<Option<T>, StorageError> {
+        match kv.get(self.key).map_err(read_err)? {
+            Some(v) => {
+                Ok(Some(decode(&v).map_err(|e| read_err(format!("{}: {e}", String::from_utf8_lossy(self.key))))?))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+/// The vote.
+const VOTE: MetaRecord<Vote<NodeId>> = MetaRecord::new(b"m/vote");
+/// The last purged log id (`Some` once anything was purged; every release wrote the `Option`).
+const PURGED: MetaRecord<Option<LogId<NodeId>>> = MetaRecord::new(b"m/purged");
+/// The last committed log id openraft told us.
+const COMMITTED: MetaRecord<Option<LogId<NodeId>>> = MetaRecord::new(b"m/committed");
 
 fn log_key(index: u64) -> Vec<u8> {
     let mut k = LOG_PREFIX.to_vec();
@@ -195,13 +229,6 @@ impl LogStore {
     pub fn flusher(&self) -> Arc<Flusher> {
         self.flusher.clone()
     }
-
-    fn read_meta<T: for<'a> serde::Deserialize<'a>>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
-        match self.kv.get(key).map_err(read_err)? {
-            Some(v) => Ok(Some(decode(&v).map_err(read_err)?)),
-            None => Ok(None),
-        }
-    }
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -240,7 +267,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let purged: Option<LogId<NodeId>> = self.read_meta(PURGED)?;
+        let purged = PURGED.read(&*self.kv)?.flatten();
         let last = (*self.last.lock().expect("log lock")).or(purged);
         Ok(LogState { last_purged_log_id: purged, last_log_id: last })
     }
@@ -251,7 +278,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
         let mut b = WriteBatch::new();
-        b.put(VOTE.to_vec(), encode(vote));
+        VOTE.put(&mut b, vote);
         let kv = self.kv.clone();
         tokio::task::spawn_blocking(move || kv.write(b, true))
             .await
@@ -261,17 +288,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
-        self.read_meta(VOTE)
+        VOTE.read(&*self.kv)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StorageError> {
         let mut b = WriteBatch::new();
-        b.put(COMMITTED.to_vec(), encode(&committed));
+        COMMITTED.put(&mut b, &committed);
         self.kv.write(b, false).map_err(write_err)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError> {
-        Ok(self.read_meta::<Option<LogId<NodeId>>>(COMMITTED)?.flatten())
+        Ok(COMMITTED.read(&*self.kv)?.flatten())
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
@@ -326,7 +353,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError> {
         self.recent.lock().expect("recent lock").purge(log_id.index);
         let mut b = WriteBatch::new();
-        b.put(PURGED.to_vec(), encode(&Some(log_id)));
+        PURGED.put(&mut b, &Some(log_id));
         for_each_in_range(&*self.kv, &log_key(0), Some(&log_key(log_id.index + 1)), 1024, |k, _| {
             b.delete(k.to_vec());
             Ok(())
@@ -425,6 +452,168 @@ mod tests {
         store.purge(LogId::new(CommittedLeaderId::new(1, 1), 10)).await.unwrap();
         assert_eq!(store.try_get_log_entries(..).await.unwrap(), fresh.try_get_log_entries(..).await.unwrap());
         assert_eq!(store.try_get_log_entries(..).await.unwrap().first().map(|e| e.log_id.index), Some(11));
+    }
+
+    fn id(term: u64, node: u64, index: u64) -> LogId<NodeId> {
+        LogId::new(CommittedLeaderId::new(term, node), index)
+    }
+
+    /// Writes entries as `append` does, without a flush callback (openraft makes those).
+    fn put_entries(s: &LogStore, entries: &[Entry<TypeConfig>]) {
+        let mut b = WriteBatch::new();
+        for e in entries {
+            b.put(log_key(e.log_id.index), encode(e));
+        }
+        s.kv.write(b, false).unwrap();
+        if let Some(last) = entries.last() {
+            *s.last.lock().unwrap() = Some(last.log_id);
+        }
+    }
+
+    /// The bug that kept a purged voter from ever starting again: the state after a purge, read
+    /// by a store opened afresh on the same engine, is the state before the restart.
+    #[tokio::test]
+    async fn log_state_after_purges_survives_reopening() {
+        let kv: Arc<dyn KvEngine> = Arc::new(kv_engine::MemEngine::default());
+        let mut store = LogStore::open(kv.clone()).unwrap();
+        let entries: Vec<_> = (1..=300).map(|i| Entry { log_id: id(3, 2, i), ..entry(i) }).collect();
+        put_entries(&store, &entries);
+        for upto in [50, 120, 299] {
+            store.purge(id(3, 2, upto)).await.unwrap();
+            let before = store.get_log_state().await.unwrap();
+            let mut reopened = LogStore::open(kv.clone()).unwrap();
+            let after = reopened.get_log_state().await.unwrap();
+            assert_eq!(after.last_purged_log_id, Some(id(3, 2, upto)));
+            assert_eq!(after.last_log_id, Some(id(3, 2, 300)));
+            assert_eq!((before.last_purged_log_id, before.last_log_id), (after.last_purged_log_id, after.last_log_id));
+            let first = reopened.try_get_log_entries(..).await.unwrap().first().map(|e| e.log_id);
+            assert_eq!(first, Some(id(3, 2, upto + 1)));
+        }
+        // Everything purged: the last log id is the purged one.
+        store.purge(id(3, 2, 300)).await.unwrap();
+        let state = LogStore::open(kv).unwrap().get_log_state().await.unwrap();
+        assert_eq!((state.last_purged_log_id, state.last_log_id), (Some(id(3, 2, 300)), Some(id(3, 2, 300))));
+    }
+
+    #[tokio::test]
+    async fn vote_and_committed_read_back_after_reopening() {
+        let kv: Arc<dyn KvEngine> = Arc::new(kv_engine::MemEngine::default());
+        let mut store = LogStore::open(kv.clone()).unwrap();
+        let mut fresh = LogStore::open(kv.clone()).unwrap();
+        assert_eq!(fresh.read_vote().await.unwrap(), None);
+        assert_eq!(fresh.read_committed().await.unwrap(), None);
+        let mut vote = Vote::new(7, 3);
+        vote.commit();
+        store.save_vote(&vote).await.unwrap();
+        store.save_committed(Some(id(7, 3, 4242))).await.unwrap();
+        let mut reopened = LogStore::open(kv.clone()).unwrap();
+        assert_eq!(reopened.read_vote().await.unwrap(), Some(vote));
+        assert_eq!(reopened.read_committed().await.unwrap(), Some(id(7, 3, 4242)));
+        store.save_committed(None).await.unwrap();
+        assert_eq!(LogStore::open(kv).unwrap().read_committed().await.unwrap(), None);
+    }
+
+    /// The bytes a release before [`MetaRecord`] wrote under `m/purged` (`encode(&Some(log_id))`)
+    /// read as that id.
+    #[test]
+    fn purged_ids_written_by_earlier_releases_read_back() {
+        let kv = kv_engine::MemEngine::default();
+        let mut b = WriteBatch::new();
+        b.put(b"m/purged".to_vec(), encode(&Some(id(1, 1, 2303744))));
+        kv.write(b, true).unwrap();
+        assert_eq!(PURGED.read(&kv).unwrap(), Some(Some(id(1, 1, 2303744))));
+    }
+
+    mod props {
+        use openraft::{EntryPayload, Membership};
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::types::{Command, Condition, MetaNode, TxnOp};
+
+        fn bytes() -> impl Strategy<Value = Vec<u8>> {
+            proptest::collection::vec(any::<u8>(), 0..40)
+        }
+
+        fn command() -> impl Strategy<Value = Command> {
+            let leaf = prop_oneof![
+                (bytes(), bytes()).prop_map(|(key, value)| Command::Put { key, value }),
+                bytes().prop_map(|key| Command::Delete { key }),
+                (
+                    proptest::collection::vec(
+                        prop_oneof![
+                            bytes().prop_map(Condition::Exists),
+                            bytes().prop_map(Condition::Absent),
+                            (bytes(), bytes()).prop_map(|(k, v)| Condition::ValueEquals(k, v)),
+                            (bytes(), any::<u64>()).prop_map(|(k, r)| Condition::ModRevisionEquals(k, r)),
+                        ],
+                        0..4
+                    ),
+                    proptest::collection::vec(
+                        prop_oneof![
+                            (bytes(), bytes()).prop_map(|(k, v)| TxnOp::Put(k, v)),
+                            bytes().prop_map(TxnOp::Delete),
+                        ],
+                        0..4
+                    ),
+                )
+                    .prop_map(|(conditions, ops)| Command::Txn { conditions, ops }),
+            ];
+            leaf.prop_recursive(2, 16, 4, |inner| proptest::collection::vec(inner, 0..4).prop_map(Command::Batch))
+        }
+
+        fn payload() -> impl Strategy<Value = EntryPayload<TypeConfig>> {
+            prop_oneof![
+                Just(EntryPayload::Blank),
+                command().prop_map(EntryPayload::Normal),
+                proptest::collection::btree_map(1u64..6, ("[a-z0-9.:]{0,12}", "[a-z0-9.:]{0,12}"), 1..4).prop_map(
+                    |m| {
+                        let nodes = m
+                            .into_iter()
+                            .map(|(id, (api_addr, peer_addr))| (id, MetaNode { api_addr, peer_addr }))
+                            .collect::<std::collections::BTreeMap<_, _>>();
+                        let voters = nodes.keys().copied().collect::<std::collections::BTreeSet<_>>();
+                        EntryPayload::Membership(Membership::new(vec![voters], nodes))
+                    }
+                ),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+            /// Any entries, purged anywhere, read back from a store opened afresh exactly as
+            /// they were written, and its log state names the purge point and the last entry.
+            #[test]
+            fn entries_and_purge_points_read_back_after_reopening(
+                term in 1u64..1000,
+                node in 1u64..1000,
+                first in 1u64..1_000_000,
+                payloads in proptest::collection::vec(payload(), 1..20),
+                purge_at in any::<prop::sample::Index>(),
+            ) {
+                let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                rt.block_on(async {
+                    let kv: Arc<dyn KvEngine> = Arc::new(kv_engine::MemEngine::default());
+                    let mut store = LogStore::open(kv.clone()).unwrap();
+                    let entries: Vec<Entry<TypeConfig>> = payloads
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, payload)| Entry { log_id: id(term, node, first + i as u64), payload })
+                        .collect();
+                    put_entries(&store, &entries);
+                    let cut = purge_at.index(entries.len());
+                    store.purge(entries[cut].log_id).await.unwrap();
+                    let mut reopened = LogStore::open(kv).unwrap();
+                    let state = reopened.get_log_state().await.unwrap();
+                    prop_assert_eq!(state.last_purged_log_id, Some(entries[cut].log_id));
+                    prop_assert_eq!(state.last_log_id, entries.last().map(|e| e.log_id));
+                    let read = reopened.try_get_log_entries(..).await.unwrap();
+                    prop_assert_eq!(&read[..], &entries[cut + 1..]);
+                    Ok(())
+                })?;
+            }
+        }
     }
 
     #[tokio::test(flavor = "multi_thread")]
