@@ -14,6 +14,8 @@ use crate::{bin, free_port};
 /// A running `cairn-local`.
 pub struct LocalSystem {
     child: Option<Child>,
+    /// Its command-line arguments (kept, so that a restart listens where the first start did).
+    args: Vec<String>,
     /// The directory everything lives under.
     pub root: PathBuf,
     /// Its data directory (`<root>/data`).
@@ -26,23 +28,50 @@ impl LocalSystem {
     /// Starts `cairn-local --data <root>/data` on free ports (output in `<root>/cairn-local.log`)
     /// and waits up to 90 s for `local.env`.
     pub fn start(root: &Path) -> LocalSystem {
+        LocalSystem::start_with(root, &[])
+    }
+
+    /// [`start`](Self::start) with more flags (e.g. the aging knobs `--snapshot-logs`).
+    pub fn start_with(root: &Path, extra: &[&str]) -> LocalSystem {
         let data = root.join("data");
         let addr = || format!("127.0.0.1:{}", free_port());
-        let log =
-            std::fs::OpenOptions::new().create(true).append(true).open(root.join("cairn-local.log")).expect("log file");
+        let mut args: Vec<String> = vec!["--data".into(), data.to_string_lossy().into()];
+        for flag in [
+            "--node-listen",
+            "--node-http",
+            "--meta-listen",
+            "--meta-peer",
+            "--meta-http",
+            "--s3-listen",
+            "--s3-http",
+            "--csi-block-http",
+            "--csi-fs-http",
+        ] {
+            args.push(flag.into());
+            args.push(addr());
+        }
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let mut sys = LocalSystem { child: None, args, root: root.to_path_buf(), data, env: HashMap::new() };
+        sys.launch();
+        sys
+    }
+
+    /// Starts the process with the kept arguments and waits up to 90 s for `local.env`.
+    fn launch(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root.join("cairn-local.log"))
+            .expect("log file");
         let child = Command::new(bin("cairn-local"))
-            .arg("--data")
-            .arg(&data)
-            .args(["--node-listen", &addr(), "--node-http", &addr()])
-            .args(["--meta-listen", &addr(), "--meta-peer", &addr(), "--meta-http", &addr()])
-            .args(["--s3-listen", &addr(), "--s3-http", &addr(), "--csi-block-http", &addr()])
-            .args(["--csi-fs-http", &addr()])
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)
             .spawn()
             .expect("start cairn-local");
-        let mut sys = LocalSystem { child: Some(child), root: root.to_path_buf(), data, env: HashMap::new() };
+        self.child = Some(child);
+        let sys = self;
         let env_path = sys.data.join("local.env");
         let deadline = Instant::now() + Duration::from_secs(90);
         while !env_path.exists() {
@@ -57,12 +86,43 @@ impl LocalSystem {
             .lines()
             .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
             .collect();
-        sys
+    }
+
+    /// SIGKILLs it (its per-volume children live on, as they would after a crash of the node
+    /// plugin alone).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// A crash of the whole node: SIGKILLs it and every process it started (per-volume data
+    /// paths and FUSE clients), then takes away their mounts and loop devices under the root, as
+    /// a reboot would.
+    pub fn crash(&mut self) {
+        self.kill9();
+        crate::csi::kill_processes_under(&self.root);
+        crate::csi::cleanup_mounts_under(&self.root);
+    }
+
+    /// Starts it again after [`kill9`](Self::kill9) or [`crash`](Self::crash), on the same
+    /// data and addresses, and waits for `local.env`.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "cairn-local still running");
+        let _ = std::fs::remove_file(self.data.join("local.env")); // a killed one leaves it behind
+        self.launch();
     }
 
     /// The value of `key` in `local.env` (panics naming it when missing).
     pub fn var(&self, key: &str) -> &str {
         self.env.get(key).unwrap_or_else(|| panic!("local.env lacks {key}: {:?}", self.env.keys()))
+    }
+
+    /// The address given to one of its listen flags (`--meta-http`, `--node-http`, ...).
+    pub fn addr(&self, flag: &str) -> std::net::SocketAddr {
+        let i = self.args.iter().position(|a| a == flag).unwrap_or_else(|| panic!("no {flag} flag"));
+        self.args[i + 1].parse().expect("a socket address")
     }
 
     /// The path of a `unix://` endpoint in `local.env` (`CSI_BLOCK_ENDPOINT`, ...).

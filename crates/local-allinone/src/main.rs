@@ -53,6 +53,19 @@ struct Cli {
     /// Log filter.
     #[arg(long, env = "CAIRN_LOG", default_value = "info")]
     log: String,
+    /// Metadata: log entries between snapshots (each followed by a log purge). Lower it to age
+    /// a system quickly (the lifecycle tests do).
+    #[arg(long, env = "CAIRN_LOCAL_SNAPSHOT_LOGS", default_value_t = MetaConfig::default().snapshot_logs)]
+    snapshot_logs: u64,
+    /// Storage node: segment file size in bytes (smaller: segments seal and are collected sooner).
+    #[arg(long, env = "CAIRN_LOCAL_SEGMENT_SIZE", default_value_t = NodeConfig::default().segment_size)]
+    segment_size: u64,
+    /// Storage node: seconds between segment GC passes (0: off).
+    #[arg(long, env = "CAIRN_LOCAL_GC_INTERVAL_SECS", default_value_t = NodeConfig::default().gc_interval_secs)]
+    gc_interval_secs: u64,
+    /// Storage node: seconds between scrubs (0: off).
+    #[arg(long, env = "CAIRN_LOCAL_SCRUB_INTERVAL_SECS", default_value_t = NodeConfig::default().scrub_interval_secs)]
+    scrub_interval_secs: u64,
 }
 
 fn main() -> ExitCode {
@@ -104,6 +117,9 @@ fn main() -> ExitCode {
         unix_socket: node_sock,
         host: "local".into(),
         replicas: 1,
+        segment_size: cli.segment_size,
+        gc_interval_secs: cli.gc_interval_secs,
+        scrub_interval_secs: cli.scrub_interval_secs,
         tls_ca: member.ca.clone(),
         tls_cert: member.cert.clone(),
         tls_key: member.key.clone(),
@@ -121,6 +137,7 @@ fn main() -> ExitCode {
         peer_listen: cli.meta_peer,
         http_listen: cli.meta_http,
         unix_socket: meta_sock,
+        snapshot_logs: cli.snapshot_logs,
         log: cli.log.clone(),
         tls_ca: member.ca.clone(),
         tls_cert: member.cert.clone(),

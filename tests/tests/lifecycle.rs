@@ -1,0 +1,398 @@
+//! Lifecycle: the local all-in-one, aged fast (a metadata snapshot and log purge every 200
+//! entries, 16 MiB segments collected every few seconds, scrubs, a pool GC round between
+//! rounds), crashes as a whole — SIGKILL of every process, mounts and loop devices taken away
+//! as a reboot would — at random moments under load on all three frontends at once:
+//! - S3: PUTs (0 B to 3 MiB), overwrites, DELETEs and multipart uploads, three clients;
+//! - the shared filesystem: whole-file replacement by write, fsync, rename, fsync of the
+//!   directory, and unlinks;
+//! - a raw block volume: 4 KiB records written with O_DIRECT across it, then fdatasync.
+//!
+//! After each restart the volumes are staged and published again (as the kubelet does) and
+//! every acknowledged write is checked: the last acknowledged state or one begun after it,
+//! never another, never a mix, never a partial object. `CAIRN_LIFECYCLE_ROUNDS` sets the rounds
+//! (default 3); `scripts/soak.sh` runs many.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cairn_proto::csi::v1::controller_client::ControllerClient;
+use cairn_proto::csi::v1::node_client::NodeClient;
+use cairn_proto::csi::v1::volume_capability::access_mode::Mode;
+use cairn_proto::csi::v1::volume_capability::{AccessMode, AccessType, BlockVolume, MountVolume};
+use cairn_proto::csi::v1::*;
+use integration_tests::lifecycle::{SENTINEL, Tally, block_writer, fs_writer};
+use integration_tests::local::LocalSystem;
+use integration_tests::s3::{python, repo_root};
+use rand::Rng;
+use tonic::transport::Channel;
+
+const MIB: i64 = 1 << 20;
+const BLOCK_SIZE: i64 = 64 * MIB;
+const SLOTS: u64 = 256;
+const STRIDE: u64 = (BLOCK_SIZE as u64) / SLOTS;
+
+fn cap(mode: Mode, fs: Option<&str>) -> VolumeCapability {
+    VolumeCapability {
+        access_mode: Some(AccessMode { mode: mode as i32 }),
+        access_type: Some(match fs {
+            Some(f) => AccessType::Mount(MountVolume { fs_type: f.into(), ..Default::default() }),
+            None => AccessType::Block(BlockVolume {}),
+        }),
+    }
+}
+
+/// Where the kubelet would stage and publish a volume.
+struct Paths {
+    staging: PathBuf,
+    target: PathBuf,
+}
+
+/// The two volumes and how to (re)attach them through the CSI sockets.
+struct Volumes {
+    block: String,
+    block_ctx: HashMap<String, String>,
+    block_paths: Paths,
+    fs: String,
+    fs_paths: Paths,
+}
+
+async fn channel(sys: &LocalSystem, key: &str) -> Channel {
+    csi_kit::connect_unix(&sys.socket(key)).await.expect("connect to a CSI socket")
+}
+
+async fn create_volumes(sys: &LocalSystem, root: &Path) -> Volumes {
+    let mut bc = ControllerClient::new(channel(sys, "CSI_BLOCK_ENDPOINT").await);
+    let block = bc
+        .create_volume(CreateVolumeRequest {
+            name: "life-block".into(),
+            capacity_range: Some(CapacityRange { required_bytes: BLOCK_SIZE, limit_bytes: 0 }),
+            volume_capabilities: vec![cap(Mode::SingleNodeWriter, None)],
+            ..Default::default()
+        })
+        .await
+        .expect("create the block volume")
+        .into_inner()
+        .volume
+        .expect("volume")
+        .volume_id;
+    let block_ctx = bc
+        .controller_publish_volume(ControllerPublishVolumeRequest {
+            volume_id: block.clone(),
+            node_id: "local-1".into(),
+            volume_capability: Some(cap(Mode::SingleNodeWriter, None)),
+            ..Default::default()
+        })
+        .await
+        .expect("attach the block volume")
+        .into_inner()
+        .publish_context;
+    let mut fc = ControllerClient::new(channel(sys, "CSI_FS_ENDPOINT").await);
+    let fs = fc
+        .create_volume(CreateVolumeRequest {
+            name: "life-fs".into(),
+            capacity_range: Some(CapacityRange { required_bytes: 256 * MIB, limit_bytes: 0 }),
+            volume_capabilities: vec![cap(Mode::MultiNodeMultiWriter, Some(""))],
+            ..Default::default()
+        })
+        .await
+        .expect("create the filesystem")
+        .into_inner()
+        .volume
+        .expect("volume")
+        .volume_id;
+    Volumes {
+        block,
+        block_ctx,
+        block_paths: Paths {
+            staging: root.join("kubelet/plugins/staging/life-block"),
+            target: root.join("kubelet/pods/p1/volumeDevices/life-block"),
+        },
+        fs,
+        fs_paths: Paths {
+            staging: root.join("kubelet/plugins/staging/life-fs"),
+            target: root.join("kubelet/pods/p1/volumes/life-fs"),
+        },
+    }
+}
+
+/// NodeStage + NodePublish of both volumes (again after a crash: staging finds the dead data
+/// paths and recovers them).
+async fn attach(sys: &LocalSystem, v: &Volumes) {
+    let mut bn = NodeClient::new(channel(sys, "CSI_BLOCK_ENDPOINT").await);
+    let bcap = || cap(Mode::SingleNodeWriter, None);
+    bn.node_stage_volume(NodeStageVolumeRequest {
+        volume_id: v.block.clone(),
+        publish_context: v.block_ctx.clone(),
+        staging_target_path: v.block_paths.staging.to_string_lossy().into(),
+        volume_capability: Some(bcap()),
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("stage the block volume: {e}\n{}", sys.log()));
+    bn.node_publish_volume(NodePublishVolumeRequest {
+        volume_id: v.block.clone(),
+        staging_target_path: v.block_paths.staging.to_string_lossy().into(),
+        target_path: v.block_paths.target.to_string_lossy().into(),
+        volume_capability: Some(bcap()),
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("publish the block volume: {e}\n{}", sys.log()));
+    let mut fnode = NodeClient::new(channel(sys, "CSI_FS_ENDPOINT").await);
+    let fcap = || cap(Mode::MultiNodeMultiWriter, Some(""));
+    fnode
+        .node_stage_volume(NodeStageVolumeRequest {
+            volume_id: v.fs.clone(),
+            staging_target_path: v.fs_paths.staging.to_string_lossy().into(),
+            volume_capability: Some(fcap()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("stage the filesystem: {e}\n{}", sys.log()));
+    fnode
+        .node_publish_volume(NodePublishVolumeRequest {
+            volume_id: v.fs.clone(),
+            staging_target_path: v.fs_paths.staging.to_string_lossy().into(),
+            target_path: v.fs_paths.target.to_string_lossy().into(),
+            volume_capability: Some(fcap()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("publish the filesystem: {e}\n{}", sys.log()));
+}
+
+/// The S3 load process (`tests/s3/lifecycle.py load`), with the local system's endpoint and key.
+struct S3Load {
+    child: Child,
+    ledger: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl S3Load {
+    fn env_of(sys: &LocalSystem) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> =
+            ["AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"]
+                .iter()
+                .map(|k| (k.to_string(), sys.var(k).to_string()))
+                .collect();
+        env.push(("AWS_CONFIG_FILE".into(), "/dev/null".into()));
+        env.push(("AWS_SHARED_CREDENTIALS_FILE".into(), "/dev/null".into()));
+        env.push(("PYTHONUNBUFFERED".into(), "1".into()));
+        env.push(("PYTHONDONTWRITEBYTECODE".into(), "1".into()));
+        env
+    }
+
+    fn command(env: &[(String, String)], args: &[&str]) -> Command {
+        let mut c = Command::new(python());
+        c.arg(repo_root().join("tests/s3/lifecycle.py")).args(args).envs(env.iter().cloned()).stdin(Stdio::null());
+        c
+    }
+
+    fn start(sys: &LocalSystem, root: &Path) -> S3Load {
+        let ledger = root.join("s3-ledger.jsonl");
+        let env = S3Load::env_of(sys);
+        let log = std::fs::File::create(root.join("s3-load.log")).expect("log");
+        let child = S3Load::command(&env, &["load", &ledger.to_string_lossy()])
+            .stdout(log.try_clone().expect("dup"))
+            .stderr(log)
+            .spawn()
+            .expect("start the S3 load");
+        S3Load { child, ledger, env }
+    }
+
+    fn acked(&self) -> u64 {
+        std::fs::read_to_string(&self.ledger).unwrap_or_default().matches("\"st\": \"ack\"").count() as u64
+    }
+
+    fn flag(&self, suffix: &str) -> PathBuf {
+        PathBuf::from(format!("{}{suffix}", self.ledger.display()))
+    }
+
+    fn pause(&mut self) {
+        std::fs::write(self.flag(".pause"), b"").expect("pause flag");
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while !self.flag(".paused").exists() {
+            if let Some(st) = self.child.try_wait().expect("try_wait") {
+                panic!("the S3 load exited with {st}");
+            }
+            assert!(Instant::now() < deadline, "the S3 load did not pause in 300 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn resume(&self) {
+        let _ = std::fs::remove_file(self.flag(".pause"));
+    }
+
+    /// Runs the check (the load paused): its counts.
+    fn check(&self) -> Tally {
+        let out =
+            S3Load::command(&self.env, &["verify", &self.ledger.to_string_lossy()]).output().expect("run the S3 check");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "the S3 check failed ({}):\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if !out.stderr.is_empty() {
+            eprintln!("S3 check:\n{}", String::from_utf8_lossy(&out.stderr));
+        }
+        let line = stdout.lines().last().unwrap_or_default();
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("S3 check printed {line:?}: {e}"));
+        let n = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("{k} in {line}"));
+        Tally { acked: n("acked"), checked: n("keys"), lost: n("lost"), wrong: n("wrong"), partial: n("partial") }
+    }
+}
+
+impl Drop for S3Load {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.flag(".stop"), b"");
+        let _ = self.resume_and_wait();
+    }
+}
+
+impl S3Load {
+    fn resume_and_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.resume();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        self.child.wait().ok()
+    }
+}
+
+/// A value of a Prometheus series (summed over its labels), or 0.
+fn metric(addr: std::net::SocketAddr, name: &str) -> f64 {
+    let Ok((200, body)) = integration_tests::http_get(addr, "/metrics") else { return 0.0 };
+    body.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Runs `cairn` with the local system's environment; panics with its output on failure.
+fn cairn(sys: &LocalSystem, args: &[&str]) -> String {
+    let out =
+        Command::new(integration_tests::bin("cairn")).args(args).envs(sys.env.iter()).output().expect("run cairn");
+    assert!(
+        out.status.success(),
+        "cairn {args:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn rounds() -> usize {
+    std::env::var("CAIRN_LIFECYCLE_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aged_local_system_crashes_under_load_on_every_frontend_and_loses_nothing() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(std::env::var_os("CI").is_none(), "CI runs as root: this test must not be skipped there");
+        eprintln!("skipped: needs root for FUSE, loop devices and mounts");
+        return;
+    }
+    python();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let mut sys = LocalSystem::start_with(
+        root,
+        &[
+            "--snapshot-logs",
+            "200",
+            "--segment-size",
+            &(16 << 20).to_string(),
+            "--gc-interval-secs",
+            "3",
+            "--scrub-interval-secs",
+            "7",
+        ],
+    );
+    let meta_http = sys.addr("--meta-http");
+    let node_http = sys.addr("--node-http");
+    let vols = create_volumes(&sys, root).await;
+    attach(&sys, &vols).await;
+    std::fs::write(vols.fs_paths.target.join(SENTINEL), b"").expect("sentinel");
+
+    // The load's own files live apart: a crash kills every process that names the root.
+    let harness = tempfile::tempdir().expect("tempdir");
+    let mut s3 = S3Load::start(&sys, harness.path());
+    let block = block_writer(&vols.block_paths.target, SLOTS, STRIDE, rand::thread_rng().r#gen());
+    let fs = fs_writer(&vols.fs_paths.target, 12, rand::thread_rng().r#gen());
+    let (mut totals, mut gc_runs, mut snapshots) = ([Tally::default(); 3], 0.0, 0.0);
+    let started = Instant::now();
+    let n = rounds();
+    for round in 1..=n {
+        // Load for a while, each writer acknowledging something, then a crash at a random moment.
+        block.wait_for_acks(1, Duration::from_secs(120));
+        fs.wait_for_acks(1, Duration::from_secs(120));
+        let s3_before = s3.acked();
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while s3.acked() == s3_before {
+            assert!(Instant::now() < deadline, "no S3 write acknowledged in 300 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_millis(rand::thread_rng().gen_range(500..4000)));
+        gc_runs += metric(node_http, "cairn_node_gc_runs_total");
+        snapshots = metric(meta_http, "cairn_meta_snapshot_index").max(snapshots);
+        sys.crash();
+        std::thread::sleep(Duration::from_millis(rand::thread_rng().gen_range(0..2000)));
+        sys.restart();
+        attach(&sys, &vols).await;
+
+        block.pause(Duration::from_secs(120));
+        fs.pause(Duration::from_secs(120));
+        s3.pause();
+        let found =
+            [block.check_slots(&vols.block_paths.target, STRIDE), fs.check_files(&vols.fs_paths.target), s3.check()];
+        eprintln!(
+            "lifecycle round {round}/{n} ({:?}): block {:?}; fs {:?}; s3 {:?}",
+            started.elapsed(),
+            found[0],
+            found[1],
+            found[2]
+        );
+        for (t, f) in totals.iter_mut().zip(found) {
+            assert!(f.clean(), "round {round}: acknowledged writes lost, wrong or partial: {f:?}\n{}", sys.log());
+            let acked = f.acked;
+            t.add(f);
+            t.acked = acked; // the writers count from their start
+        }
+        // Age the pool: a GC round while nothing writes (its short window is safe only then).
+        cairn(&sys, &["cluster", "gc", "--window-secs", "1"]);
+        std::thread::sleep(Duration::from_secs(3));
+        block.resume();
+        fs.resume();
+        s3.resume();
+    }
+    block.pause(Duration::from_secs(120));
+    fs.pause(Duration::from_secs(120));
+    s3.pause();
+    let names = ["block", "fs", "s3"];
+    for (name, t) in names.iter().zip(totals) {
+        eprintln!(
+            "lifecycle summary: {name}: {n} crash rounds, {} acknowledged writes, {} checks, lost {}, wrong {}, partial {}",
+            t.acked, t.checked, t.lost, t.wrong, t.partial
+        );
+    }
+    eprintln!(
+        "lifecycle aging: metadata snapshot index {snapshots} (one snapshot and log purge per 200 entries), \
+         segment GC passes {gc_runs}, block sessions {}, fs sessions {}",
+        block.sessions(),
+        fs.sessions()
+    );
+    assert!(totals.iter().all(|t| t.acked > 0), "every frontend acknowledged writes: {totals:?}");
+    assert!(snapshots >= 400.0, "the metadata log was compacted at least twice: snapshot index {snapshots}");
+}
