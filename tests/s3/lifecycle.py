@@ -9,7 +9,8 @@ the check that every acknowledged one survived.
                                acknowledged {"k", "st": "ack", "h", "n"}. Errors are expected
                                while the system is down: the thread sleeps and goes on. While
                                LEDGER.pause exists the threads stop between operations and
-                               LEDGER.paused appears once all are idle.
+                               LEDGER.paused appears once all are idle. A failed operation
+                               appends {"k", "st": "err", "e"} (its outcome is unknown).
   lifecycle.py verify LEDGER   for every key: the object reads back whole (as many bytes as its
                                Content-Length says) and is the last acknowledged state, or one
                                begun after it (an operation whose answer the crash cut off).
@@ -106,7 +107,8 @@ def worker(ledger, t, stop, idle):
                     UploadId=up,
                     MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": e2}]},
                 )
-        except (ClientError, BotoCoreError, http.client.HTTPException, OSError):
+        except (ClientError, BotoCoreError, http.client.HTTPException, OSError) as e:
+            append(ledger, {"k": k, "st": "err", "op": op, "e": str(e)[:200]})
             time.sleep(0.3)
             continue
         append(ledger, {"k": k, "st": "ack", "op": op, "h": h, "n": n})
@@ -142,6 +144,8 @@ def allowed_states(ledger):
             r = json.loads(line)
             k = r["k"]
             cur = out.setdefault(k, {"settled": None, "begun": [], "known": False})
+            if r["st"] == "err":
+                continue
             if r["st"] == "begin":
                 cur["begun"].append(r["h"])
             else:  # ack or seen: the state from here on

@@ -104,39 +104,61 @@ pub struct NodeProc {
     /// Its data directory.
     pub dir: PathBuf,
     log: PathBuf,
+    /// Its full command line after the binary (kept for restarts on the same ports).
+    args: Vec<String>,
 }
 
 impl NodeProc {
     fn spawn(dir: &Path, extra: &[&str]) -> NodeProc {
         let (gp, hp) = (free_port(), free_port());
         let log = dir.with_extension(format!("{gp}.log"));
-        let logf = std::fs::File::create(&log).expect("log file");
+        let mut args: Vec<String> = vec!["--data-dir".into(), dir.to_string_lossy().into()];
+        args.extend(["--listen".into(), format!("127.0.0.1:{gp}"), "--http-listen".into(), format!("127.0.0.1:{hp}")]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut n = NodeProc {
+            child: None,
+            grpc: format!("http://127.0.0.1:{gp}"),
+            http: format!("127.0.0.1:{hp}").parse().expect("addr"),
+            dir: dir.to_path_buf(),
+            log,
+            args,
+        };
+        n.launch();
+        n
+    }
+
+    fn launch(&mut self) {
+        let logf = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
         let child = Command::new(bin("storage-node"))
-            .arg("--data-dir")
-            .arg(dir)
-            .args(["--listen", &format!("127.0.0.1:{gp}"), "--http-listen", &format!("127.0.0.1:{hp}")])
-            .args(extra)
+            .args(&self.args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(logf)
             .spawn()
             .expect("spawn storage-node");
-        NodeProc {
-            child: Some(child),
-            grpc: format!("http://127.0.0.1:{gp}"),
-            http: format!("127.0.0.1:{hp}").parse().expect("addr"),
-            dir: dir.to_path_buf(),
-            log,
-        }
+        self.child = Some(child);
+    }
+
+    /// Starts it again after a kill, on the same data and ports, and waits until it is healthy.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "storage node still running");
+        self.launch();
+        self.wait_healthy();
     }
 
     /// Starts a node on `dir` and waits until `/healthz` answers 200.
     pub fn start(dir: &Path, extra: &[&str]) -> NodeProc {
         let mut n = NodeProc::spawn(dir, extra);
+        n.wait_healthy();
+        n
+    }
+
+    fn wait_healthy(&mut self) {
+        let n = self;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok((200, _)) = http_get(n.http, "/healthz") {
-                return n;
+                return;
             }
             if let Some(st) = n.child.as_mut().and_then(|c| c.try_wait().expect("try_wait")) {
                 panic!("storage-node exited with {st} before it was ready:\n{}", n.log_text());

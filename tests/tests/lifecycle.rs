@@ -171,12 +171,14 @@ struct S3Load {
 }
 
 impl S3Load {
-    fn env_of(sys: &LocalSystem) -> Vec<(String, String)> {
-        let mut env: Vec<(String, String)> =
-            ["AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"]
-                .iter()
-                .map(|k| (k.to_string(), sys.var(k).to_string()))
-                .collect();
+    /// The environment for an endpoint and key.
+    fn env_for(endpoint: &str, key: &(String, String)) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = vec![
+            ("AWS_ENDPOINT_URL".into(), endpoint.into()),
+            ("AWS_ACCESS_KEY_ID".into(), key.0.clone()),
+            ("AWS_SECRET_ACCESS_KEY".into(), key.1.clone()),
+            ("AWS_REGION".into(), "us-east-1".into()),
+        ];
         env.push(("AWS_CONFIG_FILE".into(), "/dev/null".into()));
         env.push(("AWS_SHARED_CREDENTIALS_FILE".into(), "/dev/null".into()));
         env.push(("PYTHONUNBUFFERED".into(), "1".into()));
@@ -190,9 +192,14 @@ impl S3Load {
         c
     }
 
-    fn start(sys: &LocalSystem, root: &Path) -> S3Load {
+    /// The local system's endpoint and first key.
+    fn env_of(sys: &LocalSystem) -> Vec<(String, String)> {
+        let key = (sys.var("AWS_ACCESS_KEY_ID").to_string(), sys.var("AWS_SECRET_ACCESS_KEY").to_string());
+        S3Load::env_for(sys.var("AWS_ENDPOINT_URL"), &key)
+    }
+
+    fn start(env: Vec<(String, String)>, root: &Path) -> S3Load {
         let ledger = root.join("s3-ledger.jsonl");
-        let env = S3Load::env_of(sys);
         let log = std::fs::File::create(root.join("s3-load.log")).expect("log");
         let child = S3Load::command(&env, &["load", &ledger.to_string_lossy()])
             .stdout(log.try_clone().expect("dup"))
@@ -204,6 +211,21 @@ impl S3Load {
 
     fn acked(&self) -> u64 {
         std::fs::read_to_string(&self.ledger).unwrap_or_default().matches("\"st\": \"ack\"").count() as u64
+    }
+
+    /// Operations that failed (errors seen by the client) so far.
+    fn errors(&self) -> u64 {
+        std::fs::read_to_string(&self.ledger).unwrap_or_default().matches("\"st\": \"err\"").count() as u64
+    }
+
+    /// Waits until one more operation is acknowledged.
+    fn wait_for_ack(&self, within: Duration) {
+        let before = self.acked();
+        let deadline = Instant::now() + within;
+        while self.acked() == before {
+            assert!(Instant::now() < deadline, "no S3 write acknowledged in {within:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     fn flag(&self, suffix: &str) -> PathBuf {
@@ -328,7 +350,7 @@ async fn aged_local_system_crashes_under_load_on_every_frontend_and_loses_nothin
 
     // The load's own files live apart: a crash kills every process that names the root.
     let harness = tempfile::tempdir().expect("tempdir");
-    let mut s3 = S3Load::start(&sys, harness.path());
+    let mut s3 = S3Load::start(S3Load::env_of(&sys), harness.path());
     let block = block_writer(&vols.block_paths.target, SLOTS, STRIDE, rand::thread_rng().r#gen());
     let fs = fs_writer(&vols.fs_paths.target, 12, rand::thread_rng().r#gen());
     let (mut totals, mut gc_runs, mut snapshots) = ([Tally::default(); 3], 0.0, 0.0);
@@ -338,12 +360,7 @@ async fn aged_local_system_crashes_under_load_on_every_frontend_and_loses_nothin
         // Load for a while, each writer acknowledging something, then a crash at a random moment.
         block.wait_for_acks(1, Duration::from_secs(120));
         fs.wait_for_acks(1, Duration::from_secs(120));
-        let s3_before = s3.acked();
-        let deadline = Instant::now() + Duration::from_secs(300);
-        while s3.acked() == s3_before {
-            assert!(Instant::now() < deadline, "no S3 write acknowledged in 300 s");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        s3.wait_for_ack(Duration::from_secs(300));
         std::thread::sleep(Duration::from_millis(rand::thread_rng().gen_range(500..4000)));
         gc_runs += metric(node_http, "cairn_node_gc_runs_total");
         snapshots = metric(meta_http, "cairn_meta_snapshot_index").max(snapshots);
@@ -395,4 +412,275 @@ async fn aged_local_system_crashes_under_load_on_every_frontend_and_loses_nothin
     );
     assert!(totals.iter().all(|t| t.acked > 0), "every frontend acknowledged writes: {totals:?}");
     assert!(snapshots >= 400.0, "the metadata log was compacted at least twice: snapshot index {snapshots}");
+}
+
+/// Pauses the writers and the S3 load, checks everything, resumes; returns the three tallies.
+fn check_all(
+    what: &str,
+    block: &integration_tests::lifecycle::Writer<integration_tests::lifecycle::BlockLedger>,
+    dev: &Path,
+    s3: &mut S3Load,
+) -> [Tally; 2] {
+    block.pause(Duration::from_secs(180));
+    s3.pause();
+    let found = [block.check_slots(dev, STRIDE), s3.check()];
+    eprintln!("lifecycle pool, after {what}: block {:?}; s3 {:?}", found[0], found[1]);
+    for f in &found {
+        assert!(f.clean(), "after {what}: acknowledged writes lost, wrong or partial: {f:?}");
+    }
+    block.resume();
+    s3.resume();
+    found
+}
+
+/// A pool as `helm install` makes it (three metadata voters, four storage nodes holding R=3,
+/// objectd, the csi-block plugin), aged (a metadata snapshot every 100 entries, 16 MiB
+/// segments collected every 3 s), under block writes (a raw R=3 volume) and S3 load, while
+/// single daemons are SIGKILLed and started again: every storage node one after another, then
+/// every voter (a rolling restart, as `helm upgrade` does), with one voter kept down long
+/// enough to come back by installing the leader's snapshot; then objectd, the node plugin, and
+/// the volume's data-path process (staged again, as the kubelet retries). After each, every
+/// acknowledged write reads back exactly. Through the rolling restarts the block writer and
+/// the S3 clients see no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_daemons_killed_one_by_one_under_load_lose_nothing() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(std::env::var_os("CI").is_none(), "CI runs as root: this test must not be skipped there");
+        eprintln!("skipped: needs root for FUSE, loop devices and mounts");
+        return;
+    }
+    use integration_tests::NodeProc;
+    use integration_tests::csi::CsiProc;
+    use integration_tests::daemon::Daemon;
+    use integration_tests::meta::meta_cluster;
+
+    python();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let _cleanup = Cleanup(root.to_path_buf());
+    let mut voters = meta_cluster(3, root, &["--snapshot-logs", "100"]);
+    let apis = voters.iter().map(|v| v.addrs.api.clone()).collect::<Vec<_>>().join(",");
+    let segment = (16 << 20).to_string();
+    let mut nodes: Vec<NodeProc> = (1..=4)
+        .map(|i| {
+            let id = format!("n{i}");
+            NodeProc::start(
+                &root.join(&id),
+                &[
+                    "--meta",
+                    &apis,
+                    "--node-id",
+                    &id,
+                    "--host",
+                    &id,
+                    "--replicas",
+                    "3",
+                    "--heartbeat-ms",
+                    "200",
+                    "--down-after-ms",
+                    "3000",
+                    "--out-after-ms",
+                    "600000",
+                    "--repair-interval-secs",
+                    "2",
+                    "--segment-size",
+                    &segment,
+                    "--gc-interval-secs",
+                    "3",
+                ],
+            )
+        })
+        .collect();
+    let s3_http: std::net::SocketAddr = format!("127.0.0.1:{}", integration_tests::free_port()).parse().unwrap();
+    let s3_port = integration_tests::free_port();
+    let mut objectd = Daemon::start(
+        "objectd",
+        vec![
+            "--meta".into(),
+            apis.clone(),
+            "--listen".into(),
+            format!("127.0.0.1:{s3_port}"),
+            "--http-listen".into(),
+            s3_http.to_string(),
+            "--region".into(),
+            "us-east-1".into(),
+        ],
+        root.join("objectd.log"),
+        s3_http,
+    );
+    let key = {
+        let out = Command::new(integration_tests::bin("cairn"))
+            .args(["--meta", &apis, "s3", "key", "create", "--name", "life", "--admin"])
+            .output()
+            .expect("run cairn");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let var = |k: &str| {
+            text.lines().find_map(|l| l.strip_prefix(&format!("{k}="))).unwrap_or_else(|| panic!("{k} in {text}"))
+        };
+        (var("AWS_ACCESS_KEY_ID").to_string(), var("AWS_SECRET_ACCESS_KEY").to_string())
+    };
+    let state = root.join("csi-state").to_string_lossy().to_string();
+    let mut plugin =
+        CsiProc::start("csi-block", root, "plugin", &["--meta", &apis, "--node-id", "node-a", "--state-dir", &state]);
+    let mut c = ControllerClient::new(plugin.channel().await);
+    let bcap = || cap(Mode::SingleNodeWriter, None);
+    let vol = c
+        .create_volume(CreateVolumeRequest {
+            name: "life-r3".into(),
+            capacity_range: Some(CapacityRange { required_bytes: BLOCK_SIZE, limit_bytes: 0 }),
+            volume_capabilities: vec![bcap()],
+            parameters: [("replicas".to_string(), "3".to_string()), ("minReplicas".to_string(), "2".to_string())]
+                .into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create the volume")
+        .into_inner()
+        .volume
+        .expect("volume")
+        .volume_id;
+    let ctx = c
+        .controller_publish_volume(ControllerPublishVolumeRequest {
+            volume_id: vol.clone(),
+            node_id: "node-a".into(),
+            volume_capability: Some(bcap()),
+            ..Default::default()
+        })
+        .await
+        .expect("attach")
+        .into_inner()
+        .publish_context;
+    let (staging, dev) = (root.join("kubelet/staging/life-r3"), root.join("kubelet/pods/p1/dev"));
+    let stage = |ch: Channel| {
+        let (vol, ctx, staging, dev) = (vol.clone(), ctx.clone(), staging.clone(), dev.clone());
+        async move {
+            let mut n = NodeClient::new(ch);
+            n.node_stage_volume(NodeStageVolumeRequest {
+                volume_id: vol.clone(),
+                publish_context: ctx,
+                staging_target_path: staging.to_string_lossy().into(),
+                volume_capability: Some(bcap()),
+                ..Default::default()
+            })
+            .await
+            .expect("stage");
+            n.node_publish_volume(NodePublishVolumeRequest {
+                volume_id: vol,
+                staging_target_path: staging.to_string_lossy().into(),
+                target_path: dev.to_string_lossy().into(),
+                volume_capability: Some(bcap()),
+                ..Default::default()
+            })
+            .await
+            .expect("publish");
+        }
+    };
+    stage(plugin.channel().await).await;
+
+    let harness = tempfile::tempdir().expect("tempdir");
+    let mut s3 = S3Load::start(S3Load::env_for(&format!("http://127.0.0.1:{s3_port}"), &key), harness.path());
+    let block = block_writer(&dev, SLOTS, STRIDE, rand::thread_rng().r#gen());
+    block.wait_for_acks(20, Duration::from_secs(120));
+    s3.wait_for_ack(Duration::from_secs(300));
+    check_all("warm-up", &block, &dev, &mut s3);
+
+    // Rolling restart of the storage nodes, then of the voters: nothing may fail.
+    let (sessions, s3_errors) = (block.sessions(), s3.errors());
+    for (i, n) in nodes.iter_mut().enumerate() {
+        n.kill9();
+        std::thread::sleep(Duration::from_secs(1));
+        n.restart();
+        block.wait_for_acks(5, Duration::from_secs(120));
+        eprintln!("lifecycle pool: storage node n{} restarted", i + 1);
+    }
+    s3.wait_for_ack(Duration::from_secs(300));
+    check_all("a rolling restart of the storage nodes", &block, &dev, &mut s3);
+    let lagging = {
+        let m = metadata_client::MetaClient::new(&voters.iter().map(|v| v.addrs.api.as_str()).collect::<Vec<_>>())
+            .expect("metadata client");
+        let leader = m.status().await.expect("status").leader_id;
+        (1..=3u64).find(|i| *i != leader).expect("a follower") as usize - 1
+    };
+    for i in 0..voters.len() {
+        voters[i].kill9();
+        if i == lagging {
+            // Down while hundreds of entries commit: it comes back by installing a snapshot.
+            block.wait_for_acks(300, Duration::from_secs(300));
+            s3.wait_for_ack(Duration::from_secs(300));
+        } else {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        voters[i].restart();
+        voters[i].wait_healthy(Duration::from_secs(60));
+        block.wait_for_acks(5, Duration::from_secs(120));
+        eprintln!("lifecycle pool: voter {} restarted", i + 1);
+    }
+    s3.wait_for_ack(Duration::from_secs(300));
+    check_all("a rolling restart of the voters", &block, &dev, &mut s3);
+    let rolling_errors = (block.sessions() - sessions, s3.errors() - s3_errors);
+    // Repair settles: the volume is whole again (every chunk on its R nodes).
+    let t0 = Instant::now();
+    loop {
+        let cond = c
+            .controller_get_volume(ControllerGetVolumeRequest { volume_id: vol.clone() })
+            .await
+            .expect("ControllerGetVolume")
+            .into_inner()
+            .status
+            .and_then(|s| s.volume_condition)
+            .expect("a volume condition");
+        if !cond.abnormal {
+            eprintln!("lifecycle pool: the volume is whole {:?} after the rolling restarts", t0.elapsed());
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(180), "repair did not settle in 180 s: {cond:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        voters[lagging].log_text().contains("snapshot installed"),
+        "voter {} came back without installing a snapshot:\n{}",
+        lagging + 1,
+        voters[lagging].log_text()
+    );
+
+    // objectd, the node plugin, the volume's data path.
+    objectd.kill9();
+    std::thread::sleep(Duration::from_secs(1));
+    objectd.restart();
+    s3.wait_for_ack(Duration::from_secs(300));
+    check_all("objectd's restart", &block, &dev, &mut s3);
+    plugin.restart();
+    block.wait_for_acks(5, Duration::from_secs(120));
+    check_all("the node plugin's restart", &block, &dev, &mut s3);
+    let staged = std::fs::read(root.join("csi-state/volumes").join(&vol).join("staged.json")).expect("staged.json");
+    let pid = serde_json::from_slice::<serde_json::Value>(&staged).expect("staged.json is JSON")["pid"]
+        .as_u64()
+        .expect("the data path's pid") as i32;
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    std::thread::sleep(Duration::from_secs(1));
+    stage(plugin.channel().await).await;
+    block.wait_for_acks(5, Duration::from_secs(120));
+    let last = check_all("the data path's death and a new stage", &block, &dev, &mut s3);
+
+    eprintln!(
+        "lifecycle pool summary: block {} acknowledged writes, s3 {} acknowledged writes (last checks {:?} / {:?}); \
+         errors through the rolling restarts: block {}, s3 {}",
+        last[0].acked, last[1].acked, last[0], last[1], rolling_errors.0, rolling_errors.1
+    );
+    assert_eq!(rolling_errors, (0, 0), "the rolling restarts made I/O fail (block sessions lost, S3 errors)");
+    let _ = &mut nodes;
+}
+
+/// Kills the per-volume processes and removes every mount under the test's directory, even when
+/// the test fails midway.
+struct Cleanup(PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        integration_tests::csi::kill_processes_under(&self.0);
+        integration_tests::csi::cleanup_mounts_under(&self.0);
+    }
 }
