@@ -286,7 +286,10 @@ async fn failover(args: &Args) -> Result<(), String> {
         }));
     }
 
-    println!("{:<6} {:>10} {:>10} {:>6} {:>16}", "kill", "old leader", "new leader", "terms", "to next commit");
+    println!(
+        "{:<6} {:>10} {:>10} {:>6} {:>14} {:>16}",
+        "kill", "old leader", "new leader", "terms", "to elected", "to next commit"
+    );
     let mut times = Vec::new();
     for k in 1..=args.failover_kills {
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -295,14 +298,34 @@ async fn failover(args: &Args) -> Result<(), String> {
         // A client that has the leader cached, as every busy client has.
         let probe = MetaClient::new(&apis).map_err(|e| e.to_string())?;
         probe.put(b"bench/probe", b"before").await.map_err(|e| format!("probe: {e}"))?;
+        let survivors: Vec<String> = nodes.0.iter().filter(|v| v.id != leader).map(|v| v.api.clone()).collect();
         let killed = Instant::now();
         nodes.0[idx].kill9();
+        // When a survivor first reports itself leader (polled every 10 ms), apart from the client.
+        let elected = tokio::spawn(async move {
+            loop {
+                for api in &survivors {
+                    if let Ok(s) = MetaClient::status_of(api).await
+                        && s.term > term_before
+                        && s.leader_id == s.id
+                    {
+                        return killed.elapsed();
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
         probe.put(b"bench/probe", format!("after kill {k}").as_bytes()).await.map_err(|e| format!("probe: {e}"))?;
         let took = killed.elapsed();
+        let elected = tokio::time::timeout(Duration::from_secs(30), elected)
+            .await
+            .map_err(|_| "no survivor became leader".to_string())?
+            .map_err(|e| e.to_string())?;
         let (new_leader, term_after) = leader_of(&c).await?;
         println!(
-            "{k:<6} {leader:>10} {new_leader:>10} {:>6} {:>14.0}ms",
+            "{k:<6} {leader:>10} {new_leader:>10} {:>6} {:>12.0}ms {:>14.0}ms",
             term_after - term_before,
+            elected.as_secs_f64() * 1000.0,
             took.as_secs_f64() * 1000.0
         );
         times.push(took);
