@@ -15,7 +15,7 @@ use node_client::NodeClient;
 #[derive(Clone)]
 pub enum Store {
     /// One storage node: nothing references the chunks (its own GC keeps them).
-    Node(NodeClient),
+    Node(Box<NodeClient>),
     /// The pool: chunks are put on the pool's R nodes and kept by reference keys.
     Pool { meta: MetaClient, client: ChunkClient },
 }
@@ -30,7 +30,7 @@ impl Store {
                 let client = ChunkClient::new(meta.clone(), ClientConfig::default()).await.context("storage pool")?;
                 Ok(Store::Pool { meta, client })
             }
-            None => Ok(Store::Node(NodeClient::connect(node).await?)),
+            None => Ok(Store::Node(Box::new(NodeClient::connect(node).await?))),
         }
     }
 
