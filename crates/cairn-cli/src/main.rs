@@ -1,6 +1,7 @@
 //! `cairn`, the operator CLI. Every error is one readable line on stderr and a non-zero exit.
 
 mod backup_file;
+mod chunk_store;
 mod chunks;
 mod cluster;
 mod fs;
@@ -13,7 +14,8 @@ mod volume;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// Operate a Cairn storage cluster.
 #[derive(Parser)]
@@ -64,7 +66,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let chunk_meta = chunk_meta(&matches);
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     let tls = mtls::TlsFiles { ca: cli.tls_ca.clone(), cert: cli.tls_cert.clone(), key: cli.tls_key.clone() };
     if let Err(e) = mtls::install_client_identity(&tls) {
         eprintln!("error: {e}");
@@ -79,7 +86,7 @@ fn main() -> ExitCode {
     };
     let res = rt.block_on(async {
         match cli.cmd {
-            Command::Chunk(c) => chunks::run(&cli.node, c).await,
+            Command::Chunk(c) => chunks::run(&cli.node, chunk_meta.then_some(cli.meta.as_str()), c).await,
             Command::Node(c) => node::run(&cli.node, &cli.meta, c).await,
             Command::Cluster(c) => cluster::run(&cli.meta, c).await,
             Command::Meta(c) => meta::run(&cli.meta, c).await,
@@ -94,6 +101,18 @@ fn main() -> ExitCode {
             eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Whether `cairn chunk` uses the pool: when a metadata endpoint is given (`--meta` or
+/// `CAIRN_META`), unless `--node` is given on the command line and `--meta` is not (a standalone
+/// node, even with `CAIRN_META` set).
+fn chunk_meta(m: &clap::ArgMatches) -> bool {
+    let (meta, node) = (m.value_source("meta"), m.value_source("node"));
+    match meta {
+        Some(ValueSource::CommandLine) => true,
+        Some(ValueSource::EnvVariable) => node != Some(ValueSource::CommandLine),
+        _ => false,
     }
 }
 

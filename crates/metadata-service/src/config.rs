@@ -39,9 +39,13 @@ pub struct MetaConfig {
     pub join: bool,
     /// Build a snapshot (and compact the log) after this many log entries. Default 10000.
     pub snapshot_logs: u64,
-    /// Leader heartbeat interval in milliseconds. Default 150.
+    /// Leader heartbeat interval in milliseconds (openraft ticks every 1.5× this). Default 50.
     pub heartbeat_ms: u64,
-    /// Minimum election timeout in milliseconds (the maximum is twice this). Default 1000.
+    /// Minimum election timeout in milliseconds (the maximum is twice this). Default 400.
+    /// openraft 0.9 draws each node's timeout once per process, in [this, 2× this), and a
+    /// follower of a live leader waits its leader lease (2× this) on top: it starts an election
+    /// after 3–4× this without hearing from the leader (1.2–1.6 s by default), which is also
+    /// how long a SIGKILLed leader goes unnoticed.
     pub election_timeout_ms: u64,
     /// Log filter (`RUST_LOG` syntax). Default `info`.
     pub log: String,
@@ -68,8 +72,8 @@ impl Default for MetaConfig {
             initial_members: String::new(),
             join: false,
             snapshot_logs: 10_000,
-            heartbeat_ms: 150,
-            election_timeout_ms: 1000,
+            heartbeat_ms: 50,
+            election_timeout_ms: 400,
             log: "info".into(),
             tls_ca: None,
             tls_cert: None,
@@ -262,5 +266,6 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("id 3"));
         let c = MetaConfig { heartbeat_ms: 600, ..Default::default() };
         assert!(c.validate().is_err());
+        MetaConfig::default().validate().expect("the defaults are valid");
     }
 }
