@@ -47,6 +47,14 @@ pub struct DatapathSpec {
     /// Also export the volume over NBD on this unix socket.
     #[serde(default)]
     pub nbd_socket: Option<PathBuf>,
+    /// Seconds I/O is retried while the pool or the metadata service is unreachable before it
+    /// fails with EIO (the volume's `ioTimeout`; specs written before it existed: the default).
+    #[serde(default = "io_timeout_default")]
+    pub io_timeout_secs: u64,
+}
+
+fn io_timeout_default() -> u64 {
+    csi_kit::params::DEFAULT_IO_TIMEOUT_SECS
 }
 
 csi_kit::versioned!(SPEC_VERSION => DatapathSpec);
@@ -123,8 +131,9 @@ async fn open(spec: &DatapathSpec) -> Result<Volume, CsiError> {
         .await
         .map_err(|e| CsiError::Unavailable(format!("storage pool: {e}")))?;
     let geometry = Geometry { capacity: rec.capacity_bytes, block_size: u64::from(rec.block_size) };
-    Volume::open(meta, pool, &rec.id, geometry, spec.generation).await.map_err(|e| match e {
+    let volume = Volume::open(meta, pool, &rec.id, geometry, spec.generation).await.map_err(|e| match e {
         EngineError::Fenced { .. } => CsiError::FailedPrecondition(format!("{e}: the volume was published elsewhere")),
         other => CsiError::Unavailable(other.to_string()),
-    })
+    })?;
+    Ok(volume.with_io_retry(cluster::IoRetry::new(std::time::Duration::from_secs(spec.io_timeout_secs))))
 }

@@ -2,7 +2,9 @@
 //! in `<root>/data` (and room beside it, e.g. for a kubelet's directories), waited for until it
 //! writes `local.env`, whose variables it hands back. When dropped — test failures included —
 //! it is SIGKILLed with every process it started (per-volume data paths and FUSE clients) and
-//! every mount and loop device under `<root>` is removed.
+//! every mount and loop device under `<root>` is removed. [`LocalSystem::kill`] and
+//! [`LocalSystem::start_again`] make an outage: SIGKILL of cairn-local alone (the per-volume
+//! processes stay), then a start on the same data and ports.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -20,6 +22,8 @@ pub struct LocalSystem {
     pub data: PathBuf,
     /// What it wrote to `local.env`.
     pub env: HashMap<String, String>,
+    /// Its command-line flags (the ports), for a start again.
+    args: Vec<String>,
 }
 
 impl LocalSystem {
@@ -28,21 +32,56 @@ impl LocalSystem {
     pub fn start(root: &Path) -> LocalSystem {
         let data = root.join("data");
         let addr = || format!("127.0.0.1:{}", free_port());
-        let log =
-            std::fs::OpenOptions::new().create(true).append(true).open(root.join("cairn-local.log")).expect("log file");
+        let mut args = vec!["--data".to_string(), data.to_string_lossy().into_owned()];
+        for flag in [
+            "--node-listen",
+            "--node-http",
+            "--meta-listen",
+            "--meta-peer",
+            "--meta-http",
+            "--s3-listen",
+            "--s3-http",
+            "--csi-block-http",
+            "--csi-fs-http",
+        ] {
+            args.extend([flag.to_string(), addr()]);
+        }
+        let mut sys = LocalSystem { child: None, root: root.to_path_buf(), data, env: HashMap::new(), args };
+        sys.spawn_and_wait();
+        sys
+    }
+
+    /// SIGKILLs cairn-local alone (as the OOM killer or a crash would); the per-volume data
+    /// paths and mount processes it started go on. Its `local.env` stays behind.
+    pub fn kill(&mut self) {
+        let mut c = self.child.take().expect("running");
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
+    /// Starts cairn-local again on the same data directory and ports after [`kill`](Self::kill)
+    /// and waits until it writes `local.env` anew.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "cairn-local is still running");
+        let _ = std::fs::remove_file(self.data.join("local.env"));
+        self.spawn_and_wait();
+    }
+
+    fn spawn_and_wait(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root.join("cairn-local.log"))
+            .expect("log file");
         let child = Command::new(bin("cairn-local"))
-            .arg("--data")
-            .arg(&data)
-            .args(["--node-listen", &addr(), "--node-http", &addr()])
-            .args(["--meta-listen", &addr(), "--meta-peer", &addr(), "--meta-http", &addr()])
-            .args(["--s3-listen", &addr(), "--s3-http", &addr(), "--csi-block-http", &addr()])
-            .args(["--csi-fs-http", &addr()])
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)
             .spawn()
             .expect("start cairn-local");
-        let mut sys = LocalSystem { child: Some(child), root: root.to_path_buf(), data, env: HashMap::new() };
+        self.child = Some(child);
+        let sys = self;
         let env_path = sys.data.join("local.env");
         let deadline = Instant::now() + Duration::from_secs(90);
         while !env_path.exists() {
@@ -57,7 +96,6 @@ impl LocalSystem {
             .lines()
             .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
             .collect();
-        sys
     }
 
     /// The value of `key` in `local.env` (panics naming it when missing).
