@@ -144,7 +144,9 @@ pub fn io_timeout(value: Option<&str>, where_: &str) -> Result<u64, CsiError> {
     let Some(v) = value else { return Ok(DEFAULT_IO_TIMEOUT_SECS) };
     match v.trim().parse::<u64>() {
         Ok(n) if n <= MAX_IO_TIMEOUT_SECS => Ok(n),
-        _ => Err(invalid(format!("{where_} must be a whole number of seconds from 0 to {MAX_IO_TIMEOUT_SECS}, got {v:?}"))),
+        _ => Err(invalid(format!(
+            "{where_} must be a whole number of seconds from 0 to {MAX_IO_TIMEOUT_SECS}, got {v:?}"
+        ))),
     }
 }
 

@@ -33,9 +33,10 @@ impl EngineError {
         match self {
             EngineError::Cluster(e) => e.is_transient(),
             EngineError::Meta(e) => e.is_transient() || matches!(e, metadata_client::MetaClientError::Indeterminate(_)),
-            EngineError::OutOfRange { .. } | EngineError::Fenced { .. } | EngineError::Invalid(_) | EngineError::Corrupt(_) => {
-                false
-            }
+            EngineError::OutOfRange { .. }
+            | EngineError::Fenced { .. }
+            | EngineError::Invalid(_)
+            | EngineError::Corrupt(_) => false,
         }
     }
 }

@@ -22,8 +22,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use chunk_engine::ChunkHash;
-use cluster::{ChunkClient, IoRetry};
 use cluster::refs::{add_refs, remove_refs};
+use cluster::{ChunkClient, IoRetry};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use metadata_client::{MetaClient, Txn};
 use tokio::sync::{Mutex, RwLock};
