@@ -133,6 +133,7 @@ impl Driver {
             published: Default::default(),
             populated: source.is_none(),
             source: source.map(|(s, _, _)| s),
+            io_timeout_secs: p.io_timeout_secs,
         };
         let rec = match self.volumes.create(rec.clone()).await? {
             Created::New(v) => {

@@ -47,6 +47,14 @@ pub struct DatapathSpec {
     /// Also export the volume over NBD on this unix socket.
     #[serde(default)]
     pub nbd_socket: Option<PathBuf>,
+    /// Seconds I/O is retried while the pool or the metadata service is unreachable before it
+    /// fails with EIO (the volume's `ioTimeout`; specs written before it existed: the default).
+    #[serde(default = "io_timeout_default")]
+    pub io_timeout_secs: u64,
+}
+
+fn io_timeout_default() -> u64 {
+    csi_kit::params::DEFAULT_IO_TIMEOUT_SECS
 }
 
 csi_kit::versioned!(SPEC_VERSION => DatapathSpec);
@@ -123,8 +131,40 @@ async fn open(spec: &DatapathSpec) -> Result<Volume, CsiError> {
         .await
         .map_err(|e| CsiError::Unavailable(format!("storage pool: {e}")))?;
     let geometry = Geometry { capacity: rec.capacity_bytes, block_size: u64::from(rec.block_size) };
-    Volume::open(meta, pool, &rec.id, geometry, spec.generation).await.map_err(|e| match e {
+    let volume = Volume::open(meta, pool, &rec.id, geometry, spec.generation).await.map_err(|e| match e {
         EngineError::Fenced { .. } => CsiError::FailedPrecondition(format!("{e}: the volume was published elsewhere")),
         other => CsiError::Unavailable(other.to_string()),
-    })
+    })?;
+    Ok(volume.with_io_retry(cluster::IoRetry::new(std::time::Duration::from_secs(spec.io_timeout_secs))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_round_trips_and_older_specs_get_the_default_io_timeout() {
+        let tmp = tempfile::tempdir().unwrap();
+        let spec = DatapathSpec {
+            version: SPEC_VERSION,
+            volume_id: "blk-00000000000000000000000000000001".into(),
+            generation: 3,
+            meta: vec!["127.0.0.1:1".into()],
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            log: "info".into(),
+            nbd_socket: None,
+            io_timeout_secs: 7,
+        };
+        let d = DATAPATH.dir(tmp.path());
+        std::fs::write(d.spec(), serde_json::to_vec(&spec).unwrap()).unwrap();
+        let back: DatapathSpec = d.load_spec().unwrap();
+        assert_eq!((back.volume_id, back.generation, back.io_timeout_secs), (spec.volume_id.clone(), 3, 7));
+        // A spec as releases before `ioTimeout` wrote it.
+        let mut old = serde_json::to_value(&spec).unwrap();
+        old.as_object_mut().unwrap().remove("io_timeout_secs");
+        std::fs::write(d.spec(), serde_json::to_vec(&old).unwrap()).unwrap();
+        assert_eq!(d.load_spec::<DatapathSpec>().unwrap().io_timeout_secs, 120);
+    }
 }

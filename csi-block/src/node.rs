@@ -136,6 +136,7 @@ impl Driver {
             tls_key: self.cfg.tls_key.clone(),
             log: self.cfg.log.clone(),
             nbd_socket: self.cfg.nbd_export.then(|| d.path().join("nbd.sock")),
+            io_timeout_secs: rec.io_timeout_secs,
         };
         let pid = d.start(&spec).await?;
         let mut st = StagedState {

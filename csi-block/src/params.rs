@@ -39,10 +39,14 @@ pub struct VolumeParams {
     /// `fsType` parameter, when given.
     pub fs_type: Option<String>,
     pub spread: Spread,
+    /// `ioTimeout`: seconds the data path retries I/O while the pool or metadata service is
+    /// unreachable (0: fail at once).
+    pub io_timeout_secs: u64,
 }
 
 /// The parameters a StorageClass may set (others are refused, so a typo is not silently ignored).
-pub const KNOWN_PARAMETERS: [&str; 5] = ["replicas", "minReplicas", "blockSize", "fsType", "failureDomain"];
+pub const KNOWN_PARAMETERS: [&str; 6] =
+    ["replicas", "minReplicas", "blockSize", "fsType", "failureDomain", csi_kit::params::IO_TIMEOUT];
 
 /// Parses StorageClass parameters. Keys the Kubernetes sidecars add (`csi.storage.k8s.io/...`)
 /// are ignored.
@@ -87,7 +91,8 @@ pub fn parse_parameters(p: &HashMap<String, String>, default_replicas: u32) -> R
         Some("zone") => Spread::Zone,
         Some(o) => return Err(invalid(format!("parameter failureDomain must be host or zone, got {o:?}"))),
     };
-    Ok(VolumeParams { replicas, min_replicas, block_size, fs_type, spread })
+    let io_timeout_secs = csi_kit::params::io_timeout(p.get("ioTimeout").map(String::as_str), "parameter ioTimeout")?;
+    Ok(VolumeParams { replicas, min_replicas, block_size, fs_type, spread, io_timeout_secs })
 }
 
 /// The volume capabilities a block volume offers: one node at a time, or many nodes reading;
@@ -164,6 +169,9 @@ mod tests {
     fn storage_class_parameters() {
         let p = parse_parameters(&params(&[]), 3).unwrap();
         assert_eq!((p.replicas, p.min_replicas, p.block_size, p.spread), (3, 2, DEFAULT_BLOCK_SIZE, Spread::Host));
+        assert_eq!(p.io_timeout_secs, 120);
+        assert_eq!(parse_parameters(&params(&[("ioTimeout", "0")]), 3).unwrap().io_timeout_secs, 0);
+        assert_eq!(parse_parameters(&params(&[("ioTimeout", "15")]), 3).unwrap().io_timeout_secs, 15);
         let p = parse_parameters(
             &params(&[("replicas", "2"), ("blockSize", "4096"), ("fsType", "xfs"), ("failureDomain", "zone")]),
             3,
@@ -181,6 +189,8 @@ mod tests {
             ("fsType", "btrfs"),
             ("failureDomain", "rack"),
             ("replica", "3"),
+            ("ioTimeout", "-1"),
+            ("ioTimeout", "2m"),
         ] {
             let e = parse_parameters(&params(&[bad]), 3).unwrap_err();
             assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad:?}");

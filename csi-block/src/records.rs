@@ -104,10 +104,18 @@ pub struct VolumeRecord {
     /// False until the source's blocks are in; such a volume is not published.
     #[serde(default = "populated_default")]
     pub populated: bool,
+    /// Seconds its data path retries I/O while the pool or the metadata service is unreachable
+    /// (StorageClass `ioTimeout`; records written before it existed get the default).
+    #[serde(default = "io_timeout_default")]
+    pub io_timeout_secs: u64,
 }
 
 fn populated_default() -> bool {
     true
+}
+
+fn io_timeout_default() -> u64 {
+    csi_kit::params::DEFAULT_IO_TIMEOUT_SECS
 }
 
 /// The content source of a volume.
@@ -161,5 +169,31 @@ mod tests {
         let err = decode::<NodeRecord>(b"k", &encode(&n)).unwrap_err();
         assert!(err.to_string().contains("format version 9"), "{err}");
         assert!(prefix_end(VOLUMES_PREFIX.as_bytes()) > volume_key(&id));
+    }
+
+    #[test]
+    fn volume_records_keep_their_io_timeout_and_older_ones_get_the_default() {
+        let rec = VolumeRecord {
+            version: RECORD_VERSION,
+            id: new_volume_id(),
+            name: "pv".into(),
+            capacity_bytes: 1 << 30,
+            block_size: 65536,
+            replicas: 3,
+            min_replicas: 2,
+            fs_type: "ext4".into(),
+            created_unix_ms: 1,
+            generation: 4,
+            published: BTreeMap::new(),
+            source: None,
+            populated: true,
+            io_timeout_secs: 30,
+        };
+        assert_eq!(decode::<VolumeRecord>(b"k", &encode(&rec)).unwrap(), rec);
+        // A record as releases before `ioTimeout` wrote it.
+        let old = br#"{"version":1,"id":"blk-00000000000000000000000000000001","name":"pv","capacity_bytes":1073741824,
+            "block_size":65536,"replicas":3,"min_replicas":2,"fs_type":"ext4","created_unix_ms":1,"generation":4}"#;
+        let old: VolumeRecord = decode(b"k", old).unwrap();
+        assert_eq!(old.io_timeout_secs, csi_kit::params::DEFAULT_IO_TIMEOUT_SECS);
     }
 }

@@ -91,6 +91,7 @@ impl Driver {
             created_unix_ms: now_ms(),
             source: source.map(|(s, _)| s),
             populated: false,
+            io_timeout_secs: params::io_timeout(&r.parameters)?,
         };
         let rec = match self.volumes.create(rec.clone()).await? {
             Created::New(v) => {

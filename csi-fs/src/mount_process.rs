@@ -50,6 +50,14 @@ pub struct MountSpec {
     pub tls_key: Option<PathBuf>,
     /// Log filter.
     pub log: String,
+    /// Seconds operations retry while the metadata service or storage nodes are unreachable
+    /// before failing with EIO (specs written before it existed: the default).
+    #[serde(default = "io_timeout_default")]
+    pub io_timeout_secs: u64,
+}
+
+fn io_timeout_default() -> u64 {
+    csi_kit::params::DEFAULT_IO_TIMEOUT_SECS
 }
 
 csi_kit::versioned!(SPEC_VERSION => MountSpec);
@@ -126,6 +134,7 @@ async fn mount(
         client_id: spec.client_id.clone(),
         node: spec.node.clone(),
         read_only: spec.read_only,
+        io_timeout: std::time::Duration::from_secs(spec.io_timeout_secs),
     };
     let mounted = fs_client::mount(meta.clone(), pool, opts, &mnt)
         .await
@@ -151,9 +160,15 @@ mod tests {
             tls_cert: None,
             tls_key: None,
             log: "info".into(),
+            io_timeout_secs: 5,
         };
         let d = MOUNT_PROCESS.dir(tmp.path());
         std::fs::write(d.spec(), serde_json::to_vec(&spec).unwrap()).unwrap();
         assert_eq!(d.load_spec::<MountSpec>().unwrap(), spec);
+        // A spec as releases before `ioTimeout` wrote it.
+        let mut old = serde_json::to_value(&spec).unwrap();
+        old.as_object_mut().unwrap().remove("io_timeout_secs");
+        std::fs::write(d.spec(), serde_json::to_vec(&old).unwrap()).unwrap();
+        assert_eq!(d.load_spec::<MountSpec>().unwrap().io_timeout_secs, 120);
     }
 }

@@ -108,6 +108,7 @@ impl Driver {
             tls_cert: self.cfg.tls_cert.clone(),
             tls_key: self.cfg.tls_key.clone(),
             log: self.cfg.log.clone(),
+            io_timeout_secs: params::io_timeout_flag(cap)?.unwrap_or(rec.io_timeout_secs),
         };
         let pid = d.start(&spec).await?;
         let st = StagedState {

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use cairn_proto::csi::v1::volume_capability::AccessType;
 use cairn_proto::csi::v1::volume_capability::access_mode::Mode;
 use cairn_proto::csi::v1::{CapacityRange, VolumeCapability};
 use csi_kit::CsiError;
@@ -19,7 +20,7 @@ pub const MAX_CAPACITY: u64 = 1 << 50;
 pub const FS_TYPE: &str = "cairnfs";
 
 /// The parameters a StorageClass may set (others are refused, so a typo is not silently ignored).
-pub const KNOWN_PARAMETERS: [&str; 1] = ["fsType"];
+pub const KNOWN_PARAMETERS: [&str; 2] = ["fsType", csi_kit::params::IO_TIMEOUT];
 
 /// Checks StorageClass parameters. Keys the Kubernetes sidecars add (`csi.storage.k8s.io/...`)
 /// pass.
@@ -35,7 +36,25 @@ pub fn check_parameters(p: &HashMap<String, String>) -> Result<(), CsiError> {
             return Err(invalid(format!("parameter fsType must be {FS_TYPE}, got {v:?}")));
         }
     }
+    io_timeout(p)?;
     Ok(())
+}
+
+/// The `ioTimeout` StorageClass parameter: seconds a mount's operations retry while the
+/// metadata service or storage nodes are unreachable (the default when absent).
+pub fn io_timeout(p: &HashMap<String, String>) -> Result<u64, CsiError> {
+    csi_kit::params::io_timeout(p.get(csi_kit::params::IO_TIMEOUT).map(String::as_str), "parameter ioTimeout")
+}
+
+/// The `ioTimeout=<seconds>` mount option of a stage's capability, which overrides the
+/// volume's (None: not given).
+pub fn io_timeout_flag(cap: &VolumeCapability) -> Result<Option<u64>, CsiError> {
+    let Some(AccessType::Mount(m)) = &cap.access_type else { return Ok(None) };
+    let prefix = format!("{}=", csi_kit::params::IO_TIMEOUT);
+    match m.mount_flags.iter().rev().find_map(|f| f.strip_prefix(&prefix)) {
+        None => Ok(None),
+        Some(v) => csi_kit::params::io_timeout(Some(v), "mount option ioTimeout").map(Some),
+    }
 }
 
 /// The volume capabilities a shared filesystem offers: every access mode the spec names, mount
@@ -92,11 +111,29 @@ mod tests {
     fn storage_class_parameters() {
         check_parameters(&params(&[])).unwrap();
         check_parameters(&params(&[("fsType", "cairnfs"), ("csi.storage.k8s.io/pvc/name", "data")])).unwrap();
-        for bad in [("fsType", "ext4"), ("replicas", "3")] {
+        assert_eq!(io_timeout(&params(&[])).unwrap(), 120);
+        assert_eq!(io_timeout(&params(&[("ioTimeout", "0")])).unwrap(), 0);
+        check_parameters(&params(&[("ioTimeout", "30")])).unwrap();
+        for bad in [("fsType", "ext4"), ("replicas", "3"), ("ioTimeout", "soon"), ("ioTimeout", "-5")] {
             let e = check_parameters(&params(&[bad])).unwrap_err();
             assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad:?}");
             assert!(e.to_string().contains(bad.0), "{bad:?}: {e}");
         }
+    }
+
+    #[test]
+    fn io_timeout_mount_option() {
+        let with = |flags: &[&str]| {
+            let mut c = cap(Mode::SingleNodeWriter, Some(""));
+            if let Some(AccessType::Mount(m)) = c.access_type.as_mut() {
+                m.mount_flags = flags.iter().map(|f| f.to_string()).collect();
+            }
+            c
+        };
+        assert_eq!(io_timeout_flag(&with(&[])).unwrap(), None);
+        assert_eq!(io_timeout_flag(&with(&["noatime", "ioTimeout=7"])).unwrap(), Some(7));
+        let e = io_timeout_flag(&with(&["ioTimeout=x"])).unwrap_err();
+        assert!(e.to_string().contains("mount option ioTimeout"), "{e}");
     }
 
     #[test]

@@ -95,6 +95,15 @@ pub struct VolumeRecord {
     /// False until its filesystem exists (made empty, or copied from the source); such a
     /// volume is not staged. A repeated CreateVolume finishes what a crash interrupted.
     pub populated: bool,
+    /// Seconds its mounts retry operations while the metadata service or storage nodes are
+    /// unreachable (StorageClass `ioTimeout`; records written before it existed get the
+    /// default).
+    #[serde(default = "io_timeout_default")]
+    pub io_timeout_secs: u64,
+}
+
+fn io_timeout_default() -> u64 {
+    csi_kit::params::DEFAULT_IO_TIMEOUT_SECS
 }
 
 /// A snapshot: a copy of its volume's filesystem (never mounted), sharing its chunks.
@@ -141,10 +150,14 @@ mod tests {
             created_unix_ms: 1,
             source: Some(Source::Snapshot(s.clone())),
             populated: false,
+            io_timeout_secs: 9,
         };
         let text = encode(&rec);
         assert!(String::from_utf8_lossy(&text).contains("\"snapshot\""));
         assert_eq!(decode::<VolumeRecord>(b"k", &text).unwrap(), rec);
+        // A record as releases before `ioTimeout` wrote it.
+        let old = br#"{"version":1,"id":"fs-1","name":"pv","capacity_bytes":1,"created_unix_ms":1,"populated":true}"#;
+        assert_eq!(decode::<VolumeRecord>(b"k", old).unwrap().io_timeout_secs, 120);
         let newer = VolumeRecord { version: 2, ..rec };
         let err = decode::<VolumeRecord>(b"k", &encode(&newer)).unwrap_err();
         assert!(err.to_string().contains("format version 2"), "{err}");

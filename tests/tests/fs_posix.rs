@@ -62,7 +62,13 @@ fn start() -> Stack {
 impl Stack {
     fn mount(&self, fs: &str, name: &str) -> (Mounted, PathBuf) {
         let at = self.dir.path().join(name);
-        let opts = ClientOptions { fs_id: fs.into(), client_id: name.into(), node: name.into(), read_only: false };
+        let opts = ClientOptions {
+            fs_id: fs.into(),
+            client_id: name.into(),
+            node: name.into(),
+            read_only: false,
+            io_timeout: std::time::Duration::ZERO,
+        };
         let m = self.rt.block_on(fs_client::mount(self.meta.clone(), self.pool.clone(), opts, &at)).unwrap();
         (m, at)
     }

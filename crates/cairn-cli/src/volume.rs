@@ -392,6 +392,7 @@ mod tests {
                 .collect(),
             source: None,
             populated: true,
+            io_timeout_secs: 120,
         }
     }
 

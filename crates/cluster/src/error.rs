@@ -21,3 +21,33 @@ pub enum ClusterError {
     #[error("{0}")]
     Unavailable(String),
 }
+
+impl ClusterError {
+    /// Whether the operation failed only because storage nodes or the metadata service could
+    /// not be reached (fewer nodes up than needed, refused connections, timeouts) and may succeed
+    /// when they are back. The one classification data paths retry by (see [`crate::IoRetry`]).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClusterError::Unavailable(_) => true,
+            ClusterError::Meta(e) => e.is_transient(),
+            ClusterError::Config(_) | ClusterError::NotFound(_) | ClusterError::Stale(_) => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use metadata_client::MetaClientError;
+
+    #[test]
+    fn unreachable_nodes_and_metadata_are_transient_the_rest_is_not() {
+        let down = MetaClientError::Unavailable { waited: std::time::Duration::ZERO, last_error: "refused".into() };
+        assert!(ClusterError::Unavailable("1 of 2 copies durable".into()).is_transient());
+        assert!(ClusterError::Meta(down).is_transient());
+        assert!(!ClusterError::Meta(MetaClientError::Indeterminate("x".into())).is_transient());
+        assert!(!ClusterError::NotFound(ChunkHash::of(b"x")).is_transient());
+        assert!(!ClusterError::Config("x".into()).is_transient());
+        assert!(!ClusterError::Stale("x".into()).is_transient());
+    }
+}

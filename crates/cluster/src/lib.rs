@@ -5,6 +5,7 @@
 mod client;
 mod error;
 pub mod gc;
+pub mod io_retry;
 pub mod nodemap;
 pub mod refs;
 mod repair_status;
@@ -12,6 +13,7 @@ pub mod settings;
 
 pub use client::{ChunkClient, ClientConfig, PutReport, UNDER_PREFIX, UnderReplicated};
 pub use error::ClusterError;
+pub use io_retry::{Attempts, DEFAULT_IO_TIMEOUT, IoRetry};
 pub use nodemap::{AdminState, NodeMap, NodeRecord, NodeState, Timeouts};
 pub use repair_status::{REPAIR_PREFIX, RepairProgress};
 pub use settings::{PoolSettings, SETTINGS_KEY};

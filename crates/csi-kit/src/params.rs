@@ -129,6 +129,27 @@ pub fn capacity(range: Option<&CapacityRange>, default: u64, max: u64) -> Result
     Ok(size)
 }
 
+/// The StorageClass parameter (and csi-fs mount option, `ioTimeout=<s>`) naming how many
+/// seconds a volume's I/O waits out an unreachable metadata service or storage nodes before it
+/// fails with EIO; 0 fails at once.
+pub const IO_TIMEOUT: &str = "ioTimeout";
+/// The I/O timeout when none is set (open-iscsi's `replacement_timeout`).
+pub const DEFAULT_IO_TIMEOUT_SECS: u64 = 120;
+/// The longest I/O timeout (a day).
+pub const MAX_IO_TIMEOUT_SECS: u64 = 86_400;
+
+/// The I/O timeout `value` of `where_` (e.g. "parameter ioTimeout") names, in seconds: the
+/// default when absent; a whole number from 0 to a day, else InvalidArgument.
+pub fn io_timeout(value: Option<&str>, where_: &str) -> Result<u64, CsiError> {
+    let Some(v) = value else { return Ok(DEFAULT_IO_TIMEOUT_SECS) };
+    match v.trim().parse::<u64>() {
+        Ok(n) if n <= MAX_IO_TIMEOUT_SECS => Ok(n),
+        _ => Err(invalid(format!(
+            "{where_} must be a whole number of seconds from 0 to {MAX_IO_TIMEOUT_SECS}, got {v:?}"
+        ))),
+    }
+}
+
 /// Whether a volume of `size` bytes satisfies `range`.
 pub fn fits(size: u64, range: Option<&CapacityRange>) -> bool {
     let Some(r) = range else { return true };
@@ -138,6 +159,18 @@ pub fn fits(size: u64, range: Option<&CapacityRange>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn io_timeout_is_checked_and_defaults_to_two_minutes() {
+        assert_eq!(io_timeout(None, "parameter ioTimeout").unwrap(), 120);
+        assert_eq!(io_timeout(Some("0"), "parameter ioTimeout").unwrap(), 0);
+        assert_eq!(io_timeout(Some(" 30 "), "parameter ioTimeout").unwrap(), 30);
+        for bad in ["-1", "1.5", "2m", "", "86401"] {
+            let e = io_timeout(Some(bad), "parameter ioTimeout").unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad:?}");
+            assert!(e.to_string().contains("parameter ioTimeout"), "{e}");
+        }
+    }
 
     const CAPS: Capabilities = Capabilities {
         modes: &[Mode::SingleNodeWriter],

@@ -40,6 +40,9 @@ pub struct ClientOptions {
     /// The node it runs on.
     pub node: String,
     pub read_only: bool,
+    /// How long an operation that fails because the metadata service or storage nodes are
+    /// unreachable is retried before the call fails with EIO (0: at once).
+    pub io_timeout: std::time::Duration,
 }
 
 /// A mounted filesystem.
@@ -70,7 +73,7 @@ pub async fn mount(
     tokio::fs::create_dir_all(mountpoint)
         .await
         .map_err(|source| FsClientError::Io { what: format!("create {}", mountpoint.display()), source })?;
-    let client = Client::new(ns, pool, &opts.client_id, opts.read_only);
+    let client = Client::new(ns, pool, &opts.client_id, opts.read_only, cluster::IoRetry::new(opts.io_timeout));
     let mut mo = MountOptions::default();
     mo.fs_name(format!("cairnfs-{}", opts.fs_id))
         .allow_other(true)

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cluster::ChunkClient;
+use cluster::{ChunkClient, IoRetry};
 use fs_meta::inode::Dentry;
 use fs_meta::locks::{LockKind, LockOwner};
 use fs_meta::namespace::{NewInode, RenameFlags, SetAttrs, Unlinked};
@@ -47,6 +47,27 @@ struct QuotaView {
     used: u64,
 }
 
+/// Runs one operation `$call` (a namespace or file-data call, awaited here), retrying it while
+/// it fails transiently — the metadata service or storage nodes unreachable — for the mount's
+/// I/O timeout; its reply's errno otherwise. Every retried operation either was not applied (a
+/// transaction the service refused to take) or is idempotent (file data is kept in memory until
+/// its commit succeeds). A macro, not a closure: calls borrow lock guards and arguments.
+macro_rules! io {
+    ($client:expr, $op:literal, $call:expr) => {{
+        let mut attempts = $client.retry.attempts($op);
+        loop {
+            match $call.await {
+                Ok(v) => break Ok(attempts.succeeded(v)),
+                Err(e) => {
+                    if let Err(e) = attempts.failed(e, FsError::is_transient).await {
+                        break Err(errno(e));
+                    }
+                }
+            }
+        }
+    }};
+}
+
 /// A directory's entries as taken at opendir (`.` and `..` first).
 type Listing = Vec<(Vec<u8>, Dentry)>;
 
@@ -73,6 +94,8 @@ pub struct Inner {
     lockers: Mutex<std::collections::HashSet<(u64, u64)>>,
     /// The mount's channel for telling the kernel to drop cached attributes (set once mounted).
     kernel: std::sync::OnceLock<fuse3::notify::Notify>,
+    /// How long an operation that failed transiently is retried before it fails with EIO.
+    retry: IoRetry,
 }
 
 impl std::ops::Deref for Client {
@@ -83,8 +106,11 @@ impl std::ops::Deref for Client {
 }
 
 impl Client {
-    pub fn new(ns: Namespace, pool: ChunkClient, client_id: &str, read_only: bool) -> Client {
+    /// A client of `ns` whose operations retry transient failures (see [`FsError::is_transient`])
+    /// as `retry` says.
+    pub fn new(ns: Namespace, pool: ChunkClient, client_id: &str, read_only: bool, retry: IoRetry) -> Client {
         Client(Arc::new(Inner {
+            retry,
             ns,
             client_id: client_id.to_string(),
             pool,
@@ -198,7 +224,7 @@ impl Client {
         }
         let stale = self.quota.lock().expect("quota lock").read_at.is_none_or(|t| t.elapsed() > QUOTA_FRESH);
         if stale {
-            let (rec, usage) = self.ns.statfs().await.map_err(errno)?;
+            let (rec, usage) = io!(self, "statfs", self.ns.statfs())?;
             let mut q = self.quota.lock().expect("quota lock");
             *q = QuotaView { read_at: Some(Instant::now()), quota: rec.quota_bytes, used: usage.bytes };
         }
@@ -228,7 +254,7 @@ impl Client {
 
     async fn make(&self, parent: u64, name: &OsStr, new: NewInode) -> FuseResult<(u64, Inode)> {
         self.writable()?;
-        self.ns.create(parent, name.as_bytes(), new).await.map_err(errno)
+        io!(self, "create", self.ns.create(parent, name.as_bytes(), new.clone()))
     }
 }
 
@@ -242,19 +268,19 @@ impl Filesystem for Client {
     }
 
     async fn lookup(&self, _req: Request, parent: u64, name: &OsStr) -> FuseResult<ReplyEntry> {
-        let (ino, i) = self.ns.lookup(parent, name.as_bytes()).await.map_err(errno)?;
+        let (ino, i) = io!(self, "lookup", self.ns.lookup(parent, name.as_bytes()))?;
         Ok(self.entry(ino, &i).await)
     }
 
     async fn getattr(&self, _req: Request, inode: u64, _fh: Option<u64>, _flags: u32) -> FuseResult<ReplyAttr> {
-        let (_, i) = self.ns.inode(inode).await.map_err(errno)?;
+        let (_, i) = io!(self, "inode", self.ns.inode(inode))?;
         Ok(ReplyAttr { ttl: TTL, attr: self.attr_of(inode, &i).await })
     }
 
     async fn setattr(&self, _req: Request, inode: u64, _fh: Option<u64>, set: SetAttr) -> FuseResult<ReplyAttr> {
         self.writable()?;
         if let Some(size) = set.size {
-            let (_, i) = self.ns.inode(inode).await.map_err(errno)?;
+            let (_, i) = io!(self, "inode", self.ns.inode(inode))?;
             if i.kind != Kind::File {
                 return Err(if i.kind == Kind::Dir { libc::EISDIR } else { libc::EINVAL }.into());
             }
@@ -264,7 +290,7 @@ impl Filesystem for Client {
                 if size > st.size {
                     self.check_growth(size - st.size).await?;
                 }
-                st.truncate(&self.dp(), inode, size).await.map_err(errno)
+                io!(self, "truncate", st.truncate(&self.dp(), inode, size))
             }
             .await;
             self.files.close(inode);
@@ -283,15 +309,15 @@ impl Filesystem for Client {
             || attrs.atime.is_some()
             || attrs.mtime.is_some()
         {
-            self.ns.setattr(inode, attrs).await.map_err(errno)?
+            io!(self, "setattr", self.ns.setattr(inode, attrs))?
         } else {
-            self.ns.inode(inode).await.map_err(errno)?.1
+            io!(self, "inode", self.ns.inode(inode))?.1
         };
         Ok(ReplyAttr { ttl: TTL, attr: self.attr_of(inode, &i).await })
     }
 
     async fn readlink(&self, _req: Request, inode: u64) -> FuseResult<ReplyData> {
-        let (_, i) = self.ns.inode(inode).await.map_err(errno)?;
+        let (_, i) = io!(self, "inode", self.ns.inode(inode))?;
         match i.target {
             Some(t) if i.kind == Kind::Symlink => Ok(ReplyData { data: Bytes::from(t) }),
             _ => Err(libc::EINVAL.into()),
@@ -341,14 +367,14 @@ impl Filesystem for Client {
     async fn unlink(&self, _req: Request, parent: u64, name: &OsStr) -> FuseResult<()> {
         self.writable()?;
         let open = |ino: u64| self.files.get(ino).is_some();
-        let u = self.ns.unlink(parent, name.as_bytes(), &open).await.map_err(errno)?;
+        let u = io!(self, "unlink", self.ns.unlink(parent, name.as_bytes(), &open))?;
         self.unlinked(u).await;
         Ok(())
     }
 
     async fn rmdir(&self, _req: Request, parent: u64, name: &OsStr) -> FuseResult<()> {
         self.writable()?;
-        self.ns.rmdir(parent, name.as_bytes()).await.map_err(errno)
+        io!(self, "rmdir", self.ns.rmdir(parent, name.as_bytes()))
     }
 
     async fn rename(
@@ -378,20 +404,20 @@ impl Filesystem for Client {
             return Err(libc::EINVAL.into());
         }
         let f = RenameFlags { noreplace: flags & RENAME_NOREPLACE != 0, exchange: flags & RENAME_EXCHANGE != 0 };
-        let u = self.ns.rename(parent, name.as_bytes(), new_parent, new_name.as_bytes(), f).await.map_err(errno)?;
+        let u = io!(self, "rename", self.ns.rename(parent, name.as_bytes(), new_parent, new_name.as_bytes(), f))?;
         self.unlinked(u).await;
         Ok(())
     }
 
     async fn link(&self, _req: Request, inode: u64, new_parent: u64, new_name: &OsStr) -> FuseResult<ReplyEntry> {
         self.writable()?;
-        let i = self.ns.link(inode, new_parent, new_name.as_bytes()).await.map_err(errno)?;
+        let i = io!(self, "link", self.ns.link(inode, new_parent, new_name.as_bytes()))?;
         Ok(self.entry(inode, &i).await)
     }
 
     async fn open(&self, _req: Request, inode: u64, flags: u32) -> FuseResult<ReplyOpen> {
         // Close-to-open: what other clients committed before this open is seen.
-        let (_, i) = self.ns.inode_fresh(inode).await.map_err(errno)?;
+        let (_, i) = io!(self, "inode_fresh", self.ns.inode_fresh(inode))?;
         if i.kind == Kind::Dir {
             return Err(libc::EISDIR.into());
         }
@@ -405,7 +431,7 @@ impl Filesystem for Client {
         let fh = self.open_file(inode, &i).await;
         if flags as i32 & libc::O_TRUNC != 0 && acc != libc::O_RDONLY && i.size > 0 {
             let f = self.files.get(inode).ok_or_else(|| Errno::from(libc::EIO))?;
-            f.state.lock().await.truncate(&self.dp(), inode, 0).await.map_err(errno)?;
+            io!(self, "truncate", f.state.lock().await.truncate(&self.dp(), inode, 0))?;
         }
         Ok(ReplyOpen { fh, flags: 0 })
     }
@@ -421,7 +447,7 @@ impl Filesystem for Client {
 
     async fn read(&self, _req: Request, inode: u64, _fh: u64, offset: u64, size: u32) -> FuseResult<ReplyData> {
         let f = self.files.get(inode).ok_or_else(|| Errno::from(libc::EBADF))?;
-        let data = f.state.lock().await.read(&self.dp(), inode, offset, u64::from(size)).await.map_err(errno)?;
+        let data = io!(self, "read", f.state.lock().await.read(&self.dp(), inode, offset, u64::from(size)))?;
         Ok(ReplyData { data })
     }
 
@@ -442,12 +468,12 @@ impl Filesystem for Client {
         if end > st.size {
             self.check_growth(end - st.size).await?;
         }
-        st.write(&self.dp(), inode, offset, data).await.map_err(errno)?;
+        io!(self, "write", st.write(&self.dp(), inode, offset, data))?;
         Ok(ReplyWrite { written: data.len() as u32 })
     }
 
     async fn statfs(&self, _req: Request, _inode: u64) -> FuseResult<ReplyStatFs> {
-        let (rec, usage) = self.ns.statfs().await.map_err(errno)?;
+        let (rec, usage) = io!(self, "statfs", self.ns.statfs())?;
         const BSIZE: u64 = 4096;
         let blocks = rec.quota_bytes / BSIZE;
         let used = usage.bytes.div_ceil(BSIZE);
@@ -468,10 +494,10 @@ impl Filesystem for Client {
 
     async fn flush(&self, _req: Request, inode: u64, _fh: u64, lock_owner: u64) -> FuseResult<()> {
         if self.lockers.lock().expect("lockers lock").remove(&(inode, lock_owner)) {
-            self.ns.release_locks(inode, &self.owner(lock_owner)).await.map_err(errno)?;
+            io!(self, "release_locks", self.ns.release_locks(inode, &self.owner(lock_owner)))?;
         }
         if let Some(f) = self.files.get(inode) {
-            f.state.lock().await.flush(&self.dp(), inode).await.map_err(errno)?;
+            io!(self, "flush", f.state.lock().await.flush(&self.dp(), inode))?;
         }
         Ok(())
     }
@@ -493,7 +519,7 @@ impl Filesystem for Client {
             tracing::warn!(ino = inode, error = %e, "releasing locks at close failed");
         }
         let flushed = match self.files.get(inode) {
-            Some(f) => f.state.lock().await.flush(&self.dp(), inode).await,
+            Some(f) => io!(self, "flush", f.state.lock().await.flush(&self.dp(), inode)),
             None => Ok(()),
         };
         if let Some(last) = self.files.close(inode)
@@ -501,12 +527,12 @@ impl Filesystem for Client {
         {
             self.unlinked(Some(Unlinked { ino: inode })).await;
         }
-        flushed.map_err(errno)
+        flushed
     }
 
     async fn fsync(&self, _req: Request, inode: u64, _fh: u64, _datasync: bool) -> FuseResult<()> {
         if let Some(f) = self.files.get(inode) {
-            f.state.lock().await.flush(&self.dp(), inode).await.map_err(errno)?;
+            io!(self, "flush", f.state.lock().await.flush(&self.dp(), inode))?;
         }
         Ok(())
     }
@@ -521,20 +547,18 @@ impl Filesystem for Client {
         _position: u32,
     ) -> FuseResult<()> {
         self.writable()?;
-        self.ns
-            .setxattr(inode, name.as_bytes(), value, flags & XATTR_CREATE != 0, flags & XATTR_REPLACE != 0)
-            .await
-            .map_err(errno)
+        let (create, replace) = (flags & XATTR_CREATE != 0, flags & XATTR_REPLACE != 0);
+        io!(self, "setxattr", self.ns.setxattr(inode, name.as_bytes(), value, create, replace))
     }
 
     async fn getxattr(&self, _req: Request, inode: u64, name: &OsStr, size: u32) -> FuseResult<ReplyXAttr> {
-        let v = self.ns.getxattr(inode, name.as_bytes()).await.map_err(errno)?;
+        let v = io!(self, "getxattr", self.ns.getxattr(inode, name.as_bytes()))?;
         xattr_reply(v, size)
     }
 
     async fn listxattr(&self, _req: Request, inode: u64, size: u32) -> FuseResult<ReplyXAttr> {
         let mut all = Vec::new();
-        for n in self.ns.listxattr(inode).await.map_err(errno)? {
+        for n in io!(self, "listxattr", self.ns.listxattr(inode))? {
             all.extend_from_slice(&n);
             all.push(0);
         }
@@ -543,17 +567,17 @@ impl Filesystem for Client {
 
     async fn removexattr(&self, _req: Request, inode: u64, name: &OsStr) -> FuseResult<()> {
         self.writable()?;
-        self.ns.removexattr(inode, name.as_bytes()).await.map_err(errno)
+        io!(self, "removexattr", self.ns.removexattr(inode, name.as_bytes()))
     }
 
     async fn opendir(&self, _req: Request, inode: u64, _flags: u32) -> FuseResult<ReplyOpen> {
-        let (_, i) = self.ns.inode(inode).await.map_err(errno)?;
+        let (_, i) = io!(self, "inode", self.ns.inode(inode))?;
         if i.kind != Kind::Dir {
             return Err(libc::ENOTDIR.into());
         }
         let mut list = vec![(b".".to_vec(), Dentry { ino: inode, kind: Kind::Dir })];
         list.push((b"..".to_vec(), Dentry { ino: if i.parent == 0 { inode } else { i.parent }, kind: Kind::Dir }));
-        list.extend(self.ns.readdir(inode).await.map_err(errno)?);
+        list.extend(io!(self, "readdir", self.ns.readdir(inode))?);
         let fh = self.new_fh();
         self.dirs.lock().expect("dirs lock").insert(fh, Arc::new(list));
         Ok(ReplyOpen { fh, flags: 0 })
@@ -639,7 +663,7 @@ impl Filesystem for Client {
         pid: u32,
     ) -> FuseResult<ReplyLock> {
         let kind = if r#type as i32 == libc::F_RDLCK { LockKind::Read } else { LockKind::Write };
-        match self.ns.test_lock(inode, &self.owner(lock_owner), start, end, kind).await.map_err(errno)? {
+        match io!(self, "test_lock", self.ns.test_lock(inode, &self.owner(lock_owner), start, end, kind))? {
             Some(r) => Ok(ReplyLock { start: r.start, end: r.end, r#type: lock_type(r.kind), pid: r.pid }),
             None => Ok(ReplyLock { start, end, r#type: libc::F_UNLCK as u32, pid }),
         }
@@ -693,11 +717,11 @@ impl Filesystem for Client {
             if mode & FALLOC_FL_PUNCH_HOLE != 0 && mode & FALLOC_FL_KEEP_SIZE == 0 {
                 return Err(libc::EINVAL.into());
             }
-            st.zero_range(&self.dp(), inode, offset, length).await.map_err(errno)?;
+            io!(self, "zero_range", st.zero_range(&self.dp(), inode, offset, length))?;
             let end = offset + length;
             if mode & FALLOC_FL_KEEP_SIZE == 0 && end > st.size {
                 self.check_growth(end - st.size).await?;
-                st.truncate(&self.dp(), inode, end).await.map_err(errno)?;
+                io!(self, "truncate", st.truncate(&self.dp(), inode, end))?;
             }
             return Ok(());
         }
@@ -708,7 +732,7 @@ impl Filesystem for Client {
         let end = offset.checked_add(length).ok_or_else(|| Errno::from(libc::EFBIG))?;
         if mode & FALLOC_FL_KEEP_SIZE == 0 && end > st.size {
             self.check_growth(end - st.size).await?;
-            st.truncate(&self.dp(), inode, end).await.map_err(errno)?;
+            io!(self, "truncate", st.truncate(&self.dp(), inode, end))?;
         }
         Ok(())
     }
@@ -730,7 +754,7 @@ impl Client {
             libc::F_UNLCK => None,
             _ => return Err(libc::EINVAL.into()),
         };
-        let held = self.ns.set_lock(inode, &self.owner(lock_owner), start, end, kind, pid).await.map_err(errno)?;
+        let held = io!(self, "set_lock", self.ns.set_lock(inode, &self.owner(lock_owner), start, end, kind, pid))?;
         if kind.is_some() && held.is_none() {
             self.lockers.lock().expect("lockers lock").insert((inode, lock_owner));
         }

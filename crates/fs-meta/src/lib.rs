@@ -54,6 +54,18 @@ pub enum FsError {
 }
 
 impl FsError {
+    /// Whether the call failed only because the metadata service or storage nodes could not be
+    /// reached, and was not applied: the same call may succeed when they are back (the FUSE
+    /// client retries these for its I/O timeout). An indeterminate transaction is not: its
+    /// outcome must be read first.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            FsError::Meta(e) => e.is_transient(),
+            FsError::Pool(e) => e.is_transient(),
+            _ => false,
+        }
+    }
+
     /// The errno a FUSE reply carries for this error.
     pub fn errno(&self) -> i32 {
         match self {

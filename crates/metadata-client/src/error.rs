@@ -30,3 +30,31 @@ pub enum MetaClientError {
     #[error("metadata service error: {0}")]
     Internal(String),
 }
+
+impl MetaClientError {
+    /// Whether the call failed only because no node could be reached (down, restarting, no
+    /// leader) and was surely not applied: the same call may succeed later. An
+    /// [`Indeterminate`](Self::Indeterminate) transaction is not transient: re-read first.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, MetaClientError::Unavailable { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_unreachable_service_is_transient() {
+        assert!(MetaClientError::Unavailable { waited: Duration::ZERO, last_error: "refused".into() }.is_transient());
+        for e in [
+            MetaClientError::InvalidArgument("x".into()),
+            MetaClientError::Indeterminate("x".into()),
+            MetaClientError::Aborted("x".into()),
+            MetaClientError::Unimplemented("x".into()),
+            MetaClientError::Internal("x".into()),
+        ] {
+            assert!(!e.is_transient(), "{e}");
+        }
+    }
+}

@@ -22,8 +22,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use chunk_engine::ChunkHash;
-use cluster::ChunkClient;
 use cluster::refs::{add_refs, remove_refs};
+use cluster::{ChunkClient, IoRetry};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use metadata_client::{MetaClient, Txn};
 use tokio::sync::{Mutex, RwLock};
@@ -72,6 +72,8 @@ pub struct Volume {
     fenced: std::sync::atomic::AtomicBool,
     /// Woken when the dirty set passes `WRITEBACK_BYTES`.
     pressure: tokio::sync::Notify,
+    /// How long reads, writes and flushes retry transient failures (none unless set).
+    retry: IoRetry,
 }
 
 impl Volume {
@@ -124,7 +126,16 @@ impl Volume {
             taken: AtomicU64::new(0),
             fenced: std::sync::atomic::AtomicBool::new(false),
             pressure: tokio::sync::Notify::new(),
+            retry: IoRetry::none(),
         })
+    }
+
+    /// Makes reads, writes and flushes retry while they fail transiently (the pool or the
+    /// metadata service unreachable: [`EngineError::is_transient`]) for `retry`'s timeout
+    /// before failing; without it they fail at once.
+    pub fn with_io_retry(mut self, retry: IoRetry) -> Self {
+        self.retry = retry;
+        self
     }
 
     pub fn id(&self) -> &str {
@@ -178,8 +189,12 @@ impl Volume {
         }
     }
 
-    /// Reads `len` bytes at `offset`.
+    /// Reads `len` bytes at `offset` (retrying transient failures, see [`Self::with_io_retry`]).
     pub async fn read(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
+        self.retry.run("volume read", EngineError::is_transient, || self.read_once(offset, len)).await
+    }
+
+    async fn read_once(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
         let g = self.geometry().await;
         Self::check_range(&g, offset, len)?;
         let bs = g.block_size;
@@ -255,19 +270,21 @@ impl Volume {
             self.pressure.notify_one();
         }
         if dirty > MAX_DIRTY_BYTES {
-            self.flush().await?;
+            self.flush_once().await?;
         }
         Ok(())
     }
 
-    /// Writes `data` at `offset`.
+    /// Writes `data` at `offset` (retrying transient failures: writing the same bytes again is
+    /// harmless).
     pub async fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
-        self.put_range(offset, data.len() as u64, Some(data)).await
+        let len = data.len() as u64;
+        self.retry.run("volume write", EngineError::is_transient, || self.put_range(offset, len, Some(data))).await
     }
 
     /// Zeroes `len` bytes at `offset`; whole blocks are released (thin again).
     pub async fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
-        self.put_range(offset, len, None).await
+        self.retry.run("volume write-zeroes", EngineError::is_transient, || self.put_range(offset, len, None)).await
     }
 
     /// Flushes in the background whenever more than `WRITEBACK_BYTES` are dirty; runs until the
@@ -304,8 +321,13 @@ impl Volume {
 
     /// Makes every write before this call durable: puts the dirty blocks as replicated chunks,
     /// then commits the block map under the fencing generation. On failure the blocks stay
-    /// dirty (unless fenced) and the error is returned.
+    /// dirty (unless fenced), transient failures are retried (see [`Self::with_io_retry`]), and
+    /// the error is returned.
     pub async fn flush(&self) -> Result<()> {
+        self.retry.run("volume flush", EngineError::is_transient, || self.flush_once()).await
+    }
+
+    async fn flush_once(&self) -> Result<()> {
         let _one = self.flush_lock.lock().await;
         self.check_fence()?;
         let batch = {

@@ -228,6 +228,7 @@ async fn run(args: &Args) -> Res<()> {
         client_id: "bench".into(),
         node: "bench".into(),
         read_only: false,
+        io_timeout: std::time::Duration::ZERO,
     };
     // FUSE alone: the same jobs on a file system held in memory by this process.
     let alone = if args.seq_only { Figures::default() } else { fuse_alone(args).await? };
