@@ -31,7 +31,8 @@ pub struct NodeConfig {
     pub direct_io: bool,
     /// GC rewrites sealed segments whose live fraction is below this. Default 0.5.
     pub gc_live_threshold: f64,
-    /// Seconds between background GC passes; 0 disables them. Default 300.
+    /// Seconds between background GC passes; 0 disables them. Default 30 (a pass with no
+    /// segment under the threshold only reads the accounting).
     pub gc_interval_secs: u64,
     /// Seconds between background scrubs (every chunk read and verified); 0 disables them.
     /// Default 604800 (weekly).
@@ -62,7 +63,9 @@ pub struct NodeConfig {
     /// Bandwidth repair and rebalance may use, in MiB/s (0: unlimited). Default 200.
     pub repair_rate_mib: u64,
     /// Seconds between pool GC rounds, started by the lowest-id node that is up (0: only when
-    /// the operator runs `cairn cluster gc`). Default 86400.
+    /// the operator runs `cairn cluster gc`). Default 60: nodes keep their put history from the
+    /// start, so a round sweeps at once and costs one scan of the local chunks and their
+    /// reference keys.
     pub pool_gc_interval_secs: u64,
     /// Cluster CA certificate (PEM); with `tls_cert` and `tls_key` every gRPC link is mutual
     /// TLS: callers must present a certificate from this CA. Default: none (plaintext).
@@ -83,7 +86,7 @@ impl Default for NodeConfig {
             segment_size: 256 << 20,
             direct_io: true,
             gc_live_threshold: 0.5,
-            gc_interval_secs: 300,
+            gc_interval_secs: 30,
             scrub_interval_secs: 604_800,
             log: "info".into(),
             tls_ca: None,
@@ -101,7 +104,7 @@ impl Default for NodeConfig {
             out_after_ms: 600_000,
             repair_interval_secs: 300,
             repair_rate_mib: 200,
-            pool_gc_interval_secs: 86_400,
+            pool_gc_interval_secs: 60,
         }
     }
 }

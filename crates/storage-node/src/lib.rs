@@ -6,6 +6,7 @@ mod config;
 mod error;
 mod metrics;
 mod pool_gc;
+mod put_tracker;
 mod repair;
 mod routes;
 mod service;
@@ -23,7 +24,8 @@ use tonic::transport::server::TcpIncoming;
 pub use config::{NodeArgs, NodeConfig};
 pub use error::{NodeError, chunk_error_code};
 pub use metrics::NodeMetrics;
-pub use pool_gc::PutTracker;
+pub use pool_gc::PoolGcStats;
+pub use put_tracker::PutTracker;
 pub use repair::{Reconciler, RepairConfig, RepairStats};
 pub use routes::ChunkStoreRoutes;
 pub use service::ChunkService;
@@ -63,8 +65,11 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         .await
         .map_err(|e| NodeError::Serve(format!("engine open task: {e}")))??;
     let repair_stats = Arc::new(RepairStats::default());
+    let pool_gc_stats = Arc::new(PoolGcStats::default());
+    // Put history for pool GC, kept from the start (a sweep needs it to reach back a window).
+    let tracker = Arc::new(PutTracker::default());
     let metrics = Arc::new(
-        NodeMetrics::new(engine.clone(), repair_stats.clone(), &cfg.node_id)
+        NodeMetrics::new(engine.clone(), repair_stats.clone(), pool_gc_stats.clone(), tracker.clone(), &cfg.node_id)
             .map_err(|e| NodeError::Serve(e.to_string()))?,
     );
 
@@ -85,7 +90,6 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     )
     .await?;
 
-    let tracker = Arc::new(PutTracker::default());
     let service = ChunkService::new(engine.clone(), metrics.clone(), tracker.clone());
     let max_msg = engine.config().max_chunk_size as usize + 2 * node_client::STREAM_PIECE;
     // Windows and frames sized for whole chunks in flight (see node_client), on both listeners.
@@ -178,6 +182,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
             engine.clone(),
             meta,
             tracker,
+            pool_gc_stats,
             cfg.node_id.clone(),
             starter,
             stop_rx.clone(),
