@@ -67,6 +67,10 @@ pub struct NodeConfig {
     /// start, so a round sweeps at once and costs one scan of the local chunks and their
     /// reference keys.
     pub pool_gc_interval_secs: u64,
+    /// Writers' window of the rounds this node starts, in seconds: every writer must commit a
+    /// chunk's reference this soon after its put (`cluster::gc::WRITE_WINDOW`, 600, by default;
+    /// lower it only where every writer is known to commit sooner, as tests do).
+    pub pool_gc_window_secs: u64,
     /// Cluster CA certificate (PEM); with `tls_cert` and `tls_key` every gRPC link is mutual
     /// TLS: callers must present a certificate from this CA. Default: none (plaintext).
     pub tls_ca: Option<PathBuf>,
@@ -105,6 +109,7 @@ impl Default for NodeConfig {
             repair_interval_secs: 300,
             repair_rate_mib: 200,
             pool_gc_interval_secs: 60,
+            pool_gc_window_secs: cluster::gc::WRITE_WINDOW.as_secs(),
         }
     }
 }
@@ -199,6 +204,9 @@ pub struct NodeArgs {
     /// Seconds between pool GC rounds (0: only on demand).
     #[arg(long, env = "CAIRN_NODE_POOL_GC_INTERVAL_SECS")]
     pub pool_gc_interval_secs: Option<u64>,
+    /// Writers' window of the pool GC rounds this node starts, in seconds.
+    #[arg(long, env = "CAIRN_NODE_POOL_GC_WINDOW_SECS")]
+    pub pool_gc_window_secs: Option<u64>,
 }
 
 impl NodeConfig {
@@ -233,7 +241,8 @@ impl NodeConfig {
             out_after_ms,
             repair_interval_secs,
             repair_rate_mib,
-            pool_gc_interval_secs
+            pool_gc_interval_secs,
+            pool_gc_window_secs
         );
         if c.host.is_empty() {
             c.host = hostname();
@@ -284,6 +293,9 @@ impl NodeConfig {
                 "need 2 x heartbeat_ms <= down_after_ms <= out_after_ms, got {} / {} / {}",
                 self.heartbeat_ms, self.down_after_ms, self.out_after_ms
             )));
+        }
+        if self.pool_gc_window_secs == 0 {
+            return Err(NodeError::Config("pool_gc_window_secs must be at least 1".into()));
         }
         if self.repair_interval_secs == 0 {
             return Err(NodeError::Config("repair_interval_secs must be at least 1".into()));

@@ -67,7 +67,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     let repair_stats = Arc::new(RepairStats::default());
     let pool_gc_stats = Arc::new(PoolGcStats::default());
     // Put history for pool GC, kept from the start (a sweep needs it to reach back a window).
-    let tracker = Arc::new(PutTracker::default());
+    let tracker = Arc::new(PutTracker::new(Duration::from_secs(cfg.pool_gc_window_secs)));
     let metrics = Arc::new(
         NodeMetrics::new(engine.clone(), repair_stats.clone(), pool_gc_stats.clone(), tracker.clone(), &cfg.node_id)
             .map_err(|e| NodeError::Serve(e.to_string()))?,
@@ -155,6 +155,8 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
                 capacity_bytes: s.total_bytes,
                 free_bytes: s.free_bytes,
                 chunks: s.chunks,
+                used_bytes: s.used_bytes,
+                dead_bytes: s.dead_bytes,
                 heartbeat_unix_ms: cluster::nodemap::now_unix_ms(),
             }
         };
@@ -174,6 +176,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         tokio::spawn(reconciler.run(stop_rx.clone()));
         let starter = pool_gc::RoundStarter {
             every: Duration::from_secs(cfg.pool_gc_interval_secs),
+            window: Duration::from_secs(cfg.pool_gc_window_secs),
             map: map_for_gc,
             timeouts: cfg.timeouts(),
             since: std::time::Instant::now(),

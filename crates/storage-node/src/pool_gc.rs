@@ -57,6 +57,8 @@ impl PoolGcStats {
 pub struct RoundStarter {
     /// Time between rounds.
     pub every: Duration,
+    /// The writers' window the rounds it starts carry.
+    pub window: Duration,
     /// The node map, to tell whether this node is the lowest-id one up.
     pub map: watch::Receiver<Arc<cluster::NodeMap>>,
     /// When nodes count as up.
@@ -84,7 +86,7 @@ impl RoundStarter {
             Err(_) => false,
         };
         if due {
-            match cluster::gc::start_epoch(meta, cluster::gc::WRITE_WINDOW).await {
+            match cluster::gc::start_epoch(meta, self.window).await {
                 Ok(e) => tracing::debug!(epoch = e.epoch, "started a pool GC round"),
                 Err(e) => tracing::warn!(error = %e, "could not start a pool GC round"),
             }
