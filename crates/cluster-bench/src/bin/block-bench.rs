@@ -67,11 +67,14 @@ struct Args {
     /// Seconds between samples of the overwrite load.
     #[arg(long, default_value_t = 10)]
     sample_secs: u64,
-    /// The storage node's `pool_gc_window_secs` for the overwrite load (default: the node's, 600):
-    /// what a shorter writers' window would give. Safe here only because the volume engine
-    /// commits its references within seconds of its puts.
-    #[arg(long)]
-    window_secs: Option<u64>,
+    /// An extra storage-node argument for the overwrite load (repeatable), e.g.
+    /// `--node-arg=--pool-gc-window-secs=10`: what a shorter writers' window would give (safe
+    /// here only because the volume engine commits its references within seconds of its puts).
+    #[arg(long = "node-arg", allow_hyphen_values = true)]
+    node_args: Vec<String>,
+    /// Caps the overwrite load's fio at this many writes per second (0: unlimited).
+    #[arg(long, default_value_t = 0)]
+    rate_iops: u64,
 }
 
 /// What a volume run does once the volume is staged.
@@ -218,11 +221,8 @@ fn mount_cap() -> VolumeCapability {
 async fn volume_run(args: &Args, r: usize, nodes: usize, mode: RunMode) -> Res<(Vec<Fio>, Option<(u64, Duration)>)> {
     let rebuild = mode == RunMode::Rebuild;
     let dir = args.dir.join(format!("pool-r{r}"));
-    let window = args.window_secs.map(|w| w.to_string());
-    let extra: Vec<&str> = match (&window, mode) {
-        (Some(w), RunMode::Overwrite) => vec!["--pool-gc-window-secs", w],
-        _ => vec![],
-    };
+    let extra: Vec<&str> =
+        if mode == RunMode::Overwrite { args.node_args.iter().map(String::as_str).collect() } else { vec![] };
     let mut pool = Pool::start_with(&dir, nodes, r, &TIMEOUTS, &extra).await?;
     let _mounts = MountGuard(dir.clone());
     let socket = dir.join("csi.sock");
@@ -458,7 +458,12 @@ async fn mapped_blocks(meta: &MetaClient, vol: &str) -> Res<u64> {
 /// The sustained overwrite load: lays out `file`, runs 4 KiB random writes on it for
 /// `--duration` seconds and samples disk against live bytes every `--sample-secs`.
 async fn overwrite_load(args: &Args, pool: &Pool, dir: &Path, vol: &str, file: &Path, r: usize) -> Res<Vec<Fio>> {
-    let layout = fio(file, "layout 1M", "--rw=write --bs=1M --iodepth=16 --end_fsync=1 --time_based=0 --runtime=86400 --ramp_time=0", args)?;
+    let layout = fio(
+        file,
+        "layout 1M",
+        "--rw=write --bs=1M --iodepth=16 --end_fsync=1 --time_based=0 --runtime=86400 --ramp_time=0",
+        args,
+    )?;
     eprintln!("  laid out {} MiB at {:.0} MB/s", args.size_mib, layout.bw / 1e6);
     let meta = MetaClient::new(&[pool.meta_api.as_str()])?;
     let block: u64 = args.block_size.parse()?;
@@ -467,6 +472,7 @@ async fn overwrite_load(args: &Args, pool: &Pool, dir: &Path, vol: &str, file: &
         .arg(format!("--filename={}", file.display()))
         .arg(format!("--size={}M", args.size_mib))
         .args(["--time_based=1", &format!("--runtime={}", args.duration), "--output-format=json"])
+        .args((args.rate_iops > 0).then(|| format!("--rate_iops={}", args.rate_iops)))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
