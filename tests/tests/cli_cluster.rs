@@ -81,6 +81,9 @@ fn status_drain_undrain_remove_and_a_dead_node() {
             "2",
             "--replicas",
             "3",
+            // Rounds only on demand: the test starts round 1 itself.
+            "--pool-gc-interval-secs",
+            "0",
         ];
         nodes.push(NodeProc::start(&dir.path().join(id), &args));
     }

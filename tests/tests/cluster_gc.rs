@@ -40,7 +40,20 @@ async fn gc_keeps_referenced_chunks_and_reclaims_the_rest_under_writes() {
             let id = format!("n{i}");
             NodeProc::start(
                 &dir.path().join(&id),
-                &["--meta", &api, "--node-id", &id, "--host", &id, "--heartbeat-ms", "200", "--replicas", "3"],
+                &[
+                    "--meta",
+                    &api,
+                    "--node-id",
+                    &id,
+                    "--host",
+                    &id,
+                    "--heartbeat-ms",
+                    "200",
+                    "--replicas",
+                    "3",
+                    "--pool-gc-interval-secs",
+                    "0",
+                ],
             )
         })
         .collect();

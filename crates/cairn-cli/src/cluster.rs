@@ -41,7 +41,8 @@ pub enum ClusterCmd {
         watch: bool,
     },
     /// Start a pool garbage-collection round now (storage nodes also start one every
-    /// `pool_gc_interval_secs`); each node sweeps after the writers' window.
+    /// `pool_gc_interval_secs`, every minute by default); each node sweeps at once, keeping
+    /// chunks put within the writers' window.
     Gc {
         /// Writers' window in seconds: references are committed this soon after their puts.
         #[arg(long, default_value_t = cluster::gc::WRITE_WINDOW.as_secs())]
@@ -77,9 +78,9 @@ pub async fn run(endpoints: &str, cmd: ClusterCmd) -> anyhow::Result<()> {
         ClusterCmd::Gc { window_secs } => {
             let e = cluster::gc::start_epoch(&meta, Duration::from_secs(window_secs)).await?;
             println!(
-                "GC round {} started: each storage node sweeps {window_secs}s after it sees it; \
-                 results under cluster/gc/done/{}/",
-                e.epoch, e.epoch
+                "GC round {} started: each storage node sweeps as soon as it has run {window_secs}s; \
+                 `cairn cluster status` shows the sweeps",
+                e.epoch
             );
         }
     }
@@ -193,6 +194,28 @@ struct Status {
     under_replicated: Under,
     /// Some live node has a repair pass running or copies pending.
     repair_active: bool,
+    /// Pool garbage collection: the current round and each node's garbage.
+    gc: GcStatus,
+}
+
+/// Garbage and its reclaim, pool-wide and per node.
+#[derive(Serialize)]
+struct GcStatus {
+    /// The current round, if any was ever started.
+    epoch: Option<cluster::gc::GcEpoch>,
+    nodes: Vec<GcNodeRow>,
+}
+
+#[derive(Serialize)]
+struct GcNodeRow {
+    id: String,
+    /// Dead bytes in segment files (segment GC gives them back).
+    dead_bytes: u64,
+    /// Bytes in segment files.
+    used_bytes: u64,
+    /// The round of this node's latest sweep, and the sweep.
+    last_epoch: Option<u64>,
+    last_sweep: Option<cluster::gc::GcSweep>,
 }
 
 async fn load(meta: &MetaClient, t: &Timeouts, replicas: Option<usize>) -> anyhow::Result<Status> {
@@ -232,6 +255,25 @@ async fn load(meta: &MetaClient, t: &Timeouts, replicas: Option<usize>) -> anyho
             }
         })
         .collect();
+    let sweeps: HashMap<String, (u64, cluster::gc::GcSweep)> =
+        cluster::gc::latest_sweeps(meta).await?.into_iter().map(|(e, s)| (s.node.clone(), (e, s))).collect();
+    let gc = GcStatus {
+        epoch: cluster::gc::current_epoch(meta).await?,
+        nodes: map
+            .nodes
+            .values()
+            .map(|r| {
+                let last = sweeps.get(&r.id);
+                GcNodeRow {
+                    id: r.id.clone(),
+                    dead_bytes: r.dead_bytes,
+                    used_bytes: r.used_bytes,
+                    last_epoch: last.map(|l| l.0),
+                    last_sweep: last.map(|l| l.1.clone()),
+                }
+            })
+            .collect(),
+    };
     let found_by_repair =
         nodes.iter().filter_map(|n| n.repair.as_ref()).filter(|r| r.current).map(|r| r.progress.under_replicated).sum();
     let repair_active = nodes.iter().any(|n| n.busy().is_some());
@@ -242,6 +284,7 @@ async fn load(meta: &MetaClient, t: &Timeouts, replicas: Option<usize>) -> anyho
         nodes,
         under_replicated: Under { recorded, found_by_repair, total: recorded + found_by_repair },
         repair_active,
+        gc,
     })
 }
 
@@ -396,6 +439,7 @@ fn print_status(s: &Status) {
         "under-replicated chunks: {} ({} recorded at write, {} found by repair)",
         u.total, u.recorded, u.found_by_repair
     );
+    print_gc(&s.gc);
     let busy: Vec<(&str, &RepairProgress)> = s.nodes.iter().filter_map(|n| Some((n.id.as_str(), n.busy()?))).collect();
     if busy.is_empty() {
         println!("repair: idle");
@@ -413,6 +457,48 @@ fn print_status(s: &Status) {
             rate(p),
             eta(p),
         ]);
+    }
+    print_table(&rows, &[]);
+}
+
+/// Garbage per node: unreferenced chunks held within the write window and dead segment space
+/// (both still on disk), and what the node's latest sweep deleted.
+fn print_gc(g: &GcStatus) {
+    let now = now_unix_ms();
+    match &g.epoch {
+        None => println!("garbage collection: no round yet"),
+        Some(e) => println!(
+            "garbage collection: round {} started {} ago (window {})",
+            e.epoch,
+            short_duration(Duration::from_millis(now.saturating_sub(e.started_unix_ms))),
+            short_duration(Duration::from_millis(e.write_window_ms))
+        ),
+    }
+    if g.nodes.is_empty() {
+        return;
+    }
+    let mut rows = vec![
+        ["  NODE", "SWEPT", "DELETED", "HELD (IN WINDOW)", "DEAD IN SEGMENTS", "SWEEP TOOK"].map(String::from).to_vec(),
+    ];
+    for n in &g.nodes {
+        let (swept, deleted, held, took) = match (&n.last_sweep, n.last_epoch) {
+            (Some(s), Some(e)) => (
+                format!(
+                    "round {e}, {} ago",
+                    short_duration(Duration::from_millis(now.saturating_sub(s.finished_unix_ms)))
+                ),
+                format!("{} ({} chunks)", HumanBytes(s.deleted_bytes), s.deleted),
+                format!("{} ({} chunks)", HumanBytes(s.held_bytes), s.held),
+                format!("{} ms, {} chunks", s.duration_ms, s.examined),
+            ),
+            _ => ("never".into(), "-".into(), "-".into(), "-".into()),
+        };
+        let dead = if n.used_bytes > 0 {
+            format!("{} of {}", HumanBytes(n.dead_bytes), HumanBytes(n.used_bytes))
+        } else {
+            HumanBytes(n.dead_bytes).to_string()
+        };
+        rows.push(vec![format!("  {}", n.id), swept, deleted, held, dead, took]);
     }
     print_table(&rows, &[]);
 }

@@ -48,6 +48,11 @@ impl Pool {
     /// Starts a metadata node and `n` storage nodes keeping `replicas` copies, with data under
     /// `dir` (recreated), and waits until the metadata service answers.
     pub async fn start(dir: &Path, n: usize, replicas: usize, t: &Timeouts) -> Res<Pool> {
+        Pool::start_with(dir, n, replicas, t, &[]).await
+    }
+
+    /// [`Pool::start`] with `extra` arguments for every storage node.
+    pub async fn start_with(dir: &Path, n: usize, replicas: usize, t: &Timeouts, extra: &[&str]) -> Res<Pool> {
         crate::fresh_dir(dir)?;
         let mut pool = Pool { dir: dir.to_path_buf(), meta_api: free_addr(), nodes: Vec::new(), procs: Vec::new() };
         let (api, peer, http) = (pool.meta_api.clone(), free_addr(), free_addr());
@@ -79,6 +84,7 @@ impl Pool {
                 "--down-after-ms", &down, "--out-after-ms", &out, "--repair-interval-secs", "3600",
                 "--repair-rate-mib", "0", "--replicas", &replicas, "--listen", &listen, "--http-listen", &http,
                 "--data-dir", &data, "--log", "warn"];
+            let args: Vec<&str> = args.iter().chain(extra).copied().collect();
             pool.spawn("storage-node", &id, &args)?;
             pool.nodes.push(Node { id, http: http.parse()? });
         }

@@ -41,6 +41,16 @@ pub struct GcSweep {
     pub deleted: u64,
     /// Bytes of those.
     pub deleted_bytes: u64,
+    /// Unreferenced chunks kept because they were put within the window (garbage, unless a
+    /// writer is about to reference them; a later round decides). Absent before release 2.
+    #[serde(default)]
+    pub held: u64,
+    /// Bytes of those.
+    #[serde(default)]
+    pub held_bytes: u64,
+    /// How long the sweep took, in milliseconds.
+    #[serde(default)]
+    pub duration_ms: u64,
     /// When it finished.
     pub finished_unix_ms: u64,
 }
@@ -85,9 +95,76 @@ pub async fn sweeps(meta: &MetaClient, epoch: u64) -> Result<Vec<GcSweep>, Clust
     Ok(page.kvs.iter().filter_map(|kv| serde_json::from_slice(&kv.value).ok()).collect())
 }
 
+/// Removes `node`'s reports of rounds before `epoch` (rounds are frequent; only the latest is
+/// kept per node).
+pub async fn forget_sweeps_before(meta: &MetaClient, node: &str, epoch: u64) -> Result<(), ClusterError> {
+    let start = DONE_PREFIX.as_bytes().to_vec();
+    let end = crate::nodemap::prefix_end(&start);
+    let page = meta.range(&start, &end, 10_000).await?;
+    let suffix = format!("/{node}");
+    for kv in page.kvs {
+        let Ok(key) = std::str::from_utf8(&kv.key) else { continue };
+        let Some(e) = key.strip_prefix(DONE_PREFIX).and_then(|k| k.strip_suffix(&suffix)) else { continue };
+        if e.parse::<u64>().is_ok_and(|e| e < epoch) {
+            meta.delete(&kv.key).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The latest round each node reported a sweep for, with that sweep (one per node).
+pub async fn latest_sweeps(meta: &MetaClient) -> Result<Vec<(u64, GcSweep)>, ClusterError> {
+    let start = DONE_PREFIX.as_bytes().to_vec();
+    let end = crate::nodemap::prefix_end(&start);
+    let page = meta.range(&start, &end, 10_000).await?;
+    let mut latest: std::collections::BTreeMap<String, (u64, GcSweep)> = Default::default();
+    for kv in page.kvs {
+        let Some(epoch) = std::str::from_utf8(&kv.key)
+            .ok()
+            .and_then(|k| k.strip_prefix(DONE_PREFIX))
+            .and_then(|k| k.split('/').next())
+            .and_then(|e| e.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        let Ok(s) = serde_json::from_slice::<GcSweep>(&kv.value) else { continue };
+        if latest.get(&s.node).is_none_or(|(e, _)| *e < epoch) {
+            latest.insert(s.node.clone(), (epoch, s));
+        }
+    }
+    Ok(latest.into_values().collect())
+}
+
 /// Records `sweep` as `node`'s result for `epoch`.
 pub async fn report_sweep(meta: &MetaClient, epoch: u64, sweep: &GcSweep) -> Result<(), ClusterError> {
     let key = format!("{DONE_PREFIX}{epoch}/{}", sweep.node);
     meta.put(key.as_bytes(), &serde_json::to_vec(sweep).expect("serializes")).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sweep_reports_round_trip_and_older_ones_still_read() {
+        let s = GcSweep {
+            node: "n1".into(),
+            examined: 10,
+            deleted: 3,
+            deleted_bytes: 300,
+            held: 2,
+            held_bytes: 200,
+            duration_ms: 7,
+            finished_unix_ms: 1,
+        };
+        let back: GcSweep = serde_json::from_slice(&serde_json::to_vec(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+        // What earlier releases wrote: no held/duration fields.
+        let old = br#"{"node":"n2","examined":5,"deleted":1,"deleted_bytes":9,"finished_unix_ms":4}"#;
+        let back: GcSweep = serde_json::from_slice(old).unwrap();
+        assert_eq!((back.deleted, back.held, back.duration_ms), (1, 0, 0));
+        let e = GcEpoch { epoch: 4, write_window_ms: 600_000, started_unix_ms: 9 };
+        assert_eq!(serde_json::from_slice::<GcEpoch>(&serde_json::to_vec(&e).unwrap()).unwrap(), e);
+    }
 }

@@ -42,6 +42,12 @@ pub struct NodeRecord {
     pub free_bytes: u64,
     /// Chunks stored.
     pub chunks: u64,
+    /// Bytes in segment files (absent from records of earlier releases).
+    #[serde(default)]
+    pub used_bytes: u64,
+    /// Of those, bytes no live chunk uses: dead space segment GC gives back.
+    #[serde(default)]
+    pub dead_bytes: u64,
     /// The node's wall clock at the heartbeat, in milliseconds since the Unix epoch.
     pub heartbeat_unix_ms: u64,
 }
@@ -312,8 +318,19 @@ mod tests {
             capacity_bytes: 100,
             free_bytes: 50,
             chunks: 0,
+            used_bytes: 10,
+            dead_bytes: 4,
             heartbeat_unix_ms: hb,
         }
+    }
+
+    #[test]
+    fn node_records_round_trip_and_earlier_ones_still_read() {
+        let r = rec("a", 7);
+        assert_eq!(serde_json::from_slice::<NodeRecord>(&serde_json::to_vec(&r).unwrap()).unwrap(), r);
+        let old = br#"{"version":1,"id":"a","addr":"x:1","zone":"","host":"","capacity_bytes":9,"free_bytes":3,"chunks":2,"heartbeat_unix_ms":5}"#;
+        let back: NodeRecord = serde_json::from_slice(old).unwrap();
+        assert_eq!((back.chunks, back.used_bytes, back.dead_bytes), (2, 0, 0));
     }
 
     #[test]

@@ -31,7 +31,8 @@ pub struct NodeConfig {
     pub direct_io: bool,
     /// GC rewrites sealed segments whose live fraction is below this. Default 0.5.
     pub gc_live_threshold: f64,
-    /// Seconds between background GC passes; 0 disables them. Default 300.
+    /// Seconds between background GC passes; 0 disables them. Default 30 (a pass with no
+    /// segment under the threshold only reads the accounting).
     pub gc_interval_secs: u64,
     /// Seconds between background scrubs (every chunk read and verified); 0 disables them.
     /// Default 604800 (weekly).
@@ -62,8 +63,14 @@ pub struct NodeConfig {
     /// Bandwidth repair and rebalance may use, in MiB/s (0: unlimited). Default 200.
     pub repair_rate_mib: u64,
     /// Seconds between pool GC rounds, started by the lowest-id node that is up (0: only when
-    /// the operator runs `cairn cluster gc`). Default 86400.
+    /// the operator runs `cairn cluster gc`). Default 60: nodes keep their put history from the
+    /// start, so a round sweeps at once and costs one scan of the local chunks and their
+    /// reference keys.
     pub pool_gc_interval_secs: u64,
+    /// Writers' window of the rounds this node starts, in seconds: every writer must commit a
+    /// chunk's reference this soon after its put (`cluster::gc::WRITE_WINDOW`, 600, by default;
+    /// lower it only where every writer is known to commit sooner, as tests do).
+    pub pool_gc_window_secs: u64,
     /// Cluster CA certificate (PEM); with `tls_cert` and `tls_key` every gRPC link is mutual
     /// TLS: callers must present a certificate from this CA. Default: none (plaintext).
     pub tls_ca: Option<PathBuf>,
@@ -83,7 +90,7 @@ impl Default for NodeConfig {
             segment_size: 256 << 20,
             direct_io: true,
             gc_live_threshold: 0.5,
-            gc_interval_secs: 300,
+            gc_interval_secs: 30,
             scrub_interval_secs: 604_800,
             log: "info".into(),
             tls_ca: None,
@@ -101,7 +108,8 @@ impl Default for NodeConfig {
             out_after_ms: 600_000,
             repair_interval_secs: 300,
             repair_rate_mib: 200,
-            pool_gc_interval_secs: 86_400,
+            pool_gc_interval_secs: 60,
+            pool_gc_window_secs: cluster::gc::WRITE_WINDOW.as_secs(),
         }
     }
 }
@@ -196,6 +204,9 @@ pub struct NodeArgs {
     /// Seconds between pool GC rounds (0: only on demand).
     #[arg(long, env = "CAIRN_NODE_POOL_GC_INTERVAL_SECS")]
     pub pool_gc_interval_secs: Option<u64>,
+    /// Writers' window of the pool GC rounds this node starts, in seconds.
+    #[arg(long, env = "CAIRN_NODE_POOL_GC_WINDOW_SECS")]
+    pub pool_gc_window_secs: Option<u64>,
 }
 
 impl NodeConfig {
@@ -230,7 +241,8 @@ impl NodeConfig {
             out_after_ms,
             repair_interval_secs,
             repair_rate_mib,
-            pool_gc_interval_secs
+            pool_gc_interval_secs,
+            pool_gc_window_secs
         );
         if c.host.is_empty() {
             c.host = hostname();
@@ -281,6 +293,9 @@ impl NodeConfig {
                 "need 2 x heartbeat_ms <= down_after_ms <= out_after_ms, got {} / {} / {}",
                 self.heartbeat_ms, self.down_after_ms, self.out_after_ms
             )));
+        }
+        if self.pool_gc_window_secs == 0 {
+            return Err(NodeError::Config("pool_gc_window_secs must be at least 1".into()));
         }
         if self.repair_interval_secs == 0 {
             return Err(NodeError::Config("repair_interval_secs must be at least 1".into()));

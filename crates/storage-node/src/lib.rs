@@ -6,6 +6,7 @@ mod config;
 mod error;
 mod metrics;
 mod pool_gc;
+mod put_tracker;
 mod repair;
 mod routes;
 mod service;
@@ -23,7 +24,8 @@ use tonic::transport::server::TcpIncoming;
 pub use config::{NodeArgs, NodeConfig};
 pub use error::{NodeError, chunk_error_code};
 pub use metrics::NodeMetrics;
-pub use pool_gc::PutTracker;
+pub use pool_gc::PoolGcStats;
+pub use put_tracker::PutTracker;
 pub use repair::{Reconciler, RepairConfig, RepairStats};
 pub use routes::ChunkStoreRoutes;
 pub use service::ChunkService;
@@ -63,8 +65,11 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         .await
         .map_err(|e| NodeError::Serve(format!("engine open task: {e}")))??;
     let repair_stats = Arc::new(RepairStats::default());
+    let pool_gc_stats = Arc::new(PoolGcStats::default());
+    // Put history for pool GC, kept from the start (a sweep needs it to reach back a window).
+    let tracker = Arc::new(PutTracker::new(Duration::from_secs(cfg.pool_gc_window_secs)));
     let metrics = Arc::new(
-        NodeMetrics::new(engine.clone(), repair_stats.clone(), &cfg.node_id)
+        NodeMetrics::new(engine.clone(), repair_stats.clone(), pool_gc_stats.clone(), tracker.clone(), &cfg.node_id)
             .map_err(|e| NodeError::Serve(e.to_string()))?,
     );
 
@@ -85,7 +90,6 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     )
     .await?;
 
-    let tracker = Arc::new(PutTracker::default());
     let service = ChunkService::new(engine.clone(), metrics.clone(), tracker.clone());
     let max_msg = engine.config().max_chunk_size as usize + 2 * node_client::STREAM_PIECE;
     // Windows and frames sized for whole chunks in flight (see node_client), on both listeners.
@@ -151,6 +155,8 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
                 capacity_bytes: s.total_bytes,
                 free_bytes: s.free_bytes,
                 chunks: s.chunks,
+                used_bytes: s.used_bytes,
+                dead_bytes: s.dead_bytes,
                 heartbeat_unix_ms: cluster::nodemap::now_unix_ms(),
             }
         };
@@ -170,6 +176,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         tokio::spawn(reconciler.run(stop_rx.clone()));
         let starter = pool_gc::RoundStarter {
             every: Duration::from_secs(cfg.pool_gc_interval_secs),
+            window: Duration::from_secs(cfg.pool_gc_window_secs),
             map: map_for_gc,
             timeouts: cfg.timeouts(),
             since: std::time::Instant::now(),
@@ -178,6 +185,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
             engine.clone(),
             meta,
             tracker,
+            pool_gc_stats,
             cfg.node_id.clone(),
             starter,
             stop_rx.clone(),

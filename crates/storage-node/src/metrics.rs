@@ -5,9 +5,10 @@ use std::sync::Arc;
 use chunk_engine::{ChunkEngine, EngineStats};
 use cluster::RepairProgress;
 
-use crate::RepairStats;
+use crate::{PoolGcStats, PutTracker, RepairStats};
 use daemon_kit::metrics::{RpcMetrics, ScrapeCollector};
 use prometheus::Registry;
+use std::sync::atomic::Ordering;
 
 /// The node's registry plus per-RPC instruments.
 pub struct NodeMetrics {
@@ -19,7 +20,13 @@ pub struct NodeMetrics {
 
 impl NodeMetrics {
     /// Registers the engine series and the RPC instruments.
-    pub fn new(engine: Arc<ChunkEngine>, repair: Arc<RepairStats>, node_id: &str) -> prometheus::Result<Self> {
+    pub fn new(
+        engine: Arc<ChunkEngine>,
+        repair: Arc<RepairStats>,
+        pool_gc: Arc<PoolGcStats>,
+        tracker: Arc<PutTracker>,
+        node_id: &str,
+    ) -> prometheus::Result<Self> {
         let registry = Registry::new();
         let engine_series = ScrapeCollector::<EngineStats>::new(move || engine.stats())
             .gauge("cairn_node_capacity_bytes", "Size of the filesystem holding the data directory", |s| {
@@ -87,7 +94,61 @@ impl NodeMetrics {
                 p.rate_bytes_per_sec
             })?;
         registry.register(Box::new(repair_series))?;
+        let pool_gc_series = ScrapeCollector::<PoolGcFigures>::new(move || PoolGcFigures::read(&pool_gc, &tracker))
+            .counter("cairn_node_pool_gc_sweeps_total", "Pool GC sweeps finished on this node", |p| p.sweeps as f64)?
+            .counter("cairn_node_pool_gc_deleted_chunks_total", "Unreferenced chunks pool GC deleted here", |p| {
+                p.deleted_chunks as f64
+            })?
+            .counter("cairn_node_pool_gc_deleted_bytes_total", "Bytes of those chunks", |p| p.deleted_bytes as f64)?
+            .gauge(
+                "cairn_node_pool_gc_held_chunks",
+                "Unreferenced chunks the last sweep kept as put within the write window",
+                |p| p.held_chunks as f64,
+            )?
+            .gauge("cairn_node_pool_gc_held_bytes", "Bytes of those chunks", |p| p.held_bytes as f64)?
+            .gauge("cairn_node_pool_gc_last_examined_chunks", "Local chunks the last sweep examined", |p| {
+                p.last_examined as f64
+            })?
+            .gauge("cairn_node_pool_gc_last_sweep_seconds", "Duration of the last sweep", |p| {
+                p.last_sweep_ms as f64 / 1000.0
+            })?
+            .gauge("cairn_node_pool_gc_last_epoch", "Last pool GC round swept here", |p| p.last_epoch as f64)?
+            .gauge("cairn_node_pool_gc_tracked_puts", "Chunks in the put history (puts within the window)", |p| {
+                p.tracked as f64
+            })?;
+        registry.register(Box::new(pool_gc_series))?;
         let rpc = RpcMetrics::register(&registry, "cairn_node")?;
         Ok(NodeMetrics { registry, rpc })
+    }
+}
+
+/// A copy of the pool GC figures at scrape time.
+#[derive(Clone, Default)]
+struct PoolGcFigures {
+    sweeps: u64,
+    deleted_chunks: u64,
+    deleted_bytes: u64,
+    held_chunks: u64,
+    held_bytes: u64,
+    last_examined: u64,
+    last_sweep_ms: u64,
+    last_epoch: u64,
+    tracked: u64,
+}
+
+impl PoolGcFigures {
+    fn read(s: &PoolGcStats, tracker: &PutTracker) -> Self {
+        let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        PoolGcFigures {
+            sweeps: r(&s.sweeps),
+            deleted_chunks: r(&s.deleted_chunks),
+            deleted_bytes: r(&s.deleted_bytes),
+            held_chunks: r(&s.held_chunks),
+            held_bytes: r(&s.held_bytes),
+            last_examined: r(&s.last_examined),
+            last_sweep_ms: r(&s.last_sweep_ms),
+            last_epoch: r(&s.last_epoch),
+            tracked: tracker.tracked() as u64,
+        }
     }
 }

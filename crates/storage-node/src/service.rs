@@ -13,8 +13,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::NodeError;
+use crate::PutTracker;
 use crate::metrics::NodeMetrics;
-use crate::pool_gc::PutTracker;
 
 use node_client::STREAM_PIECE;
 const LIST_DEFAULT: usize = 1000;

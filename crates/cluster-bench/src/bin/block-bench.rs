@@ -6,6 +6,12 @@
 //! SIGKILLed, declared out, its copies rebuilt on the others). It also runs the jobs on ext4 on
 //! the same front end (FUSE file + loop device) over a volume held in memory: what the front end
 //! alone reaches on this machine, the ceiling for any data path behind it.
+//!
+//! `--overwrite`: a sustained overwrite load instead — fio 4 KiB random writes (qd32) over a laid
+//! out file on an R=1 volume for `--duration` seconds (600 by default), the storage node under
+//! its default GC settings; every `--sample-secs` it prints the disk bytes the node's data
+//! directory takes against the live bytes (the volume's mapped blocks), with the garbage figures
+//! the node reports. The goal is a ratio of at most 1.5 at every sample.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -52,6 +58,34 @@ struct Args {
     /// job, a storage node killed, the rebuild rate (for working on the repair path).
     #[arg(long)]
     rebuild_only: bool,
+    /// Only the sustained overwrite load: disk bytes against live bytes over time.
+    #[arg(long)]
+    overwrite: bool,
+    /// Seconds the overwrite load runs.
+    #[arg(long, default_value_t = 600)]
+    duration: u64,
+    /// Seconds between samples of the overwrite load.
+    #[arg(long, default_value_t = 10)]
+    sample_secs: u64,
+    /// An extra storage-node argument for the overwrite load (repeatable), e.g.
+    /// `--node-arg=--pool-gc-window-secs=10`: what a shorter writers' window would give (safe
+    /// here only because the volume engine commits its references within seconds of its puts).
+    #[arg(long = "node-arg", allow_hyphen_values = true)]
+    node_args: Vec<String>,
+    /// Caps the overwrite load's fio at this many writes per second (0: unlimited).
+    #[arg(long, default_value_t = 0)]
+    rate_iops: u64,
+}
+
+/// What a volume run does once the volume is staged.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RunMode {
+    /// fio's jobs.
+    Jobs,
+    /// fio's jobs, then a storage node killed and the rebuild timed.
+    Rebuild,
+    /// The sustained overwrite load (`--overwrite`).
+    Overwrite,
 }
 
 /// One fio job: name, fio arguments.
@@ -184,9 +218,12 @@ fn mount_cap() -> VolumeCapability {
 
 /// A pool of `nodes` storage nodes keeping `r` copies, csi-block on it, one ext4 volume staged:
 /// fio's figures on it (and, with `rebuild`, the rebuild rate afterwards).
-async fn volume_run(args: &Args, r: usize, nodes: usize, rebuild: bool) -> Res<(Vec<Fio>, Option<(u64, Duration)>)> {
+async fn volume_run(args: &Args, r: usize, nodes: usize, mode: RunMode) -> Res<(Vec<Fio>, Option<(u64, Duration)>)> {
+    let rebuild = mode == RunMode::Rebuild;
     let dir = args.dir.join(format!("pool-r{r}"));
-    let mut pool = Pool::start(&dir, nodes, r, &TIMEOUTS).await?;
+    let extra: Vec<&str> =
+        if mode == RunMode::Overwrite { args.node_args.iter().map(String::as_str).collect() } else { vec![] };
+    let mut pool = Pool::start_with(&dir, nodes, r, &TIMEOUTS, &extra).await?;
     let _mounts = MountGuard(dir.clone());
     let socket = dir.join("csi.sock");
     let state = dir.join("csi-state");
@@ -254,7 +291,11 @@ async fn volume_run(args: &Args, r: usize, nodes: usize, rebuild: bool) -> Res<(
     })
     .await?;
     eprintln!("R={r}: volume {vol} ({} blocks) staged, ext4, {nodes} storage node(s):", args.block_size);
-    let figures = fio_all(&staging.join("fio.dat"), args)?;
+    let figures = if mode == RunMode::Overwrite {
+        overwrite_load(args, &pool, &dir, &vol, &staging.join("fio.dat"), r).await?
+    } else {
+        fio_all(&staging.join("fio.dat"), args)?
+    };
     let mut rebuilt = None;
     if rebuild {
         // Everything flushed; a storage node dies; time its copies' rebuild once it is out.
@@ -308,19 +349,23 @@ async fn run(args: &Args) -> Res<()> {
         return Err("needs root (FUSE, loop devices, mounts)".into());
     }
     fresh_dir(&args.dir)?;
+    if args.overwrite {
+        volume_run(args, 1, 1, RunMode::Overwrite).await?;
+        return Ok(());
+    }
     eprintln!("raw: a plain file on the same disk ({}):", args.dir.display());
     let raw_dir = args.dir.join("raw");
     std::fs::create_dir_all(&raw_dir)?;
     let raw = fio_all(&raw_dir.join("fio.dat"), args)?;
     std::fs::remove_dir_all(&raw_dir)?;
     if args.rebuild_only {
-        let (_, rebuilt) = volume_run(args, 3, 4, true).await?;
+        let (_, rebuilt) = volume_run(args, 3, 4, RunMode::Rebuild).await?;
         return report_rebuild(rebuilt, &raw[0]);
     }
     // On a thread of its own: the FUSE server runs on a runtime that thread owns.
     let mem = std::thread::scope(|s| s.spawn(|| memory_run(args)).join()).map_err(|_| "the memory run panicked")??;
-    let (r1, _) = volume_run(args, 1, 1, false).await?;
-    let (r3, rebuilt) = volume_run(args, 3, 4, true).await?;
+    let (r1, _) = volume_run(args, 1, 1, RunMode::Jobs).await?;
+    let (r3, rebuilt) = volume_run(args, 3, 4, RunMode::Rebuild).await?;
 
     let mut rows: BTreeMap<usize, String> = BTreeMap::new();
     for (i, (name, _)) in JOBS.iter().enumerate() {
@@ -379,4 +424,119 @@ fn report_rebuild(rebuilt: Option<(u64, Duration)>, raw_write: &Fio) -> Res<()> 
         None => println!("rebuild: the killed node held none of the volume's chunks"),
     }
     Ok(())
+}
+
+/// Bytes the files under `dir` take on disk (allocated blocks, sparse holes excluded).
+fn disk_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => disk_bytes(&e.path()),
+            Ok(m) => m.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Blocks volume `vol`'s map names (each one chunk of live data).
+async fn mapped_blocks(meta: &MetaClient, vol: &str) -> Res<u64> {
+    let prefix = volume_engine::keys::map_prefix(vol);
+    let end = volume_engine::keys::prefix_end(&prefix);
+    let (mut from, mut n) = (prefix, 0u64);
+    loop {
+        let page = meta.range(&from, &end, 10_000).await?;
+        n += page.kvs.len() as u64;
+        match page.next_key {
+            Some(k) => from = k,
+            None => return Ok(n),
+        }
+    }
+}
+
+/// The sustained overwrite load: lays out `file`, runs 4 KiB random writes on it for
+/// `--duration` seconds and samples disk against live bytes every `--sample-secs`.
+async fn overwrite_load(args: &Args, pool: &Pool, dir: &Path, vol: &str, file: &Path, r: usize) -> Res<Vec<Fio>> {
+    let layout = fio(
+        file,
+        "layout 1M",
+        "--rw=write --bs=1M --iodepth=16 --end_fsync=1 --time_based=0 --runtime=86400 --ramp_time=0",
+        args,
+    )?;
+    eprintln!("  laid out {} MiB at {:.0} MB/s", args.size_mib, layout.bw / 1e6);
+    let meta = MetaClient::new(&[pool.meta_api.as_str()])?;
+    let block: u64 = args.block_size.parse()?;
+    let mut child = Command::new("fio")
+        .args(["--name=overwrite", "--ioengine=libaio", "--direct=1", "--rw=randwrite", "--bs=4k", "--iodepth=32"])
+        .arg(format!("--filename={}", file.display()))
+        .arg(format!("--size={}M", args.size_mib))
+        .args(["--time_based=1", &format!("--runtime={}", args.duration), "--output-format=json"])
+        .args((args.rate_iops > 0).then(|| format!("--rate_iops={}", args.rate_iops)))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run fio (apt install fio): {e}"))?;
+    let started = Instant::now();
+    println!(
+        "{:>6} {:>10} {:>10} {:>6} {:>10} {:>10} {:>10} {:>12} {:>12}",
+        "t(s)", "disk MB", "live MB", "ratio", "segs MB", "dead MB", "held MB", "poolgc MB", "seggc MB"
+    );
+    let mut worst: f64 = 0.0;
+    let mut samples = 0;
+    loop {
+        tokio::time::sleep(Duration::from_secs(args.sample_secs)).await;
+        let done = child.try_wait()?.is_some();
+        let disk: u64 = pool.nodes.iter().map(|n| disk_bytes(&dir.join(&n.id))).sum();
+        let live = mapped_blocks(&meta, vol).await? * block * r as u64;
+        let mut m: BTreeMap<&str, f64> = BTreeMap::new();
+        for n in &pool.nodes {
+            for (k, v) in cluster_bench::pool::scrape(n.http).await? {
+                for name in [
+                    "cairn_node_used_bytes",
+                    "cairn_node_dead_bytes",
+                    "cairn_node_pool_gc_held_bytes",
+                    "cairn_node_pool_gc_deleted_bytes_total",
+                    "cairn_node_gc_reclaimed_bytes_total",
+                ] {
+                    if k == name {
+                        *m.entry(name).or_default() += v;
+                    }
+                }
+            }
+        }
+        let ratio = if live > 0 { disk as f64 / live as f64 } else { 0.0 };
+        worst = worst.max(ratio);
+        samples += 1;
+        let mb = |name: &str| m.get(name).copied().unwrap_or(0.0) / 1e6;
+        println!(
+            "{:>6.0} {:>10.0} {:>10.0} {:>6.2} {:>10.0} {:>10.0} {:>10.0} {:>12.0} {:>12.0}",
+            started.elapsed().as_secs_f64(),
+            disk as f64 / 1e6,
+            live as f64 / 1e6,
+            ratio,
+            mb("cairn_node_used_bytes"),
+            mb("cairn_node_dead_bytes"),
+            mb("cairn_node_pool_gc_held_bytes"),
+            mb("cairn_node_pool_gc_deleted_bytes_total"),
+            mb("cairn_node_gc_reclaimed_bytes_total"),
+        );
+        if done {
+            break;
+        }
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        return Err(format!("fio overwrite: {}", String::from_utf8_lossy(&out.stderr).trim()).into());
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("fio output: {e}"))?;
+    let w = &v["jobs"][0]["write"];
+    let iops = w["iops"].as_f64().unwrap_or(0.0);
+    println!(
+        "overwrite: {} s of 4 KiB random writes at {iops:.0} IOPS over {} MiB, {samples} samples: worst disk/live {worst:.2} (goal <= 1.50: {})",
+        args.duration,
+        args.size_mib,
+        if worst <= 1.5 { "met" } else { "NOT met" }
+    );
+    Ok(vec![Fio { bw: w["bw_bytes"].as_f64().unwrap_or(0.0), iops }])
 }

@@ -1,0 +1,148 @@
+//! Space comes back by itself (issue 27, item 7): a volume overwritten in place and then deleted
+//! gives its chunks and its disk space back within seconds under short settings — pool GC rounds
+//! started by the node itself, segment GC on its own timer, no operator command — while the
+//! chunks a snapshot shares stay and read back.
+
+use std::collections::HashSet;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use chunk_engine::ChunkHash;
+use cluster::{ChunkClient, ClientConfig};
+use integration_tests::meta::meta_cluster;
+use integration_tests::{NodeProc, bin, http_get, random_bytes};
+use metadata_client::{MetaClient, Txn};
+use volume_engine::{Geometry, Volume, copy_map, delete_data, set_generation};
+
+const BLOCK: u64 = 64 << 10;
+const CAPACITY: u64 = 8 << 20;
+
+/// Bytes the node's segment files take on disk (allocated blocks).
+fn segment_bytes(data_dir: &Path) -> u64 {
+    std::fs::read_dir(data_dir.join("segments"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.blocks() * 512)
+        .sum()
+}
+
+/// The chunks some owner of volume `id` (its blocks) references.
+async fn mapped(meta: &MetaClient, id: &str) -> HashSet<ChunkHash> {
+    let start = cluster::refs::REFS_PREFIX.as_bytes().to_vec();
+    let end = metadata_client::prefix_end(&start);
+    let mut out = HashSet::new();
+    let mut from = start;
+    loop {
+        let page = meta.range(&from, &end, 1000).await.unwrap();
+        for kv in &page.kvs {
+            let k = String::from_utf8(kv.key.clone()).unwrap();
+            let rest = k.strip_prefix(cluster::refs::REFS_PREFIX).unwrap();
+            let (hex, owner) = rest.split_once('/').unwrap();
+            if owner.contains(id) {
+                out.insert(hex.parse().unwrap());
+            }
+        }
+        match page.next_key {
+            Some(k) => from = k,
+            None => return out,
+        }
+    }
+}
+
+async fn fill(vol: &Volume) {
+    vol.write(0, &random_bytes(CAPACITY as usize)).await.unwrap();
+    vol.flush().await.unwrap();
+}
+
+async fn present(node: &NodeProc, hashes: &HashSet<ChunkHash>) -> usize {
+    let list: Vec<ChunkHash> = hashes.iter().copied().collect();
+    node.client().await.has(&list).await.unwrap().iter().filter(|s| s.present && s.refs > 0).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overwritten_and_deleted_volume_space_comes_back_and_snapshot_chunks_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let metas = meta_cluster(1, dir.path(), &[]);
+    let api = metas[0].addrs.api.clone();
+    // Short settings: a round every second with a 2 s writers' window, segment GC every second,
+    // small segments so that a few MiB fill several.
+    #[rustfmt::skip]
+    let node = NodeProc::start(&dir.path().join("n1"), &["--meta", &api, "--node-id", "n1", "--replicas", "1",
+        "--heartbeat-ms", "200", "--pool-gc-interval-secs", "1", "--pool-gc-window-secs", "2",
+        "--gc-interval-secs", "1", "--segment-size", "4194304"]);
+    let meta = MetaClient::new(std::slice::from_ref(&api)).unwrap();
+    let pool = ChunkClient::new(meta.clone(), ClientConfig { replicas: 1, min_replicas: 1, ..Default::default() })
+        .await
+        .unwrap();
+    pool.wait_for_up(1, Duration::from_secs(30)).await.unwrap();
+    let id = "blk-00000000000000000000000000000027";
+    assert!(meta.txn(set_generation(Txn::new(), id, 1)).await.unwrap().succeeded);
+    let g = Geometry { capacity: CAPACITY, block_size: BLOCK };
+    let vol = Volume::open(meta.clone(), pool.clone(), id, g, 1).await.unwrap();
+
+    // A: the first contents, then a snapshot sharing them.
+    fill(&vol).await;
+    let a = mapped(&meta, id).await;
+    assert_eq!(a.len() as u64, CAPACITY / BLOCK);
+    let snap = "snp-00000000000000000000000000000027";
+    assert_eq!(copy_map(&meta, id, snap).await.unwrap(), CAPACITY / BLOCK);
+    // B, then C, over the whole volume: B's chunks are garbage once C is written.
+    fill(&vol).await;
+    let b = mapped(&meta, id).await;
+    fill(&vol).await;
+    let c = mapped(&meta, id).await;
+    let b: HashSet<ChunkHash> = b.difference(&a).copied().collect();
+    let c: HashSet<ChunkHash> = c.difference(&a).copied().collect();
+    assert_eq!((b.len(), c.len()), (128, 128));
+    let peak = segment_bytes(&node.dir);
+    assert!(peak >= 3 * CAPACITY, "three volumes' worth written: {peak}");
+
+    // The volume goes (as CSI DeleteVolume does): C is garbage too.
+    drop(vol);
+    delete_data(&meta, id).await.unwrap();
+
+    // Without any command: B and C leave the node, A stays, and the disk space comes back.
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(90);
+    loop {
+        let (pb, pc, pa) = (present(&node, &b).await, present(&node, &c).await, present(&node, &a).await);
+        let used = segment_bytes(&node.dir);
+        assert_eq!(pa, a.len(), "a chunk the snapshot uses was deleted");
+        if pb == 0 && pc == 0 && used <= peak / 2 {
+            eprintln!(
+                "space back after {:.1?}: segments {peak} -> {used} bytes (live {} bytes)",
+                started.elapsed(),
+                CAPACITY
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after 90 s: {pb} of B and {pc} of C still on the node, segments {used} of peak {peak} bytes"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // The snapshot still reads its data: every chunk of A is whole.
+    for h in &a {
+        pool.get(h).await.unwrap_or_else(|e| panic!("snapshot chunk {h}: {e}"));
+    }
+    // Garbage and reclaim are visible: the node's metrics and `cairn cluster status`.
+    let (code, metrics) = http_get(node.http, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    let deleted: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("cairn_node_pool_gc_deleted_chunks_total "))
+        .expect("pool GC metric")
+        .parse()
+        .unwrap();
+    assert!(deleted >= 256.0, "pool GC deleted {deleted} chunks");
+    assert!(metrics.contains("cairn_node_dead_bytes"));
+    let out = std::process::Command::new(bin("cairn")).args(["--meta", &api, "cluster", "status"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "cluster status: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("garbage collection: round"), "{text}");
+    assert!(text.contains("DEAD IN SEGMENTS") && text.contains("n1"), "{text}");
+    eprintln!("{text}");
+}
