@@ -100,18 +100,28 @@ async fn create(ch: &Channel, name: &str, bytes: usize, cap: VolumeCapability, s
         capacity_range: Some(CapacityRange { required_bytes: bytes as i64, limit_bytes: 0 }),
         volume_capabilities: vec![cap],
         volume_content_source: src.map(|snapshot_id| VolumeContentSource {
-            r#type: Some(volume_content_source::Type::Snapshot(volume_content_source::SnapshotSource {
-                snapshot_id,
-            })),
+            r#type: Some(volume_content_source::Type::Snapshot(volume_content_source::SnapshotSource { snapshot_id })),
         }),
         ..Default::default()
     };
-    c.create_volume(req).await.unwrap_or_else(|e| panic!("CreateVolume {name}: {e}")).into_inner().volume.unwrap().volume_id
+    c.create_volume(req)
+        .await
+        .unwrap_or_else(|e| panic!("CreateVolume {name}: {e}"))
+        .into_inner()
+        .volume
+        .unwrap()
+        .volume_id
 }
 
 /// ControllerPublish on `local-1` (block volumes), NodeStage and NodePublish at `<base>/staging` and
 /// `<base>/target`, `f` on the target path, then all of it undone.
-async fn attached<T>(ch: &Channel, volume_id: &str, cap: VolumeCapability, base: &Path, f: impl FnOnce(&Path) -> T) -> T {
+async fn attached<T>(
+    ch: &Channel,
+    volume_id: &str,
+    cap: VolumeCapability,
+    base: &Path,
+    f: impl FnOnce(&Path) -> T,
+) -> T {
     let mut c = controller_client::ControllerClient::new(ch.clone());
     let mut n = node_client::NodeClient::new(ch.clone());
     let (staging, target) = (base.join("staging"), base.join("target"));
@@ -300,12 +310,8 @@ fn make_fixture() {
 
     // Strip what a restart does not need (RocksDB's text logs, the kubelet dirs).
     let _ = std::fs::remove_dir_all(&work);
-    let strip = Command::new("sh")
-        .arg("-c")
-        .arg("find data -name 'LOG*' -type f -delete")
-        .current_dir(root)
-        .status()
-        .unwrap();
+    let strip =
+        Command::new("sh").arg("-c").arg("find data -name 'LOG*' -type f -delete").current_dir(root).status().unwrap();
     assert!(strip.success());
     let tarball = out.join(format!("{FIXTURE}.tar.xz"));
     let st = Command::new("tar")
@@ -407,7 +413,11 @@ fn previous_release_data_starts_and_reads_back() {
     let scratch = root.join("scratch");
     std::fs::create_dir(&scratch).unwrap();
 
+    assert!(!root.join("data/meta/FORMAT").exists(), "the previous release wrote no metadata FORMAT file");
     let mut sys = LocalSystem::start(root);
+    // The unversioned metadata directory is version 1 from now on.
+    let f: Value = serde_json::from_slice(&std::fs::read(root.join("data/meta/FORMAT")).unwrap()).unwrap();
+    assert_eq!(f, json!({"format_version": 1}));
     check_fixture(&sys, &exp, &scratch.join("1"), true);
 
     // New writes on the upgraded data: a key, an object, the open upload completed, a volume
@@ -479,4 +489,67 @@ sys.stdout.buffer.write(c.get_object(Bucket="multi", Key="open.bin")["Body"].rea
                 .await;
         assert_eq!(got, exp["block"]["snapshot_blake3"], "the restored volume after a restart");
     });
+}
+
+/// Bumps the `format_version` in the JSON `FORMAT` file at `path` past this build's; returns
+/// (this build's version, the one written).
+fn bump_format(path: &Path) -> (u64, u64) {
+    let mut f: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let have = f["format_version"].as_u64().expect("a format_version");
+    f["format_version"] = json!(have + 1);
+    std::fs::write(path, serde_json::to_vec(&f).unwrap()).unwrap();
+    (have, have + 1)
+}
+
+/// The last non-empty line of a daemon's output.
+fn last_line(text: &str) -> &str {
+    text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default()
+}
+
+/// A storage node on a data directory written by a newer release refuses to start, in one line
+/// naming both versions.
+#[test]
+fn storage_node_refuses_a_newer_data_directory() {
+    use integration_tests::NodeProc;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("n");
+    let mut node = NodeProc::start(&data, &[]);
+    assert!(node.terminate().success());
+    let (have, newer) = bump_format(&data.join("FORMAT"));
+    let (status, stderr) = NodeProc::start_expecting_failure(&data, &[]);
+    assert!(!status.success(), "{stderr}");
+    let want = format!(
+        "chunk data directory {} has format version {newer}; this build reads up to version {have}; refusing to start",
+        data.display()
+    );
+    assert!(last_line(&stderr).ends_with(&want), "{stderr}");
+}
+
+/// A metadata node writes a `FORMAT` file on first start, and on a directory written by a newer
+/// release refuses to start, in one line naming both versions.
+#[test]
+fn metadata_node_refuses_a_newer_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = integration_tests::meta::meta_cluster(1, dir.path(), &[]);
+    assert!(nodes[0].terminate().success());
+    let data = dir.path().join("m1");
+    let (have, newer) = bump_format(&data.join("FORMAT"));
+    assert_eq!(have, 1, "this build writes metadata format 1");
+    let a = integration_tests::meta::MetaAddrs::loopback(1);
+    let out = Command::new(bin("metadata-node"))
+        .args(["--id", "1", "--data-dir", data.to_str().unwrap(), "--listen", &a.api, "--peer-listen", &a.peer])
+        .args(["--http-listen", &a.http.to_string(), "--initial-members", &a.member()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let want = format!(
+        "metadata data directory {} has format version {newer}; this build reads up to version {have}",
+        data.display()
+    );
+    assert!(last_line(&stderr).ends_with(&want), "{stderr}");
+    // The data is untouched: with the file put back, it starts and is healthy.
+    std::fs::write(data.join("FORMAT"), br#"{"format_version": 1}"#).unwrap();
+    nodes[0].restart();
+    nodes[0].wait_healthy(Duration::from_secs(60));
 }
