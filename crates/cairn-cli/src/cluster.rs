@@ -224,7 +224,7 @@ async fn load(meta: &MetaClient, t: &Timeouts, replicas: Option<usize>) -> anyho
     scan(meta, REPAIR_PREFIX, |key, value| {
         let id = String::from_utf8_lossy(&key[REPAIR_PREFIX.len()..]).into_owned();
         // An unreadable record (another version) is left out rather than failing the status.
-        if let Ok(p) = serde_json::from_slice::<RepairProgress>(value) {
+        if let Ok(p) = RepairProgress::decode(&String::from_utf8_lossy(key), value) {
             repair.insert(id, p);
         }
     })

@@ -39,13 +39,14 @@ pub(crate) fn format_or_check(dir: &Path, want: &PinnedSettings) -> Result<(), C
             let have: PinnedSettings = serde_json::from_slice(&bytes).map_err(|e| {
                 ChunkError::FormatMismatch(format!("{} is unreadable ({e}); refusing to start", path.display()))
             })?;
+            // Written by a newer release: say so in the one line every format uses.
+            format_version::check(
+                format!("chunk data directory {}", dir.display()),
+                have.format_version,
+                FORMAT_VERSION,
+            )
+            .map_err(|e| ChunkError::FormatMismatch(format!("{e}; refusing to start")))?;
             let mut diffs = Vec::new();
-            if have.format_version != want.format_version {
-                diffs.push(format!(
-                    "format_version {} on disk vs {} in this build",
-                    have.format_version, want.format_version
-                ));
-            }
             if have.hash != want.hash {
                 diffs.push(format!("hash {} on disk vs {} configured", have.hash, want.hash));
             }

@@ -287,6 +287,25 @@ fn other_settings_refuse_to_start_with_one_line() {
 }
 
 #[test]
+fn a_newer_format_refuses_to_start_naming_both_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(ChunkEngine::open(cfg(dir.path())).unwrap());
+    let path = dir.path().join("FORMAT");
+    let mut pinned: crate::PinnedSettings = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(pinned, crate::PinnedSettings::current(cfg(dir.path()).max_chunk_size), "FORMAT round-trips");
+    pinned.format_version = crate::FORMAT_VERSION + 1;
+    std::fs::write(&path, serde_json::to_vec(&pinned).unwrap()).unwrap();
+    let msg = ChunkEngine::open(cfg(dir.path())).err().expect("must refuse").to_string();
+    let want = format!(
+        "chunk data directory {} has format version {}; this build reads up to version {}; refusing to start",
+        dir.path().display(),
+        crate::FORMAT_VERSION + 1,
+        crate::FORMAT_VERSION
+    );
+    assert_eq!(msg, want);
+}
+
+#[test]
 fn list_pages_through_chunks() {
     let dir = tempfile::tempdir().unwrap();
     let e = ChunkEngine::open(cfg(dir.path())).unwrap();

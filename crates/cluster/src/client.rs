@@ -72,6 +72,10 @@ impl ClientConfig {
     }
 }
 
+/// Format version of [`UnderReplicated`] (a `"version"` beside its fields; records from before
+/// it read as 1).
+pub const UNDER_RECORD_VERSION: u32 = 1;
+
 /// A chunk acknowledged with fewer than R copies.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnderReplicated {
@@ -81,6 +85,18 @@ pub struct UnderReplicated {
     pub missing: Vec<String>,
     /// When it was recorded (ms since the Unix epoch).
     pub at_unix_ms: u64,
+}
+
+impl UnderReplicated {
+    /// As stored: JSON with `"version"`.
+    pub fn encode(&self) -> Vec<u8> {
+        format_version::json::encode(self, UNDER_RECORD_VERSION)
+    }
+
+    /// As read from `key` (a record without a version is version 1; a newer one is refused).
+    pub fn decode(key: &str, bytes: &[u8]) -> Result<Self, format_version::json::JsonRecordError> {
+        format_version::json::decode(key, bytes, UNDER_RECORD_VERSION).map(|(_, r)| r)
+    }
 }
 
 /// What a put achieved.
@@ -304,7 +320,7 @@ impl ChunkClient {
             tracing::debug!(chunk = %hash, ?missing, "chunk stored under-replicated");
             let rec = UnderReplicated { have: stored_on.clone(), missing, at_unix_ms: now_unix_ms() };
             let key = format!("{UNDER_PREFIX}{hash}");
-            self.inner.meta.put(key.as_bytes(), &serde_json::to_vec(&rec).expect("serializes")).await?;
+            self.inner.meta.put(key.as_bytes(), &rec.encode()).await?;
         }
         Ok(PutReport { hash, stored_on, under_replicated: under, acked_at: std::time::Instant::now() })
     }

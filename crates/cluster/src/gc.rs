@@ -15,6 +15,9 @@ use crate::nodemap::now_unix_ms;
 pub const EPOCH_KEY: &str = "cluster/gc/epoch";
 /// `cluster/gc/done/<epoch>/<node>` → [`GcSweep`] (JSON).
 pub const DONE_PREFIX: &str = "cluster/gc/done/";
+/// Format version of [`GcEpoch`] and [`GcSweep`] (a `"version"` beside their fields; records
+/// from before it read as 1).
+pub const GC_RECORD_VERSION: u32 = 1;
 /// Default write window: reference keys must be committed this soon after their chunks' puts.
 pub const WRITE_WINDOW: Duration = Duration::from_secs(600);
 
@@ -58,9 +61,7 @@ pub struct GcSweep {
 /// The current epoch record, if any round was ever started.
 pub async fn current_epoch(meta: &MetaClient) -> Result<Option<GcEpoch>, ClusterError> {
     match meta.get(EPOCH_KEY.as_bytes()).await? {
-        Some(kv) => serde_json::from_slice(&kv.value)
-            .map(Some)
-            .map_err(|e| ClusterError::Unavailable(format!("unreadable {EPOCH_KEY}: {e}"))),
+        Some(kv) => decode(EPOCH_KEY, &kv.value).map(Some),
         None => Ok(None),
     }
 }
@@ -72,15 +73,14 @@ pub async fn start_epoch(meta: &MetaClient, write_window: Duration) -> Result<Gc
         let cur = meta.get(EPOCH_KEY.as_bytes()).await?;
         let (next, txn) = match &cur {
             Some(kv) => {
-                let e: GcEpoch = serde_json::from_slice(&kv.value)
-                    .map_err(|e| ClusterError::Unavailable(format!("unreadable {EPOCH_KEY}: {e}")))?;
+                let e: GcEpoch = decode(EPOCH_KEY, &kv.value)?;
                 (e.epoch + 1, Txn::new().mod_revision_equals(EPOCH_KEY.as_bytes(), kv.mod_revision))
             }
             None => (1, Txn::new().absent(EPOCH_KEY.as_bytes())),
         };
         let rec =
             GcEpoch { epoch: next, write_window_ms: write_window.as_millis() as u64, started_unix_ms: now_unix_ms() };
-        let out = meta.txn(txn.put(EPOCH_KEY.as_bytes(), &serde_json::to_vec(&rec).expect("serializes"))).await?;
+        let out = meta.txn(txn.put(EPOCH_KEY.as_bytes(), &encode(&rec))).await?;
         if out.succeeded {
             return Ok(rec);
         }
@@ -92,7 +92,7 @@ pub async fn sweeps(meta: &MetaClient, epoch: u64) -> Result<Vec<GcSweep>, Clust
     let start = format!("{DONE_PREFIX}{epoch}/").into_bytes();
     let end = crate::nodemap::prefix_end(&start);
     let page = meta.range(&start, &end, 10_000).await?;
-    Ok(page.kvs.iter().filter_map(|kv| serde_json::from_slice(&kv.value).ok()).collect())
+    Ok(page.kvs.iter().filter_map(|kv| decode(&String::from_utf8_lossy(&kv.key), &kv.value).ok()).collect())
 }
 
 /// Removes `node`'s reports of rounds before `epoch` (rounds are frequent; only the latest is
@@ -127,7 +127,7 @@ pub async fn latest_sweeps(meta: &MetaClient) -> Result<Vec<(u64, GcSweep)>, Clu
         else {
             continue;
         };
-        let Ok(s) = serde_json::from_slice::<GcSweep>(&kv.value) else { continue };
+        let Ok(s) = decode::<GcSweep>(&String::from_utf8_lossy(&kv.key), &kv.value) else { continue };
         if latest.get(&s.node).is_none_or(|(e, _)| *e < epoch) {
             latest.insert(s.node.clone(), (epoch, s));
         }
@@ -138,8 +138,20 @@ pub async fn latest_sweeps(meta: &MetaClient) -> Result<Vec<(u64, GcSweep)>, Clu
 /// Records `sweep` as `node`'s result for `epoch`.
 pub async fn report_sweep(meta: &MetaClient, epoch: u64, sweep: &GcSweep) -> Result<(), ClusterError> {
     let key = format!("{DONE_PREFIX}{epoch}/{}", sweep.node);
-    meta.put(key.as_bytes(), &serde_json::to_vec(sweep).expect("serializes")).await?;
+    meta.put(key.as_bytes(), &encode(sweep)).await?;
     Ok(())
+}
+
+/// A GC record as stored: its JSON with `"version"` ([`GC_RECORD_VERSION`]).
+pub fn encode<T: Serialize>(rec: &T) -> Vec<u8> {
+    format_version::json::encode(rec, GC_RECORD_VERSION)
+}
+
+/// A GC record as read (one without a version is version 1; a newer one is refused).
+pub fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, ClusterError> {
+    format_version::json::decode(key, bytes, GC_RECORD_VERSION)
+        .map(|(_, r)| r)
+        .map_err(|e| ClusterError::Unavailable(e.to_string()))
 }
 
 #[cfg(test)]

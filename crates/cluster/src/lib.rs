@@ -11,6 +11,9 @@ pub mod refs;
 mod repair_status;
 pub mod settings;
 
+#[cfg(test)]
+mod format_tests;
+
 pub use client::{ChunkClient, ClientConfig, PutReport, UNDER_PREFIX, UnderReplicated};
 pub use error::ClusterError;
 pub use io_retry::{Attempts, DEFAULT_IO_TIMEOUT, IoRetry};

@@ -6,6 +6,10 @@ use serde::{Deserialize, Serialize};
 /// `cluster/repair/<node id>` → [`RepairProgress`] (JSON).
 pub const REPAIR_PREFIX: &str = "cluster/repair/";
 
+/// Format version of [`RepairProgress`] (a `"version"` beside its fields; records from before
+/// it read as 1).
+pub const REPAIR_PROGRESS_VERSION: u32 = 1;
+
 /// One node's reconciliation figures: the current (or last) pass and running totals.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RepairProgress {
@@ -44,6 +48,16 @@ pub struct RepairProgress {
 }
 
 impl RepairProgress {
+    /// As stored: JSON with `"version"`.
+    pub fn encode(&self) -> Vec<u8> {
+        format_version::json::encode(self, REPAIR_PROGRESS_VERSION)
+    }
+
+    /// As read from `key` (a record without a version is version 1; a newer one is refused).
+    pub fn decode(key: &str, bytes: &[u8]) -> Result<Self, format_version::json::JsonRecordError> {
+        format_version::json::decode(key, bytes, REPAIR_PROGRESS_VERSION).map(|(_, r)| r)
+    }
+
     /// Seconds left at the current rate for what is known to be pending, if a rate is known.
     pub fn eta_secs(&self) -> Option<f64> {
         (self.rate_bytes_per_sec > 0.0).then(|| self.pending_bytes as f64 / self.rate_bytes_per_sec)

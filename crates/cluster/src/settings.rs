@@ -44,15 +44,11 @@ impl PoolSettings {
         }
     }
 
-    fn decode(value: &[u8]) -> Result<Self, ClusterError> {
+    pub(crate) fn decode(value: &[u8]) -> Result<Self, ClusterError> {
         let s: PoolSettings = serde_json::from_slice(value)
             .map_err(|e| ClusterError::Config(format!("unreadable pool settings at {SETTINGS_KEY}: {e}")))?;
-        if s.version != SETTINGS_VERSION {
-            return Err(ClusterError::Config(format!(
-                "pool settings at {SETTINGS_KEY} have format version {}, this build reads {SETTINGS_VERSION}",
-                s.version
-            )));
-        }
+        format_version::check(format!("pool settings at {SETTINGS_KEY}"), s.version, SETTINGS_VERSION)
+            .map_err(|e| ClusterError::Config(e.to_string()))?;
         Ok(s)
     }
 

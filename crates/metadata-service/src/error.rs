@@ -23,6 +23,9 @@ pub enum MetaError {
     /// Storage failed.
     #[error("storage: {0}")]
     Storage(String),
+    /// The data directory's format is newer than this build reads, or unreadable (one line).
+    #[error("{0}")]
+    Format(String),
     /// A listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -47,6 +50,7 @@ impl From<MetaError> for Status {
             MetaError::NotLeader(_) | MetaError::Unavailable(_) => Code::Unavailable,
             MetaError::Config(_)
             | MetaError::Storage(_)
+            | MetaError::Format(_)
             | MetaError::Bind { .. }
             | MetaError::Http(_)
             | MetaError::Internal(_) => Code::Internal,

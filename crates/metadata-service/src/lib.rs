@@ -54,10 +54,16 @@ async fn listen(addr: std::net::SocketAddr) -> Result<TcpIncoming, MetaError> {
     TcpIncoming::from_listener(l, true, Some(Duration::from_secs(60))).map_err(internal)
 }
 
+/// Version of the data directory's layout and encodings (`raft-log/` and `state/` keys,
+/// `snapshot.bin`), kept in its `FORMAT` file; a directory from before that file counts as 1.
+pub const DATA_FORMAT_VERSION: u32 = 1;
+
 /// Runs a metadata node until `shutdown` resolves.
 pub async fn run(cfg: MetaConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), MetaError> {
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(|e| MetaError::Storage(format!("cannot create {}: {e}", cfg.data_dir.display())))?;
+    format_version::open_or_init(&cfg.data_dir, "metadata data directory", DATA_FORMAT_VERSION)
+        .map_err(|e| MetaError::Format(e.to_string()))?;
     let log_kv: Arc<dyn KvEngine> = Arc::new(RocksEngine::open(&cfg.data_dir.join("raft-log"))?);
     let sm_kv: Arc<dyn KvEngine> = Arc::new(RocksEngine::open(&cfg.data_dir.join("state"))?);
     let log_store = LogStore::open(log_kv).map_err(|e| MetaError::Storage(e.to_string()))?;

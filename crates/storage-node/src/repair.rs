@@ -223,7 +223,7 @@ impl Reconciler {
         *self.last_publish.lock().expect("publish lock") = Instant::now();
         let p = self.stats.snapshot(&self.cfg.self_id);
         let key = format!("{REPAIR_PREFIX}{}", self.cfg.self_id);
-        let value = serde_json::to_vec(&p).expect("progress serializes");
+        let value = p.encode();
         if let Err(e) = self.meta.put(key.as_bytes(), &value).await {
             tracing::debug!(error = %e, "could not publish repair progress");
         }
