@@ -15,10 +15,13 @@ fn s() -> impl Strategy<Value = String> {
 
 proptest! {
     #[test]
-    fn gc_records_round_trip(epoch: u64, window: u64, started: u64, node in s(), n: [u64; 4]) {
+    fn gc_records_round_trip(epoch: u64, window: u64, started: u64, node in s(), n: [u64; 7]) {
         let e = GcEpoch { epoch, write_window_ms: window, started_unix_ms: started };
         prop_assert_eq!(gc::decode::<GcEpoch>("k", &gc::encode(&e)).unwrap(), e);
-        let w = GcSweep { node, examined: n[0], deleted: n[1], deleted_bytes: n[2], finished_unix_ms: n[3] };
+        let w = GcSweep {
+            node, examined: n[0], deleted: n[1], deleted_bytes: n[2], held: n[4], held_bytes: n[5],
+            duration_ms: n[6], finished_unix_ms: n[3],
+        };
         prop_assert_eq!(gc::decode::<GcSweep>("k", &gc::encode(&w)).unwrap(), w);
     }
 
@@ -42,10 +45,11 @@ proptest! {
     }
 
     #[test]
-    fn node_records_round_trip(id in s(), addr in s(), zone in s(), host in s(), n: [u64; 4]) {
+    fn node_records_round_trip(id in s(), addr in s(), zone in s(), host in s(), n: [u64; 6]) {
         let r = NodeRecord {
             version: NODE_RECORD_VERSION, id, addr, zone, host,
-            capacity_bytes: n[0], free_bytes: n[1], chunks: n[2], heartbeat_unix_ms: n[3],
+            capacity_bytes: n[0], free_bytes: n[1], chunks: n[2], used_bytes: n[4], dead_bytes: n[5],
+            heartbeat_unix_ms: n[3],
         };
         // The node map reads `cluster/nodes/<id>` as serde_json of NodeRecord.
         let back: NodeRecord = serde_json::from_slice(&serde_json::to_vec(&r).unwrap()).unwrap();
