@@ -54,8 +54,10 @@ fn get(meta: &str, manifest: &Path, out: &Path) -> Vec<u8> {
     std::fs::read(out).unwrap()
 }
 
-/// Starts a pool GC round with a 1 s window and waits until all three nodes swept it.
+/// Starts a pool GC round with a 1 s window and waits until all three nodes swept it. Chunks
+/// put within the window are held, so the round starts once the last puts are older than it.
 fn gc_round(meta: &str) {
+    std::thread::sleep(Duration::from_millis(1500));
     let said = ok(&cairn(meta, &["cluster", "gc", "--window-secs", "1"]));
     let epoch: u64 = said.split_whitespace().nth(2).and_then(|e| e.parse().ok()).expect("round number");
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -101,6 +103,9 @@ fn put_survives_pool_gc_reads_past_bad_copies_and_rm_frees() {
                 "600000",
                 "--replicas",
                 "3",
+                // Rounds only when the test starts them (with its short window).
+                "--pool-gc-interval-secs",
+                "0",
             ];
             NodeProc::start(&dir.path().join(id), &args)
         })

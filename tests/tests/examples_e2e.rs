@@ -244,7 +244,10 @@ fn example_manifests_hang_together() {
     let block = ex.class("cairn-block");
     assert_eq!(block.provisioner, "block.csi.cairn.io");
     let keys: Vec<&str> = block.parameters.keys().map(String::as_str).collect();
-    assert_eq!(keys, ["blockSize", "csi.storage.k8s.io/fstype", "failureDomain", "minReplicas", "replicas"]);
+    assert_eq!(
+        keys,
+        ["blockSize", "csi.storage.k8s.io/fstype", "failureDomain", "ioTimeout", "minReplicas", "replicas"]
+    );
     assert_eq!(ex.class("cairn-fs").provisioner, "fs.csi.cairn.io");
     // Each pod uses a claim of its file.
     let rwo = ex.claim("block-rwo.yaml", "cairn-block-data");
