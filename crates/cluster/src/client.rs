@@ -9,6 +9,7 @@ use bytes::Bytes;
 use chunk_engine::ChunkHash;
 use metadata_client::MetaClient;
 use node_client::{ClientError, NodeClient};
+pub use node_client::Writer;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, watch};
 
@@ -265,6 +266,12 @@ impl ChunkClient {
     /// when some placed nodes are down or fail, once at least `min_replicas` are, recording the
     /// chunk as under-replicated for repair.
     pub async fn put(&self, data: Bytes) -> Result<PutReport, ClusterError> {
+        self.put_as(data, Writer::default()).await
+    }
+
+    /// [`put`](Self::put) on behalf of `writer`, which may later [`release`](Self::release) the
+    /// chunk.
+    pub async fn put_as(&self, data: Bytes, writer: Writer) -> Result<PutReport, ClusterError> {
         let hash = hash_of(&data).await;
         let _slot =
             self.inner.inflight.acquire().await.map_err(|_| ClusterError::Unavailable("client closed".into()))?;
@@ -285,7 +292,7 @@ impl ChunkClient {
                 }
                 let call = async {
                     let c = self.conn(&t.addr).await.map_err(|e| e.to_string())?;
-                    c.put(Some(hash), data).await.map_err(|e| e.to_string())
+                    c.put_as(Some(hash), writer, data).await.map_err(|e| e.to_string())
                 };
                 match tokio::time::timeout(cfg.rpc_timeout, call).await {
                     Ok(r) => r.map(|_| ()),
@@ -323,6 +330,45 @@ impl ChunkClient {
             self.inner.meta.put(key.as_bytes(), &rec.encode()).await?;
         }
         Ok(PutReport { hash, stored_on, under_replicated: under, acked_at: std::time::Instant::now() })
+    }
+
+    /// Tells the placed nodes of each of `hashes` that `writer` no longer needs it: `writer` has
+    /// committed the removal of its references and commits none relying on its puts numbered up
+    /// to `upto`. Each node deletes the chunks nothing else holds (no reference key, no other
+    /// put within the write window) at once; the rest stay for pool GC. Best effort: nodes that
+    /// are down or fail are skipped (pool GC collects there). Returns the chunks deleted.
+    pub async fn release(&self, hashes: &[ChunkHash], writer: u64, upto: u64) -> u64 {
+        if writer == 0 || hashes.is_empty() {
+            return 0;
+        }
+        let r = self.inner.cfg.replicas;
+        let mut per_node: HashMap<String, (String, Vec<ChunkHash>)> = HashMap::new();
+        for h in hashes {
+            for t in self.ranked(h).into_iter().take(r) {
+                if t.state == NodeState::Up {
+                    per_node.entry(t.id).or_insert_with(|| (t.addr, Vec::new())).1.push(*h);
+                }
+            }
+        }
+        let calls = per_node.into_iter().map(|(id, (addr, hs))| async move {
+            let mut deleted = 0;
+            for page in hs.chunks(1024) {
+                let call = async {
+                    let c = self.conn(&addr).await?;
+                    c.release(page, writer, upto).await
+                };
+                match tokio::time::timeout(self.inner.cfg.rpc_timeout, call).await {
+                    Ok(Ok(r)) => deleted += r.deleted,
+                    Ok(Err(e)) => {
+                        tracing::debug!(node = %id, error = %e, "release refused; pool GC collects instead");
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            deleted
+        });
+        futures::future::join_all(calls).await.into_iter().sum()
     }
 
     /// Reads a chunk from the first replica that has a good copy: placed nodes that are up

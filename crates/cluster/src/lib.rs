@@ -14,7 +14,7 @@ pub mod settings;
 #[cfg(test)]
 mod format_tests;
 
-pub use client::{ChunkClient, ClientConfig, PutReport, UNDER_PREFIX, UnderReplicated};
+pub use client::{ChunkClient, ClientConfig, PutReport, UNDER_PREFIX, UnderReplicated, Writer};
 pub use error::ClusterError;
 pub use io_retry::{Attempts, DEFAULT_IO_TIMEOUT, IoRetry};
 pub use nodemap::{AdminState, NodeMap, NodeRecord, NodeState, Timeouts};

@@ -24,17 +24,21 @@ const GRPC_HEADER: usize = 5;
 const FIELD_HASH: u64 = 1;
 const FIELD_LENGTH: u64 = 2;
 const FIELD_DATA: u64 = 3;
+const FIELD_WRITER: u64 = 4;
+const FIELD_WRITER_SEQ: u64 = 5;
 /// Protobuf field number of `GetResponse.data`.
 const GET_FIELD_DATA: u32 = 2;
 
 /// The frames of a put stream for `data`, pieces of at most `piece` bytes: per message a small
 /// prefix (gRPC header, `hash` and `length` on the first, the `data` key and length) and the
-/// piece itself, a slice of `data`.
-pub fn encode_put(claimed: Option<&[u8]>, data: &Bytes, piece: usize) -> Vec<Bytes> {
+/// piece itself, a slice of `data`. `writer` goes on the first message (see [`crate::Writer`]).
+pub fn encode_put(claimed: Option<&[u8]>, writer: crate::Writer, data: &Bytes, piece: usize) -> Vec<Bytes> {
     encode_pieces(data, piece, FIELD_DATA as u32, |first| pb::PutRequest {
         hash: if first { claimed.map(<[u8]>::to_vec).unwrap_or_default() } else { Vec::new() },
         length: if first { data.len() as u64 } else { 0 },
         data: Bytes::new(),
+        writer: if first { writer.id } else { 0 },
+        writer_seq: if first { writer.seq } else { 0 },
     })
 }
 
@@ -110,6 +114,8 @@ pub struct PutMessage {
     pub hash: Vec<u8>,
     /// Total chunk length (first message only).
     pub length: u64,
+    /// Who puts it (first message only; the default: anonymous).
+    pub writer: crate::Writer,
     /// The data field, in order.
     pub data: Vec<Bytes>,
 }
@@ -164,6 +170,8 @@ fn parse(mut m: Parts) -> Result<PutMessage, Status> {
         let key = m.varint().ok_or_else(|| bad("truncated key"))?;
         match (key >> 3, key & 7) {
             (FIELD_LENGTH, 0) => out.length = m.varint().ok_or_else(|| bad("truncated length"))?,
+            (FIELD_WRITER, 0) => out.writer.id = m.varint().ok_or_else(|| bad("truncated writer"))?,
+            (FIELD_WRITER_SEQ, 0) => out.writer.seq = m.varint().ok_or_else(|| bad("truncated writer_seq"))?,
             (_, 0) => {
                 m.varint().ok_or_else(|| bad("truncated varint"))?;
             }
@@ -278,7 +286,7 @@ mod tests {
     fn encoded_stream_is_standard_protobuf_and_decodes_back_whatever_the_frame_cuts() {
         let data = Bytes::from((0..10_000u32).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
         let hash = [7u8; 32];
-        let frames = encode_put(Some(&hash), &data, 4096);
+        let frames = encode_put(Some(&hash), crate::Writer::default(), &data, 4096);
         // prost decodes the same bytes as three ordinary messages.
         let all = Bytes::from(frames.concat());
         let mut rest = all.clone();
@@ -301,6 +309,22 @@ mod tests {
             let got: Vec<u8> = msgs.iter().flat_map(|m| m.data.iter().flat_map(|b| b.iter().copied())).collect();
             assert_eq!(got, data);
         }
+    }
+
+    #[test]
+    fn the_writer_rides_on_the_first_message_only() {
+        let data = Bytes::from(vec![9u8; 9000]);
+        let writer = crate::Writer { id: u64::MAX - 3, seq: 300 };
+        let frames = encode_put(None, writer, &data, 4096);
+        let msgs = decode_all(frames.clone(), 7);
+        assert_eq!(msgs.len(), 3);
+        assert_eq!(msgs[0].writer, writer);
+        assert!(msgs[1..].iter().all(|m| m.writer == crate::Writer::default()));
+        // And prost reads the same fields.
+        let all = Bytes::from(frames.concat());
+        let len = u32::from_be_bytes(all[1..5].try_into().unwrap()) as usize;
+        let m = pb::PutRequest::decode(&all[5..5 + len]).unwrap();
+        assert_eq!((m.writer, m.writer_seq), (writer.id, writer.seq));
     }
 
     #[test]
@@ -347,7 +371,7 @@ mod tests {
         let mut d = PutDecoder::default();
         d.push(Bytes::from_static(&[0, 0, 0, 0, 2, 0x1a, 0x05]));
         assert_eq!(d.next(100).unwrap_err().code(), tonic::Code::InvalidArgument);
-        let empty = encode_put(None, &Bytes::new(), 4096);
+        let empty = encode_put(None, crate::Writer::default(), &Bytes::new(), 4096);
         let msgs = decode_all(empty, 7);
         assert_eq!((msgs.len(), msgs[0].length, msgs[0].data.len()), (1, 0, 0));
     }

@@ -22,6 +22,29 @@ pub const STREAM_WINDOW: u32 = 8 << 20;
 /// HTTP/2 flow-control window per connection (many streams share one connection).
 pub const CONNECTION_WINDOW: u32 = 64 << 20;
 
+/// Who puts a chunk: a writer that may later [release](NodeClient::release) it, and the number of
+/// the batch the put belongs to (non-decreasing per writer). The default, id 0, is anonymous:
+/// the node never lets anyone's release skip over an anonymous put.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Writer {
+    /// Random, non-zero for a writer that releases; 0: anonymous.
+    pub id: u64,
+    /// The writer's batch number of this put.
+    pub seq: u64,
+}
+
+impl Writer {
+    /// A fresh random writer id (never 0), one per writer instance (an attachment, a client).
+    pub fn new_id() -> u64 {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        h.write_u128(now.as_nanos());
+        h.write_u32(std::process::id());
+        h.finish().max(1)
+    }
+}
+
 /// What a call to a storage node can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -112,13 +135,28 @@ impl NodeClient {
     /// Stores a chunk; with `claimed` the node refuses data with another hash. The pieces go out
     /// as slices of `data` (see [`chunk_wire`]), not through tonic's copying encoder.
     pub async fn put(&self, claimed: Option<ChunkHash>, data: Bytes) -> Result<pb::PutResponse, ClientError> {
-        self.put_call(claimed, data).await.map_err(|s| self.rpc(s))
+        self.put_as(claimed, Writer::default(), data).await
     }
 
-    async fn put_call(&self, claimed: Option<ChunkHash>, data: Bytes) -> Result<pb::PutResponse, tonic::Status> {
+    /// [`put`](Self::put) on behalf of `writer` (see [`Writer`]).
+    pub async fn put_as(
+        &self,
+        claimed: Option<ChunkHash>,
+        writer: Writer,
+        data: Bytes,
+    ) -> Result<pb::PutResponse, ClientError> {
+        self.put_call(claimed, writer, data).await.map_err(|s| self.rpc(s))
+    }
+
+    async fn put_call(
+        &self,
+        claimed: Option<ChunkHash>,
+        writer: Writer,
+        data: Bytes,
+    ) -> Result<pb::PutResponse, tonic::Status> {
         use tonic::codec::Codec;
         use tonic::codegen::Service;
-        let frames = chunk_wire::encode_put(claimed.as_ref().map(|h| &h.0[..]), &data, STREAM_PIECE);
+        let frames = chunk_wire::encode_put(claimed.as_ref().map(|h| &h.0[..]), writer, &data, STREAM_PIECE);
         let req = tonic::codegen::http::Request::builder()
             .method(tonic::codegen::http::Method::POST)
             .uri(chunk_wire::PUT_PATH)
@@ -220,6 +258,20 @@ impl NodeClient {
         let mut c = self.inner.clone();
         let stream = c.scrub(pb::ScrubRequest {}).await.map_err(|s| self.rpc(s))?.into_inner();
         Ok(ScrubEvents { client: self.clone(), stream })
+    }
+
+    /// Tells the node that `writer` no longer needs `hashes` (it committed the removal of its
+    /// references and relies on none of its puts numbered up to `upto_seq`): the node deletes
+    /// those nothing else holds.
+    pub async fn release(
+        &self,
+        hashes: &[ChunkHash],
+        writer: u64,
+        upto_seq: u64,
+    ) -> Result<pb::ReleaseResponse, ClientError> {
+        let mut c = self.inner.clone();
+        let req = pb::ReleaseRequest { hashes: hashes.iter().map(|h| h.0.to_vec()).collect(), writer, upto_seq };
+        c.release(req).await.map(|r| r.into_inner()).map_err(|s| self.rpc(s))
     }
 
     /// Runs a GC pass now.

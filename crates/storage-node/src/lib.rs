@@ -7,6 +7,7 @@ mod error;
 mod metrics;
 mod pool_gc;
 mod put_tracker;
+mod release;
 mod repair;
 mod routes;
 mod service;
@@ -90,7 +91,16 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     )
     .await?;
 
-    let service = ChunkService::new(engine.clone(), metrics.clone(), tracker.clone());
+    let releaser = meta.as_ref().map(|meta| {
+        Arc::new(release::Releaser {
+            engine: engine.clone(),
+            meta: meta.clone(),
+            tracker: tracker.clone(),
+            window: Duration::from_secs(cfg.pool_gc_window_secs),
+            stats: pool_gc_stats.clone(),
+        })
+    });
+    let service = ChunkService::new(engine.clone(), metrics.clone(), tracker.clone(), releaser);
     let max_msg = engine.config().max_chunk_size as usize + 2 * node_client::STREAM_PIECE;
     // Windows and frames sized for whole chunks in flight (see node_client), on both listeners.
     let server = || {

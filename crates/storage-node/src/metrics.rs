@@ -115,7 +115,16 @@ impl NodeMetrics {
             .gauge("cairn_node_pool_gc_last_epoch", "Last pool GC round swept here", |p| p.last_epoch as f64)?
             .gauge("cairn_node_pool_gc_tracked_puts", "Chunks in the put history (puts within the window)", |p| {
                 p.tracked as f64
-            })?;
+            })?
+            .counter("cairn_node_released_chunks_total", "Chunks deleted at once on their writer's release", |p| {
+                p.released_chunks as f64
+            })?
+            .counter("cairn_node_released_bytes_total", "Bytes of those chunks", |p| p.released_bytes as f64)?
+            .counter(
+                "cairn_node_release_held_chunks_total",
+                "Released chunks kept for pool GC (put within the window by another writer)",
+                |p| p.release_held as f64,
+            )?;
         registry.register(Box::new(pool_gc_series))?;
         let rpc = RpcMetrics::register(&registry, "cairn_node")?;
         Ok(NodeMetrics { registry, rpc })
@@ -134,6 +143,9 @@ struct PoolGcFigures {
     last_sweep_ms: u64,
     last_epoch: u64,
     tracked: u64,
+    released_chunks: u64,
+    released_bytes: u64,
+    release_held: u64,
 }
 
 impl PoolGcFigures {
@@ -149,6 +161,9 @@ impl PoolGcFigures {
             last_sweep_ms: r(&s.last_sweep_ms),
             last_epoch: r(&s.last_epoch),
             tracked: tracker.tracked() as u64,
+            released_chunks: r(&s.released_chunks),
+            released_bytes: r(&s.released_bytes),
+            release_held: r(&s.release_held),
         }
     }
 }

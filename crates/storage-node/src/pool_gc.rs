@@ -38,6 +38,12 @@ pub struct PoolGcStats {
     pub last_sweep_ms: AtomicU64,
     /// Last epoch swept here.
     pub last_epoch: AtomicU64,
+    /// Chunks deleted at once on their writers' release.
+    pub released_chunks: AtomicU64,
+    /// Bytes of those.
+    pub released_bytes: AtomicU64,
+    /// Released chunks kept for pool GC (put within the window by someone else).
+    pub release_held: AtomicU64,
 }
 
 impl PoolGcStats {
@@ -173,6 +179,28 @@ pub async fn pool_gc_loop(
     }
 }
 
+/// Drops the `refs` local references of a chunk found unreferenced and not put within the
+/// window: true when it is gone; false when a put raced the check (its reference stays) or it
+/// was gone already.
+pub(crate) async fn delete_unreferenced(engine: &Arc<ChunkEngine>, hash: ChunkHash, refs: u64) -> Result<bool, String> {
+    let e = engine.clone();
+    let dropped = tokio::task::spawn_blocking(move || {
+        let mut left = refs;
+        for _ in 0..refs {
+            left = e.unref(&hash)?;
+        }
+        Ok::<u64, chunk_engine::ChunkError>(left)
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    match dropped {
+        Ok(0) => Ok(true),
+        Ok(_) => Ok(false),
+        Err(chunk_engine::ChunkError::NotFound(_)) => Ok(false),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Deletes local chunks without a reference key that were not put within `window` before the
 /// reference scan of their page.
 async fn sweep(
@@ -209,24 +237,9 @@ async fn sweep(
                 out.held_bytes += info.len as u64;
                 continue;
             }
-            let (e, refs) = (engine.clone(), info.refs);
-            let dropped = tokio::task::spawn_blocking(move || {
-                let mut left = refs;
-                for _ in 0..refs {
-                    left = e.unref(&hash)?;
-                }
-                Ok::<u64, chunk_engine::ChunkError>(left)
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-            match dropped {
-                Ok(0) => {
-                    out.deleted += 1;
-                    out.deleted_bytes += info.len as u64;
-                }
-                Ok(_) => {} // put again meanwhile: it stays
-                Err(chunk_engine::ChunkError::NotFound(_)) => {}
-                Err(e) => return Err(e.to_string()),
+            if delete_unreferenced(engine, hash, info.refs).await? {
+                out.deleted += 1;
+                out.deleted_bytes += info.len as u64;
             }
         }
     }

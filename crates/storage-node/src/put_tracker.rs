@@ -6,12 +6,17 @@
 //! Compact: a chunk is remembered by the first 8 bytes of its hash with the time of its last put
 //! (two chunks sharing a prefix only keep each other one window longer — never deleted early),
 //! and one-second buckets list what to forget once they are older than the retention.
+//!
+//! Each entry also says who put it: one writer (with the highest batch number of its puts), or
+//! "anonymous or several". A writer's release may skip over its own puts only (see
+//! `release.rs`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use chunk_engine::ChunkHash;
+use node_client::Writer;
 
 /// Width of one bucket of the window.
 const BUCKET_MS: u64 = 1000;
@@ -28,10 +33,21 @@ struct Window {
     /// History is complete from this time on (ms since `base`): the tracker's start, or the end
     /// of the last bucket forgotten.
     complete_from_ms: u64,
-    /// Chunk key → time of its last put (ms since `base`).
-    last_put: HashMap<u64, u64>,
+    /// Chunk key → its last put.
+    last_put: HashMap<u64, Put>,
     /// Oldest first: (bucket start, keys put in it).
     buckets: VecDeque<(u64, Vec<u64>)>,
+}
+
+/// The last put of a chunk key, and who put it since the entry appeared.
+#[derive(Debug, Clone, Copy)]
+struct Put {
+    /// Time of the last put (ms since `base`).
+    at: u64,
+    /// The one writer of every put the entry has seen; 0: anonymous, or more than one writer.
+    writer: u64,
+    /// That writer's highest batch number among them.
+    seq: u64,
 }
 
 fn key(hash: &ChunkHash) -> u64 {
@@ -62,12 +78,23 @@ impl PutTracker {
         t.saturating_duration_since(self.base).as_millis() as u64
     }
 
-    /// Notes a put (or an added reference) of `hash`; call before the put is acknowledged.
+    /// Notes an anonymous put (or an added reference, or a repair copy) of `hash`; call before
+    /// it is acknowledged.
     pub fn record(&self, hash: &ChunkHash) {
+        self.record_by(hash, Writer::default())
+    }
+
+    /// Notes a put of `hash` by `writer`; call before the put is acknowledged.
+    pub fn record_by(&self, hash: &ChunkHash, writer: Writer) {
         let now = self.ms(Instant::now());
         let k = key(hash);
         let mut w = self.inner.lock().expect("tracker lock");
-        w.last_put.insert(k, now);
+        let put = match w.last_put.get(&k) {
+            None => Put { at: now, writer: writer.id, seq: writer.seq },
+            Some(p) if p.writer == writer.id && writer.id != 0 => Put { at: now, writer: writer.id, seq: p.seq.max(writer.seq) },
+            Some(_) => Put { at: now, writer: 0, seq: 0 },
+        };
+        w.last_put.insert(k, put);
         let bucket = now - now % BUCKET_MS;
         match w.buckets.back_mut() {
             Some((start, keys)) if *start == bucket => keys.push(k),
@@ -82,7 +109,24 @@ impl PutTracker {
         let Some(since) = since.checked_duration_since(self.base) else { return true }; // before the start
         let since = since.as_millis() as u64;
         let w = self.inner.lock().expect("tracker lock");
-        since < w.complete_from_ms || w.last_put.get(&key(hash)).is_some_and(|t| *t >= since)
+        since < w.complete_from_ms || w.last_put.get(&key(hash)).is_some_and(|p| p.at >= since)
+    }
+
+    /// [`put_since`](Self::put_since), not counting puts by `writer` (non-zero) numbered up to
+    /// `upto`: true when anyone else (or this writer in a later batch) may have put `hash` at or
+    /// after `since`, or the history does not reach back to `since`.
+    pub fn put_since_except(&self, hash: &ChunkHash, since: Instant, writer: u64, upto: u64) -> bool {
+        let Some(since) = since.checked_duration_since(self.base) else { return true };
+        let since = since.as_millis() as u64;
+        let w = self.inner.lock().expect("tracker lock");
+        if since < w.complete_from_ms {
+            return true;
+        }
+        match w.last_put.get(&key(hash)) {
+            None => false,
+            Some(p) if p.at < since => false,
+            Some(p) => !(writer != 0 && p.writer == writer && p.seq <= upto),
+        }
     }
 
     /// Whether the history reaches back `window` from now, so a sweep may trust it. Widens the
@@ -115,7 +159,7 @@ impl Window {
             }
             let (_, keys) = self.buckets.pop_front().expect("front exists");
             for k in keys {
-                if self.last_put.get(&k).is_some_and(|t| *t < end) {
+                if self.last_put.get(&k).is_some_and(|p| p.at < end) {
                     self.last_put.remove(&k);
                 }
             }
@@ -184,6 +228,32 @@ mod tests {
         std::thread::sleep(Duration::from_millis(1100));
         t.record(&h(4));
         assert_eq!(t.tracked(), 2);
+    }
+
+    #[test]
+    fn a_writer_may_skip_over_its_own_earlier_puts_only() {
+        let t = PutTracker::new(Duration::from_secs(60));
+        let before = Instant::now();
+        let me = Writer { id: 7, seq: 3 };
+        t.record_by(&h(1), me);
+        t.record_by(&h(1), Writer { id: 7, seq: 2 });
+        assert!(t.put_since(&h(1), before), "still a put for everyone else");
+        assert!(!t.put_since_except(&h(1), before, 7, 3), "its own puts up to 3");
+        assert!(t.put_since_except(&h(1), before, 7, 2), "a put of batch 3 is not vouched for by 2");
+        assert!(t.put_since_except(&h(1), before, 8, 99), "another writer's release");
+        assert!(t.put_since_except(&h(1), before, 0, 99), "anonymous releases skip nothing");
+        // Someone else puts it too: nobody may skip it any more.
+        t.record_by(&h(1), Writer { id: 9, seq: 1 });
+        t.record_by(&h(1), me);
+        assert!(t.put_since_except(&h(1), before, 7, 100));
+        // Anonymous puts (repair copies, refs) count for everyone.
+        t.record_by(&h(2), me);
+        t.record(&h(2));
+        assert!(t.put_since_except(&h(2), before, 7, 100));
+        // Never put: nothing holds it.
+        assert!(!t.put_since_except(&h(3), before, 7, 0));
+        // Before the history began: unknown, held.
+        assert!(t.put_since_except(&h(3), before - Duration::from_secs(1), 7, 100));
     }
 
     #[test]

@@ -90,7 +90,7 @@ async fn receive(mut body: BoxBody, max_message: usize, max_chunk: u32) -> Resul
         while let Some(m) = decoder.next(max_message)? {
             let a = match &mut assembly {
                 Some(a) => a,
-                None => assembly.insert(PutAssembly::start(&m.hash, m.length, max_chunk)?),
+                None => assembly.insert(PutAssembly::start(&m.hash, m.length, m.writer, max_chunk)?),
             };
             for piece in m.data {
                 a.add(piece)?;

@@ -28,6 +28,8 @@ pub struct ChunkService {
     engine: Arc<ChunkEngine>,
     metrics: Arc<NodeMetrics>,
     tracker: Arc<PutTracker>,
+    /// Present when the node is in a pool (a metadata service holds the reference keys).
+    releaser: Option<Arc<crate::release::Releaser>>,
 }
 
 fn status(e: ChunkError) -> Status {
@@ -50,8 +52,13 @@ fn state(hash: ChunkHash, info: Option<ChunkInfo>) -> pb::ChunkState {
 
 impl ChunkService {
     /// Serves `engine`, recording into `metrics` and noting puts in `tracker` for pool GC.
-    pub fn new(engine: Arc<ChunkEngine>, metrics: Arc<NodeMetrics>, tracker: Arc<PutTracker>) -> Self {
-        ChunkService { engine, metrics, tracker }
+    pub fn new(
+        engine: Arc<ChunkEngine>,
+        metrics: Arc<NodeMetrics>,
+        tracker: Arc<PutTracker>,
+        releaser: Option<Arc<crate::release::Releaser>>,
+    ) -> Self {
+        ChunkService { engine, metrics, tracker, releaser }
     }
 
     /// Runs blocking engine work off the async threads, records the request, maps errors.
@@ -93,9 +100,9 @@ impl ChunkService {
         if received.is_err() {
             self.metrics.rpc.observe_result("Put", started, &received);
         }
-        let (claimed, pieces) = received?;
+        let (claimed, writer, pieces) = received?;
         if let Some(h) = &claimed {
-            self.tracker.record(h); // before the put is acknowledged (pool GC)
+            self.tracker.record_by(h, writer); // before the put is acknowledged (pool GC)
         }
         let tracker = self.tracker.clone();
         let out = self
@@ -103,7 +110,7 @@ impl ChunkService {
                 let pieces: Vec<&[u8]> = pieces.iter().map(|p| &p[..]).collect();
                 let out = e.put_pieces(claimed.as_ref(), &pieces)?;
                 if claimed.is_none() {
-                    tracker.record(&out.hash);
+                    tracker.record_by(&out.hash, writer);
                 }
                 Ok(out)
             })
@@ -112,24 +119,41 @@ impl ChunkService {
     }
 }
 
+impl ChunkService {
+    async fn release_call(&self, req: pb::ReleaseRequest) -> Result<pb::ReleaseResponse, Status> {
+        let Some(releaser) = &self.releaser else {
+            return Err(Status::failed_precondition("a standalone node has no reference index: nothing is released"));
+        };
+        if req.writer == 0 {
+            return Err(Status::invalid_argument("release needs a writer id (non-zero)"));
+        }
+        let hashes = req.hashes.iter().map(|h| parse_hash(h)).collect::<Result<Vec<_>, _>>()?;
+        releaser
+            .release(hashes, req.writer, req.upto_seq)
+            .await
+            .map_err(|e| Status::unavailable(format!("release: {e}")))
+    }
+}
+
 /// A put's chunk as it arrives: the claimed hash, the declared length, and the data pieces as
 /// received (the engine copies them into its write buffer while hashing; they are never joined).
 pub(crate) struct PutAssembly {
     claimed: Option<ChunkHash>,
+    writer: node_client::Writer,
     len: usize,
     got: usize,
     pieces: Vec<Bytes>,
 }
 
 impl PutAssembly {
-    /// From the first message's `hash` (may be empty) and `length`.
-    pub(crate) fn start(hash: &[u8], length: u64, max_chunk: u32) -> Result<Self, Status> {
+    /// From the first message's `hash` (may be empty), `length` and writer.
+    pub(crate) fn start(hash: &[u8], length: u64, writer: node_client::Writer, max_chunk: u32) -> Result<Self, Status> {
         let claimed = if hash.is_empty() { None } else { Some(parse_hash(hash)?) };
         if length > max_chunk as u64 {
             return Err(status(ChunkError::TooLarge { len: length as usize, max: max_chunk }));
         }
         let len = length as usize;
-        Ok(PutAssembly { claimed, len, got: 0, pieces: Vec::with_capacity(len / STREAM_PIECE + 1) })
+        Ok(PutAssembly { claimed, writer, len, got: 0, pieces: Vec::with_capacity(len / STREAM_PIECE + 1) })
     }
 
     /// Adds the next piece of data.
@@ -147,15 +171,15 @@ impl PutAssembly {
         Ok(())
     }
 
-    /// The claimed hash and the pieces, once exactly the declared length has arrived.
-    fn finish(self) -> Result<(Option<ChunkHash>, Vec<Bytes>), Status> {
+    /// The claimed hash, the writer and the pieces, once exactly the declared length has arrived.
+    fn finish(self) -> Result<(Option<ChunkHash>, node_client::Writer, Vec<Bytes>), Status> {
         if self.got != self.len {
             return Err(Status::invalid_argument(format!(
                 "put stream ended after {} of its declared {} bytes",
                 self.got, self.len
             )));
         }
-        Ok((self.claimed, self.pieces))
+        Ok((self.claimed, self.writer, self.pieces))
     }
 }
 
@@ -167,7 +191,8 @@ impl ChunkStore for ChunkService {
         let receive = |max_chunk: u32| async move {
             let first =
                 stream.message().await?.ok_or_else(|| Status::invalid_argument("put stream carried no message"))?;
-            let mut a = PutAssembly::start(&first.hash, first.length, max_chunk)?;
+            let writer = node_client::Writer { id: first.writer, seq: first.writer_seq };
+            let mut a = PutAssembly::start(&first.hash, first.length, writer, max_chunk)?;
             a.add(first.data)?;
             while let Some(m) = stream.message().await? {
                 a.add(m.data)?;
@@ -294,6 +319,13 @@ impl ChunkStore for ChunkService {
             let _ = tx.blocking_send(last);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn release(&self, req: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let started = Instant::now();
+        let res = self.release_call(req.into_inner()).await;
+        self.metrics.rpc.observe_result("Release", started, &res);
+        res.map(Response::new)
     }
 
     async fn gc(&self, _req: Request<pb::GcRequest>) -> Result<Response<pb::GcResponse>, Status> {

@@ -74,6 +74,11 @@ pub struct Volume {
     pressure: tokio::sync::Notify,
     /// How long reads, writes and flushes retry transient failures (none unless set).
     retry: IoRetry,
+    /// This attachment's writer id: its puts carry it, so it can release the chunks it
+    /// replaces at once (see [`ChunkClient::release`]).
+    writer: u64,
+    /// Flushes begun; each flush's puts carry its number.
+    flushes: AtomicU64,
 }
 
 impl Volume {
@@ -127,6 +132,8 @@ impl Volume {
             fenced: std::sync::atomic::AtomicBool::new(false),
             pressure: tokio::sync::Notify::new(),
             retry: IoRetry::none(),
+            writer: cluster::Writer::new_id(),
+            flushes: AtomicU64::new(0),
         })
     }
 
@@ -180,13 +187,26 @@ impl Volume {
         match hash {
             None => Ok(Bytes::from(vec![0u8; bs as usize])),
             Some(h) => {
-                let data = self.chunks.get(&h).await?;
+                let data = match self.chunks.get(&h).await {
+                    Ok(d) => d,
+                    // Overwritten meanwhile: its old chunk may be released already; the block
+                    // is now in the dirty or flushing set or the map points elsewhere.
+                    Err(_) if self.moved_on(idx, &h).await => return Box::pin(self.block(idx, bs)).await,
+                    Err(e) => return Err(e.into()),
+                };
                 if data.len() as u64 != bs {
                     return Err(EngineError::Corrupt(format!("block {idx} of {} is {} bytes", self.id, data.len())));
                 }
                 Ok(data)
             }
         }
+    }
+
+    /// Whether block `idx` no longer reads from chunk `h` (written or committed since).
+    async fn moved_on(&self, idx: u64, h: &ChunkHash) -> bool {
+        self.dirty.lock().await.contains_key(&idx)
+            || self.flushing.read().await.contains_key(&idx)
+            || self.map.read().await.get(&idx) != Some(h)
     }
 
     /// Reads `len` bytes at `offset` (retrying transient failures, see [`Self::with_io_retry`]).
@@ -341,7 +361,8 @@ impl Volume {
             self.taken.fetch_add(1, Ordering::AcqRel);
             batch
         };
-        let out = self.commit(&batch).await;
+        let seq = self.flushes.fetch_add(1, Ordering::AcqRel) + 1;
+        let out = self.commit(&batch, seq).await;
         if out.is_err() && !self.fenced.load(std::sync::atomic::Ordering::Relaxed) {
             // Put back what was not overwritten meanwhile, so the next flush retries it.
             let mut dirty = self.dirty.lock().await;
@@ -353,16 +374,20 @@ impl Volume {
         out
     }
 
-    async fn commit(&self, batch: &BTreeMap<u64, Option<Bytes>>) -> Result<()> {
+    /// Puts the batch's blocks (as flush number `seq` of this writer) and commits the map; then
+    /// releases the chunks the batch replaced, so their space comes back at once rather than
+    /// at a pool-GC round (the nodes keep any that something else holds).
+    async fn commit(&self, batch: &BTreeMap<u64, Option<Bytes>>, seq: u64) -> Result<()> {
         // Owned items, so the flush future is Send for any caller (spawned tasks included).
         let items: Vec<(u64, Option<Bytes>)> = batch.iter().map(|(i, b)| (*i, b.clone())).collect();
         let client = self.chunks.clone();
+        let writer = cluster::Writer { id: self.writer, seq };
         let puts: Vec<(u64, Option<ChunkHash>)> = stream::iter(items)
             .map(move |(idx, b)| {
                 let client = client.clone();
                 async move {
                     match b {
-                        Some(data) => Ok::<_, EngineError>((idx, Some(client.put(data).await?.hash))),
+                        Some(data) => Ok::<_, EngineError>((idx, Some(client.put_as(data, writer).await?.hash))),
                         None => Ok((idx, None)),
                     }
                 }
@@ -374,17 +399,32 @@ impl Volume {
         // service commits several in one Raft entry.
         // (Owned groups: a closure over borrowed slices would not make a `Send` future.)
         let groups: Vec<Vec<(u64, Option<ChunkHash>)>> = puts.chunks(BLOCKS_PER_TXN).map(<[_]>::to_vec).collect();
-        stream::iter(groups)
+        let replaced: Vec<Vec<ChunkHash>> = stream::iter(groups)
             .map(|group| async move { self.commit_group(&group).await })
             .buffer_unordered(TXNS_IN_FLIGHT)
-            .try_collect::<Vec<()>>()
+            .try_collect()
             .await?;
+        // Every put of this flush is committed (and of earlier flushes: one flush at a time), so
+        // this writer vouches for its puts up to `seq`. Chunks this batch still maps are kept.
+        let kept: std::collections::HashSet<ChunkHash> = puts.iter().filter_map(|(_, h)| *h).collect();
+        let mut released: Vec<ChunkHash> = replaced.into_iter().flatten().filter(|h| !kept.contains(h)).collect();
+        released.sort_unstable();
+        released.dedup();
+        if !released.is_empty() {
+            let (chunks, id) = (self.chunks.clone(), self.id.clone());
+            let writer = self.writer;
+            tokio::spawn(async move {
+                let deleted = chunks.release(&released, writer, seq).await;
+                tracing::trace!(volume = %id, released = released.len(), deleted, "released replaced blocks");
+            });
+        }
         Ok(())
     }
 
     /// Commits one group of flushed blocks: map entries and reference changes, conditioned on
     /// the fencing generation (waiting out a freeze).
-    async fn commit_group(&self, group: &[(u64, Option<ChunkHash>)]) -> Result<()> {
+    /// Returns the chunks whose references the group removed.
+    async fn commit_group(&self, group: &[(u64, Option<ChunkHash>)]) -> Result<Vec<ChunkHash>> {
         let gen_key = keys::generation_key(&self.id);
         let gen_val = self.generation.to_string();
         let old: Vec<Option<ChunkHash>> = {
@@ -425,7 +465,8 @@ impl Volume {
                 None => map.remove(idx),
             };
         }
-        Ok(())
+        let removed = group.iter().zip(old).filter(|((_, new), old)| new != old).filter_map(|(_, old)| old).collect();
+        Ok(removed)
     }
 }
 
