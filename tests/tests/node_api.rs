@@ -140,7 +140,7 @@ async fn bad_input_gets_the_right_codes_and_stores_nothing() {
     let bad_hash =
         raw.get(cairn_proto::chunk::v1::GetRequest { hash: vec![1, 2, 3], caller_verifies: false }).await.unwrap_err();
     assert_eq!(bad_hash.code(), Code::InvalidArgument);
-    let short = cairn_proto::chunk::v1::PutRequest { hash: vec![], length: 100, data: vec![0; 10].into() };
+    let short = cairn_proto::chunk::v1::PutRequest { hash: vec![], length: 100, data: vec![0; 10].into(), ..Default::default() };
     let err = raw.put(tokio_stream_iter(vec![short])).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("10 of its declared 100"), "{}", err.message());

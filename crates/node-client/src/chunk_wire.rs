@@ -359,7 +359,7 @@ mod tests {
 
     #[test]
     fn prost_encoded_messages_decode_too_and_limits_hold() {
-        let m = pb::PutRequest { hash: vec![1; 32], length: 3, data: Bytes::from_static(b"abc") };
+        let m = pb::PutRequest { hash: vec![1; 32], length: 3, data: Bytes::from_static(b"abc"), ..Default::default() };
         let mut buf = vec![0u8];
         buf.extend_from_slice(&(m.encoded_len() as u32).to_be_bytes());
         m.encode(&mut buf).unwrap();

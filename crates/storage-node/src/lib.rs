@@ -69,6 +69,9 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     let pool_gc_stats = Arc::new(PoolGcStats::default());
     // Put history for pool GC, kept from the start (a sweep needs it to reach back a window).
     let tracker = Arc::new(PutTracker::new(Duration::from_secs(cfg.pool_gc_window_secs)));
+    if engine.stats().chunks == 0 {
+        tracker.complete_from_start(); // a new (or emptied) node: no put awaits a reference
+    }
     let metrics = Arc::new(
         NodeMetrics::new(engine.clone(), repair_stats.clone(), pool_gc_stats.clone(), tracker.clone(), &cfg.node_id)
             .map_err(|e| NodeError::Serve(e.to_string()))?,

@@ -33,6 +33,9 @@ struct Window {
     /// History is complete from this time on (ms since `base`): the tracker's start, or the end
     /// of the last bucket forgotten.
     complete_from_ms: u64,
+    /// Nothing was stored on this node before the tracker began (its chunk store was empty):
+    /// the history is complete from the beginning of time, not only from the start.
+    since_forever: bool,
     /// Chunk key → its last put.
     last_put: HashMap<u64, Put>,
     /// Oldest first: (bucket start, keys put in it).
@@ -68,9 +71,27 @@ impl PutTracker {
             inner: Mutex::new(Window {
                 retention_ms: retention.as_millis() as u64,
                 complete_from_ms: 0,
+                since_forever: false,
                 last_put: HashMap::new(),
                 buckets: VecDeque::new(),
             }),
+        }
+    }
+
+    /// Says that the node stored no chunk before the tracker began (an empty chunk store at
+    /// start): no put before the start can be awaiting its reference, so sweeps and releases
+    /// need not wait a window of uptime.
+    pub fn complete_from_start(&self) {
+        self.inner.lock().expect("tracker lock").since_forever = true;
+    }
+
+    /// `since` in ms after `base`; `None` when it is before the start and the history does not
+    /// reach back there.
+    fn since_ms(&self, w: &Window, since: Instant) -> Option<u64> {
+        match since.checked_duration_since(self.base) {
+            Some(d) => Some(d.as_millis() as u64),
+            None if w.since_forever && w.complete_from_ms == 0 => Some(0),
+            None => None,
         }
     }
 
@@ -106,9 +127,8 @@ impl PutTracker {
     /// Whether `hash` may have been put at or after `since`: true when it was, and when the
     /// history no longer (or not yet) reaches back to `since` — the caller then keeps the chunk.
     pub fn put_since(&self, hash: &ChunkHash, since: Instant) -> bool {
-        let Some(since) = since.checked_duration_since(self.base) else { return true }; // before the start
-        let since = since.as_millis() as u64;
         let w = self.inner.lock().expect("tracker lock");
+        let Some(since) = self.since_ms(&w, since) else { return true }; // before the start
         since < w.complete_from_ms || w.last_put.get(&key(hash)).is_some_and(|p| p.at >= since)
     }
 
@@ -116,9 +136,8 @@ impl PutTracker {
     /// `upto`: true when anyone else (or this writer in a later batch) may have put `hash` at or
     /// after `since`, or the history does not reach back to `since`.
     pub fn put_since_except(&self, hash: &ChunkHash, since: Instant, writer: u64, upto: u64) -> bool {
-        let Some(since) = since.checked_duration_since(self.base) else { return true };
-        let since = since.as_millis() as u64;
         let w = self.inner.lock().expect("tracker lock");
+        let Some(since) = self.since_ms(&w, since) else { return true };
         if since < w.complete_from_ms {
             return true;
         }
@@ -137,7 +156,7 @@ impl PutTracker {
         let mut w = self.inner.lock().expect("tracker lock");
         w.retention_ms = w.retention_ms.max(window);
         w.expire(now);
-        now >= window && now - window >= w.complete_from_ms
+        (w.since_forever && w.complete_from_ms == 0) || (now >= window && now - window >= w.complete_from_ms)
     }
 
     /// Distinct chunks (by key) remembered now.
@@ -254,6 +273,23 @@ mod tests {
         assert!(!t.put_since_except(&h(3), before, 7, 0));
         // Before the history began: unknown, held.
         assert!(t.put_since_except(&h(3), before - Duration::from_secs(1), 7, 100));
+    }
+
+    #[test]
+    fn a_node_that_started_empty_knows_its_whole_history() {
+        let t = PutTracker::new(Duration::from_millis(200));
+        t.complete_from_start();
+        let long_ago = Instant::now() - Duration::from_secs(10);
+        assert!(t.covers(Duration::from_secs(60)), "nothing was stored before the start");
+        assert!(!t.put_since(&h(7), long_ago));
+        t.record(&h(7));
+        assert!(t.put_since(&h(7), long_ago));
+        assert!(!t.put_since_except(&h(8), long_ago, 1, 1));
+        // Once buckets are forgotten, only what the retention keeps is known.
+        std::thread::sleep(Duration::from_millis(1300));
+        t.record(&h(9));
+        assert!(t.put_since(&h(8), long_ago), "the history no longer reaches back that far");
+        assert!(!t.covers(Duration::from_secs(60)));
     }
 
     #[test]
