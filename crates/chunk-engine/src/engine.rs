@@ -40,6 +40,10 @@ pub struct EngineConfig {
     pub direct_min_len: u32,
     /// GC rewrites sealed segments whose live fraction is below this (0.0–1.0).
     pub gc_live_threshold: f64,
+    /// Dead bytes in sealed segments may reach this fraction of the live bytes; past it GC also
+    /// rewrites the emptiest sealed segments (whatever their live fraction) until they are
+    /// back under it, and [`ChunkEngine::gc_due`] says a pass is due. 0: no such bound.
+    pub gc_max_dead_ratio: f64,
 }
 
 impl EngineConfig {
@@ -52,6 +56,7 @@ impl EngineConfig {
             direct_io: true,
             direct_min_len: 64 << 10,
             gc_live_threshold: 0.5,
+            gc_max_dead_ratio: 0.25,
         }
     }
 
@@ -68,6 +73,9 @@ impl EngineConfig {
         }
         if !(0.0..=1.0).contains(&self.gc_live_threshold) {
             return Err(format!("gc_live_threshold must be within 0.0..=1.0, got {}", self.gc_live_threshold));
+        }
+        if !(self.gc_max_dead_ratio == 0.0 || (0.05..=10.0).contains(&self.gc_max_dead_ratio)) {
+            return Err(format!("gc_max_dead_ratio must be 0 (off) or within 0.05..=10, got {}", self.gc_max_dead_ratio));
         }
         Ok(())
     }

@@ -38,22 +38,66 @@ pub struct GcReport {
     pub bytes_moved: u64,
 }
 
+/// Which sealed segments (id, payload bytes, live bytes) a pass rewrites: those under the live
+/// threshold (or empty), then, while the dead bytes of the rest exceed `max_dead_ratio` × all
+/// live bytes (0: no bound), the emptiest of the rest — the least live data moved per byte given
+/// back.
+fn pick(sealed: &[(u64, u64, u64)], threshold: f64, max_dead_ratio: f64, live_total: u64) -> HashSet<u64> {
+    let mut picked = HashSet::new();
+    let mut rest = Vec::new();
+    for &(id, payload, live) in sealed {
+        if live == 0 || (live as f64) < threshold * payload as f64 {
+            picked.insert(id);
+        } else {
+            rest.push((id, payload, live));
+        }
+    }
+    if max_dead_ratio > 0.0 {
+        let mut dead: u64 = rest.iter().map(|(_, p, l)| p.saturating_sub(*l)).sum();
+        let bound = (max_dead_ratio * live_total as f64) as u64;
+        rest.sort_by(|a, b| (a.2 as f64 / a.1.max(1) as f64).total_cmp(&(b.2 as f64 / b.1.max(1) as f64)));
+        for (id, payload, live) in rest {
+            if dead <= bound {
+                break;
+            }
+            dead -= payload.saturating_sub(live);
+            picked.insert(id);
+        }
+    }
+    picked
+}
+
 impl ChunkEngine {
+    /// Sealed segments as (id, payload, live), skipping those with reservations in flight.
+    fn sealed_segments(&self) -> (Vec<(u64, u64, u64)>, u64) {
+        let active: HashSet<u64> = self.segs.active_ids();
+        let acct = self.acct.lock().expect("accounting lock");
+        let live_total = acct.segments.values().map(|s| s.live).sum();
+        let sealed = acct
+            .segments
+            .iter()
+            .filter(|(id, _)| !active.contains(id))
+            .map(|(id, s)| (*id, s.size.saturating_sub(SEGMENT_HEADER_LEN), s.live))
+            .collect();
+        (sealed, live_total)
+    }
+
+    /// Whether a GC pass would rewrite anything: a sealed segment under the live threshold, or
+    /// more dead bytes in sealed segments than `gc_max_dead_ratio` allows. Reads only the
+    /// accounting (cheap enough to ask every second).
+    pub fn gc_due(&self) -> bool {
+        let (sealed, live_total) = self.sealed_segments();
+        !pick(&sealed, self.cfg.gc_live_threshold, self.cfg.gc_max_dead_ratio, live_total).is_empty()
+    }
+
     /// Runs one GC pass (one at a time; a second caller waits for the first).
     pub fn gc(&self) -> Result<GcReport, ChunkError> {
         let _only_one = self.gc_lock.lock().expect("gc lock");
         bump(&self.counters.gc_runs, 1);
-        let active: HashSet<u64> = self.segs.active_ids();
         let candidates: HashSet<u64> = {
-            let acct = self.acct.lock().expect("accounting lock");
-            acct.segments
-                .iter()
-                .filter(|(id, s)| {
-                    let payload = s.size.saturating_sub(SEGMENT_HEADER_LEN);
-                    !active.contains(id) && (s.live as f64) < self.cfg.gc_live_threshold * payload as f64
-                        || !active.contains(id) && s.live == 0
-                })
-                .map(|(id, _)| *id)
+            let (sealed, live_total) = self.sealed_segments();
+            pick(&sealed, self.cfg.gc_live_threshold, self.cfg.gc_max_dead_ratio, live_total)
+                .into_iter()
                 .filter(|id| self.segment(*id).is_none_or(|s| s.inflight.load(Ordering::Acquire) == 0))
                 .collect()
         };
@@ -118,5 +162,28 @@ impl ChunkEngine {
         bump(&self.counters.gc_reclaimed_bytes, report.bytes_reclaimed);
         tracing::info!(?report, "gc pass done");
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod pick_tests {
+    use super::pick;
+
+    #[test]
+    fn under_the_threshold_always_and_the_emptiest_while_dead_exceeds_the_bound() {
+        // (id, payload, live): live fractions 0.9, 0.6, 0.7, 0.3, 0.0.
+        let sealed = [(1, 100, 90), (2, 100, 60), (3, 100, 70), (4, 100, 30), (5, 100, 0)];
+        let ids = |v: std::collections::HashSet<u64>| {
+            let mut v: Vec<u64> = v.into_iter().collect();
+            v.sort();
+            v
+        };
+        // No bound: the threshold alone.
+        assert_eq!(ids(pick(&sealed, 0.5, 0.0, 250)), vec![4, 5]);
+        // Dead of the rest: 10 + 40 + 30 = 80 > 0.25 × 250: the emptiest (2, then 3) go until ≤ 62.
+        assert_eq!(ids(pick(&sealed, 0.5, 0.25, 250)), vec![2, 4, 5]);
+        assert_eq!(ids(pick(&sealed, 0.5, 0.1, 250)), vec![2, 3, 4, 5]);
+        // A generous bound changes nothing.
+        assert_eq!(ids(pick(&sealed, 0.5, 1.0, 250)), vec![4, 5]);
     }
 }

@@ -16,9 +16,12 @@ pub(crate) const DIRECT_LANE: usize = 0;
 pub(crate) const SMALL_LANE: usize = 1;
 
 /// How far ahead of its appends the small lane zero-fills its segment (see
-/// [`Segment::zero_fill`]; the large lane fallocates a whole segment at once, its O_DIRECT
-/// writes being large; small records may trickle in, so space is only taken as needed).
+/// [`Segment::zero_fill`]; the large lane fallocates in larger steps, its O_DIRECT writes being
+/// large; small records may trickle in, so space is only taken as needed).
 const SMALL_PREALLOC: u64 = 4 << 20;
+/// How far ahead of its appends the O_DIRECT lane fallocates its segment: in steps, so a young
+/// or small node does not hold a whole segment of allocated, unwritten space.
+const DIRECT_PREALLOC: u64 = 32 << 20;
 
 struct Lane {
     align: u64,
@@ -87,7 +90,7 @@ impl SegmentSet {
         }
         let seg = lane.active.clone().expect("active segment");
         if lane.next_off + span > lane.allocated {
-            let step = if lane.align == DIRECT_ALIGN { self.segment_size } else { SMALL_PREALLOC };
+            let step = if lane.align == DIRECT_ALIGN { DIRECT_PREALLOC } else { SMALL_PREALLOC };
             let end = (lane.next_off + span + step).min(self.segment_size.max(lane.next_off + span));
             if lane.align == DIRECT_ALIGN {
                 seg.preallocate(end);

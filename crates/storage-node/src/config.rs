@@ -31,6 +31,10 @@ pub struct NodeConfig {
     pub direct_io: bool,
     /// GC rewrites sealed segments whose live fraction is below this. Default 0.5.
     pub gc_live_threshold: f64,
+    /// Dead bytes in sealed segments may reach this fraction of the live bytes; past it a GC
+    /// pass runs at once (checked every second) and also rewrites the emptiest segments until
+    /// back under it. 0: off (the threshold and the interval alone). Default 0.25.
+    pub gc_max_dead_ratio: f64,
     /// Seconds between background GC passes; 0 disables them. Default 30 (a pass with no
     /// segment under the threshold only reads the accounting).
     pub gc_interval_secs: u64,
@@ -90,6 +94,7 @@ impl Default for NodeConfig {
             segment_size: 256 << 20,
             direct_io: true,
             gc_live_threshold: 0.5,
+            gc_max_dead_ratio: 0.25,
             gc_interval_secs: 30,
             scrub_interval_secs: 604_800,
             log: "info".into(),
@@ -146,6 +151,9 @@ pub struct NodeArgs {
     /// GC live-fraction threshold (0.0–1.0).
     #[arg(long, env = "CAIRN_NODE_GC_LIVE_THRESHOLD")]
     pub gc_live_threshold: Option<f64>,
+    /// Dead bytes allowed in sealed segments, as a fraction of live bytes (0: off).
+    #[arg(long, env = "CAIRN_NODE_GC_MAX_DEAD_RATIO")]
+    pub gc_max_dead_ratio: Option<f64>,
     /// Seconds between background GC passes (0: off).
     #[arg(long, env = "CAIRN_NODE_GC_INTERVAL_SECS")]
     pub gc_interval_secs: Option<u64>,
@@ -227,6 +235,7 @@ impl NodeConfig {
             segment_size,
             direct_io,
             gc_live_threshold,
+            gc_max_dead_ratio,
             gc_interval_secs,
             scrub_interval_secs,
             log,
@@ -324,6 +333,7 @@ impl NodeConfig {
         e.segment_size = self.segment_size;
         e.direct_io = self.direct_io;
         e.gc_live_threshold = self.gc_live_threshold;
+        e.gc_max_dead_ratio = self.gc_max_dead_ratio;
         e
     }
 }

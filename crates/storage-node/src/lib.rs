@@ -130,12 +130,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     let grpc = builder.add_service(routes);
     let grpc = grpc.serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
 
-    let gc =
-        tokio::spawn(periodic(engine.clone(), cfg.gc_interval_secs, stop_rx.clone(), "gc", ChunkEngine::gc, |r| {
-            if r.segments_removed > 0 {
-                tracing::info!(reclaimed = r.bytes_reclaimed, "background gc");
-            }
-        }));
+    let gc = tokio::spawn(segment_gc_loop(engine.clone(), cfg.gc_interval_secs, stop_rx.clone()));
     // Background scrub: damaged copies get quarantined; the reconciler replaces them from a replica.
     tokio::spawn(periodic(
         engine.clone(),
@@ -230,6 +225,39 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
 }
 
 /// Runs blocking engine `job` every `every_secs` (0: never) until `stop`, logging failures.
+/// Segment GC: a pass every `every_secs` (0: never), and at once whenever the engine says one is
+/// due (dead bytes past `gc_max_dead_ratio` of live, or a segment under the threshold), checked
+/// every second from the accounting.
+async fn segment_gc_loop(engine: Arc<ChunkEngine>, every_secs: u64, mut stop: watch::Receiver<bool>) {
+    if every_secs == 0 {
+        return;
+    }
+    let every = Duration::from_secs(every_secs);
+    let mut last = std::time::Instant::now();
+    // A due pass that gave nothing back (segments busy) is not repeated before the interval.
+    let mut stuck = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if last.elapsed() < every && (stuck || !engine.gc_due()) {
+            continue;
+        }
+        last = std::time::Instant::now();
+        let e = engine.clone();
+        match tokio::task::spawn_blocking(move || e.gc()).await {
+            Ok(Ok(r)) if r.segments_removed > 0 => {
+                stuck = false;
+                tracing::info!(reclaimed = r.bytes_reclaimed, moved = r.bytes_moved, "background gc")
+            }
+            Ok(Ok(_)) => stuck = true,
+            Ok(Err(e)) => tracing::error!(error = %e, "background gc failed"),
+            Err(e) => tracing::error!(error = %e, "background gc task failed"),
+        }
+    }
+}
+
 async fn periodic<T: Send + 'static>(
     engine: Arc<ChunkEngine>,
     every_secs: u64,

@@ -479,8 +479,8 @@ async fn overwrite_load(args: &Args, pool: &Pool, dir: &Path, vol: &str, file: &
         .map_err(|e| format!("cannot run fio (apt install fio): {e}"))?;
     let started = Instant::now();
     println!(
-        "{:>6} {:>10} {:>10} {:>6} {:>10} {:>10} {:>10} {:>12} {:>12}",
-        "t(s)", "disk MB", "live MB", "ratio", "segs MB", "dead MB", "held MB", "poolgc MB", "seggc MB"
+        "{:>6} {:>10} {:>10} {:>6} {:>10} {:>10} {:>10} {:>12} {:>12} {:>12}",
+        "t(s)", "disk MB", "live MB", "ratio", "segs MB", "dead MB", "held MB", "released MB", "poolgc MB", "seggc MB"
     );
     let mut worst: f64 = 0.0;
     let mut samples = 0;
@@ -498,6 +498,7 @@ async fn overwrite_load(args: &Args, pool: &Pool, dir: &Path, vol: &str, file: &
                     "cairn_node_pool_gc_held_bytes",
                     "cairn_node_pool_gc_deleted_bytes_total",
                     "cairn_node_gc_reclaimed_bytes_total",
+                    "cairn_node_released_bytes_total",
                 ] {
                     if k == name {
                         *m.entry(name).or_default() += v;
@@ -510,7 +511,7 @@ async fn overwrite_load(args: &Args, pool: &Pool, dir: &Path, vol: &str, file: &
         samples += 1;
         let mb = |name: &str| m.get(name).copied().unwrap_or(0.0) / 1e6;
         println!(
-            "{:>6.0} {:>10.0} {:>10.0} {:>6.2} {:>10.0} {:>10.0} {:>10.0} {:>12.0} {:>12.0}",
+            "{:>6.0} {:>10.0} {:>10.0} {:>6.2} {:>10.0} {:>10.0} {:>10.0} {:>12.0} {:>12.0} {:>12.0}",
             started.elapsed().as_secs_f64(),
             disk as f64 / 1e6,
             live as f64 / 1e6,
@@ -518,6 +519,7 @@ async fn overwrite_load(args: &Args, pool: &Pool, dir: &Path, vol: &str, file: &
             mb("cairn_node_used_bytes"),
             mb("cairn_node_dead_bytes"),
             mb("cairn_node_pool_gc_held_bytes"),
+            mb("cairn_node_released_bytes_total"),
             mb("cairn_node_pool_gc_deleted_bytes_total"),
             mb("cairn_node_gc_reclaimed_bytes_total"),
         );
