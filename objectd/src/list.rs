@@ -232,6 +232,48 @@ pub fn version_name(rest: &[u8]) -> &[u8] {
     }
 }
 
+/// Where a page of versions resumes: after the marker version of the marker key, or after every
+/// version of the marker key (also a common prefix, which `after` then keeps from coming back).
+/// Markers are positions: a version id names its place in the key's versions (its sort id)
+/// whether or not that version still exists, so a page deleted since it was listed does not
+/// stop the listing. Only a deleted `null` version has no place left; the page then resumes at
+/// the key's first remaining version (which may list again versions already listed).
+async fn versions_start<'a>(
+    store: &Store,
+    bucket: &str,
+    key_marker: Option<&'a str>,
+    vid_marker: Option<&str>,
+) -> Result<(Vec<u8>, Option<&'a str>)> {
+    match (key_marker, vid_marker) {
+        (Some(k), Some("null")) => match store.version(bucket, k, "null").await? {
+            Some((_, r)) => {
+                let mut s = version_key(bucket, k, &r.sort_id);
+                s.push(0);
+                Ok((s, None))
+            }
+            None => Ok((key_versions_prefix(bucket, k), None)),
+        },
+        (Some(k), Some(v)) => {
+            if v.len() != 24 || !v.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(s3err(S3ErrorCode::InvalidArgument, "Invalid version id marker"));
+            }
+            // A version id is its sort id.
+            let mut s = version_key(bucket, k, v);
+            s.push(0);
+            Ok((s, None))
+        }
+        (Some(k), None) => {
+            let mut s = key_versions_prefix(bucket, k);
+            *s.last_mut().expect("ends with NUL") = 1;
+            Ok((s, Some(k)))
+        }
+        (None, Some(_)) => {
+            Err(s3err(S3ErrorCode::InvalidArgument, "A version-id marker cannot be specified without a key marker."))
+        }
+        (None, None) => Ok((versions_prefix(bucket), None)),
+    }
+}
+
 pub async fn list_object_versions(
     store: &Store,
     req: S3Request<ListObjectVersionsInput>,
@@ -244,30 +286,16 @@ pub async fn list_object_versions(
     let base = versions_prefix(&i.bucket);
     let key_marker = i.key_marker.clone().filter(|m| !m.is_empty());
     let vid_marker = i.version_id_marker.clone().filter(|m| !m.is_empty());
-    // Resume after the marker version of the marker key, or after every version of the key.
+    let (start, after) = versions_start(store, &i.bucket, key_marker.as_deref(), vid_marker.as_deref()).await?;
+    // A page that resumes inside a key's versions does not start with that key's latest one,
+    // unless every newer version is gone since the previous page.
     let mut prev_key: Option<String> = None;
-    let start = match (&key_marker, &vid_marker) {
-        (Some(k), Some(v)) => {
-            let sort = match store.version(&i.bucket, k, v).await? {
-                Some((_, r)) => r.sort_id,
-                None => return Err(s3err(S3ErrorCode::InvalidArgument, "Invalid version id marker").into()),
-            };
-            prev_key = Some(k.clone());
-            let mut s = version_key(&i.bucket, k, &sort);
-            s.push(0);
-            s
-        }
-        (Some(k), None) => {
-            let mut s = key_versions_prefix(&i.bucket, k);
-            *s.last_mut().expect("ends with NUL") = 1;
-            s
-        }
-        _ => base.clone(),
-    };
-    let after = match (&key_marker, &vid_marker) {
-        (Some(k), None) => Some(k.as_str()),
-        _ => None,
-    };
+    if let (Some(k), Some(_)) = (&key_marker, &vid_marker)
+        && let Some((kv, _)) = store.versions_of(&i.bucket, k, 1).await?.into_iter().next()
+        && kv.key < start
+    {
+        prev_key = Some(k.clone());
+    }
     let page = scan(store, &base, &prefix, i.delimiter.as_deref(), start, after, max, version_name).await?;
     let mut versions = Vec::new();
     let mut markers = Vec::new();

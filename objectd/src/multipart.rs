@@ -509,7 +509,8 @@ pub async fn list_uploads(
     let max = i.max_uploads.unwrap_or(1000).clamp(1, 1000) as usize;
     let prefix = i.prefix.clone().unwrap_or_default();
     let base = uploads_prefix(&i.bucket);
-    let start = match (&i.key_marker, &i.upload_id_marker) {
+    let uid_marker = i.upload_id_marker.as_deref().filter(|u| !u.is_empty());
+    let start = match (&i.key_marker, uid_marker) {
         (Some(k), Some(u)) if !k.is_empty() => {
             let mut s = upload_key(&i.bucket, k, u);
             s.push(0);
@@ -523,8 +524,10 @@ pub async fn list_uploads(
         }
         _ => base.clone(),
     };
+    // A key marker alone may be a common prefix of the previous page: it must not come back.
+    let after = i.key_marker.as_deref().filter(|k| !k.is_empty() && uid_marker.is_none());
     let page =
-        crate::list::scan(store, &base, &prefix, i.delimiter.as_deref(), start, None, max, crate::list::version_name)
+        crate::list::scan(store, &base, &prefix, i.delimiter.as_deref(), start, after, max, crate::list::version_name)
             .await?;
     let mut uploads = Vec::new();
     let mut prefixes = Vec::new();

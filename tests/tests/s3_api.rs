@@ -94,6 +94,14 @@ fn s3_listing() {
     run_suite("listing", &[], &[]);
 }
 
+/// Listing markers are positions: buckets emptied page by page (each page deleted before the
+/// next is listed) end empty.
+#[test]
+fn s3_listing_paging() {
+    let _g = serial();
+    run_suite("listing_paging", &[], &[]);
+}
+
 #[test]
 fn s3_versioning() {
     let _g = serial();
