@@ -73,6 +73,14 @@ fn s3_auth() {
     }
 }
 
+/// Authentication errors as AWS gives them (missing/empty Authorization, clock skew, SigV4 by
+/// the Date header, presigned expiry bounds and expiry).
+#[test]
+fn s3_auth_errors() {
+    let _g = serial();
+    run_suite("auth_errors", &[], &[]);
+}
+
 #[test]
 fn s3_buckets() {
     let _g = serial();
