@@ -1,5 +1,6 @@
 """Authentication errors as AWS gives them: missing or empty Authorization, clock skew, SigV4
-dated by the Date header, presigned X-Amz-Expires bounds and expiry."""
+dated by the Date header, presigned X-Amz-Expires bounds and expiry; and their order: a bucket
+that does not exist is NoSuchBucket to any authenticated caller."""
 
 import datetime
 import unittest.mock
@@ -88,6 +89,62 @@ class AuthErrors(unittest.TestCase):
         assert_raw_error(r, "AccessDenied", 403)
         _, msg, _ = parse_error_xml(r.body)
         self.assertEqual(msg, "Request has expired")
+
+
+class MissingBucket(unittest.TestCase):
+    """Any operation on a bucket that does not exist answers 404 NoSuchBucket to an
+    authenticated caller, whatever its rights, before anything else is checked."""
+
+    def ops(self, c, b):
+        return {
+            "DeleteObject": lambda: c.delete_object(Bucket=b, Key="k"),
+            "DeleteObject version": lambda: c.delete_object(Bucket=b, Key="k", VersionId="null"),
+            "DeleteObjects": lambda: c.delete_objects(Bucket=b, Delete={"Objects": [{"Key": "k"}]}),
+            "PutObject": lambda: c.put_object(Bucket=b, Key="k", Body=b"x"),
+            "PutObject bad key": lambda: c.put_object(Bucket=b, Key="a/../b", Body=b"x"),
+            "GetObject": lambda: c.get_object(Bucket=b, Key="k"),
+            "CopyObject": lambda: c.copy_object(Bucket=b, Key="k", CopySource={"Bucket": b, "Key": "src"}),
+            "ListObjects": lambda: c.list_objects(Bucket=b),
+            "ListObjectsV2": lambda: c.list_objects_v2(Bucket=b),
+            "ListObjectVersions": lambda: c.list_object_versions(Bucket=b),
+            "ListMultipartUploads": lambda: c.list_multipart_uploads(Bucket=b),
+            "CreateMultipartUpload": lambda: c.create_multipart_upload(Bucket=b, Key="k"),
+            "UploadPart": lambda: c.upload_part(Bucket=b, Key="k", UploadId="0" * 32, PartNumber=1, Body=b"x"),
+            "AbortMultipartUpload": lambda: c.abort_multipart_upload(Bucket=b, Key="k", UploadId="0" * 32),
+            "ListParts": lambda: c.list_parts(Bucket=b, Key="k", UploadId="0" * 32),
+            "DeleteBucket": lambda: c.delete_bucket(Bucket=b),
+            "GetBucketVersioning": lambda: c.get_bucket_versioning(Bucket=b),
+            "PutBucketVersioning": lambda: c.put_bucket_versioning(
+                Bucket=b, VersioningConfiguration={"Status": "Enabled"}),
+            "GetBucketLocation": lambda: c.get_bucket_location(Bucket=b),
+            "GetBucketTagging (not implemented)": lambda: c.get_bucket_tagging(Bucket=b),
+        }
+
+    def test_no_such_bucket_first(self):
+        b = unique_bucket("gone")
+        plain = create_key("no-rights")
+        for who, c in (("admin", client()), ("a key without rights", client(*plain))):
+            for name, op in self.ops(c, b).items():
+                with self.subTest(who=who, op=name):
+                    assert_s3_error(op, "NoSuchBucket", 404)
+            self.assertEqual(error_code(lambda: c.head_bucket(Bucket=b)), "404")
+            self.assertEqual(error_code(lambda: c.head_object(Bucket=b, Key="k")), "404")
+
+    def test_anonymous_callers_learn_nothing(self):
+        b = unique_bucket("gone")
+        anon = client(anonymous=True)
+        for name in ("DeleteObject", "PutObject", "ListObjectsV2"):
+            with self.subTest(op=name):
+                assert_s3_error(self.ops(anon, b)[name], "AccessDenied", 403)
+
+    def test_a_bucket_deleted_meanwhile(self):
+        c = client()
+        b = unique_bucket("del")
+        c.create_bucket(Bucket=b)
+        c.delete_bucket(Bucket=b)
+        for name in ("DeleteObject", "PutObject", "ListObjectVersions"):
+            with self.subTest(op=name):
+                assert_s3_error(self.ops(client(*create_key("late")), b)[name], "NoSuchBucket", 404)
 
 
 if __name__ == "__main__":
