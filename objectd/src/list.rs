@@ -47,7 +47,9 @@ pub async fn scan(
     let mut start = start.max(span.clone());
     let mut items: Vec<Item> = Vec::new();
     let mut truncated = false;
-    let delimiter = delimiter.filter(|d| !d.is_empty());
+    if max == 0 {
+        return Ok(Page { items, truncated });
+    }
     'outer: loop {
         if start >= end {
             break;
@@ -90,16 +92,24 @@ pub async fn scan(
     Ok(Page { items, truncated })
 }
 
-fn url(s: &str, on: bool) -> String {
+pub fn url(s: &str, on: bool) -> String {
     if on { urlencoding::encode(s).into_owned() } else { s.to_string() }
 }
 
-fn url_on(e: &Option<EncodingType>) -> Result<bool> {
+/// Whether `encoding-type=url` was asked for. It applies to the names a listing returns and
+/// echoes — keys, prefixes, delimiter, start-after and the key markers — never to version or
+/// upload ids nor continuation tokens.
+pub fn url_on(e: &Option<EncodingType>) -> Result<bool> {
     match e.as_ref().map(|e| e.as_str()) {
         None => Ok(false),
         Some("url") => Ok(true),
         Some(_) => Err(s3err(S3ErrorCode::InvalidArgument, "Invalid Encoding Method specified in Request")),
     }
+}
+
+/// A `delimiter` parameter: an empty one is no delimiter (and is not echoed).
+pub fn delimiter_of(d: Option<String>) -> Option<String> {
+    d.filter(|d| !d.is_empty())
 }
 
 fn max_keys(m: Option<i32>) -> Result<usize> {
@@ -163,6 +173,7 @@ pub async fn list_objects_v2(
     store.bucket(&i.bucket).await?;
     let enc = url_on(&i.encoding_type)?;
     let max = max_keys(i.max_keys)?;
+    let delimiter = delimiter_of(i.delimiter.clone());
     let prefix = i.prefix.clone().unwrap_or_default();
     let base = heads_prefix(&i.bucket);
     let token = match &i.continuation_token {
@@ -177,7 +188,7 @@ pub async fn list_objects_v2(
     };
     let after = token.clone().or_else(|| i.start_after.clone());
     let start = after.as_deref().map(|a| after_key(&base, a)).unwrap_or_else(|| base.clone());
-    let page = scan(store, &base, &prefix, i.delimiter.as_deref(), start, after.as_deref(), max, heads_name).await?;
+    let page = scan(store, &base, &prefix, delimiter.as_deref(), start, after.as_deref(), max, heads_name).await?;
     let owner = i.fetch_owner.unwrap_or(false);
     let (contents, prefixes, last) = objects_of(&page, owner, enc)?;
     let next =
@@ -192,7 +203,7 @@ pub async fn list_objects_v2(
         next_continuation_token: next,
         contents: Some(contents),
         common_prefixes: (!prefixes.is_empty()).then_some(prefixes),
-        delimiter: i.delimiter.map(|d| url(&d, enc)),
+        delimiter: delimiter.map(|d| url(&d, enc)),
         encoding_type: i.encoding_type,
         start_after: i.start_after.map(|s| url(&s, enc)),
         ..Default::default()
@@ -204,11 +215,12 @@ pub async fn list_objects(store: &Store, req: S3Request<ListObjectsInput>) -> S3
     store.bucket(&i.bucket).await?;
     let enc = url_on(&i.encoding_type)?;
     let max = max_keys(i.max_keys)?;
+    let delimiter = delimiter_of(i.delimiter.clone());
     let prefix = i.prefix.clone().unwrap_or_default();
     let base = heads_prefix(&i.bucket);
     let marker = i.marker.clone().filter(|m| !m.is_empty());
     let start = marker.as_deref().map(|a| after_key(&base, a)).unwrap_or_else(|| base.clone());
-    let page = scan(store, &base, &prefix, i.delimiter.as_deref(), start, marker.as_deref(), max, heads_name).await?;
+    let page = scan(store, &base, &prefix, delimiter.as_deref(), start, marker.as_deref(), max, heads_name).await?;
     let (contents, prefixes, last) = objects_of(&page, true, enc)?;
     Ok(S3Response::new(ListObjectsOutput {
         name: Some(i.bucket),
@@ -219,7 +231,7 @@ pub async fn list_objects(store: &Store, req: S3Request<ListObjectsInput>) -> S3
         next_marker: if page.truncated { last.map(|l| url(&l, enc)) } else { None },
         contents: Some(contents),
         common_prefixes: (!prefixes.is_empty()).then_some(prefixes),
-        delimiter: i.delimiter.map(|d| url(&d, enc)),
+        delimiter: delimiter.map(|d| url(&d, enc)),
         encoding_type: i.encoding_type,
         ..Default::default()
     }))
@@ -282,6 +294,7 @@ pub async fn list_object_versions(
     store.bucket(&i.bucket).await?;
     let enc = url_on(&i.encoding_type)?;
     let max = max_keys(i.max_keys)?;
+    let delimiter = delimiter_of(i.delimiter.clone());
     let prefix = i.prefix.clone().unwrap_or_default();
     let base = versions_prefix(&i.bucket);
     let key_marker = i.key_marker.clone().filter(|m| !m.is_empty());
@@ -296,7 +309,7 @@ pub async fn list_object_versions(
     {
         prev_key = Some(k.clone());
     }
-    let page = scan(store, &base, &prefix, i.delimiter.as_deref(), start, after, max, version_name).await?;
+    let page = scan(store, &base, &prefix, delimiter.as_deref(), start, after, max, version_name).await?;
     let mut versions = Vec::new();
     let mut markers = Vec::new();
     let mut prefixes = Vec::new();
@@ -355,7 +368,7 @@ pub async fn list_object_versions(
         versions: Some(versions),
         delete_markers: (!markers.is_empty()).then_some(markers),
         common_prefixes: (!prefixes.is_empty()).then_some(prefixes),
-        delimiter: i.delimiter.map(|d| url(&d, enc)),
+        delimiter: delimiter.map(|d| url(&d, enc)),
         encoding_type: i.encoding_type,
         ..Default::default()
     }))

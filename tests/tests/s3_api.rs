@@ -110,6 +110,13 @@ fn s3_listing_paging() {
     run_suite("listing_paging", &[], &[]);
 }
 
+/// encoding-type=url on exactly AWS's fields, empty delimiter, max-keys=0, ListBuckets pages.
+#[test]
+fn s3_listing_details() {
+    let _g = serial();
+    run_suite("listing_details", &[], &[]);
+}
+
 #[test]
 fn s3_versioning() {
     let _g = serial();
