@@ -8,7 +8,7 @@ use s3s::{S3ErrorCode, S3Request, S3Response, S3Result};
 
 use crate::checksum::{self, Declared};
 use crate::data::{self, MAX_PUT};
-use crate::error::{Result, s3err};
+use crate::error::{ObjectdError, Result, s3err};
 use crate::records::*;
 use crate::store::{Extra, Store, check_key};
 
@@ -137,6 +137,32 @@ pub async fn put_object(store: &Store, req: S3Request<PutObjectInput>) -> S3Resu
     Ok(S3Response::new(out))
 }
 
+/// A 304 for `rec`, with its ETag and Last-Modified headers as S3 sends them (a copy source's
+/// condition answers a plain 412 instead).
+fn not_modified_error(rec: &ObjectRecord, code: S3ErrorCode) -> ObjectdError {
+    if code != S3ErrorCode::NotModified {
+        return s3err(code, "At least one of the pre-conditions you specified did not hold");
+    }
+    let mut e = s3s::S3Error::with_message(code, "Not Modified");
+    let mut h = http::HeaderMap::new();
+    if let Ok(v) = http::HeaderValue::from_str(&format!("\"{}\"", rec.etag)) {
+        h.insert(http::header::ETAG, v);
+    }
+    let mut date = Vec::new();
+    if timestamp(rec.last_modified_unix_ms).format(TimestampFormat::HttpDate, &mut date).is_ok()
+        && let Ok(v) = http::HeaderValue::from_bytes(&date)
+    {
+        h.insert(http::header::LAST_MODIFIED, v);
+    }
+    if rec.version_id != "null"
+        && let Ok(v) = http::HeaderValue::from_str(&rec.version_id)
+    {
+        h.insert("x-amz-version-id", v);
+    }
+    e.set_headers(h);
+    ObjectdError::S3(e)
+}
+
 /// RFC 7232 as S3 applies it: If-Match / If-Unmodified-Since fail with 412, If-None-Match /
 /// If-Modified-Since with 304 (a true If-Match overrides If-Unmodified-Since, a false
 /// If-None-Match overrides If-Modified-Since).
@@ -159,7 +185,7 @@ pub fn check_conditions(
     let modified = (rec.last_modified_unix_ms / 1000) as i64;
     let failed =
         || s3err(S3ErrorCode::PreconditionFailed, "At least one of the pre-conditions you specified did not hold");
-    let unchanged = || s3err(not_modified.clone(), "Not Modified");
+    let unchanged = || not_modified_error(rec, not_modified.clone());
     match if_match {
         Some(c) if !matches(c) => return Err(failed()),
         Some(_) => {}

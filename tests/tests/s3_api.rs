@@ -117,6 +117,13 @@ fn s3_listing_details() {
     run_suite("listing_details", &[], &[]);
 }
 
+/// 304 with ETag and Last-Modified; aws-chunked never stored as a Content-Encoding.
+#[test]
+fn s3_object_headers() {
+    let _g = serial();
+    run_suite("object_headers", &[], &[]);
+}
+
 #[test]
 fn s3_versioning() {
     let _g = serial();
