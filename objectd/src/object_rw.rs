@@ -12,7 +12,21 @@ use crate::error::{ObjectdError, Result, s3err};
 use crate::records::*;
 use crate::store::{Extra, Store, check_key};
 
-/// The stored headers of a new object; user metadata limited to 2 KB like S3.
+/// A Content-Encoding as stored: `aws-chunked` is how the request's body was sent, not how the
+/// object is encoded, so it is dropped (`gzip, aws-chunked` is stored as `gzip`; `aws-chunked`
+/// alone as none).
+pub fn without_aws_chunked(enc: Option<String>) -> Option<String> {
+    let kept: Vec<&str> = enc
+        .as_deref()?
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty() && !e.eq_ignore_ascii_case("aws-chunked"))
+        .collect();
+    (!kept.is_empty()).then(|| kept.join(","))
+}
+
+/// The stored headers of a new object (PUT, copy, multipart upload); user metadata limited to
+/// 2 KB like S3.
 pub fn object_headers(
     content_type: Option<String>,
     content_encoding: Option<String>,
@@ -32,7 +46,7 @@ pub fn object_headers(
     }
     Ok(ObjectHeaders {
         content_type,
-        content_encoding,
+        content_encoding: without_aws_chunked(content_encoding),
         content_disposition,
         content_language,
         cache_control,
@@ -83,7 +97,7 @@ pub async fn put_object(store: &Store, req: S3Request<PutObjectInput>) -> S3Resu
     }
     let hdrs = object_headers(
         input.content_type.clone(),
-        input.content_encoding.clone().filter(|e| e != "aws-chunked"),
+        input.content_encoding.clone(),
         input.content_disposition.clone(),
         input.content_language.clone(),
         input.cache_control.clone(),
@@ -317,4 +331,20 @@ pub async fn head_object(store: &Store, req: S3Request<HeadObjectInput>) -> S3Re
         ..Default::default()
     };
     Ok(S3Response::new(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aws_chunked_is_not_stored() {
+        let w = |s: &str| without_aws_chunked(Some(s.to_string()));
+        assert_eq!(w("gzip, aws-chunked").as_deref(), Some("gzip"));
+        assert_eq!(w("aws-chunked,gzip").as_deref(), Some("gzip"));
+        assert_eq!(w("aws-chunked"), None);
+        assert_eq!(w("AWS-Chunked"), None);
+        assert_eq!(w("gzip,br").as_deref(), Some("gzip,br"));
+        assert_eq!(without_aws_chunked(None), None);
+    }
 }

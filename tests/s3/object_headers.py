@@ -1,7 +1,20 @@
 """Object headers as AWS gives them: a 304 Not Modified carries ETag and Last-Modified (and the
-version id)."""
+version id), and `aws-chunked` — how a body was sent — is never stored as the object's
+Content-Encoding."""
+
+import gzip
 
 from common import *
+
+
+def unsigned_trailer_body(data, chunk=64 * 1024):
+    """An aws-chunked body for STREAMING-UNSIGNED-PAYLOAD-TRAILER with a CRC32 trailer."""
+    out = bytearray()
+    for i in range(0, len(data), chunk):
+        p = data[i:i + chunk]
+        out += f"{len(p):x}\r\n".encode() + p + b"\r\n"
+    out += b"0\r\n" + f"x-amz-checksum-crc32:{crc32_b64(data)}\r\n".encode() + b"\r\n"
+    return bytes(out)
 
 
 class ObjectHeaders(unittest.TestCase):
@@ -38,6 +51,41 @@ class ObjectHeaders(unittest.TestCase):
         self.assertEqual((r.status, r.headers.get("etag"), r.headers.get("x-amz-version-id")),
                          (304, v["ETag"], v["VersionId"]))
         empty_bucket(self.c, b)
+
+    def put_chunked(self, key, data, encoding):
+        path = raw_path(self.b, key)
+        host = f"{HOST}:{PORT}"
+        body = unsigned_trailer_body(data)
+        headers = {
+            "Content-Encoding": encoding,
+            "x-amz-decoded-content-length": str(len(data)),
+            "x-amz-trailer": "x-amz-checksum-crc32",
+            "Content-Length": str(len(body)),
+        }
+        hdrs, _, _ = sign_headers("PUT", host, path, "", headers, payload_hash="STREAMING-UNSIGNED-PAYLOAD-TRAILER")
+        r = send_raw("PUT", path, "", hdrs, body, host=host)
+        self.assertEqual(r.status, 200, r)
+
+    def test_aws_chunked_is_not_stored_as_content_encoding(self):
+        data = gzip.compress(os.urandom(100 * 1024))
+        self.put_chunked("gz", data, "gzip, aws-chunked")
+        self.put_chunked("gz2", data, "aws-chunked,gzip")
+        self.put_chunked("plain", data, "aws-chunked")
+        for key, want in (("gz", "gzip"), ("gz2", "gzip"), ("plain", None)):
+            with self.subTest(key=key):
+                got = self.c.get_object(Bucket=self.b, Key=key)
+                self.assertEqual(got.get("ContentEncoding"), want)
+                self.assertEqual(got["Body"].read(), data)
+                self.assertEqual(self.c.head_object(Bucket=self.b, Key=key).get("ContentEncoding"), want)
+        # Nor through a multipart upload or a copy that names it.
+        up = self.c.create_multipart_upload(Bucket=self.b, Key="mp", ContentEncoding="gzip, aws-chunked")["UploadId"]
+        e = self.c.upload_part(Bucket=self.b, Key="mp", UploadId=up, PartNumber=1, Body=data)["ETag"]
+        self.c.complete_multipart_upload(Bucket=self.b, Key="mp", UploadId=up,
+                                         MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": e}]})
+        self.assertEqual(self.c.head_object(Bucket=self.b, Key="mp").get("ContentEncoding"), "gzip")
+        self.c.copy_object(Bucket=self.b, Key="cp", CopySource={"Bucket": self.b, "Key": "gz"},
+                           MetadataDirective="REPLACE", ContentEncoding="aws-chunked")
+        self.assertIsNone(self.c.head_object(Bucket=self.b, Key="cp").get("ContentEncoding"))
 
 
 if __name__ == "__main__":
