@@ -19,53 +19,53 @@ def now():
     return datetime.datetime.now(datetime.timezone.utc)
 
 
-class AuthErrors(unittest.TestCase):
+class AuthErrors(BucketCase):
+    PREFIX = "ae"
+
     @classmethod
     def setUpClass(cls):
-        cls.c = client()
-        cls.bucket = unique_bucket("ae")
-        cls.c.create_bucket(Bucket=cls.bucket)
-        cls.c.put_object(Bucket=cls.bucket, Key="seed", Body=b"seed")
+        super().setUpClass()
+        cls.c.put_object(Bucket=cls.b, Key="seed", Body=b"seed")
 
     def test_no_or_empty_authorization_is_access_denied(self):
         for headers in ({}, {"Authorization": ""}, {"Authorization": " "}):
             with self.subTest(headers=headers):
-                r = raw_request("GET", self.bucket, "seed", headers=headers, sign=False)
+                r = raw_request("GET", self.b, "seed", headers=headers, sign=False)
                 assert_raw_error(r, "AccessDenied", 403)
-                r = raw_request("PUT", self.bucket, "new", headers=headers, body=b"x", sign=False)
+                r = raw_request("PUT", self.b, "new", headers=headers, body=b"x", sign=False)
                 assert_raw_error(r, "AccessDenied", 403)
-        self.assertEqual(error_code(lambda: self.c.head_object(Bucket=self.bucket, Key="new")), "404")
+        self.assertEqual(error_code(lambda: self.c.head_object(Bucket=self.b, Key="new")), "404")
 
     def test_request_time_too_skewed(self):
         for minutes in (-20, 20):
             with self.subTest(minutes=minutes), at(now() + datetime.timedelta(minutes=minutes)):
-                r = raw_request("GET", self.bucket, "seed")
+                r = raw_request("GET", self.b, "seed")
                 assert_raw_error(r, "RequestTimeTooSkewed", 403)
         # Within 15 minutes is fine.
         with at(now() - datetime.timedelta(minutes=5)):
-            self.assertEqual(raw_request("GET", self.bucket, "seed").status, 200)
+            self.assertEqual(raw_request("GET", self.b, "seed").status, 200)
 
     def test_sigv4_dated_by_the_date_header(self):
         # With a Date header botocore signs it and sends no X-Amz-Date.
-        hdrs, _, _ = sign_headers("PUT", f"{HOST}:{PORT}", raw_path(self.bucket, "dated"), headers={"Date": "x"},
+        hdrs, _, _ = sign_headers("PUT", f"{HOST}:{PORT}", raw_path(self.b, "dated"), headers={"Date": "x"},
                                   body=b"dated")
         self.assertNotIn("X-Amz-Date", hdrs)
         self.assertIn("date", hdrs["Authorization"].split("SignedHeaders=")[1].split(",")[0].split(";"))
-        r = send_raw("PUT", raw_path(self.bucket, "dated"), headers=hdrs, body=b"dated")
+        r = send_raw("PUT", raw_path(self.b, "dated"), headers=hdrs, body=b"dated")
         self.assertEqual(r.status, 200, r)
-        r = raw_request("GET", self.bucket, "dated", headers={"Date": "x"})
+        r = raw_request("GET", self.b, "dated", headers={"Date": "x"})
         self.assertEqual((r.status, r.body), (200, b"dated"))
         # Still a signed date: a skewed Date is refused, a tampered signature too.
         with at(now() - datetime.timedelta(minutes=20)):
-            assert_raw_error(raw_request("GET", self.bucket, "dated", headers={"Date": "x"}), "RequestTimeTooSkewed", 403)
-        hdrs, _, sig = sign_headers("GET", f"{HOST}:{PORT}", raw_path(self.bucket, "dated"), headers={"Date": "x"})
+            assert_raw_error(raw_request("GET", self.b, "dated", headers={"Date": "x"}), "RequestTimeTooSkewed", 403)
+        hdrs, _, sig = sign_headers("GET", f"{HOST}:{PORT}", raw_path(self.b, "dated"), headers={"Date": "x"})
         hdrs["Authorization"] = hdrs["Authorization"].replace(sig, ("0" if sig[0] != "0" else "1") + sig[1:])
-        assert_raw_error(send_raw("GET", raw_path(self.bucket, "dated"), headers=hdrs), "SignatureDoesNotMatch", 403)
+        assert_raw_error(send_raw("GET", raw_path(self.b, "dated"), headers=hdrs), "SignatureDoesNotMatch", 403)
 
     def presigned_query(self, expires, when=None):
         def make():
             return self.c.generate_presigned_url(
-                "get_object", Params={"Bucket": self.bucket, "Key": "seed"}, ExpiresIn=expires
+                "get_object", Params={"Bucket": self.b, "Key": "seed"}, ExpiresIn=expires
             ).split("?", 1)[1]
         if when is None:
             return make()
@@ -73,7 +73,7 @@ class AuthErrors(unittest.TestCase):
             return make()
 
     def test_presigned_expires_bounds(self):
-        path = raw_path(self.bucket, "seed")
+        path = raw_path(self.b, "seed")
         for expires in (0, 604801, 10**9):
             with self.subTest(expires=expires):
                 r = send_raw("GET", path, self.presigned_query(expires))
@@ -85,7 +85,7 @@ class AuthErrors(unittest.TestCase):
 
     def test_expired_presigned_url(self):
         q = self.presigned_query(3600, when=now() - datetime.timedelta(hours=2))
-        r = send_raw("GET", raw_path(self.bucket, "seed"), q)
+        r = send_raw("GET", raw_path(self.b, "seed"), q)
         assert_raw_error(r, "AccessDenied", 403)
         _, msg, _ = parse_error_xml(r.body)
         self.assertEqual(msg, "Request has expired")

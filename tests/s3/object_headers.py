@@ -7,22 +7,8 @@ import gzip
 from common import *
 
 
-def unsigned_trailer_body(data, chunk=64 * 1024):
-    """An aws-chunked body for STREAMING-UNSIGNED-PAYLOAD-TRAILER with a CRC32 trailer."""
-    out = bytearray()
-    for i in range(0, len(data), chunk):
-        p = data[i:i + chunk]
-        out += f"{len(p):x}\r\n".encode() + p + b"\r\n"
-    out += b"0\r\n" + f"x-amz-checksum-crc32:{crc32_b64(data)}\r\n".encode() + b"\r\n"
-    return bytes(out)
-
-
-class ObjectHeaders(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.c = client()
-        cls.b = unique_bucket("oh")
-        cls.c.create_bucket(Bucket=cls.b)
+class ObjectHeaders(BucketCase):
+    PREFIX = "oh"
 
     def test_not_modified_carries_etag_and_last_modified(self):
         self.c.put_object(Bucket=self.b, Key="k", Body=b"hello")
@@ -55,7 +41,7 @@ class ObjectHeaders(unittest.TestCase):
     def put_chunked(self, key, data, encoding):
         path = raw_path(self.b, key)
         host = f"{HOST}:{PORT}"
-        body = unsigned_trailer_body(data)
+        body = unsigned_trailer_chunks(data, 64 * 1024, "x-amz-checksum-crc32", crc32_b64(data))
         headers = {
             "Content-Encoding": encoding,
             "x-amz-decoded-content-length": str(len(data)),
