@@ -34,7 +34,8 @@ pub fn check_presigned_expiry(query: &str) -> Result<(), Refusal> {
         return Ok(());
     }
     let Some(v) = query_param(query, "X-Amz-Expires") else { return Ok(()) };
-    let refuse = |message| Err(Refusal { status: StatusCode::BAD_REQUEST, code: "AuthorizationQueryParametersError", message });
+    let refuse =
+        |message| Err(Refusal { status: StatusCode::BAD_REQUEST, code: "AuthorizationQueryParametersError", message });
     match v.parse::<i64>() {
         Err(_) => refuse("X-Amz-Expires should be a number"),
         Ok(n) if n < 0 => refuse("X-Amz-Expires must be non-negative"),
@@ -112,7 +113,8 @@ mod tests {
 
     #[test]
     fn empty_authorization_is_anonymous_and_date_becomes_amz_date() {
-        let mut r = Request::builder().uri("/b/k").header("authorization", " ").body(axum::body::Body::empty()).unwrap();
+        let mut r =
+            Request::builder().uri("/b/k").header("authorization", " ").body(axum::body::Body::empty()).unwrap();
         settle(&mut r).unwrap();
         assert!(r.headers().get("authorization").is_none());
         let mut r = Request::builder()

@@ -304,9 +304,26 @@ fn local_env_paths_are_absolute_and_console_quiet() {
             .filter_map(|l| l.split_once(" INFO ").map(|(_, r)| r.split([':', ' ']).next().unwrap_or("")))
             .collect();
         assert!(info_targets.iter().any(|t| t.starts_with("cairn_local")), "no info line of ours:\n{log}");
-        let ours = ["cairn", "objectd", "storage_node", "metadata_service", "csi_", "cluster", "fs_", "volume_engine",
-            "daemon_kit", "chunk_engine", "kv_engine", "mtls", "node_client", "metadata_client", "block_frontend",
-            "local_allinone", "format_version", "placement"];
+        let ours = [
+            "cairn",
+            "objectd",
+            "storage_node",
+            "metadata_service",
+            "csi_",
+            "cluster",
+            "fs_",
+            "volume_engine",
+            "daemon_kit",
+            "chunk_engine",
+            "kv_engine",
+            "mtls",
+            "node_client",
+            "metadata_client",
+            "block_frontend",
+            "local_allinone",
+            "format_version",
+            "placement",
+        ];
         for t in info_targets {
             assert!(ours.iter().any(|o| t.starts_with(o)), "a dependency logs at info ({t}):\n{log}");
         }
