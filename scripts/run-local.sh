@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
 cargo build --release --bins
-exec target/release/cairn-local --data "${CAIRN_DATA:-./data}" "$@"
+# cargo builds into CARGO_TARGET_DIR when it is set (relative to the repository, as cargo takes it).
+exec "${CARGO_TARGET_DIR:-target}/release/cairn-local" --data "${CAIRN_DATA:-./data}" "$@"

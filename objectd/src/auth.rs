@@ -102,9 +102,10 @@ impl S3Access for BucketAccess {
             };
         }
         let rec = self.buckets.get(&bucket).await.map_err(S3Error::from)?;
-        let Some(rec) = rec else {
-            // The operation answers NoSuchBucket, but only to a caller who could have a right to know.
-            return if key.is_some() { Ok(()) } else { Err(denied()) };
+        let Some(rec) = rec.filter(|r| !r.rec.deleting) else {
+            // NoSuchBucket before anything else (rights, the key, an operation we lack), as S3
+            // answers; but only to a caller who could have a right to know.
+            return Err(if key.is_some() { crate::store::no_such_bucket(&bucket).into() } else { denied() });
         };
         match key {
             Some(k) => match k.permission(&bucket, Some(&rec.rec.owner)) {

@@ -138,28 +138,55 @@ pub async fn head_bucket(store: &Store, req: S3Request<HeadBucketInput>) -> S3Re
     Ok(S3Response::new(HeadBucketOutput { bucket_region: Some(store.cfg.region.clone()), ..Default::default() }))
 }
 
+/// ListBuckets: the buckets the caller may see, in name order, from `prefix`, in pages of
+/// `max-buckets` (1–10000; all of them by default) resumed by `continuation-token` (the last
+/// name of the previous page, base64: a position, so it stays valid if that bucket goes).
 pub async fn list_buckets(store: &Store, req: S3Request<ListBucketsInput>) -> S3Result<S3Response<ListBucketsOutput>> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let who = caller(&req);
     let key = store.keys.get(&who).await?;
-    let prefix = req.input.prefix.unwrap_or_default();
+    let input = req.input;
+    let prefix = input.prefix.clone().unwrap_or_default();
+    let max = match input.max_buckets {
+        None => usize::MAX,
+        Some(n) if (1..=10_000).contains(&n) => n as usize,
+        Some(_) => return Err(s3err(S3ErrorCode::InvalidArgument, "max-buckets must be between 1 and 10000").into()),
+    };
+    let after = match input.continuation_token.as_deref().filter(|t| !t.is_empty()) {
+        Some(t) => Some(
+            b64.decode(t)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| s3err(S3ErrorCode::InvalidArgument, "The continuation token provided is incorrect"))?,
+        ),
+        None => None,
+    };
     let mut buckets = Vec::new();
+    let mut next = None;
     for (name, b) in store.buckets.all() {
-        if b.rec.deleting || !name.starts_with(&prefix) {
+        if b.rec.deleting || !name.starts_with(&prefix) || after.as_ref().is_some_and(|a| name <= *a) {
             continue;
         }
         let visible = key.as_ref().is_some_and(|k| k.rec.permission(&name, Some(&b.rec.owner)).is_some());
-        if visible {
-            buckets.push(Bucket {
-                name: Some(name),
-                creation_date: Some(timestamp(b.rec.created_unix_ms)),
-                bucket_region: Some(store.cfg.region.clone()),
-            });
+        if !visible {
+            continue;
         }
+        if buckets.len() == max {
+            next = buckets.last().and_then(|l: &Bucket| l.name.as_ref()).map(|n| b64.encode(n));
+            break;
+        }
+        buckets.push(Bucket {
+            name: Some(name),
+            creation_date: Some(timestamp(b.rec.created_unix_ms)),
+            bucket_region: Some(store.cfg.region.clone()),
+        });
     }
     Ok(S3Response::new(ListBucketsOutput {
         buckets: Some(buckets),
         owner: Some(Owner { id: Some(who.clone()), display_name: key.map(|k| k.rec.name.clone()) }),
-        ..Default::default()
+        continuation_token: next,
+        prefix: input.prefix,
     }))
 }
 

@@ -1,5 +1,6 @@
 //! The HTTP edge: axum serving s3s's S3 service with TCP_NODELAY, a limit on request header
-//! size, a request id on every response (and inside every XML error), and request metrics.
+//! size, what it settles about authentication (`auth_edge`), a request id on every response
+//! (and inside every XML error), and request metrics.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -33,7 +34,7 @@ fn new_request_id() -> String {
 
 /// Wraps every request: header limit, request id, metrics; and makes sure every XML error
 /// carries the request id.
-pub async fn edge(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
+pub async fn edge(State(metrics): State<Arc<Metrics>>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let id = new_request_id();
     let method = req.method().as_str().to_string();
@@ -58,7 +59,10 @@ pub async fn edge(State(metrics): State<Arc<Metrics>>, req: Request, next: Next)
             &id,
         )
     } else {
-        next.run(req).await
+        match crate::auth_edge::settle(&mut req) {
+            Ok(()) => next.run(req).await,
+            Err(r) => xml_error(r.status, r.code, r.message, &id),
+        }
     };
     let status = resp.status();
     if status.is_client_error() || status.is_server_error() {

@@ -5,6 +5,7 @@
 
 pub mod admin;
 mod auth;
+mod auth_edge;
 mod buckets;
 mod cache;
 mod checksum;

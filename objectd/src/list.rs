@@ -47,7 +47,9 @@ pub async fn scan(
     let mut start = start.max(span.clone());
     let mut items: Vec<Item> = Vec::new();
     let mut truncated = false;
-    let delimiter = delimiter.filter(|d| !d.is_empty());
+    if max == 0 {
+        return Ok(Page { items, truncated });
+    }
     'outer: loop {
         if start >= end {
             break;
@@ -90,16 +92,24 @@ pub async fn scan(
     Ok(Page { items, truncated })
 }
 
-fn url(s: &str, on: bool) -> String {
+pub fn url(s: &str, on: bool) -> String {
     if on { urlencoding::encode(s).into_owned() } else { s.to_string() }
 }
 
-fn url_on(e: &Option<EncodingType>) -> Result<bool> {
+/// Whether `encoding-type=url` was asked for. It applies to the names a listing returns and
+/// echoes — keys, prefixes, delimiter, start-after and the key markers — never to version or
+/// upload ids nor continuation tokens.
+pub fn url_on(e: &Option<EncodingType>) -> Result<bool> {
     match e.as_ref().map(|e| e.as_str()) {
         None => Ok(false),
         Some("url") => Ok(true),
         Some(_) => Err(s3err(S3ErrorCode::InvalidArgument, "Invalid Encoding Method specified in Request")),
     }
+}
+
+/// A `delimiter` parameter: an empty one is no delimiter (and is not echoed).
+pub fn delimiter_of(d: Option<String>) -> Option<String> {
+    d.filter(|d| !d.is_empty())
 }
 
 fn max_keys(m: Option<i32>) -> Result<usize> {
@@ -163,6 +173,7 @@ pub async fn list_objects_v2(
     store.bucket(&i.bucket).await?;
     let enc = url_on(&i.encoding_type)?;
     let max = max_keys(i.max_keys)?;
+    let delimiter = delimiter_of(i.delimiter.clone());
     let prefix = i.prefix.clone().unwrap_or_default();
     let base = heads_prefix(&i.bucket);
     let token = match &i.continuation_token {
@@ -177,7 +188,7 @@ pub async fn list_objects_v2(
     };
     let after = token.clone().or_else(|| i.start_after.clone());
     let start = after.as_deref().map(|a| after_key(&base, a)).unwrap_or_else(|| base.clone());
-    let page = scan(store, &base, &prefix, i.delimiter.as_deref(), start, after.as_deref(), max, heads_name).await?;
+    let page = scan(store, &base, &prefix, delimiter.as_deref(), start, after.as_deref(), max, heads_name).await?;
     let owner = i.fetch_owner.unwrap_or(false);
     let (contents, prefixes, last) = objects_of(&page, owner, enc)?;
     let next =
@@ -192,7 +203,7 @@ pub async fn list_objects_v2(
         next_continuation_token: next,
         contents: Some(contents),
         common_prefixes: (!prefixes.is_empty()).then_some(prefixes),
-        delimiter: i.delimiter.map(|d| url(&d, enc)),
+        delimiter: delimiter.map(|d| url(&d, enc)),
         encoding_type: i.encoding_type,
         start_after: i.start_after.map(|s| url(&s, enc)),
         ..Default::default()
@@ -204,11 +215,12 @@ pub async fn list_objects(store: &Store, req: S3Request<ListObjectsInput>) -> S3
     store.bucket(&i.bucket).await?;
     let enc = url_on(&i.encoding_type)?;
     let max = max_keys(i.max_keys)?;
+    let delimiter = delimiter_of(i.delimiter.clone());
     let prefix = i.prefix.clone().unwrap_or_default();
     let base = heads_prefix(&i.bucket);
     let marker = i.marker.clone().filter(|m| !m.is_empty());
     let start = marker.as_deref().map(|a| after_key(&base, a)).unwrap_or_else(|| base.clone());
-    let page = scan(store, &base, &prefix, i.delimiter.as_deref(), start, marker.as_deref(), max, heads_name).await?;
+    let page = scan(store, &base, &prefix, delimiter.as_deref(), start, marker.as_deref(), max, heads_name).await?;
     let (contents, prefixes, last) = objects_of(&page, true, enc)?;
     Ok(S3Response::new(ListObjectsOutput {
         name: Some(i.bucket),
@@ -219,7 +231,7 @@ pub async fn list_objects(store: &Store, req: S3Request<ListObjectsInput>) -> S3
         next_marker: if page.truncated { last.map(|l| url(&l, enc)) } else { None },
         contents: Some(contents),
         common_prefixes: (!prefixes.is_empty()).then_some(prefixes),
-        delimiter: i.delimiter.map(|d| url(&d, enc)),
+        delimiter: delimiter.map(|d| url(&d, enc)),
         encoding_type: i.encoding_type,
         ..Default::default()
     }))
@@ -232,6 +244,48 @@ pub fn version_name(rest: &[u8]) -> &[u8] {
     }
 }
 
+/// Where a page of versions resumes: after the marker version of the marker key, or after every
+/// version of the marker key (also a common prefix, which `after` then keeps from coming back).
+/// Markers are positions: a version id names its place in the key's versions (its sort id)
+/// whether or not that version still exists, so a page deleted since it was listed does not
+/// stop the listing. Only a deleted `null` version has no place left; the page then resumes at
+/// the key's first remaining version (which may list again versions already listed).
+async fn versions_start<'a>(
+    store: &Store,
+    bucket: &str,
+    key_marker: Option<&'a str>,
+    vid_marker: Option<&str>,
+) -> Result<(Vec<u8>, Option<&'a str>)> {
+    match (key_marker, vid_marker) {
+        (Some(k), Some("null")) => match store.version(bucket, k, "null").await? {
+            Some((_, r)) => {
+                let mut s = version_key(bucket, k, &r.sort_id);
+                s.push(0);
+                Ok((s, None))
+            }
+            None => Ok((key_versions_prefix(bucket, k), None)),
+        },
+        (Some(k), Some(v)) => {
+            if v.len() != 24 || !v.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(s3err(S3ErrorCode::InvalidArgument, "Invalid version id marker"));
+            }
+            // A version id is its sort id.
+            let mut s = version_key(bucket, k, v);
+            s.push(0);
+            Ok((s, None))
+        }
+        (Some(k), None) => {
+            let mut s = key_versions_prefix(bucket, k);
+            *s.last_mut().expect("ends with NUL") = 1;
+            Ok((s, Some(k)))
+        }
+        (None, Some(_)) => {
+            Err(s3err(S3ErrorCode::InvalidArgument, "A version-id marker cannot be specified without a key marker."))
+        }
+        (None, None) => Ok((versions_prefix(bucket), None)),
+    }
+}
+
 pub async fn list_object_versions(
     store: &Store,
     req: S3Request<ListObjectVersionsInput>,
@@ -240,35 +294,22 @@ pub async fn list_object_versions(
     store.bucket(&i.bucket).await?;
     let enc = url_on(&i.encoding_type)?;
     let max = max_keys(i.max_keys)?;
+    let delimiter = delimiter_of(i.delimiter.clone());
     let prefix = i.prefix.clone().unwrap_or_default();
     let base = versions_prefix(&i.bucket);
     let key_marker = i.key_marker.clone().filter(|m| !m.is_empty());
     let vid_marker = i.version_id_marker.clone().filter(|m| !m.is_empty());
-    // Resume after the marker version of the marker key, or after every version of the key.
+    let (start, after) = versions_start(store, &i.bucket, key_marker.as_deref(), vid_marker.as_deref()).await?;
+    // A page that resumes inside a key's versions does not start with that key's latest one,
+    // unless every newer version is gone since the previous page.
     let mut prev_key: Option<String> = None;
-    let start = match (&key_marker, &vid_marker) {
-        (Some(k), Some(v)) => {
-            let sort = match store.version(&i.bucket, k, v).await? {
-                Some((_, r)) => r.sort_id,
-                None => return Err(s3err(S3ErrorCode::InvalidArgument, "Invalid version id marker").into()),
-            };
-            prev_key = Some(k.clone());
-            let mut s = version_key(&i.bucket, k, &sort);
-            s.push(0);
-            s
-        }
-        (Some(k), None) => {
-            let mut s = key_versions_prefix(&i.bucket, k);
-            *s.last_mut().expect("ends with NUL") = 1;
-            s
-        }
-        _ => base.clone(),
-    };
-    let after = match (&key_marker, &vid_marker) {
-        (Some(k), None) => Some(k.as_str()),
-        _ => None,
-    };
-    let page = scan(store, &base, &prefix, i.delimiter.as_deref(), start, after, max, version_name).await?;
+    if let (Some(k), Some(_)) = (&key_marker, &vid_marker)
+        && let Some((kv, _)) = store.versions_of(&i.bucket, k, 1).await?.into_iter().next()
+        && kv.key < start
+    {
+        prev_key = Some(k.clone());
+    }
+    let page = scan(store, &base, &prefix, delimiter.as_deref(), start, after, max, version_name).await?;
     let mut versions = Vec::new();
     let mut markers = Vec::new();
     let mut prefixes = Vec::new();
@@ -327,7 +368,7 @@ pub async fn list_object_versions(
         versions: Some(versions),
         delete_markers: (!markers.is_empty()).then_some(markers),
         common_prefixes: (!prefixes.is_empty()).then_some(prefixes),
-        delimiter: i.delimiter.map(|d| url(&d, enc)),
+        delimiter: delimiter.map(|d| url(&d, enc)),
         encoding_type: i.encoding_type,
         ..Default::default()
     }))

@@ -507,9 +507,13 @@ pub async fn list_uploads(
     let i = req.input;
     store.bucket(&i.bucket).await?;
     let max = i.max_uploads.unwrap_or(1000).clamp(1, 1000) as usize;
+    let enc = crate::list::url_on(&i.encoding_type)?;
+    let url = |s: &str| crate::list::url(s, enc);
+    let delimiter = crate::list::delimiter_of(i.delimiter.clone());
     let prefix = i.prefix.clone().unwrap_or_default();
     let base = uploads_prefix(&i.bucket);
-    let start = match (&i.key_marker, &i.upload_id_marker) {
+    let uid_marker = i.upload_id_marker.as_deref().filter(|u| !u.is_empty());
+    let start = match (&i.key_marker, uid_marker) {
         (Some(k), Some(u)) if !k.is_empty() => {
             let mut s = upload_key(&i.bucket, k, u);
             s.push(0);
@@ -523,8 +527,10 @@ pub async fn list_uploads(
         }
         _ => base.clone(),
     };
+    // A key marker alone may be a common prefix of the previous page: it must not come back.
+    let after = i.key_marker.as_deref().filter(|k| !k.is_empty() && uid_marker.is_none());
     let page =
-        crate::list::scan(store, &base, &prefix, i.delimiter.as_deref(), start, None, max, crate::list::version_name)
+        crate::list::scan(store, &base, &prefix, delimiter.as_deref(), start, after, max, crate::list::version_name)
             .await?;
     let mut uploads = Vec::new();
     let mut prefixes = Vec::new();
@@ -535,7 +541,7 @@ pub async fn list_uploads(
                 let u: UploadRecord = decode(&kv.key, &kv.value)?;
                 last = Some((u.key.clone(), u.upload_id.clone()));
                 uploads.push(MultipartUpload {
-                    key: Some(u.key),
+                    key: Some(url(&u.key)),
                     upload_id: Some(u.upload_id),
                     initiated: Some(timestamp(u.initiated_unix_ms)),
                     initiator: Some(Initiator {
@@ -549,19 +555,20 @@ pub async fn list_uploads(
             }
             crate::list::Item::Prefix(p) => {
                 last = Some((p.clone(), String::new()));
-                prefixes.push(CommonPrefix { prefix: Some(p) });
+                prefixes.push(CommonPrefix { prefix: Some(url(&p)) });
             }
         }
     }
     let (nk, nu) = match (page.truncated, last) {
-        (true, Some((k, u))) => (Some(k), (!u.is_empty()).then_some(u)),
+        (true, Some((k, u))) => (Some(url(&k)), (!u.is_empty()).then_some(u)),
         _ => (None, None),
     };
     Ok(S3Response::new(ListMultipartUploadsOutput {
         bucket: Some(i.bucket),
-        prefix: i.prefix,
-        delimiter: i.delimiter,
-        key_marker: i.key_marker,
+        prefix: i.prefix.map(|p| url(&p)),
+        delimiter: delimiter.map(|d| url(&d)),
+        key_marker: i.key_marker.map(|k| url(&k)),
+        encoding_type: i.encoding_type,
         upload_id_marker: i.upload_id_marker,
         max_uploads: Some(max as i32),
         is_truncated: Some(page.truncated),

@@ -8,11 +8,25 @@ use s3s::{S3ErrorCode, S3Request, S3Response, S3Result};
 
 use crate::checksum::{self, Declared};
 use crate::data::{self, MAX_PUT};
-use crate::error::{Result, s3err};
+use crate::error::{ObjectdError, Result, s3err};
 use crate::records::*;
 use crate::store::{Extra, Store, check_key};
 
-/// The stored headers of a new object; user metadata limited to 2 KB like S3.
+/// A Content-Encoding as stored: `aws-chunked` is how the request's body was sent, not how the
+/// object is encoded, so it is dropped (`gzip, aws-chunked` is stored as `gzip`; `aws-chunked`
+/// alone as none).
+pub fn without_aws_chunked(enc: Option<String>) -> Option<String> {
+    let kept: Vec<&str> = enc
+        .as_deref()?
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty() && !e.eq_ignore_ascii_case("aws-chunked"))
+        .collect();
+    (!kept.is_empty()).then(|| kept.join(","))
+}
+
+/// The stored headers of a new object (PUT, copy, multipart upload); user metadata limited to
+/// 2 KB like S3.
 pub fn object_headers(
     content_type: Option<String>,
     content_encoding: Option<String>,
@@ -32,7 +46,7 @@ pub fn object_headers(
     }
     Ok(ObjectHeaders {
         content_type,
-        content_encoding,
+        content_encoding: without_aws_chunked(content_encoding),
         content_disposition,
         content_language,
         cache_control,
@@ -83,7 +97,7 @@ pub async fn put_object(store: &Store, req: S3Request<PutObjectInput>) -> S3Resu
     }
     let hdrs = object_headers(
         input.content_type.clone(),
-        input.content_encoding.clone().filter(|e| e != "aws-chunked"),
+        input.content_encoding.clone(),
         input.content_disposition.clone(),
         input.content_language.clone(),
         input.cache_control.clone(),
@@ -137,6 +151,32 @@ pub async fn put_object(store: &Store, req: S3Request<PutObjectInput>) -> S3Resu
     Ok(S3Response::new(out))
 }
 
+/// A 304 for `rec`, with its ETag and Last-Modified headers as S3 sends them (a copy source's
+/// condition answers a plain 412 instead).
+fn not_modified_error(rec: &ObjectRecord, code: S3ErrorCode) -> ObjectdError {
+    if code != S3ErrorCode::NotModified {
+        return s3err(code, "At least one of the pre-conditions you specified did not hold");
+    }
+    let mut e = s3s::S3Error::with_message(code, "Not Modified");
+    let mut h = http::HeaderMap::new();
+    if let Ok(v) = http::HeaderValue::from_str(&format!("\"{}\"", rec.etag)) {
+        h.insert(http::header::ETAG, v);
+    }
+    let mut date = Vec::new();
+    if timestamp(rec.last_modified_unix_ms).format(TimestampFormat::HttpDate, &mut date).is_ok()
+        && let Ok(v) = http::HeaderValue::from_bytes(&date)
+    {
+        h.insert(http::header::LAST_MODIFIED, v);
+    }
+    if rec.version_id != "null"
+        && let Ok(v) = http::HeaderValue::from_str(&rec.version_id)
+    {
+        h.insert("x-amz-version-id", v);
+    }
+    e.set_headers(h);
+    ObjectdError::S3(e)
+}
+
 /// RFC 7232 as S3 applies it: If-Match / If-Unmodified-Since fail with 412, If-None-Match /
 /// If-Modified-Since with 304 (a true If-Match overrides If-Unmodified-Since, a false
 /// If-None-Match overrides If-Modified-Since).
@@ -159,7 +199,7 @@ pub fn check_conditions(
     let modified = (rec.last_modified_unix_ms / 1000) as i64;
     let failed =
         || s3err(S3ErrorCode::PreconditionFailed, "At least one of the pre-conditions you specified did not hold");
-    let unchanged = || s3err(not_modified.clone(), "Not Modified");
+    let unchanged = || not_modified_error(rec, not_modified.clone());
     match if_match {
         Some(c) if !matches(c) => return Err(failed()),
         Some(_) => {}
@@ -291,4 +331,20 @@ pub async fn head_object(store: &Store, req: S3Request<HeadObjectInput>) -> S3Re
         ..Default::default()
     };
     Ok(S3Response::new(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aws_chunked_is_not_stored() {
+        let w = |s: &str| without_aws_chunked(Some(s.to_string()));
+        assert_eq!(w("gzip, aws-chunked").as_deref(), Some("gzip"));
+        assert_eq!(w("aws-chunked,gzip").as_deref(), Some("gzip"));
+        assert_eq!(w("aws-chunked"), None);
+        assert_eq!(w("AWS-Chunked"), None);
+        assert_eq!(w("gzip,br").as_deref(), Some("gzip,br"));
+        assert_eq!(without_aws_chunked(None), None);
+    }
 }

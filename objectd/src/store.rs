@@ -64,7 +64,7 @@ pub fn check_key(key: &str) -> Result<()> {
     Ok(())
 }
 
-fn no_such_bucket(b: &str) -> ObjectdError {
+pub fn no_such_bucket(b: &str) -> ObjectdError {
     s3err(S3ErrorCode::NoSuchBucket, format!("The specified bucket {b} does not exist."))
 }
 

@@ -20,7 +20,7 @@ from boto3.s3.transfer import TransferConfig
 from common import (
     HOST, PORT, REGION, SECRET, MiB, assert_raw_error, assert_s3_error, cairn, client, crc32_b64, create_key,
     error_code, eventually, main, md5_hex, parse_error_xml, raw_path, send_raw, sign_headers, signing_key,
-    unique_bucket,
+    unique_bucket, unsigned_trailer_chunks,
 )
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -41,16 +41,6 @@ def signed_chunks(data, chunk, secret, ts, region, seed, tamper_at=None):
             sent = bytes([p[0] ^ 0xFF]) + p[1:]
         out += f"{len(p):x};chunk-signature={sig}\r\n".encode() + sent + b"\r\n"
         prev = sig
-    return bytes(out)
-
-
-def unsigned_trailer_chunks(data, chunk, trailer_name, trailer_value):
-    """aws-chunked body for STREAMING-UNSIGNED-PAYLOAD-TRAILER, with one trailer."""
-    out = bytearray()
-    for i in range(0, len(data), chunk):
-        p = data[i:i + chunk]
-        out += f"{len(p):x}\r\n".encode() + p + b"\r\n"
-    out += b"0\r\n" + f"{trailer_name}:{trailer_value}\r\n".encode() + b"\r\n"
     return bytes(out)
 
 

@@ -226,6 +226,16 @@ class _FixedPayloadAuth(S3SigV4Auth):
         return self._payload_hash
 
 
+def unsigned_trailer_chunks(data, chunk, trailer_name, trailer_value):
+    """aws-chunked body for STREAMING-UNSIGNED-PAYLOAD-TRAILER, with one trailer."""
+    out = bytearray()
+    for i in range(0, len(data), chunk):
+        p = data[i:i + chunk]
+        out += f"{len(p):x}\r\n".encode() + p + b"\r\n"
+    out += b"0\r\n" + f"{trailer_name}:{trailer_value}\r\n".encode() + b"\r\n"
+    return bytes(out)
+
+
 def signing_key(secret, date, region):
     import hmac
 
@@ -294,6 +304,19 @@ def raw_request(method, bucket=None, key=None, query="", headers=None, body=b"",
         hdrs, _, _ = sign_headers(method, host, path, query, hdrs, body, access=access, secret=secret,
                                   region=region, payload_hash=payload_hash)
     return send_raw(method, path, query, hdrs, body, host=host, timeout=timeout)
+
+
+class BucketCase(unittest.TestCase):
+    """Tests on one fresh bucket of their own: `self.c` (the admin client), `self.b` (named from
+    PREFIX)."""
+
+    PREFIX = "t"
+
+    @classmethod
+    def setUpClass(cls):
+        cls.c = client()
+        cls.b = unique_bucket(cls.PREFIX)
+        cls.c.create_bucket(Bucket=cls.b)
 
 
 # ---------------------------------------------------------------------------------------------

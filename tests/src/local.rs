@@ -31,11 +31,20 @@ impl LocalSystem {
         LocalSystem::start_with(root, &[])
     }
 
+    /// Starts it as the README does: from `root` as its working directory, with `--data ./data`.
+    pub fn start_relative(root: &Path) -> LocalSystem {
+        LocalSystem::start_inner(root, "./data", &[])
+    }
+
     /// [`start`](Self::start) with more flags (e.g. the aging knobs `--snapshot-logs`).
     pub fn start_with(root: &Path, extra: &[&str]) -> LocalSystem {
+        LocalSystem::start_inner(root, &root.join("data").to_string_lossy(), extra)
+    }
+
+    fn start_inner(root: &Path, data_arg: &str, extra: &[&str]) -> LocalSystem {
         let data = root.join("data");
         let addr = || format!("127.0.0.1:{}", free_port());
-        let mut args: Vec<String> = vec!["--data".into(), data.to_string_lossy().into()];
+        let mut args: Vec<String> = vec!["--data".into(), data_arg.into()];
         for flag in [
             "--node-listen",
             "--node-http",
@@ -65,6 +74,7 @@ impl LocalSystem {
             .expect("log file");
         let child = Command::new(bin("cairn-local"))
             .args(&self.args)
+            .current_dir(&self.root)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)

@@ -274,6 +274,80 @@ fn local_system_keeps_its_data_across_restarts() {
     assert_eq!(create_volume(&env2), volume, "CreateVolume by the same name finds the same volume");
 }
 
+/// Started as the README does (`--data ./data` from its own directory), every path `local.env`
+/// names is absolute, so it works from any directory; and its console shows our crates at info
+/// but no dependency below warn (unless RUST_LOG says otherwise).
+#[test]
+fn local_env_paths_are_absolute_and_console_quiet() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut local = LocalSystem::start_relative(dir.path());
+    let mut paths = 0;
+    for (k, v) in &local.env {
+        let path = v.strip_prefix("unix://").unwrap_or(v);
+        if v.starts_with("http://") || !path.contains('/') {
+            continue;
+        }
+        paths += 1;
+        let p = std::path::Path::new(path);
+        assert!(p.is_absolute(), "local.env: {k}={v} is not an absolute path");
+        assert!(p.exists(), "local.env: {k}={v} does not exist");
+    }
+    for k in ["CAIRN_TLS_CA", "CAIRN_TLS_CERT", "CAIRN_TLS_KEY", "CAIRN_DATA", "CSI_BLOCK_ENDPOINT"] {
+        assert!(local.env.contains_key(k), "local.env lacks {k}");
+    }
+    assert!(paths >= 5, "local.env names too few paths: {:?}", local.env);
+    local.stop();
+    if std::env::var_os("RUST_LOG").is_none() {
+        let log = strip_ansi(&std::fs::read_to_string(dir.path().join("cairn-local.log")).unwrap());
+        let info_targets: Vec<&str> = log
+            .lines()
+            .filter_map(|l| l.split_once(" INFO ").map(|(_, r)| r.split([':', ' ']).next().unwrap_or("")))
+            .collect();
+        assert!(info_targets.iter().any(|t| t.starts_with("cairn_local")), "no info line of ours:\n{log}");
+        let ours = [
+            "cairn",
+            "objectd",
+            "storage_node",
+            "metadata_service",
+            "csi_",
+            "cluster",
+            "fs_",
+            "volume_engine",
+            "daemon_kit",
+            "chunk_engine",
+            "kv_engine",
+            "mtls",
+            "node_client",
+            "metadata_client",
+            "block_frontend",
+            "local_allinone",
+            "format_version",
+            "placement",
+        ];
+        for t in info_targets {
+            assert!(ours.iter().any(|o| t.starts_with(o)), "a dependency logs at info ({t}):\n{log}");
+        }
+    }
+}
+
+/// `text` without ANSI colour sequences (`ESC [ ... m`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// CreateVolume of a raw block volume (single-node writer) of `bytes` named `name`.
 async fn create_raw_volume(
     c: &mut cairn_proto::csi::v1::controller_client::ControllerClient<tonic::transport::Channel>,

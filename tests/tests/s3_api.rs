@@ -73,6 +73,14 @@ fn s3_auth() {
     }
 }
 
+/// Authentication errors as AWS gives them (missing/empty Authorization, clock skew, SigV4 by
+/// the Date header, presigned expiry bounds and expiry).
+#[test]
+fn s3_auth_errors() {
+    let _g = serial();
+    run_suite("auth_errors", &[], &[]);
+}
+
 #[test]
 fn s3_buckets() {
     let _g = serial();
@@ -92,6 +100,28 @@ fn s3_objects() {
 fn s3_listing() {
     let _g = serial();
     run_suite("listing", &[], &[]);
+}
+
+/// Listing markers are positions: buckets emptied page by page (each page deleted before the
+/// next is listed) end empty.
+#[test]
+fn s3_listing_paging() {
+    let _g = serial();
+    run_suite("listing_paging", &[], &[]);
+}
+
+/// encoding-type=url on exactly AWS's fields, empty delimiter, max-keys=0, ListBuckets pages.
+#[test]
+fn s3_listing_details() {
+    let _g = serial();
+    run_suite("listing_details", &[], &[]);
+}
+
+/// 304 with ETag and Last-Modified; aws-chunked never stored as a Content-Encoding.
+#[test]
+fn s3_object_headers() {
+    let _g = serial();
+    run_suite("object_headers", &[], &[]);
 }
 
 #[test]

@@ -8,11 +8,55 @@ mod signals;
 pub use http::{HttpError, HttpState, serve_http};
 pub use signals::{ShutdownSignal, shutdown_signal};
 
+/// Cairn's own crates and binaries, as `tracing` names their targets.
+const OUR_TARGETS: &[&str] = &[
+    "block_frontend",
+    "cairn",
+    "cairn_cli",
+    "cairn_local",
+    "cairn_proto",
+    "chunk_engine",
+    "cluster",
+    "csi_block",
+    "csi_fs",
+    "csi_kit",
+    "daemon_kit",
+    "format_version",
+    "fs_client",
+    "fs_meta",
+    "kv_engine",
+    "local_allinone",
+    "metadata_client",
+    "metadata_node",
+    "metadata_service",
+    "mtls",
+    "node_client",
+    "objectd",
+    "placement",
+    "storage_node",
+    "volume_engine",
+];
+
+/// The filter a log setting stands for. `info` (the default) means our crates at info and
+/// dependencies (hyper, h2, tonic, openraft, s3s, ...) at warn, so a console shows what Cairn
+/// does rather than its libraries' chatter; `debug`, `trace` and any filter with directives
+/// (`storage_node=debug,info`) mean exactly what they say.
+pub fn log_filter(filter: &str) -> String {
+    let f = filter.trim();
+    if f.eq_ignore_ascii_case("info") {
+        let ours: Vec<String> = OUR_TARGETS.iter().map(|t| format!("{t}=info")).collect();
+        format!("warn,{}", ours.join(","))
+    } else {
+        f.to_string()
+    }
+}
+
 /// Initialises `tracing` logs on stderr. `filter` uses `RUST_LOG` syntax (e.g. `info`,
-/// `storage_node=debug`); `RUST_LOG`, when set, wins. Safe to call twice.
+/// `storage_node=debug`), read as [`log_filter`] says; `RUST_LOG`, when set, wins as it is.
+/// Safe to call twice.
 pub fn init_tracing(filter: &str) {
     let env = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(log_filter(filter)));
     let _ = tracing_subscriber::fmt().with_env_filter(env).with_target(true).with_writer(std::io::stderr).try_init();
 }
 
@@ -124,4 +168,23 @@ pub fn write_file_atomic(path: &std::path::Path, bytes: &[u8], mode: u32) -> std
     f.sync_all()?;
     std::fs::rename(&tmp, path)?;
     std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn info_quiets_dependencies_only() {
+        let f = log_filter("info");
+        assert!(f.starts_with("warn,"), "{f}");
+        for t in ["objectd=info", "storage_node=info", "cairn_local=info", "metadata_service=info"] {
+            assert!(f.split(',').any(|d| d == t), "{t} missing from {f}");
+        }
+        assert!(tracing_subscriber::EnvFilter::try_new(&f).is_ok(), "{f}");
+        assert_eq!(log_filter(" INFO "), f);
+        for exact in ["debug", "trace", "warn", "storage_node=debug,info"] {
+            assert_eq!(log_filter(exact), exact);
+        }
+    }
 }

@@ -77,8 +77,17 @@ fn main() -> ExitCode {
     if let Some(code) = csi_block::datapath::main_if_requested() {
         return code;
     }
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
     daemon_kit::init_tracing(&cli.log);
+    // Every path it hands out (local.env, the lines it prints) is absolute, so that clients
+    // find them from any directory.
+    match std::fs::create_dir_all(&cli.data).and_then(|()| std::fs::canonicalize(&cli.data)) {
+        Ok(d) => cli.data = d,
+        Err(e) => {
+            eprintln!("cairn-local: data directory {}: {e}", cli.data.display());
+            return ExitCode::FAILURE;
+        }
+    }
     daemon_kit::tune_allocator();
     // Only members get in: a CA of its own (made at first start), one certificate for the
     // daemons in this process and one for clients (named in local.env).
