@@ -268,10 +268,14 @@ impl Driver {
         if r.volume_id.is_empty() {
             return Err(invalid("volume_id is required"));
         }
-        mount::check_path("volume_path", &r.volume_path)?;
+        if r.volume_path.is_empty() {
+            return Err(invalid("volume_path is required"));
+        }
+        // An unknown volume is NOT_FOUND whatever its path looks like (the spec's order).
         let Some(st) = self.staged.lock().await.get(&r.volume_id).cloned() else {
             return Err(CsiError::NotFound(format!("volume {} is not staged on this node", r.volume_id)));
         };
+        mount::check_path("volume_path", &r.volume_path)?;
         let d = DATAPATH.volume_dir(&self.cfg.state_dir, &st.volume_id);
         // The data path's file: its size is the volume's, its blocks the ones holding data. A
         // dead data path answers ENOTCONN: the volume is abnormal until NodeStage recovers it.
@@ -315,14 +319,18 @@ impl Driver {
         if r.volume_id.is_empty() {
             return Err(invalid("volume_id is required"));
         }
-        mount::check_path("volume_path", &r.volume_path)?;
+        if r.volume_path.is_empty() {
+            return Err(invalid("volume_path is required"));
+        }
         let _busy = self.inflight.begin(&r.volume_id)?;
+        // An unknown volume is NOT_FOUND whatever its path looks like (the spec's order).
         let Some((_, rec)) = self.volumes.get(&r.volume_id).await? else {
             return Err(CsiError::NotFound(format!("volume {} does not exist", r.volume_id)));
         };
         let Some(st) = self.staged.lock().await.get(&r.volume_id).cloned() else {
             return Err(CsiError::NotFound(format!("volume {} is not staged on this node", r.volume_id)));
         };
+        mount::check_path("volume_path", &r.volume_path)?;
         let file = volume_file(&DATAPATH.volume_dir(&self.cfg.state_dir, &st.volume_id));
         let cap = rec.capacity_bytes;
         // Growing the data path's file grows the engine (the FUSE server's setattr).

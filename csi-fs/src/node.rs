@@ -226,10 +226,14 @@ impl Driver {
         if r.volume_id.is_empty() {
             return Err(invalid("volume_id is required"));
         }
-        mount::check_path("volume_path", &r.volume_path)?;
+        if r.volume_path.is_empty() {
+            return Err(invalid("volume_path is required"));
+        }
+        // An unknown volume is NOT_FOUND whatever its path looks like (the spec's order).
         if !self.staged.lock().await.contains_key(&r.volume_id) {
             return Err(CsiError::NotFound(format!("volume {} is not staged on this node", r.volume_id)));
         }
+        mount::check_path("volume_path", &r.volume_path)?;
         let path = PathBuf::from(&r.volume_path);
         let stats = tokio::task::spawn_blocking(move || mount::statvfs(&path))
             .await

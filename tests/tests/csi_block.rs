@@ -511,6 +511,16 @@ async fn csi_block_kubelet_sequence_mounts_for_real() {
     let ctx = attach_ctx(&mut c, &vol, "node-a").await;
     let staging = dir.path().join("kubelet/staging/pv-fs");
     let target = dir.path().join("kubelet/pods/p1/volumes/pv-fs");
+    // An unknown volume is NOT_FOUND whatever the path looks like (the spec's order); an
+    // empty path is still INVALID_ARGUMENT.
+    for path in ["relative/path", "/abs/path"] {
+        let stats = NodeGetVolumeStatsRequest { volume_id: "blk-nope".into(), volume_path: path.into(), ..Default::default() };
+        assert_eq!(code(n.node_get_volume_stats(stats).await), Code::NotFound, "stats at {path}");
+        let expand = NodeExpandVolumeRequest { volume_id: "blk-nope".into(), volume_path: path.into(), ..Default::default() };
+        assert_eq!(code(n.node_expand_volume(expand).await), Code::NotFound, "expand at {path}");
+    }
+    let empty = NodeGetVolumeStatsRequest { volume_id: "blk-nope".into(), ..Default::default() };
+    assert_eq!(code(n.node_get_volume_stats(empty).await), Code::InvalidArgument);
     let mut no_gen = stage_req(&vol, &ctx, &staging, fs_cap());
     no_gen.publish_context.clear();
     assert_eq!(code(n.node_stage_volume(no_gen).await), Code::InvalidArgument);

@@ -583,6 +583,11 @@ async fn csi_fs_two_nodes_share_one_filesystem() {
     let mut c = ControllerClient::new(plugin_a.channel().await);
     let mut na = NodeClient::new(plugin_a.channel().await);
     let mut nb = NodeClient::new(plugin_b.channel().await);
+    // An unknown volume is NOT_FOUND whatever the path looks like (the spec's order).
+    for path in ["relative/path", "/abs/path"] {
+        let stats = NodeGetVolumeStatsRequest { volume_id: "fs-nope".into(), volume_path: path.into(), ..Default::default() };
+        assert_eq!(code(nb.node_get_volume_stats(stats).await), Code::NotFound, "stats at {path}");
+    }
 
     let node_caps = nb.node_get_capabilities(NodeGetCapabilitiesRequest {}).await.unwrap().into_inner();
     use node_service_capability::rpc::Type as NodeRpc;

@@ -40,9 +40,10 @@ pub struct EngineConfig {
     pub direct_min_len: u32,
     /// GC rewrites sealed segments whose live fraction is below this (0.0–1.0).
     pub gc_live_threshold: f64,
-    /// Dead bytes in sealed segments may reach this fraction of the live bytes; past it GC also
-    /// rewrites the emptiest sealed segments (whatever their live fraction) until they are
-    /// back under it, and [`ChunkEngine::gc_due`] says a pass is due. 0: no such bound.
+    /// Dead bytes in sealed segments may reach this fraction of the live bytes; past it
+    /// [`ChunkEngine::gc_due`] says a pass is due and GC also rewrites the emptiest sealed
+    /// segments (whatever their live fraction) until the dead bytes left are under half of it
+    /// (so passes are not run for every few dead bytes). 0: no such bound.
     pub gc_max_dead_ratio: f64,
 }
 
@@ -52,11 +53,11 @@ impl EngineConfig {
         EngineConfig {
             dir: dir.into(),
             max_chunk_size: DEFAULT_MAX_CHUNK_SIZE,
-            segment_size: 256 << 20,
+            segment_size: 64 << 20,
             direct_io: true,
             direct_min_len: 64 << 10,
             gc_live_threshold: 0.5,
-            gc_max_dead_ratio: 0.25,
+            gc_max_dead_ratio: 0.2,
         }
     }
 

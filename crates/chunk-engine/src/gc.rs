@@ -38,30 +38,34 @@ pub struct GcReport {
     pub bytes_moved: u64,
 }
 
-/// Which sealed segments (id, payload bytes, live bytes) a pass rewrites: those under the live
-/// threshold (or empty), then, while the dead bytes of the rest exceed `max_dead_ratio` × all
-/// live bytes (0: no bound), the emptiest of the rest — the least live data moved per byte given
-/// back.
-fn pick(sealed: &[(u64, u64, u64)], threshold: f64, max_dead_ratio: f64, live_total: u64) -> HashSet<u64> {
-    let mut picked = HashSet::new();
+/// Which sealed segments (id, payload bytes, live bytes) a pass rewrites, emptiest first: those
+/// under the live threshold (or empty), then, if the dead bytes of the rest exceed
+/// `max_dead_ratio` × all live bytes (0: no bound), the emptiest of the rest until the dead
+/// bytes left are under half that — the least live data moved per byte given back.
+fn pick(sealed: &[(u64, u64, u64)], threshold: f64, max_dead_ratio: f64, live_total: u64) -> Vec<u64> {
+    let mut picked = Vec::new();
     let mut rest = Vec::new();
-    for &(id, payload, live) in sealed {
+    let fraction = |p: u64, l: u64| l as f64 / p.max(1) as f64;
+    let mut sorted = sealed.to_vec();
+    sorted.sort_by(|a, b| fraction(a.1, a.2).total_cmp(&fraction(b.1, b.2)).then(a.0.cmp(&b.0)));
+    for (id, payload, live) in sorted {
         if live == 0 || (live as f64) < threshold * payload as f64 {
-            picked.insert(id);
+            picked.push(id);
         } else {
             rest.push((id, payload, live));
         }
     }
     if max_dead_ratio > 0.0 {
         let mut dead: u64 = rest.iter().map(|(_, p, l)| p.saturating_sub(*l)).sum();
-        let bound = (max_dead_ratio * live_total as f64) as u64;
-        rest.sort_by(|a, b| (a.2 as f64 / a.1.max(1) as f64).total_cmp(&(b.2 as f64 / b.1.max(1) as f64)));
-        for (id, payload, live) in rest {
-            if dead <= bound {
-                break;
+        if dead as f64 > max_dead_ratio * live_total as f64 {
+            let target = (max_dead_ratio / 2.0 * live_total as f64) as u64;
+            for (id, payload, live) in rest {
+                if dead <= target {
+                    break;
+                }
+                dead -= payload.saturating_sub(live);
+                picked.push(id);
             }
-            dead -= payload.saturating_sub(live);
-            picked.insert(id);
         }
     }
     picked
@@ -94,28 +98,46 @@ impl ChunkEngine {
     pub fn gc(&self) -> Result<GcReport, ChunkError> {
         let _only_one = self.gc_lock.lock().expect("gc lock");
         bump(&self.counters.gc_runs, 1);
-        let candidates: HashSet<u64> = {
+        let order: Vec<u64> = {
             let (sealed, live_total) = self.sealed_segments();
             pick(&sealed, self.cfg.gc_live_threshold, self.cfg.gc_max_dead_ratio, live_total)
                 .into_iter()
                 .filter(|id| self.segment(*id).is_none_or(|s| s.inflight.load(Ordering::Acquire) == 0))
                 .collect()
         };
+        let candidates: HashSet<u64> = order.iter().copied().collect();
         let mut report = GcReport { segments_examined: candidates.len() as u64, ..Default::default() };
         if candidates.is_empty() {
             return Ok(report);
         }
 
-        let mut live = Vec::new();
+        // One index scan per pass; then segment by segment, emptiest first, each deleted as soon
+        // as its live records have moved (the space held twice is one segment's live data).
+        let mut live: std::collections::HashMap<u64, Vec<_>> = std::collections::HashMap::new();
         for_each_in_range(&*self.kv, CHUNK_PREFIX, prefix_end(CHUNK_PREFIX).as_deref(), 4096, |k, v| {
             let e = IndexEntry::decode(v).map_err(|e| kv_engine::KvError::Backend(e.to_string()))?;
             if !e.quarantined && candidates.contains(&e.loc.seg) {
                 let h = hash_of_key(k).map_err(|e| kv_engine::KvError::Backend(e.to_string()))?;
-                live.push((h, e.loc));
+                live.entry(e.loc.seg).or_default().push((h, e.loc));
             }
             Ok(())
         })?;
+        for id in order {
+            self.gc_segment(id, live.remove(&id).unwrap_or_default(), &mut report)?;
+        }
+        bump(&self.counters.gc_moved_bytes, report.bytes_moved);
+        bump(&self.counters.gc_reclaimed_bytes, report.bytes_reclaimed);
+        tracing::info!(?report, "gc pass done");
+        Ok(report)
+    }
 
+    /// Moves segment `id`'s live records (`live`) to the active segments and deletes its file.
+    fn gc_segment(
+        &self,
+        id: u64,
+        live: Vec<(crate::ChunkHash, crate::index::Location)>,
+        report: &mut GcReport,
+    ) -> Result<(), ChunkError> {
         for group in live.chunks(GC_BATCH) {
             let mut ops = Vec::with_capacity(group.len());
             let mut reserved = Vec::new();
@@ -141,27 +163,18 @@ impl ChunkEngine {
             }
             res?;
         }
-        bump(&self.counters.gc_moved_bytes, report.bytes_moved);
-
-        for id in candidates {
-            let empty = self.acct.lock().expect("accounting lock").segments.get(&id).is_some_and(|s| s.live == 0);
-            if !empty {
-                continue; // a put revived a quarantined chunk into it meanwhile, or a move lost a race
-            }
-            let Some(seg) = self.segs.remove(id) else { continue };
-            let size = seg.file_len().unwrap_or(0);
-            std::fs::remove_file(seg.path())
-                .map_err(|e| ChunkError::io(format!("remove {}", seg.path().display()), e))?;
-            self.acct.lock().expect("accounting lock").segments.remove(&id);
-            report.segments_removed += 1;
-            report.bytes_reclaimed += size;
+        let empty = self.acct.lock().expect("accounting lock").segments.get(&id).is_some_and(|s| s.live == 0);
+        if !empty {
+            return Ok(()); // a put revived a quarantined chunk into it meanwhile, or a move lost a race
         }
-        if report.segments_removed > 0 {
-            sync_dir(self.segs.dir())?;
-        }
-        bump(&self.counters.gc_reclaimed_bytes, report.bytes_reclaimed);
-        tracing::info!(?report, "gc pass done");
-        Ok(report)
+        let Some(seg) = self.segs.remove(id) else { return Ok(()) };
+        let size = seg.file_len().unwrap_or(0);
+        std::fs::remove_file(seg.path()).map_err(|e| ChunkError::io(format!("remove {}", seg.path().display()), e))?;
+        self.acct.lock().expect("accounting lock").segments.remove(&id);
+        sync_dir(self.segs.dir())?;
+        report.segments_removed += 1;
+        report.bytes_reclaimed += size;
+        Ok(())
     }
 }
 
@@ -173,17 +186,14 @@ mod pick_tests {
     fn under_the_threshold_always_and_the_emptiest_while_dead_exceeds_the_bound() {
         // (id, payload, live): live fractions 0.9, 0.6, 0.7, 0.3, 0.0.
         let sealed = [(1, 100, 90), (2, 100, 60), (3, 100, 70), (4, 100, 30), (5, 100, 0)];
-        let ids = |v: std::collections::HashSet<u64>| {
-            let mut v: Vec<u64> = v.into_iter().collect();
-            v.sort();
-            v
-        };
-        // No bound: the threshold alone.
-        assert_eq!(ids(pick(&sealed, 0.5, 0.0, 250)), vec![4, 5]);
-        // Dead of the rest: 10 + 40 + 30 = 80 > 0.25 × 250: the emptiest (2, then 3) go until ≤ 62.
-        assert_eq!(ids(pick(&sealed, 0.5, 0.25, 250)), vec![2, 4, 5]);
-        assert_eq!(ids(pick(&sealed, 0.5, 0.1, 250)), vec![2, 3, 4, 5]);
-        // A generous bound changes nothing.
-        assert_eq!(ids(pick(&sealed, 0.5, 1.0, 250)), vec![4, 5]);
+        // No bound: the threshold alone, emptiest first.
+        assert_eq!(pick(&sealed, 0.5, 0.0, 250), vec![5, 4]);
+        // Dead of the rest: 10 + 40 + 30 = 80 > 0.3 × 250 = 75: the emptiest (2) goes, leaving
+        // 40 — not yet under half the bound (37.5), so 3 too.
+        assert_eq!(pick(&sealed, 0.5, 0.3, 250), vec![5, 4, 2, 3]);
+        // 80 > 0.2 × 250: down to 25 or less: 2 and 3 (10 left).
+        assert_eq!(pick(&sealed, 0.5, 0.2, 250), vec![5, 4, 2, 3]);
+        // Under the bound: nothing more than the threshold's.
+        assert_eq!(pick(&sealed, 0.5, 0.4, 250), vec![5, 4]);
     }
 }

@@ -25,7 +25,7 @@ pub struct NodeConfig {
     pub unix_socket: Option<PathBuf>,
     /// Largest chunk in bytes; pinned when the data directory is formatted. Default 4 MiB.
     pub max_chunk_size: u32,
-    /// Segment file size in bytes before a new one is started. Default 256 MiB.
+    /// Segment file size in bytes before a new one is started. Default 64 MiB.
     pub segment_size: u64,
     /// O_DIRECT for large chunks. Default true.
     pub direct_io: bool,
@@ -33,7 +33,7 @@ pub struct NodeConfig {
     pub gc_live_threshold: f64,
     /// Dead bytes in sealed segments may reach this fraction of the live bytes; past it a GC
     /// pass runs at once (checked every second) and also rewrites the emptiest segments until
-    /// back under it. 0: off (the threshold and the interval alone). Default 0.25.
+    /// they are under half of it. 0: off (the threshold and the interval alone). Default 0.2.
     pub gc_max_dead_ratio: f64,
     /// Seconds between background GC passes; 0 disables them. Default 30 (a pass with no
     /// segment under the threshold only reads the accounting).
@@ -91,10 +91,10 @@ impl Default for NodeConfig {
             listen: "127.0.0.1:7700".parse().expect("default address"),
             http_listen: "127.0.0.1:7701".parse().expect("default address"),
             max_chunk_size: DEFAULT_MAX_CHUNK_SIZE,
-            segment_size: 256 << 20,
+            segment_size: 64 << 20,
             direct_io: true,
             gc_live_threshold: 0.5,
-            gc_max_dead_ratio: 0.25,
+            gc_max_dead_ratio: 0.2,
             gc_interval_secs: 30,
             scrub_interval_secs: 604_800,
             log: "info".into(),
