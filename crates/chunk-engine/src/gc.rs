@@ -94,6 +94,19 @@ impl ChunkEngine {
         !pick(&sealed, self.cfg.gc_live_threshold, self.cfg.gc_max_dead_ratio, live_total).is_empty()
     }
 
+    /// Whether the dead bytes in sealed segments exceed `factor` × `gc_max_dead_ratio` of the
+    /// live bytes and a segment's size (never with the bound off). The node holds puts back while this is true at
+    /// 1.5, so that segment GC keeps up with an overwrite load.
+    pub fn dead_over(&self, factor: f64) -> bool {
+        if self.cfg.gc_max_dead_ratio <= 0.0 {
+            return false;
+        }
+        let (sealed, live_total) = self.sealed_segments();
+        let dead: u64 = sealed.iter().map(|(_, p, l)| p.saturating_sub(*l)).sum();
+        // Never for less than a segment of dead space (a small or emptied node).
+        dead > self.cfg.segment_size && dead as f64 > factor * self.cfg.gc_max_dead_ratio * live_total as f64
+    }
+
     /// Runs one GC pass (one at a time; a second caller waits for the first).
     pub fn gc(&self) -> Result<GcReport, ChunkError> {
         let _only_one = self.gc_lock.lock().expect("gc lock");

@@ -103,7 +103,9 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
             stats: pool_gc_stats.clone(),
         })
     });
-    let service = ChunkService::new(engine.clone(), metrics.clone(), tracker.clone(), releaser);
+    // Set by segment GC while dead space runs ahead of it; puts are held back meanwhile.
+    let stall = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let service = ChunkService::new(engine.clone(), metrics.clone(), tracker.clone(), releaser, stall.clone());
     let max_msg = engine.config().max_chunk_size as usize + 2 * node_client::STREAM_PIECE;
     // Windows and frames sized for whole chunks in flight (see node_client), on both listeners.
     let server = || {
@@ -130,7 +132,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     let grpc = builder.add_service(routes);
     let grpc = grpc.serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
 
-    let gc = tokio::spawn(segment_gc_loop(engine.clone(), cfg.gc_interval_secs, stop_rx.clone()));
+    let gc = tokio::spawn(segment_gc_loop(engine.clone(), cfg.gc_interval_secs, stall, stop_rx.clone()));
     // Background scrub: damaged copies get quarantined; the reconciler replaces them from a replica.
     tokio::spawn(periodic(
         engine.clone(),
@@ -228,10 +230,24 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
 /// Segment GC: a pass every `every_secs` (0: never), and at once whenever the engine says one is
 /// due (dead bytes past `gc_max_dead_ratio` of live, or a segment under the threshold), checked
 /// every second from the accounting.
-async fn segment_gc_loop(engine: Arc<ChunkEngine>, every_secs: u64, mut stop: watch::Receiver<bool>) {
+///
+/// While the dead bytes exceed 1.5 × the bound, `stall` is set: puts wait (a bounded time each)
+/// so that an overwrite load cannot outrun GC and fill the disk.
+async fn segment_gc_loop(
+    engine: Arc<ChunkEngine>,
+    every_secs: u64,
+    stall: Arc<std::sync::atomic::AtomicBool>,
+    mut stop: watch::Receiver<bool>,
+) {
     if every_secs == 0 {
         return;
     }
+    let update_stall = |engine: &ChunkEngine| {
+        let over = engine.dead_over(STALL_FACTOR);
+        if over != stall.swap(over, std::sync::atomic::Ordering::Relaxed) {
+            tracing::info!(stalled = over, "puts {} while segment GC catches up", if over { "held back" } else { "resume" });
+        }
+    };
     let every = Duration::from_secs(every_secs);
     let mut last = std::time::Instant::now();
     // A due pass that gave nothing back (segments busy) is not repeated before the interval.
@@ -241,6 +257,7 @@ async fn segment_gc_loop(engine: Arc<ChunkEngine>, every_secs: u64, mut stop: wa
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
+        update_stall(&engine);
         if last.elapsed() < every && (stuck || !engine.gc_due()) {
             continue;
         }
@@ -251,12 +268,18 @@ async fn segment_gc_loop(engine: Arc<ChunkEngine>, every_secs: u64, mut stop: wa
                 stuck = false;
                 tracing::info!(reclaimed = r.bytes_reclaimed, moved = r.bytes_moved, "background gc")
             }
-            Ok(Ok(_)) => stuck = true,
+            Ok(Ok(_)) => {
+                stuck = true;
+                stall.store(false, std::sync::atomic::Ordering::Relaxed); // GC cannot help: no stall
+            }
             Ok(Err(e)) => tracing::error!(error = %e, "background gc failed"),
             Err(e) => tracing::error!(error = %e, "background gc task failed"),
         }
     }
 }
+
+/// Puts are held back while sealed segments' dead bytes exceed this many times the GC bound.
+const STALL_FACTOR: f64 = 1.5;
 
 async fn periodic<T: Send + 'static>(
     engine: Arc<ChunkEngine>,

@@ -30,7 +30,12 @@ pub struct ChunkService {
     tracker: Arc<PutTracker>,
     /// Present when the node is in a pool (a metadata service holds the reference keys).
     releaser: Option<Arc<crate::release::Releaser>>,
+    /// Set while segment GC runs behind the dead space: puts wait up to `STALL_MAX` first.
+    stall: Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// The longest a put waits for segment GC to catch up.
+const STALL_MAX: std::time::Duration = std::time::Duration::from_millis(250);
 
 fn status(e: ChunkError) -> Status {
     NodeError::Engine(e).into()
@@ -57,8 +62,9 @@ impl ChunkService {
         metrics: Arc<NodeMetrics>,
         tracker: Arc<PutTracker>,
         releaser: Option<Arc<crate::release::Releaser>>,
+        stall: Arc<std::sync::atomic::AtomicBool>,
     ) -> Self {
-        ChunkService { engine, metrics, tracker, releaser }
+        ChunkService { engine, metrics, tracker, releaser, stall }
     }
 
     /// Runs blocking engine work off the async threads, records the request, maps errors.
@@ -101,6 +107,10 @@ impl ChunkService {
             self.metrics.rpc.observe_result("Put", started, &received);
         }
         let (claimed, writer, pieces) = received?;
+        // Space back-pressure: an overwrite load must not outrun segment GC.
+        while self.stall.load(std::sync::atomic::Ordering::Relaxed) && started.elapsed() < STALL_MAX {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
         if let Some(h) = &claimed {
             self.tracker.record_by(h, writer); // before the put is acknowledged (pool GC)
         }
