@@ -381,6 +381,19 @@ async fn aged_local_system_crashes_under_load_on_every_frontend_and_loses_nothin
             found[1],
             found[2]
         );
+        if found.iter().any(|f| !f.clean())
+            && let Some(keep) = std::env::var_os("CAIRN_LIFECYCLE_KEEP")
+        {
+            // For a post-mortem: the writers' ledgers and the system's data directory.
+            let keep = std::path::PathBuf::from(keep).join(format!("round-{round}"));
+            std::fs::create_dir_all(&keep).ok();
+            let _ = std::process::Command::new("cp").arg("-a").arg(harness.path()).arg(keep.join("harness")).status();
+            std::fs::write(keep.join("system.log"), sys.log()).ok();
+            eprintln!("kept the ledgers in {} and the data in {}", keep.display(), dir.path().display());
+            std::mem::forget(dir);
+            std::mem::forget(harness);
+            panic!("round {round}: acknowledged writes lost, wrong or partial: {found:?}");
+        }
         for (t, f) in totals.iter_mut().zip(found) {
             assert!(f.clean(), "round {round}: acknowledged writes lost, wrong or partial: {f:?}\n{}", sys.log());
             let acked = f.acked;
