@@ -30,7 +30,7 @@ pub static DATAPATH: ChildKind = ChildKind {
 pub const SPEC_VERSION: u32 = 1;
 
 /// What a data-path process serves, written by the node plugin to `<dir>/spec.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatapathSpec {
     pub version: u32,
@@ -166,5 +166,30 @@ mod tests {
         old.as_object_mut().unwrap().remove("io_timeout_secs");
         std::fs::write(d.spec(), serde_json::to_vec(&old).unwrap()).unwrap();
         assert_eq!(d.load_spec::<DatapathSpec>().unwrap().io_timeout_secs, 120);
+        // A newer spec (with a field this build does not know) is refused as newer, in one line.
+        let mut newer = serde_json::to_value(&spec).unwrap();
+        newer["version"] = (SPEC_VERSION + 1).into();
+        newer["queue_depth"] = 64.into();
+        std::fs::write(d.spec(), serde_json::to_vec(&newer).unwrap()).unwrap();
+        let e = d.load_spec::<DatapathSpec>().unwrap_err();
+        assert!(e.ends_with("spec.json has format version 2; this build reads up to version 1"), "{e}");
+    }
+
+    use csi_kit::testing::{opt_path, spec_round_trip};
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn specs_round_trip_through_the_spec_file(
+            (volume_id, log, generation, io_timeout_secs) in (".*", ".*", any::<u64>(), any::<u64>()),
+            meta in proptest::collection::vec(".*", 0..4),
+            (tls_ca, tls_cert, tls_key, nbd_socket) in (opt_path(), opt_path(), opt_path(), opt_path()),
+        ) {
+            let spec = DatapathSpec {
+                version: SPEC_VERSION, volume_id, generation, meta, tls_ca, tls_cert, tls_key, log, nbd_socket,
+                io_timeout_secs,
+            };
+            prop_assert_eq!(spec_round_trip(&DATAPATH, &spec).unwrap(), spec);
+        }
     }
 }

@@ -48,5 +48,32 @@ mod tests {
         d.store_staged(&st).unwrap();
         let all = MOUNT_PROCESS.load_all::<StagedState>(dir.path());
         assert_eq!(all.get(&st.volume_id), Some(&st));
+        // A newer one is refused in one line (and not taken for a stage).
+        d.store_staged(&StagedState { version: STAGED_VERSION + 1, ..st.clone() }).unwrap();
+        let what = d.staged().to_string_lossy().into_owned();
+        let e = csi_kit::records::decode::<StagedState>(what.as_bytes(), &std::fs::read(d.staged()).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, format!("record {what} has format version 2; this build reads up to version 1"));
+        assert!(MOUNT_PROCESS.load_all::<StagedState>(dir.path()).is_empty());
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn staged_state_round_trips_through_staged_json(
+            volume_id in "[a-z0-9-]{1,40}",
+            (staging, client_id) in ("[^\\x00]{1,60}", ".*"),
+            (read_only, pid) in (any::<bool>(), any::<u32>()),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let st = StagedState { version: STAGED_VERSION, volume_id, staging: staging.into(), client_id, read_only, pid };
+            let d = MOUNT_PROCESS.volume_dir(dir.path(), &st.volume_id);
+            std::fs::create_dir_all(d.path()).unwrap();
+            d.store_staged(&st).unwrap();
+            let all = MOUNT_PROCESS.load_all::<StagedState>(dir.path());
+            prop_assert_eq!(all.get(&st.volume_id), Some(&st));
+        }
     }
 }

@@ -170,5 +170,31 @@ mod tests {
         old.as_object_mut().unwrap().remove("io_timeout_secs");
         std::fs::write(d.spec(), serde_json::to_vec(&old).unwrap()).unwrap();
         assert_eq!(d.load_spec::<MountSpec>().unwrap().io_timeout_secs, 120);
+        // A newer spec (with a field this build does not know) is refused as newer, in one line.
+        let mut newer = serde_json::to_value(&spec).unwrap();
+        newer["version"] = (SPEC_VERSION + 1).into();
+        newer["cache_mb"] = 64.into();
+        std::fs::write(d.spec(), serde_json::to_vec(&newer).unwrap()).unwrap();
+        let e = d.load_spec::<MountSpec>().unwrap_err();
+        assert!(e.ends_with("spec.json has format version 2; this build reads up to version 1"), "{e}");
+    }
+
+    use csi_kit::testing::{opt_path, spec_round_trip};
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn specs_round_trip_through_the_spec_file(
+            (fs_id, client_id, node, log) in (".*", ".*", ".*", ".*"),
+            (read_only, io_timeout_secs) in (any::<bool>(), any::<u64>()),
+            meta in proptest::collection::vec(".*", 0..4),
+            (tls_ca, tls_cert, tls_key) in (opt_path(), opt_path(), opt_path()),
+        ) {
+            let spec = MountSpec {
+                version: SPEC_VERSION, fs_id, client_id, node, read_only, meta, tls_ca, tls_cert, tls_key, log,
+                io_timeout_secs,
+            };
+            prop_assert_eq!(spec_round_trip(&MOUNT_PROCESS, &spec).unwrap(), spec);
+        }
     }
 }

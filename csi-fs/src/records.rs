@@ -159,8 +159,8 @@ mod tests {
         let old = br#"{"version":1,"id":"fs-1","name":"pv","capacity_bytes":1,"created_unix_ms":1,"populated":true}"#;
         assert_eq!(decode::<VolumeRecord>(b"k", old).unwrap().io_timeout_secs, 120);
         let newer = VolumeRecord { version: 2, ..rec };
-        let err = decode::<VolumeRecord>(b"k", &encode(&newer)).unwrap_err();
-        assert!(err.to_string().contains("format version 2"), "{err}");
+        let err = decode::<VolumeRecord>(b"csi/fs/v/fs-1", &encode(&newer)).unwrap_err();
+        assert_eq!(err.to_string(), "record csi/fs/v/fs-1 has format version 2; this build reads up to version 1");
         let snap = SnapshotRecord {
             version: RECORD_VERSION,
             id: s,
@@ -171,5 +171,35 @@ mod tests {
             ready: true,
         };
         assert_eq!(decode::<SnapshotRecord>(b"k", &encode(&snap)).unwrap(), snap);
+        let newer = SnapshotRecord { version: 2, ..snap };
+        let err = decode::<SnapshotRecord>(b"csi/fs/s/x", &encode(&newer)).unwrap_err();
+        assert_eq!(err.to_string(), "record csi/fs/s/x has format version 2; this build reads up to version 1");
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn records_round_trip(
+            (id, name, src) in (".*", ".*", ".*"),
+            (capacity_bytes, created_unix_ms, io_timeout_secs) in (any::<u64>(), any::<u64>(), any::<u64>()),
+            (populated, which) in (any::<bool>(), 0..3u8),
+        ) {
+            let source = match which {
+                0 => None,
+                1 => Some(Source::Snapshot(src.clone())),
+                _ => Some(Source::Volume(src.clone())),
+            };
+            let rec = VolumeRecord {
+                version: RECORD_VERSION, id: id.clone(), name: name.clone(), capacity_bytes, created_unix_ms, source,
+                populated, io_timeout_secs,
+            };
+            prop_assert_eq!(decode::<VolumeRecord>(b"k", &encode(&rec)).unwrap(), rec);
+            let snap = SnapshotRecord {
+                version: RECORD_VERSION, id, name, source_volume: src, size_bytes: capacity_bytes, created_unix_ms,
+                ready: populated,
+            };
+            prop_assert_eq!(decode::<SnapshotRecord>(b"k", &encode(&snap)).unwrap(), snap);
+        }
     }
 }

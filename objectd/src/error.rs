@@ -31,6 +31,9 @@ pub enum ObjectdError {
         /// What is wrong.
         why: String,
     },
+    /// A stored record was written by a newer release (one line naming both versions).
+    #[error(transparent)]
+    NewerRecord(#[from] format_version::NewerFormat),
     /// The metrics/health endpoint failed.
     #[error(transparent)]
     Http(#[from] daemon_kit::HttpError),

@@ -348,21 +348,27 @@ pub struct PartRecord {
     pub checksums: Checksums,
 }
 
-/// Decodes a record, refusing unknown format versions.
+/// Decodes a record. The version is read first: a newer one is refused by the one rule of
+/// `format_version::check` (one line naming both versions), even when its fields changed; one
+/// older than the oldest this build still reads (object records of format 1) is refused too.
 pub fn decode<T: Versioned>(key: &[u8], value: &[u8]) -> Result<T> {
-    let bad = |why: String| ObjectdError::Record { key: String::from_utf8_lossy(key).into_owned(), why };
+    #[derive(Deserialize)]
+    struct VersionOnly {
+        #[serde(default = "format_version::v1")]
+        version: u32,
+    }
+    let key_text = String::from_utf8_lossy(key).into_owned();
+    let bad = |why: String| ObjectdError::Record { key: key_text.clone(), why };
     let (json, tail) = match value.iter().position(|b| *b == 0) {
         Some(i) => (&value[..i], Some(&value[i + 1..])),
         None => (value, None),
     };
-    let mut rec: T = serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?;
-    if rec.format_version() != T::CURRENT {
-        return Err(bad(format!(
-            "format version {} (this objectd reads {} for this record)",
-            rec.format_version(),
-            T::CURRENT
-        )));
+    let v: VersionOnly = serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?;
+    let found = format_version::check(format!("record {key_text}"), v.version, T::CURRENT)?;
+    if found < T::OLDEST {
+        return Err(bad(format!("format version {found} (this objectd reads {} to {})", T::OLDEST, T::CURRENT)));
     }
+    let mut rec: T = serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?;
     if let Some(tail) = tail
         && !rec.set_tail(tail)
     {
@@ -384,8 +390,10 @@ pub fn encode<T: Versioned>(rec: &T) -> Vec<u8> {
 
 /// Records that carry a format version (and maybe raw bytes after their JSON).
 pub trait Versioned: Serialize + serde::de::DeserializeOwned {
-    /// The format version this build writes and reads.
+    /// The format version this build writes (and the newest it reads).
     const CURRENT: u32 = RECORD_VERSION;
+    /// The oldest format version this build reads.
+    const OLDEST: u32 = 1;
     fn format_version(&self) -> u32;
     /// Raw bytes stored after the JSON.
     fn tail(&self) -> Option<&[u8]> {
@@ -403,6 +411,7 @@ versioned!(AccessKey, BucketRecord, UploadRecord, PartRecord);
 
 impl Versioned for ObjectRecord {
     const CURRENT: u32 = OBJECT_RECORD_VERSION;
+    const OLDEST: u32 = OBJECT_RECORD_VERSION;
     fn format_version(&self) -> u32 {
         self.version
     }
@@ -503,7 +512,163 @@ mod tests {
         assert!(!format!("{k:?}").contains(&k.secret));
         k.version = 9;
         let err = decode::<AccessKey>(b"s3/keys/x", &encode(&k)).unwrap_err();
-        assert!(err.to_string().contains("format version 9"));
+        assert_eq!(err.to_string(), "record s3/keys/x has format version 9; this build reads up to version 1");
+    }
+
+    #[test]
+    fn every_record_kind_refuses_a_newer_version_in_one_line() {
+        let one_line = |e: ObjectdError, key: &str, found: u32, supported: u32| {
+            assert_eq!(
+                e.to_string(),
+                format!("record {key} has format version {found}; this build reads up to version {supported}")
+            );
+        };
+        let mut b = serde_json::to_value(bucket("b")).unwrap();
+        b["version"] = 2.into();
+        b["replication"] = "none".into(); // a field this build does not know
+        one_line(
+            decode::<BucketRecord>(b"s3/buckets/b", &serde_json::to_vec(&b).unwrap()).unwrap_err(),
+            "s3/buckets/b",
+            2,
+            1,
+        );
+        let o = ObjectRecord { version: OBJECT_RECORD_VERSION + 1, ..small_object(b"x") };
+        one_line(decode::<ObjectRecord>(b"s3/o/b/k", &encode(&o)).unwrap_err(), "s3/o/b/k", 3, 2);
+        let u = UploadRecord { version: 2, ..upload() };
+        one_line(decode::<UploadRecord>(b"s3/u/b/k", &encode(&u)).unwrap_err(), "s3/u/b/k", 2, 1);
+        let p = PartRecord { version: 5, ..part(vec![]) };
+        one_line(decode::<PartRecord>(b"s3/p/u/00001", &encode(&p)).unwrap_err(), "s3/p/u/00001", 5, 1);
+    }
+
+    fn bucket(name: &str) -> BucketRecord {
+        BucketRecord {
+            version: RECORD_VERSION,
+            name: name.into(),
+            created_unix_ms: 1,
+            owner: "CK1".into(),
+            versioning: Versioning::Enabled,
+            public_read: false,
+            deleting: false,
+        }
+    }
+
+    fn upload() -> UploadRecord {
+        UploadRecord {
+            version: RECORD_VERSION,
+            upload_id: new_id(),
+            bucket: "b".into(),
+            key: "k".into(),
+            initiated_unix_ms: 1,
+            initiator: "CK1".into(),
+            headers: ObjectHeaders::default(),
+            checksum_algorithm: Some("CRC32".into()),
+        }
+    }
+
+    fn part(chunks: Vec<ChunkRef>) -> PartRecord {
+        PartRecord {
+            version: RECORD_VERSION,
+            part_number: 1,
+            size: 5,
+            etag: "e".into(),
+            last_modified_unix_ms: 1,
+            data_owner: "s3:o".into(),
+            chunks,
+            checksums: Checksums::default(),
+        }
+    }
+
+    use proptest::prelude::*;
+
+    fn opt() -> impl Strategy<Value = Option<String>> {
+        proptest::option::of(".*")
+    }
+
+    fn headers() -> impl Strategy<Value = ObjectHeaders> {
+        (opt(), opt(), opt(), opt(), opt(), proptest::collection::btree_map(".*", ".*", 0..3)).prop_map(
+            |(content_type, content_encoding, content_disposition, content_language, cache_control, user)| {
+                ObjectHeaders {
+                    content_type,
+                    content_encoding,
+                    content_disposition,
+                    content_language,
+                    cache_control,
+                    expires: None,
+                    user,
+                }
+            },
+        )
+    }
+
+    fn checksums() -> impl Strategy<Value = Checksums> {
+        (opt(), opt(), opt(), opt(), opt()).prop_map(|(crc32, crc32c, sha1, sha256, crc64nvme)| Checksums {
+            crc32,
+            crc32c,
+            sha1,
+            sha256,
+            crc64nvme,
+        })
+    }
+
+    fn chunks() -> impl Strategy<Value = Vec<ChunkRef>> {
+        proptest::collection::vec(("[0-9a-f]{64}", any::<u64>()).prop_map(|(h, n)| ChunkRef { h, n }), 0..4)
+    }
+
+    fn permission() -> impl Strategy<Value = Permission> {
+        prop_oneof![Just(Permission::Read), Just(Permission::Write), Just(Permission::Owner)]
+    }
+
+    proptest! {
+        #[test]
+        fn object_records_round_trip(
+            (version_id, sort_id, etag, data_owner, writer) in (".*", ".*", ".*", ".*", ".*"),
+            (delete_marker, size, last_modified_unix_ms) in (any::<bool>(), any::<u64>(), any::<u64>()),
+            chunks in chunks(),
+            inline in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..300)),
+            parts in proptest::collection::vec(any::<u64>(), 0..4),
+            (headers, checksums) in (headers(), checksums()),
+        ) {
+            let rec = ObjectRecord {
+                version: OBJECT_RECORD_VERSION, version_id, sort_id, delete_marker, size, etag, last_modified_unix_ms,
+                data_owner, chunks, inline, data_in_head: false, parts, headers, checksums, writer,
+            };
+            prop_assert_eq!(&decode::<ObjectRecord>(b"k", &encode(&rec)).unwrap(), &rec);
+            // The current version's entry: the same record without its inline bytes.
+            let entry = decode::<ObjectRecord>(b"k", &rec.encode_as_current_version_entry()).unwrap();
+            let slim = ObjectRecord { inline: None, data_in_head: rec.inline.is_some(), ..rec.clone() };
+            prop_assert_eq!(entry, slim);
+        }
+
+        #[test]
+        fn key_bucket_upload_and_part_records_round_trip(
+            (id, secret, name) in (".*", ".*", ".*"),
+            (admin, create_buckets, public_read, deleting, t) in (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), any::<u64>()),
+            grants in proptest::collection::btree_map(".*", permission(), 0..4),
+            versioning in prop_oneof![Just(Versioning::Off), Just(Versioning::Enabled), Just(Versioning::Suspended)],
+            (headers, checksums, chunks) in (headers(), checksums(), chunks()),
+            (part_number, checksum_algorithm) in (any::<i32>(), opt()),
+        ) {
+            let k = AccessKey {
+                version: RECORD_VERSION, id: id.clone(), secret: secret.clone(), name: name.clone(), created_unix_ms: t,
+                admin, create_buckets, grants,
+            };
+            prop_assert!(decode::<AccessKey>(b"k", &encode(&k)).unwrap() == k);
+            let b = BucketRecord {
+                version: RECORD_VERSION, name: name.clone(), created_unix_ms: t, owner: id.clone(), versioning,
+                public_read, deleting,
+            };
+            prop_assert_eq!(decode::<BucketRecord>(b"k", &encode(&b)).unwrap(), b);
+            let u = UploadRecord {
+                version: RECORD_VERSION, upload_id: secret.clone(), bucket: name.clone(), key: id.clone(),
+                initiated_unix_ms: t, initiator: id.clone(), headers, checksum_algorithm,
+            };
+            prop_assert_eq!(decode::<UploadRecord>(b"k", &encode(&u)).unwrap(), u);
+            let p = PartRecord {
+                version: RECORD_VERSION, part_number, size: t, etag: secret, last_modified_unix_ms: t, data_owner: name,
+                chunks, checksums,
+            };
+            prop_assert_eq!(decode::<PartRecord>(b"k", &encode(&p)).unwrap(), p);
+        }
     }
 
     #[test]

@@ -135,3 +135,127 @@ pub async fn node_rpcs(n: &mut cairn_proto::csi::v1::node_client::NodeClient<Cha
         })
         .collect()
 }
+
+/// A volume capability: a mount of `fs_type` (empty: the driver's default) with `flags`, or a
+/// raw block device when `fs_type` is None.
+pub fn cap(
+    mode: cairn_proto::csi::v1::volume_capability::access_mode::Mode,
+    fs_type: Option<&str>,
+    flags: &[&str],
+) -> cairn_proto::csi::v1::VolumeCapability {
+    use cairn_proto::csi::v1::volume_capability::{AccessMode, AccessType, BlockVolume, MountVolume};
+    cairn_proto::csi::v1::VolumeCapability {
+        access_mode: Some(AccessMode { mode: mode as i32 }),
+        access_type: Some(match fs_type {
+            Some(f) => AccessType::Mount(MountVolume {
+                fs_type: f.into(),
+                mount_flags: flags.iter().map(|f| f.to_string()).collect(),
+                ..Default::default()
+            }),
+            None => AccessType::Block(BlockVolume {}),
+        }),
+    }
+}
+
+/// Where the kubelet stages and publishes one volume.
+#[derive(Debug, Clone)]
+pub struct KubeletPaths {
+    /// The staging path (NodeStageVolume).
+    pub staging: PathBuf,
+    /// The pod's target path (NodePublishVolume).
+    pub target: PathBuf,
+}
+
+impl KubeletPaths {
+    /// `root/kubelet/staging/<name>` and `root/kubelet/pods/<pod>/volumes/<name>`.
+    pub fn new(root: &Path, pod: &str, name: &str) -> KubeletPaths {
+        KubeletPaths {
+            staging: root.join("kubelet/staging").join(name),
+            target: root.join("kubelet/pods").join(pod).join("volumes").join(name),
+        }
+    }
+}
+
+/// What the kubelet passes along for one volume: its id, the ControllerPublishVolume context,
+/// the volume context CreateVolume returned, and the capability.
+#[derive(Debug, Clone)]
+pub struct Attachment {
+    /// The volume id.
+    pub volume_id: String,
+    /// ControllerPublishVolume's publish context (empty without that step).
+    pub publish_context: std::collections::HashMap<String, String>,
+    /// CreateVolume's volume context.
+    pub volume_context: std::collections::HashMap<String, String>,
+    /// The capability staged and published.
+    pub cap: cairn_proto::csi::v1::VolumeCapability,
+}
+
+/// NodeStageVolume then NodePublishVolume (read-write), as the kubelet does (it makes the
+/// staging directory and the target's parent first).
+pub async fn stage_and_publish(
+    n: &mut cairn_proto::csi::v1::node_client::NodeClient<Channel>,
+    a: &Attachment,
+    p: &KubeletPaths,
+) -> Result<(), tonic::Status> {
+    use cairn_proto::csi::v1::{NodePublishVolumeRequest, NodeStageVolumeRequest};
+    for d in [Some(p.staging.as_path()), p.target.parent()].into_iter().flatten() {
+        std::fs::create_dir_all(d).map_err(|e| tonic::Status::internal(format!("mkdir {}: {e}", d.display())))?;
+    }
+    n.node_stage_volume(NodeStageVolumeRequest {
+        volume_id: a.volume_id.clone(),
+        publish_context: a.publish_context.clone(),
+        staging_target_path: p.staging.to_string_lossy().into(),
+        volume_capability: Some(a.cap.clone()),
+        volume_context: a.volume_context.clone(),
+        ..Default::default()
+    })
+    .await?;
+    n.node_publish_volume(NodePublishVolumeRequest {
+        volume_id: a.volume_id.clone(),
+        publish_context: a.publish_context.clone(),
+        staging_target_path: p.staging.to_string_lossy().into(),
+        target_path: p.target.to_string_lossy().into(),
+        volume_capability: Some(a.cap.clone()),
+        volume_context: a.volume_context.clone(),
+        ..Default::default()
+    })
+    .await?;
+    Ok(())
+}
+
+/// NodeUnpublishVolume then NodeUnstageVolume, as the kubelet does.
+pub async fn unpublish_and_unstage(
+    n: &mut cairn_proto::csi::v1::node_client::NodeClient<Channel>,
+    volume_id: &str,
+    p: &KubeletPaths,
+) -> Result<(), tonic::Status> {
+    use cairn_proto::csi::v1::{NodeUnpublishVolumeRequest, NodeUnstageVolumeRequest};
+    n.node_unpublish_volume(NodeUnpublishVolumeRequest {
+        volume_id: volume_id.into(),
+        target_path: p.target.to_string_lossy().into(),
+    })
+    .await?;
+    n.node_unstage_volume(NodeUnstageVolumeRequest {
+        volume_id: volume_id.into(),
+        staging_target_path: p.staging.to_string_lossy().into(),
+    })
+    .await?;
+    Ok(())
+}
+
+/// A channel over the CSI socket at `sock` once the plugin's Probe says ready (up to 60 s).
+pub async fn ready_channel(sock: &Path) -> Channel {
+    use cairn_proto::csi::v1::ProbeRequest;
+    use cairn_proto::csi::v1::identity_client::IdentityClient;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Ok(ch) = csi_kit::connect_unix(sock).await
+            && let Ok(r) = IdentityClient::new(ch.clone()).probe(ProbeRequest {}).await
+            && r.into_inner().ready == Some(true)
+        {
+            return ch;
+        }
+        assert!(std::time::Instant::now() < deadline, "{} never ready", sock.display());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

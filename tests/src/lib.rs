@@ -155,7 +155,7 @@ impl NodeProc {
 
     fn wait_healthy(&mut self) {
         let n = self;
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_secs(180);
         loop {
             if let Ok((200, _)) = http_get(n.http, "/healthz") {
                 return;
@@ -163,7 +163,7 @@ impl NodeProc {
             if let Some(st) = n.child.as_mut().and_then(|c| c.try_wait().expect("try_wait")) {
                 panic!("storage-node exited with {st} before it was ready:\n{}", n.log_text());
             }
-            assert!(Instant::now() < deadline, "storage-node not healthy after 60 s:\n{}", n.log_text());
+            assert!(Instant::now() < deadline, "storage-node not healthy after 180 s:\n{}", n.log_text());
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -190,6 +190,13 @@ impl NodeProc {
     /// A connected client.
     pub async fn client(&self) -> NodeClient {
         NodeClient::connect(&self.grpc).await.expect("connect to storage node")
+    }
+
+    /// Sends `sig` (e.g. SIGSTOP, SIGCONT) to the running node.
+    pub fn signal(&self, sig: i32) {
+        let c = self.child.as_ref().expect("node running");
+        // SAFETY: sending a signal to our own child's pid.
+        unsafe { libc::kill(c.id() as i32, sig) };
     }
 
     /// SIGKILL, then reap.

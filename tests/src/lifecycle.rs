@@ -78,6 +78,8 @@ struct Control {
     idle: AtomicBool,
     acked: AtomicU64,
     sessions: AtomicU64,
+    /// Why sessions ended (the first few).
+    errors: Mutex<Vec<String>>,
 }
 
 /// A writer thread, paused for checks and stopped at the end.
@@ -112,6 +114,11 @@ impl<L> Writer<L> {
     /// Sessions it opened with the volume (1 + the outages it rode through).
     pub fn sessions(&self) -> u64 {
         self.ctl.sessions.load(Ordering::SeqCst)
+    }
+
+    /// Why its sessions with the volume ended so far (the first 32).
+    pub fn errors(&self) -> Vec<String> {
+        self.ctl.errors.lock().expect("errors").clone()
     }
 
     /// Waits until it has acknowledged `more` writes beyond what it had (up to `within`).
@@ -154,7 +161,12 @@ fn spawn_loop<L: Send + 'static>(
                 std::thread::sleep(Duration::from_millis(10));
                 continue;
             }
-            if step(&l, &c).is_err() {
+            if let Err(e) = step(&l, &c) {
+                let mut errors = c.errors.lock().expect("errors");
+                if errors.len() < 32 {
+                    errors.push(e);
+                }
+                drop(errors);
                 std::thread::sleep(Duration::from_millis(200));
             }
         }

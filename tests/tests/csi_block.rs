@@ -10,7 +10,6 @@ use cairn_proto::csi::v1::controller_client::ControllerClient;
 use cairn_proto::csi::v1::identity_client::IdentityClient;
 use cairn_proto::csi::v1::node_client::NodeClient;
 use cairn_proto::csi::v1::volume_capability::access_mode::Mode;
-use cairn_proto::csi::v1::volume_capability::{AccessMode, AccessType, BlockVolume, MountVolume};
 use cairn_proto::csi::v1::*;
 use integration_tests::NodeProc;
 use integration_tests::csi::CsiProc;
@@ -21,13 +20,7 @@ use tonic::transport::Channel;
 const MIB: i64 = 1 << 20;
 
 fn cap(mode: Mode, fs: Option<&str>) -> VolumeCapability {
-    VolumeCapability {
-        access_mode: Some(AccessMode { mode: mode as i32 }),
-        access_type: Some(match fs {
-            Some(f) => AccessType::Mount(MountVolume { fs_type: f.into(), ..Default::default() }),
-            None => AccessType::Block(BlockVolume {}),
-        }),
-    }
+    integration_tests::csi::cap(mode, fs, &[])
 }
 
 fn create_req(name: &str, required: i64, params: &[(&str, &str)]) -> CreateVolumeRequest {

@@ -15,7 +15,6 @@ use cairn_proto::csi::v1::controller_client::ControllerClient;
 use cairn_proto::csi::v1::identity_client::IdentityClient;
 use cairn_proto::csi::v1::node_client::NodeClient;
 use cairn_proto::csi::v1::volume_capability::access_mode::Mode;
-use cairn_proto::csi::v1::volume_capability::{AccessMode, AccessType, BlockVolume, MountVolume};
 use cairn_proto::csi::v1::*;
 use integration_tests::NodeProc;
 use integration_tests::csi::CsiProc;
@@ -27,13 +26,7 @@ const MIB: i64 = 1 << 20;
 const DRIVER: &str = "fs.csi.cairn.io";
 
 fn cap(mode: Mode, fs: Option<&str>) -> VolumeCapability {
-    VolumeCapability {
-        access_mode: Some(AccessMode { mode: mode as i32 }),
-        access_type: Some(match fs {
-            Some(f) => AccessType::Mount(MountVolume { fs_type: f.into(), ..Default::default() }),
-            None => AccessType::Block(BlockVolume {}),
-        }),
-    }
+    integration_tests::csi::cap(mode, fs, &[])
 }
 
 fn rwx() -> VolumeCapability {
@@ -85,14 +78,6 @@ fn code<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) -> Cod
     }
 }
 
-async fn wait_ready(id: &mut IdentityClient<Channel>) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while id.probe(ProbeRequest {}).await.unwrap().into_inner().ready != Some(true) {
-        assert!(Instant::now() < deadline, "probe never ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// A metadata node, a storage node (R=1) and its address for `--meta`.
 fn pool(dir: &Path) -> (Vec<integration_tests::meta::MetaProc>, NodeProc, String) {
     let meta = meta_cluster(1, dir, &[]);
@@ -139,7 +124,7 @@ async fn csi_fs_controller_over_the_socket() {
             if e.r#type == plugin_capability::volume_expansion::Type::Online as i32)),
         "online expansion: {caps:?}"
     );
-    wait_ready(&mut id).await;
+    integration_tests::csi::ready_channel(&ctrl.socket).await;
     let node_caps = IdentityClient::new(node_only.channel().await)
         .get_plugin_capabilities(GetPluginCapabilitiesRequest {})
         .await
@@ -579,7 +564,7 @@ async fn csi_fs_two_nodes_share_one_filesystem() {
         "node-b",
         &["--meta", &api, "--node-id", "node-b", "--controller", "false", "--state-dir", &state_b.to_string_lossy()],
     );
-    wait_ready(&mut IdentityClient::new(plugin_a.channel().await)).await;
+    integration_tests::csi::ready_channel(&plugin_a.socket).await;
     let mut c = ControllerClient::new(plugin_a.channel().await);
     let mut na = NodeClient::new(plugin_a.channel().await);
     let mut nb = NodeClient::new(plugin_b.channel().await);

@@ -11,11 +11,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cairn_proto::csi::v1::controller_client::ControllerClient;
-use cairn_proto::csi::v1::identity_client::IdentityClient;
 use cairn_proto::csi::v1::node_client::NodeClient;
 use cairn_proto::csi::v1::volume_capability::access_mode::Mode;
-use cairn_proto::csi::v1::volume_capability::{AccessMode, AccessType, MountVolume};
 use cairn_proto::csi::v1::*;
+use integration_tests::csi::{self, Attachment, KubeletPaths};
 use integration_tests::local::LocalSystem;
 use tonic::transport::Channel;
 
@@ -32,29 +31,13 @@ fn running_as_root() -> bool {
 }
 
 fn cap(mode: Mode, fs: &str, flags: &[&str]) -> VolumeCapability {
-    VolumeCapability {
-        access_mode: Some(AccessMode { mode: mode as i32 }),
-        access_type: Some(AccessType::Mount(MountVolume {
-            fs_type: fs.into(),
-            mount_flags: flags.iter().map(|f| f.to_string()).collect(),
-            ..Default::default()
-        })),
-    }
+    csi::cap(mode, Some(fs), flags)
 }
 
 /// Controller and node clients of a plugin's socket, once its probe says ready.
 async fn plugin(sock: &Path) -> (ControllerClient<Channel>, NodeClient<Channel>) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(ch) = csi_kit::connect_unix(sock).await
-            && let Ok(r) = IdentityClient::new(ch.clone()).probe(ProbeRequest {}).await
-            && r.into_inner().ready == Some(true)
-        {
-            return (ControllerClient::new(ch.clone()), NodeClient::new(ch));
-        }
-        assert!(Instant::now() < deadline, "{} never ready", sock.display());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ch = csi::ready_channel(sock).await;
+    (ControllerClient::new(ch.clone()), NodeClient::new(ch))
 }
 
 /// File `i`'s bytes: distinct per file and per position.
@@ -141,31 +124,15 @@ async fn ext4_on_a_block_volume_survives_a_restart_of_the_local_system_still_wri
         .unwrap()
         .into_inner()
         .publish_context;
-    let staging = local.root.join("kubelet/staging/pv-outage");
-    let target = local.root.join("kubelet/pods/p1/volumes/pv-outage");
-    std::fs::create_dir_all(&staging).unwrap();
-    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
-    n.node_stage_volume(NodeStageVolumeRequest {
+    let paths = KubeletPaths::new(&local.root, "p1", "pv-outage");
+    let att = Attachment {
         volume_id: vol.volume_id.clone(),
-        publish_context: ctx.clone(),
-        staging_target_path: staging.to_string_lossy().into(),
-        volume_capability: Some(fs_cap()),
+        publish_context: ctx,
         volume_context: vol.volume_context.clone(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    n.node_publish_volume(NodePublishVolumeRequest {
-        volume_id: vol.volume_id.clone(),
-        publish_context: ctx.clone(),
-        staging_target_path: staging.to_string_lossy().into(),
-        target_path: target.to_string_lossy().into(),
-        volume_capability: Some(fs_cap()),
-        volume_context: vol.volume_context.clone(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+        cap: fs_cap(),
+    };
+    csi::stage_and_publish(&mut n, &att, &paths).await.unwrap();
+    let (staging, target) = (paths.staging.clone(), paths.target.clone());
     let (dev, opts) = mount_options(&target).expect("published mount");
     assert!(opts.split(',').any(|o| o == "rw"), "published read-write: {opts}");
     let ext4_errors = PathBuf::from("/sys/fs/ext4").join(dev.trim_start_matches("/dev/")).join("errors_count");
@@ -205,18 +172,7 @@ async fn ext4_on_a_block_volume_survives_a_restart_of_the_local_system_still_wri
 
     // Tear down through the new plugin.
     let (mut c, mut n) = plugin(&local.socket("CSI_BLOCK_ENDPOINT")).await;
-    n.node_unpublish_volume(NodeUnpublishVolumeRequest {
-        volume_id: vol.volume_id.clone(),
-        target_path: target.to_string_lossy().into(),
-    })
-    .await
-    .unwrap();
-    n.node_unstage_volume(NodeUnstageVolumeRequest {
-        volume_id: vol.volume_id.clone(),
-        staging_target_path: staging.to_string_lossy().into(),
-    })
-    .await
-    .unwrap();
+    csi::unpublish_and_unstage(&mut n, &vol.volume_id, &paths).await.unwrap();
     c.controller_unpublish_volume(ControllerUnpublishVolumeRequest {
         volume_id: vol.volume_id.clone(),
         node_id,
@@ -252,29 +208,15 @@ async fn a_shared_filesystem_mount_blocks_and_completes_across_a_restart_of_the_
         .into_inner()
         .volume
         .unwrap();
-    let staging = local.root.join("kubelet/staging/pv-fs-outage");
-    let target = local.root.join("kubelet/pods/p1/volumes/pv-fs-outage");
-    std::fs::create_dir_all(&staging).unwrap();
-    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
-    n.node_stage_volume(NodeStageVolumeRequest {
+    let paths = KubeletPaths::new(&local.root, "p1", "pv-fs-outage");
+    let att = Attachment {
         volume_id: vol.volume_id.clone(),
-        staging_target_path: staging.to_string_lossy().into(),
-        volume_capability: Some(fs_cap()),
+        publish_context: HashMap::new(),
         volume_context: vol.volume_context.clone(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    n.node_publish_volume(NodePublishVolumeRequest {
-        volume_id: vol.volume_id.clone(),
-        staging_target_path: staging.to_string_lossy().into(),
-        target_path: target.to_string_lossy().into(),
-        volume_capability: Some(fs_cap()),
-        volume_context: vol.volume_context.clone(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+        cap: fs_cap(),
+    };
+    csi::stage_and_publish(&mut n, &att, &paths).await.unwrap();
+    let target = paths.target.clone();
     let before = file_bytes(1, 1 << 20);
     write_synced(&target.join("before.bin"), &before).unwrap();
     std::fs::create_dir(target.join("dir")).unwrap();
@@ -296,18 +238,7 @@ async fn a_shared_filesystem_mount_blocks_and_completes_across_a_restart_of_the_
     write_synced(&target.join("after.bin"), b"after").expect("a new file after the outage");
 
     let (mut c, mut n) = plugin(&local.socket("CSI_FS_ENDPOINT")).await;
-    n.node_unpublish_volume(NodeUnpublishVolumeRequest {
-        volume_id: vol.volume_id.clone(),
-        target_path: target.to_string_lossy().into(),
-    })
-    .await
-    .unwrap();
-    n.node_unstage_volume(NodeUnstageVolumeRequest {
-        volume_id: vol.volume_id.clone(),
-        staging_target_path: staging.to_string_lossy().into(),
-    })
-    .await
-    .unwrap();
+    csi::unpublish_and_unstage(&mut n, &vol.volume_id, &paths).await.unwrap();
     c.delete_volume(DeleteVolumeRequest { volume_id: vol.volume_id.clone(), ..Default::default() }).await.unwrap();
     assert_eq!(integration_tests::csi::mounts_under(&local.root), Vec::<String>::new(), "mounts left behind");
     local.stop();

@@ -176,7 +176,12 @@ impl ChildDir {
         self.path.join(self.kind.mount)
     }
 
-    /// Reads the spec, refusing other format versions.
+    /// Plugin side: writes the spec the child reads (atomically).
+    pub fn store_spec<S: ChildSpec>(&self, spec: &S) -> std::io::Result<()> {
+        write_record(&self.spec(), spec)
+    }
+
+    /// Reads the spec, refusing newer format versions.
     pub fn load_spec<S: ChildSpec>(&self) -> Result<S, String> {
         let path = self.spec();
         let text = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
@@ -217,7 +222,7 @@ impl ChildDir {
         std::fs::create_dir_all(&self.path).map_err(|e| io("create the volume directory", e))?;
         let _ = std::fs::remove_file(self.ready());
         let _ = std::fs::remove_file(self.error());
-        write_record(&self.spec(), spec).map_err(|e| io("write the spec", e))?;
+        self.store_spec(spec).map_err(|e| io("write the spec", e))?;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log());
         let log = log.map_err(|e| io("open the log", e))?;
         let out = log.try_clone().map_err(|e| io("open the log", e))?;

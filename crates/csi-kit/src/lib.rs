@@ -14,6 +14,8 @@ pub mod params;
 pub mod records;
 pub mod server;
 pub mod snapshots;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use endpoint::socket_path;
 pub use error::{CsiError, Result};

@@ -48,7 +48,7 @@ pub fn file_attr(ino: u64, i: &Inode, size: Option<u64>) -> FileAttr {
 /// The errno for a namespace error; unexpected ones are logged.
 pub fn errno(e: FsError) -> Errno {
     match &e {
-        FsError::Meta(_) | FsError::Pool(_) | FsError::Corrupt { .. } | FsError::Contended(_) => {
+        FsError::Meta(_) | FsError::Pool(_) | FsError::Corrupt { .. } | FsError::Newer(_) | FsError::Contended(_) => {
             tracing::warn!(error = %e, "filesystem operation failed");
         }
         _ => {}

@@ -7,7 +7,7 @@ use cluster::refs::ref_key;
 use metadata_client::{MetaClient, Txn, prefix_end};
 use serde::{Deserialize, Serialize};
 
-use crate::inode::{Inode, Kind, corrupt};
+use crate::inode::{Inode, Kind, corrupt, decode_versioned};
 use crate::{FsError, ROOT_INO, Result, keys};
 
 /// Format of filesystem and usage records.
@@ -50,11 +50,7 @@ impl Usage {
         serde_json::to_vec(self).expect("usage serializes")
     }
     pub fn decode(key: &[u8], v: &[u8]) -> Result<Usage> {
-        let u: Usage = serde_json::from_slice(v).map_err(|e| corrupt(key, e.to_string()))?;
-        if u.version != RECORD_VERSION {
-            return Err(corrupt(key, format!("format version {}", u.version)));
-        }
-        Ok(u)
+        decode_versioned(key, v, RECORD_VERSION)
     }
 }
 
@@ -63,11 +59,7 @@ impl FsRecord {
         serde_json::to_vec(self).expect("a record serializes")
     }
     pub fn decode(key: &[u8], v: &[u8]) -> Result<FsRecord> {
-        let r: FsRecord = serde_json::from_slice(v).map_err(|e| corrupt(key, e.to_string()))?;
-        if r.version != RECORD_VERSION {
-            return Err(corrupt(key, format!("format version {} (this build reads {RECORD_VERSION})", r.version)));
-        }
-        Ok(r)
+        decode_versioned(key, v, RECORD_VERSION)
     }
 }
 
@@ -328,7 +320,7 @@ pub async fn register_client(
         heartbeat_ms: now_ms(),
         read_only,
     };
-    meta.put(&keys::client(fs, id), &serde_json::to_vec(&rec).expect("serializes")).await?;
+    meta.put(&keys::client(fs, id), &rec.encode()).await?;
     Ok(())
 }
 
@@ -343,7 +335,16 @@ pub async fn clients(meta: &MetaClient, fs: &str) -> Result<Vec<ClientRecord>> {
     let start = keys::clients(fs);
     let end = prefix_end(&start);
     let page = meta.range(&start, &end, 1024).await?;
-    page.kvs.iter().map(|kv| serde_json::from_slice(&kv.value).map_err(|e| corrupt(&kv.key, e.to_string()))).collect()
+    page.kvs.iter().map(|kv| ClientRecord::decode(&kv.key, &kv.value)).collect()
+}
+
+impl ClientRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a client record serializes")
+    }
+    pub fn decode(key: &[u8], v: &[u8]) -> Result<ClientRecord> {
+        decode_versioned(key, v, RECORD_VERSION)
+    }
 }
 
 #[cfg(test)]
@@ -356,19 +357,81 @@ mod tests {
         assert_eq!(block_of(b"fs/n/x/b/zz/1"), None);
     }
 
-    #[test]
-    fn records_refuse_other_versions() {
-        let r = FsRecord {
-            version: 2,
+    fn fs_record(version: u32) -> FsRecord {
+        FsRecord {
+            version,
             id: "x".into(),
             quota_bytes: 1,
             block_size: DEFAULT_BLOCK_SIZE,
             created_ms: 0,
             origin: None,
             deleting: false,
-        };
+        }
+    }
+
+    #[test]
+    fn records_refuse_other_versions() {
+        let r = fs_record(2);
         assert!(FsRecord::decode(b"k", &r.encode()).is_err());
         let ok = FsRecord { version: RECORD_VERSION, ..r };
         assert_eq!(FsRecord::decode(b"k", &ok.encode()).unwrap(), ok);
+    }
+
+    #[test]
+    fn newer_records_are_refused_in_one_line() {
+        let line = |e: FsError| {
+            assert!(matches!(e, FsError::Newer(_)), "{e:?}");
+            e.to_string()
+        };
+        assert_eq!(
+            line(FsRecord::decode(b"fs/rec/x", &fs_record(2).encode()).unwrap_err()),
+            "record fs/rec/x has format version 2; this build reads up to version 1"
+        );
+        let u = Usage { version: 3, bytes: 1, inodes: 1 };
+        assert_eq!(
+            line(Usage::decode(b"fs/n/x/u", &u.encode()).unwrap_err()),
+            "record fs/n/x/u has format version 3; this build reads up to version 1"
+        );
+        let mut c = serde_json::to_value(ClientRecord {
+            version: 1,
+            id: "c".into(),
+            node: "n".into(),
+            mounted_ms: 1,
+            heartbeat_ms: 1,
+            read_only: false,
+        })
+        .unwrap();
+        c["version"] = 2.into();
+        c["caps"] = "new".into();
+        assert_eq!(
+            line(ClientRecord::decode(b"fs/n/x/c/c", &serde_json::to_vec(&c).unwrap()).unwrap_err()),
+            "record fs/n/x/c/c has format version 2; this build reads up to version 1"
+        );
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn filesystem_usage_and_client_records_round_trip(
+            (id, origin, node) in (".*", proptest::option::of(".*"), ".*"),
+            (quota_bytes, block_size, created_ms, deleting) in (any::<u64>(), any::<u32>(), any::<u64>(), any::<bool>()),
+            (bytes, inodes, heartbeat_ms, read_only) in (any::<u64>(), any::<u64>(), any::<u64>(), any::<bool>()),
+        ) {
+            let r = FsRecord { version: RECORD_VERSION, id: id.clone(), quota_bytes, block_size, created_ms, origin, deleting };
+            prop_assert_eq!(FsRecord::decode(b"k", &r.encode()).unwrap(), r);
+            let u = Usage { version: RECORD_VERSION, bytes, inodes };
+            prop_assert_eq!(Usage::decode(b"k", &u.encode()).unwrap(), u);
+            let c = ClientRecord { version: RECORD_VERSION, id, node, mounted_ms: created_ms, heartbeat_ms, read_only };
+            prop_assert_eq!(ClientRecord::decode(b"k", &c.encode()).unwrap(), c);
+        }
+
+        #[test]
+        fn chunk_map_values_are_the_chunk_hash(data in proptest::collection::vec(any::<u8>(), 0..64), cut in 0..32usize) {
+            // A block key's value is the raw hash of its chunk (what `blocks` writes and reads).
+            let h = ChunkHash::of(&data);
+            prop_assert!(ChunkHash::from_slice(&h.0).unwrap() == h);
+            prop_assert!(ChunkHash::from_slice(&h.0[..cut]).is_err(), "a short value is refused");
+        }
     }
 }

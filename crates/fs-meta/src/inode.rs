@@ -145,11 +145,7 @@ impl Inode {
     }
 
     pub fn decode(key: &[u8], value: &[u8]) -> Result<Inode> {
-        let i: Inode = serde_json::from_slice(value).map_err(|e| corrupt(key, e.to_string()))?;
-        if i.version != INODE_VERSION {
-            return Err(corrupt(key, format!("format version {} (this build reads {INODE_VERSION})", i.version)));
-        }
-        Ok(i)
+        decode_versioned(key, value, INODE_VERSION)
     }
 }
 
@@ -171,6 +167,20 @@ impl Dentry {
     }
 }
 
+/// Decodes a versioned JSON record at `key`: the version is read first, so a record a newer
+/// release wrote is refused by `format_version::check`'s one rule (one line naming both
+/// versions) even when its fields changed; older versions are read.
+pub(crate) fn decode_versioned<T: serde::de::DeserializeOwned>(key: &[u8], value: &[u8], supported: u32) -> Result<T> {
+    #[derive(Deserialize)]
+    struct VersionOnly {
+        #[serde(default = "format_version::v1")]
+        version: u32,
+    }
+    let v: VersionOnly = serde_json::from_slice(value).map_err(|e| corrupt(key, e.to_string()))?;
+    format_version::check(format!("record {}", String::from_utf8_lossy(key)), v.version, supported)?;
+    serde_json::from_slice(value).map_err(|e| corrupt(key, e.to_string()))
+}
+
 pub(crate) fn corrupt(key: &[u8], message: String) -> FsError {
     FsError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), message }
 }
@@ -188,7 +198,10 @@ mod tests {
         assert_eq!(i.mode(), libc::S_IFLNK | 0o777);
         let mut other = i.clone();
         other.version = 9;
-        assert!(matches!(Inode::decode(b"k", &other.encode()), Err(FsError::Corrupt { .. })));
+        let e = Inode::decode(b"fs/n/x/i/1", &other.encode()).unwrap_err();
+        assert!(matches!(e, FsError::Newer(_)), "{e:?}");
+        assert_eq!(e.to_string(), "record fs/n/x/i/1 has format version 9; this build reads up to version 1");
+        assert_eq!(e.errno(), libc::EIO);
     }
 
     #[test]
@@ -214,5 +227,41 @@ mod tests {
         assert_eq!((t.secs(), t.nanos()), (12, 345));
         let before = Timestamp(-1);
         assert_eq!((before.secs(), before.nanos()), (-1, 999_999_999));
+    }
+
+    use proptest::prelude::*;
+
+    fn kind() -> impl Strategy<Value = Kind> {
+        prop_oneof![
+            Just(Kind::File),
+            Just(Kind::Dir),
+            Just(Kind::Symlink),
+            Just(Kind::Fifo),
+            Just(Kind::Socket),
+            Just(Kind::Char),
+            Just(Kind::Block),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn inodes_and_dentries_round_trip(
+            kind in kind(),
+            (perm, uid, gid, nlink, rdev) in (0..0o10000u32, any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>()),
+            (size, parent, entries, xattrs) in (any::<u64>(), any::<u64>(), any::<u64>(), any::<bool>()),
+            times in proptest::array::uniform4(any::<i64>()),
+            target in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64)),
+            ino in any::<u64>(),
+        ) {
+            let i = Inode {
+                version: INODE_VERSION, kind, perm, uid, gid, nlink, size,
+                atime: Timestamp(times[0]), mtime: Timestamp(times[1]), ctime: Timestamp(times[2]),
+                crtime: Timestamp(times[3]), rdev, target, parent, entries, xattrs,
+            };
+            prop_assert_eq!(Inode::decode(b"k", &i.encode()).unwrap(), i.clone());
+            prop_assert_eq!(i.mode() & 0o7777, perm);
+            let d = Dentry { ino, kind };
+            prop_assert_eq!(Dentry::decode(b"k", &d.encode()).unwrap(), d);
+        }
     }
 }

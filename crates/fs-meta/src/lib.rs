@@ -47,6 +47,9 @@ pub enum FsError {
     Contended(String),
     #[error("corrupt record {key}: {message}")]
     Corrupt { key: String, message: String },
+    /// A record written by a newer release (one line naming both versions).
+    #[error(transparent)]
+    Newer(#[from] format_version::NewerFormat),
     #[error("metadata service: {0}")]
     Meta(#[from] metadata_client::MetaClientError),
     #[error("storage pool: {0}")]
@@ -81,7 +84,7 @@ impl FsError {
             FsError::NotPermitted(_) => libc::EPERM,
             FsError::TooManyLinks => libc::EMLINK,
             FsError::Contended(_) => libc::EAGAIN,
-            FsError::Corrupt { .. } | FsError::Meta(_) | FsError::Pool(_) => libc::EIO,
+            FsError::Corrupt { .. } | FsError::Newer(_) | FsError::Meta(_) | FsError::Pool(_) => libc::EIO,
         }
     }
 }

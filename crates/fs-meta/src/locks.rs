@@ -44,6 +44,15 @@ struct LockSet {
     ranges: Vec<LockRange>,
 }
 
+impl LockSet {
+    fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a lock set serializes")
+    }
+    fn decode(key: &[u8], v: &[u8]) -> Result<LockSet> {
+        crate::inode::decode_versioned(key, v, RECORD_VERSION)
+    }
+}
+
 /// Who holds a lock: the client (mount) and the kernel's lock owner within it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LockOwner {
@@ -115,9 +124,12 @@ impl Namespace {
                 Some(l) => *l,
                 None => {
                     let l = match self.meta.get(&keys::client(&self.fs, &who.client)).await? {
-                        Some(c) => serde_json::from_slice::<ClientRecord>(&c.value)
-                            .map(|r| now.saturating_sub(r.heartbeat_ms.max(r.mounted_ms)) < CLIENT_DEAD_AFTER_MS)
-                            .unwrap_or(false),
+                        Some(c) => match ClientRecord::decode(&c.key, &c.value) {
+                            Ok(r) => now.saturating_sub(r.heartbeat_ms.max(r.mounted_ms)) < CLIENT_DEAD_AFTER_MS,
+                            // A newer release's client: not ours to declare dead.
+                            Err(e @ FsError::Newer(_)) => return Err(e),
+                            Err(_) => false,
+                        },
                         None => false,
                     };
                     alive.insert(who.client.clone(), l);
@@ -128,7 +140,7 @@ impl Namespace {
                 dead.push(kv.key.clone());
                 continue;
             }
-            let set: LockSet = serde_json::from_slice(&kv.value).map_err(|e| corrupt(&kv.key, e.to_string()))?;
+            let set = LockSet::decode(&kv.key, &kv.value)?;
             out.extend(set.ranges.into_iter().map(|r| (who.clone(), r)));
         }
         Ok((vrev, out, dead))
@@ -187,7 +199,7 @@ impl Namespace {
                 txn.delete(&key)
             } else {
                 let set = LockSet { version: RECORD_VERSION, ranges: next };
-                txn.put(&key, &serde_json::to_vec(&set).expect("serializes"))
+                txn.put(&key, &set.encode())
             };
             if self.meta.txn(txn).await?.succeeded {
                 return Ok(None);
@@ -208,6 +220,30 @@ mod tests {
 
     fn r(start: u64, end: u64, kind: LockKind) -> LockRange {
         LockRange { start, end, kind, pid: 1 }
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn lock_sets_round_trip(
+            ranges in proptest::collection::vec(
+                (any::<u64>(), any::<u64>(), any::<bool>(), any::<u32>()).prop_map(|(start, end, w, pid)| LockRange {
+                    start, end, kind: if w { LockKind::Write } else { LockKind::Read }, pid,
+                }),
+                0..6,
+            ),
+        ) {
+            let set = LockSet { version: RECORD_VERSION, ranges };
+            prop_assert_eq!(LockSet::decode(b"k", &set.encode()).unwrap(), set);
+        }
+    }
+
+    #[test]
+    fn a_newer_lock_set_is_refused_in_one_line() {
+        let set = LockSet { version: RECORD_VERSION + 1, ranges: vec![r(0, 9, LockKind::Write)] };
+        let e = LockSet::decode(b"fs/n/x/l/1", &set.encode()).unwrap_err();
+        assert_eq!(e.to_string(), "record fs/n/x/l/1 has format version 2; this build reads up to version 1");
     }
 
     #[test]
