@@ -138,7 +138,11 @@ impl Namespace {
         let writes: Vec<(Vec<u8>, Option<Vec<u8>>)> =
             txn.writes().into_iter().map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec))).collect();
         let ticket = self.cache.ticket();
-        let out = self.meta.txn(txn).await;
+        let out = match self.meta.txn(txn).await {
+            // The leader went away with the transaction in flight: read back what it wrote.
+            Err(metadata_client::MetaClientError::Indeterminate(why)) => self.settle(&writes, &why).await,
+            other => other,
+        };
         self.cache.forget(keys.iter().map(Vec::as_slice));
         if !out.as_ref().is_ok_and(|o| o.succeeded) {
             self.cache.unsure(keys.iter().map(Vec::as_slice));
@@ -154,6 +158,33 @@ impl Namespace {
             }
         }
         Ok(out?)
+    }
+
+    /// The outcome of a transaction whose answer was lost: applied when every key it writes holds
+    /// what it wrote (values here carry inode numbers and timestamps, so another writer's equal
+    /// value is not a practical worry) and every key it deletes is gone; otherwise reported as
+    /// not applied (no failed condition named), so the operation reads again and retries. A
+    /// transaction that writes nothing is reported not applied.
+    async fn settle(
+        &self,
+        writes: &[(Vec<u8>, Option<Vec<u8>>)],
+        why: &str,
+    ) -> std::result::Result<TxnOutcome, metadata_client::MetaClientError> {
+        let mut revision = 0;
+        let mut applied = !writes.is_empty();
+        for (k, v) in writes {
+            let now = self.meta.get(k).await?;
+            match (now, v) {
+                (Some(kv), Some(v)) if kv.value == *v => revision = revision.max(kv.mod_revision),
+                (None, None) => {}
+                _ => {
+                    applied = false;
+                    break;
+                }
+            }
+        }
+        tracing::info!(applied, reason = why, "a transaction's answer was lost; settled by reading back its keys");
+        Ok(TxnOutcome { succeeded: applied, failed_condition: None, revision })
     }
 
     /// A key's value and mod revision (or its absence), from the cache when the watch vouches
