@@ -704,10 +704,10 @@ async fn pool_daemons_killed_one_by_one_under_load_lose_nothing() {
     }
     s3.wait_for_ack(Duration::from_secs(300));
     check_all("a rolling restart of the voters", &load, &mut s3);
-    // Known: a file create that meets the metadata leader's SIGKILL fails with EIO (the
-    // transaction's outcome is unknown and fs-meta does not settle it), so the filesystem writer
-    // is held to no error through the storage-node outages only, and what the voters' restart
-    // did to it is reported.
+    // A file create that met the metadata leader's SIGKILL used to fail with EIO (the
+    // transaction's outcome unknown); fs-meta now settles such transactions by reading back
+    // their keys. Until runs show it holds, the filesystem writer is held to no error through the
+    // storage-node outages only, and what the voters' restart did to it is reported.
     let fs_voter_errors: Vec<String> = fs.errors().split_off(fs_errors_before_voters);
     let rolling_errors = (block.sessions() - sessions, fs_node_errors, s3.errors() - s3_errors - s3_gap_errors);
     // Repair settles: the volume is whole again (every chunk on its R nodes).
