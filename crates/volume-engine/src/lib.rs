@@ -497,6 +497,30 @@ impl ReplicaHealth {
 /// Checks every flushed block of volume (or snapshot) `id` against the pool: for each chunk,
 /// do all of its R placed nodes hold a good copy? (One `Has` call per node per 256 chunks.)
 pub async fn replica_health(meta: &MetaClient, chunks: &ChunkClient, id: &str) -> Result<ReplicaHealth> {
+    let (blocks, hashes) = mapped_chunks(meta, id).await?;
+    let hashes: Vec<ChunkHash> = hashes.into_iter().collect();
+    let r = chunks.config().replicas;
+    let mut counts = chunks.placed_copies(&hashes).await?;
+    // A block overwritten since the map was read may have had its old chunk released already:
+    // a chunk the volume no longer maps is not a missing copy.
+    if counts.iter().any(|c| *c < r) {
+        let (_, now) = mapped_chunks(meta, id).await?;
+        for (h, c) in hashes.iter().zip(counts.iter_mut()) {
+            if *c < r && !now.contains(h) {
+                *c = r;
+            }
+        }
+    }
+    Ok(ReplicaHealth {
+        blocks,
+        chunks: hashes.len() as u64,
+        complete: counts.iter().filter(|c| **c >= r).count() as u64,
+        missing_copies: counts.iter().map(|c| r.saturating_sub(*c) as u64).sum(),
+    })
+}
+
+/// The blocks volume (or snapshot) `id` maps and the distinct chunks they are.
+async fn mapped_chunks(meta: &MetaClient, id: &str) -> Result<(u64, std::collections::HashSet<ChunkHash>)> {
     let prefix = keys::map_prefix(id);
     let end = keys::prefix_end(&prefix);
     let mut start = prefix.clone();
@@ -511,18 +535,9 @@ pub async fn replica_health(meta: &MetaClient, chunks: &ChunkClient, id: &str) -
         }
         match page.next_key {
             Some(k) => start = k,
-            None => break,
+            None => return Ok((blocks, hashes)),
         }
     }
-    let hashes: Vec<ChunkHash> = hashes.into_iter().collect();
-    let r = chunks.config().replicas;
-    let counts = chunks.placed_copies(&hashes).await?;
-    Ok(ReplicaHealth {
-        blocks,
-        chunks: hashes.len() as u64,
-        complete: counts.iter().filter(|c| **c >= r).count() as u64,
-        missing_copies: counts.iter().map(|c| r.saturating_sub(*c) as u64).sum(),
-    })
 }
 
 /// How long a freeze holds writes at most: a controller that died while cutting a snapshot
