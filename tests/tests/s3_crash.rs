@@ -86,6 +86,7 @@ async fn acknowledged_uploads_survive_objectd_sigkill_and_gc_reclaims_the_rest()
         std::thread::sleep(Duration::from_millis(20));
     }
     s.kill9_objectd();
+    let killed_at = Instant::now();
     let at_kill = count_lines(&acked);
     let st = up.wait(Duration::from_secs(300)).expect("the uploader did not finish within 300 s of the kill");
     assert!(st.success(), "the uploader failed ({st}):\nstdout: {}\nstderr: {}", up.stdout(), up.stderr());
@@ -111,6 +112,12 @@ async fn acknowledged_uploads_survive_objectd_sigkill_and_gc_reclaims_the_rest()
     );
 
     // One pool GC round with a short window; objectd is idle, so nothing is written during it.
+    // The last puts came before the kill: start the round once they are a window old, or the
+    // sweep rightly holds the chunks they left (a fast run reaches here within the window).
+    let quiet = killed_at + WINDOW + Duration::from_millis(500);
+    if let Some(wait) = quiet.checked_duration_since(Instant::now()) {
+        tokio::time::sleep(wait).await;
+    }
     let epoch = cluster::gc::start_epoch(&meta, WINDOW).await.expect("start GC round");
     let deadline = Instant::now() + Duration::from_secs(120);
     let sweep = loop {
