@@ -42,6 +42,17 @@ pub async fn edge(State(metrics): State<Arc<Metrics>>, mut req: Request, next: N
     // a kept-alive connection: such error responses close the connection.
     let has_body = req.headers().get(http::header::TRANSFER_ENCODING).is_some()
         || req.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).is_some_and(|v| v != "0");
+    // A request that asked for `100 Continue` but has no body to send gets its final response
+    // without one. botocore (boto/botocore#3755) then keeps that response's status for the next
+    // request on the connection and reads the next answer against it: a 60 s stall, a hidden
+    // retry, and after a crash a PUT reported done that never reached us. Closing the
+    // connection after such a response clears the stale state (boto3 sends this on every empty
+    // PUT).
+    let expects_continue = req
+        .headers()
+        .get(http::header::EXPECT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
     let header_bytes: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
     if let Some(n) = req
         .headers()
@@ -70,6 +81,9 @@ pub async fn edge(State(metrics): State<Arc<Metrics>>, mut req: Request, next: N
         if has_body {
             resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
+    }
+    if expects_continue && !has_body {
+        resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-amz-request-id", v);

@@ -402,3 +402,19 @@ def main():
         print("AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY are not set", file=sys.stderr)
         sys.exit(2)
     unittest.main(verbosity=2)
+
+
+def s3_requests(method):
+    """objectd's count of `method` requests (every status) from its /metrics, or None when the
+    environment names no metrics address (CAIRN_S3_METRICS_URL)."""
+    url = os.environ.get("CAIRN_S3_METRICS_URL")
+    if not url:
+        return None
+    import urllib.request
+
+    total = 0
+    with urllib.request.urlopen(url, timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("cairn_s3_requests_total{") and f'method="{method}"' in line:
+                total += int(float(line.rsplit(" ", 1)[1]))
+    return total

@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError
 
 from common import (
     MiB, assert_raw_error, assert_s3_error, b64, body_sha256, client, crc32c_b64, main, md5_hex, raw_path,
-    raw_request, send_raw, sign_headers, unique_bucket, vhost_client, vhost_resolvable, HOST, PORT,
+    raw_request, s3_requests, send_raw, sign_headers, unique_bucket, vhost_client, vhost_resolvable, HOST, PORT,
 )
 
 GiB = 1024 * MiB
@@ -377,6 +377,28 @@ class Objects(unittest.TestCase):
         self.assertEqual(r.status, 204, r)
         self.assert_missing("vh/obj")
         assert_raw_error(raw_request("GET", self.b, "vh/none", vhost=True), "NoSuchKey", 404)
+
+    def test_empty_put_then_put_on_one_connection(self):
+        # boto3 sends `Expect: 100-continue` on every PUT. An empty one is answered without a
+        # `100 Continue`; botocore then reads the next answer on that connection against the
+        # empty PUT's status (boto/botocore#3755): its headers are lost and the call waits for
+        # the connection to close. The server closes such a connection, so each PUT gets its
+        # own answer.
+        # PUTs back to back: any other request in between (no `Expect`) clears botocore's state.
+        # A poisoned connection shows as a PUT sent twice: botocore gives up on the garbled
+        # answer and silently sends the PUT again on a new connection.
+        c = client()
+        puts_before = s3_requests("PUT")
+        sent = []
+        for i, n in enumerate([0, 1 << 20, 0, 100, 70000]):
+            data = os.urandom(n)
+            r = c.put_object(Bucket=self.b, Key=f"continue/{i}", Body=data)
+            sent.append(data)
+            self.assertEqual(r.get("ETag"), '"' + hashlib.md5(data).hexdigest() + '"', f"PUT {i} of {n} bytes")
+        if puts_before is not None:
+            self.assertEqual(s3_requests("PUT") - puts_before, len(sent), "every PUT reached the server once")
+        for i, data in enumerate(sent):
+            self.assertEqual(c.get_object(Bucket=self.b, Key=f"continue/{i}")["Body"].read(), data)
 
     def test_virtual_hosted_boto3(self):
         # boto3 addressing `<bucket>.localhost:PORT`; where the resolver does not map

@@ -172,6 +172,7 @@ impl S3Stack {
             ("AWS_DEFAULT_REGION".into(), "us-east-1".into()),
             ("CAIRN_META".into(), self.meta_api.clone()),
             ("CAIRN_BIN".into(), bin("cairn").display().to_string()),
+            ("CAIRN_S3_METRICS_URL".into(), format!("http://{}/metrics", self.http)),
         ]
     }
 
