@@ -34,7 +34,14 @@ pub async fn delete_one(
         Versioning::Off => {
             for _ in 0..16 {
                 let Some((_, cur)) = store.head(bucket, key).await? else {
-                    return Ok(Deleted { version_id: None, delete_marker: false });
+                    // Nothing to delete, as of the last committed write. A write still on its
+                    // way into the log (its request failed, its transaction not yet applied)
+                    // must not land after this answer: a write through the log orders this
+                    // delete after it, and finds it.
+                    if store.confirm_absent(bucket, key).await? {
+                        return Ok(Deleted { version_id: None, delete_marker: false });
+                    }
+                    continue;
                 };
                 let Some(kv) = store.meta.get(&version_key(bucket, key, &cur.sort_id)).await? else {
                     continue;

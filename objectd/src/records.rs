@@ -435,6 +435,20 @@ pub fn new_sort_id() -> String {
     format!("{:016x}{:08x}", u64::MAX - nanos, rand::random::<u32>())
 }
 
+/// A sort id that sorts before (is newer than) `current`: now's, or just newer than `current`
+/// when its clock ran ahead of ours (another objectd's skewed clock, a step back of our own).
+/// A version committed over a current one is always the newest in the listing too.
+pub fn sort_id_after(current: &str) -> String {
+    let now = new_sort_id();
+    if now.as_str() < current {
+        return now;
+    }
+    match current.get(..16).and_then(|h| u64::from_str_radix(h, 16).ok()) {
+        Some(v) if v > 0 => format!("{:016x}{:08x}", v - 1, rand::random::<u32>()),
+        _ => now, // not one of ours: keep the clock's
+    }
+}
+
 /// A new random id (hex, 128 bits) for uploads and data owners.
 pub fn new_id() -> String {
     format!("{:032x}", rand::random::<u128>())
@@ -456,6 +470,18 @@ mod tests {
         // `dir/x` versions do not fall in `dir/x2`'s span, nor the reverse.
         assert!(!version_key("b", "dir/x2", &a).starts_with(&p));
         assert!(prefix_end(&p) > k);
+    }
+
+    #[test]
+    fn a_version_over_one_from_a_clock_ahead_still_sorts_first() {
+        let behind = new_sort_id();
+        assert!(sort_id_after(&behind) < behind, "now's id, newer");
+        let ahead = format!("{:016x}{:08x}", 5u64, 7u32); // far in the future
+        let after = sort_id_after(&ahead);
+        assert!(after < ahead);
+        assert_eq!(&after[..16], &format!("{:016x}", 4u64));
+        assert_eq!(after.len(), ahead.len());
+        assert!(!sort_id_after("garbage").is_empty());
     }
 
     fn small_object(data: &[u8]) -> ObjectRecord {

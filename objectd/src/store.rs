@@ -235,6 +235,10 @@ impl Store {
                     "At least one of the pre-conditions you specified did not hold",
                 ));
             }
+            // The new version is the newest, also in the version listing, whatever the clocks.
+            if let Some((_, h)) = head.as_ref().filter(|(_, h)| h.sort_id <= rec.sort_id) {
+                rec.sort_id = sort_id_after(&h.sort_id);
+            }
             let keeps_versions = b.rec.versioning == Versioning::Enabled;
             rec.version_id = if keeps_versions { rec.sort_id.clone() } else { "null".into() };
             // The version this write replaces: the null one, unless the bucket keeps versions.
@@ -291,6 +295,17 @@ impl Store {
             txn = add_refs(txn, &hashes, &rec.data_owner);
             let out = self.meta.txn(txn).await?;
             if out.succeeded {
+                tracing::debug!(
+                    bucket,
+                    key,
+                    sort_id = %rec.sort_id,
+                    replaced = replaced.as_ref().map(|(_, r)| r.sort_id.as_str()),
+                    head = head.as_ref().map(|(_, h)| h.sort_id.as_str()),
+                    delete_marker = rec.delete_marker,
+                    size = rec.size,
+                    attempt,
+                    "version committed"
+                );
                 return Ok(rec);
             }
             // Only a changed bucket record needs a fresh read of it; a cached one is otherwise fine.
@@ -310,6 +325,12 @@ impl Store {
             tokio::time::sleep(std::time::Duration::from_millis(u64::from(attempt) * 5)).await;
         }
         Err(ObjectdError::Conflict)
+    }
+
+    /// Whether `key` has no current version, answered by a transaction (so ordered after every
+    /// write that entered the metadata log before it), not by a read.
+    pub async fn confirm_absent(&self, bucket: &str, key: &str) -> Result<bool> {
+        Ok(self.meta.txn(Txn::new().absent(&head_key(bucket, key))).await?.succeeded)
     }
 
     /// Deletes one stored version (by its entry) with its references; when it was the current
@@ -337,6 +358,13 @@ impl Store {
                 }
             }
             if self.meta.txn(txn).await?.succeeded {
+                tracing::debug!(
+                    bucket,
+                    key,
+                    sort_id = %rec.sort_id,
+                    promoted = newest_other.as_ref().filter(|_| is_newest).map(|(_, n)| n.sort_id.as_str()),
+                    "version deleted"
+                );
                 return Ok(());
             }
             if self.meta.get(&target.key).await?.is_none() {

@@ -50,6 +50,19 @@ impl Default for TxnQueue {
     }
 }
 
+impl TxnQueue {
+    /// The next call's transactions: the oldest waiting, without those whose callers went away
+    /// (an S3 request whose client hung up, a call past its deadline). Such a caller was told
+    /// its transaction may not have been applied and may have gone on to write what must come
+    /// after it: sent later, it would undo that.
+    fn take_batch(&self) -> Vec<Queued> {
+        let mut w = self.waiting.lock().expect("txn queue lock");
+        w.retain(|q| !q.reply.is_closed());
+        let n = w.len().min(MAX_BATCH);
+        w.drain(..n).collect()
+    }
+}
+
 impl MetaClient {
     /// Queues `req` and returns its outcome; when a call slot is free, sends what is queued.
     pub(crate) async fn txn_queued(&self, req: pb::TxnRequest) -> Answer {
@@ -63,11 +76,7 @@ impl MetaClient {
                 answer = &mut rx => return answer.unwrap_or_else(|_| Err(abandoned())),
                 slot = q.slots.clone().acquire_owned() => {
                     let Ok(slot) = slot else { return Err(abandoned()) };
-                    let mut batch: Vec<Queued> = {
-                        let mut w = q.waiting.lock().expect("txn queue lock");
-                        let n = w.len().min(MAX_BATCH);
-                        w.drain(..n).collect()
-                    };
+                    let mut batch = q.take_batch();
                     if batch.is_empty() {
                         // Ours was taken by a call in flight: its answer comes from there.
                         drop(slot);
@@ -146,4 +155,27 @@ impl MetaClient {
 /// the transaction may or may not have been applied.
 fn abandoned() -> MetaClientError {
     MetaClientError::Indeterminate("the call carrying this transaction was cancelled".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn abandoned_transactions_are_not_sent() {
+        let q = TxnQueue::default();
+        let mut keep = Vec::new();
+        for id in 0..4u64 {
+            let (reply, rx) = oneshot::channel();
+            q.waiting.lock().unwrap().push(Queued { id, req: pb::TxnRequest::default(), reply });
+            if id == 1 || id == 3 {
+                drop(rx); // its caller was cancelled
+            } else {
+                keep.push(rx);
+            }
+        }
+        let ids: Vec<u64> = q.take_batch().iter().map(|t| t.id).collect();
+        assert_eq!(ids, vec![0, 2]);
+        assert!(q.take_batch().is_empty());
+    }
 }

@@ -94,20 +94,36 @@ async fn run_writes(raft: Raft, mut rx: mpsc::Receiver<Proposal>) {
     // in flight, 8,378-8,888 and 17,815-18,096 with one; with three voters 2,822 and 7,920 with
     // four, 3,072-3,204 and 7,727-9,278 with one (one client: ~1,900 and ~800 either way). Raft
     // takes one client write at a time, so entries in flight together only made batches smaller.
+    //
+    // A proposal whose caller went away while it waited here (its call's deadline passed, its
+    // client was cancelled) is dropped, not proposed: the caller was told it may not have been
+    // applied, and may since have written what must come after it. Left in, it would enter the
+    // log behind those later writes and undo them. Once in an entry it is ordered before
+    // anything proposed after its caller got the answer.
     while let Some(first) = rx.recv().await {
-        let mut bytes = first.bytes;
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(p) => {
-                    bytes += p.bytes;
-                    batch.push(p);
-                }
-                Err(_) => break,
-            }
+        let batch = take_batch(first, &mut rx);
+        if !batch.is_empty() {
+            commit(&raft, batch).await;
         }
-        commit(&raft, batch).await;
     }
+}
+
+/// `first` and whatever waits behind it, up to the limits, without the abandoned proposals.
+fn take_batch(first: Proposal, rx: &mut mpsc::Receiver<Proposal>) -> Vec<Proposal> {
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    let mut next = Some(first);
+    while let Some(p) = next.take() {
+        if !p.reply.is_closed() {
+            bytes += p.bytes;
+            batch.push(p);
+        }
+        if batch.len() >= MAX_BATCH || bytes >= MAX_BATCH_BYTES {
+            break;
+        }
+        next = rx.try_recv().ok();
+    }
+    batch
 }
 
 async fn commit(raft: &Raft, batch: Vec<Proposal>) {
@@ -168,5 +184,41 @@ async fn run_reads(raft: Raft, mut rx: mpsc::Receiver<oneshot::Sender<Result<(),
         for w in waiting {
             let _ = w.send(res.as_ref().map(|_| ()).map_err(|e| clone_error(e).into()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proposal(key: &str) -> (Proposal, oneshot::Receiver<Result<CommandResult, Status>>) {
+        let cmd = Command::Put { key: key.as_bytes().to_vec(), value: vec![1] };
+        let (reply, rx) = oneshot::channel();
+        (Proposal { bytes: command_bytes(&cmd), cmd, reply }, rx)
+    }
+
+    fn key_of(p: &Proposal) -> &[u8] {
+        match &p.cmd {
+            Command::Put { key, .. } => key,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn proposals_whose_callers_left_never_enter_an_entry() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let (first, _keep_a) = proposal("a");
+        let (gone, rx_gone) = proposal("gone");
+        let (c, _keep_c) = proposal("c");
+        drop(rx_gone); // its caller's deadline passed while it waited
+        tx.try_send(gone).unwrap();
+        tx.try_send(c).unwrap();
+        let batch = take_batch(first, &mut rx);
+        let keys: Vec<&[u8]> = batch.iter().map(key_of).collect();
+        assert_eq!(keys, vec![b"a".as_slice(), b"c".as_slice()]);
+
+        let (alone, rx_alone) = proposal("alone");
+        drop(rx_alone);
+        assert!(take_batch(alone, &mut rx).is_empty(), "nothing is left to propose");
     }
 }
