@@ -295,6 +295,11 @@ impl Store {
             txn = add_refs(txn, &hashes, &rec.data_owner);
             let out = self.meta.txn(txn).await?;
             if out.succeeded {
+                if let Some((_, old)) = &replaced {
+                    let mut gone = old.chunk_hashes()?;
+                    gone.retain(|h| !hashes.contains(h));
+                    self.release(gone);
+                }
                 tracing::debug!(
                     bucket,
                     key,
@@ -325,6 +330,22 @@ impl Store {
             tokio::time::sleep(std::time::Duration::from_millis(u64::from(attempt) * 5)).await;
         }
         Err(ObjectdError::Conflict)
+    }
+
+    /// Tells the storage nodes, in the background, that chunks whose references a committed
+    /// transaction removed are no longer needed here: a node deletes at once each one that no
+    /// reference key names and nobody put within the write window (an overwritten or deleted
+    /// object's space comes back without waiting for a pool GC round); the rest wait for pool
+    /// GC. The release names a writer of its own, so it vouches for no put.
+    fn release(&self, hashes: Vec<ChunkHash>) {
+        if hashes.is_empty() {
+            return;
+        }
+        let chunks = self.chunks.clone();
+        tokio::spawn(async move {
+            let deleted = chunks.release(&hashes, cluster::Writer::new_id(), 0).await;
+            tracing::trace!(released = hashes.len(), deleted, "released the chunks of a replaced version");
+        });
     }
 
     /// Whether `key` has no current version, answered by a transaction (so ordered after every
@@ -358,6 +379,7 @@ impl Store {
                 }
             }
             if self.meta.txn(txn).await?.succeeded {
+                self.release(rec.chunk_hashes()?);
                 tracing::debug!(
                     bucket,
                     key,

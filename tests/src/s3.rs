@@ -2,11 +2,16 @@
 //! free loopback ports, access keys made with the operator CLI, and the Python (boto3) suites
 //! under `tests/s3/` run against it. Everything is killed when the stack drops, panics included.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+use chunk_engine::ChunkHash;
+use cluster::refs::REFS_PREFIX;
+use metadata_client::MetaClient;
 
 use crate::daemon::Daemon;
 use crate::meta::{MetaProc, meta_cluster};
@@ -81,13 +86,17 @@ impl S3Stack {
 
     /// Starts the stack; `objectd_extra` is appended to objectd's flags (e.g. `--mpu-expiry-secs`).
     pub fn start_with(objectd_extra: &[&str]) -> S3Stack {
+        S3Stack::start_with_node(objectd_extra, &[])
+    }
+
+    /// [`start_with`](Self::start_with), and `node_extra` appended to the storage node's flags.
+    pub fn start_with_node(objectd_extra: &[&str], node_extra: &[&str]) -> S3Stack {
         let dir = tempfile::tempdir().expect("tempdir");
         let meta = meta_cluster(1, dir.path(), &[]);
         let meta_api = meta[0].addrs.api.clone();
-        let node = NodeProc::start(
-            &dir.path().join("n1"),
-            &["--meta", &meta_api, "--node-id", "n1", "--replicas", "1", "--heartbeat-ms", "200"],
-        );
+        let mut node_args = vec!["--meta", &meta_api, "--node-id", "n1", "--replicas", "1", "--heartbeat-ms", "200"];
+        node_args.extend_from_slice(node_extra);
+        let node = NodeProc::start(&dir.path().join("n1"), &node_args);
         let (port, hport) = (free_port(), free_port());
         let http: SocketAddr = format!("127.0.0.1:{hport}").parse().expect("addr");
         let mut args: Vec<String> = vec![
@@ -108,6 +117,24 @@ impl S3Stack {
         args.extend(objectd_extra.iter().map(|s| s.to_string()));
         let objectd = Daemon::start("objectd", args, dir.path().join("objectd.log"), http);
         S3Stack { objectd, node, meta, meta_api, endpoint: format!("http://127.0.0.1:{port}"), http, dir }
+    }
+
+    /// Every chunk the storage node holds: hex → length.
+    pub async fn node_chunks(&self) -> BTreeMap<String, u64> {
+        let c = self.node.client().await;
+        let mut out = BTreeMap::new();
+        let mut after: Option<ChunkHash> = None;
+        loop {
+            let page = c.list(after.as_ref(), 1000).await.expect("list chunks");
+            for ch in &page.chunks {
+                let h = ChunkHash(ch.hash.as_slice().try_into().expect("32-byte hash"));
+                out.insert(h.to_string(), u64::from(ch.length));
+            }
+            if page.next_after.is_empty() {
+                return out;
+            }
+            after = Some(ChunkHash(page.next_after.as_slice().try_into().expect("32-byte hash")));
+        }
     }
 
     /// Runs `cairn --meta <api> <args>`; panics unless it succeeds; returns stdout.
@@ -297,6 +324,29 @@ impl Drop for PyRun {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+}
+
+/// Distinct chunk hashes (hex) named by any `cluster/refs/<chunk hex>/<owner>` key.
+pub async fn referenced_chunks(meta: &MetaClient) -> BTreeSet<String> {
+    let start = REFS_PREFIX.as_bytes().to_vec();
+    let mut end = start.clone();
+    *end.last_mut().expect("non-empty prefix") += 1;
+    let mut out = BTreeSet::new();
+    let mut from = start;
+    loop {
+        let page = meta.range(&from, &end, 1000).await.expect("scan references");
+        for kv in &page.kvs {
+            let key = String::from_utf8_lossy(&kv.key);
+            let rest = key.strip_prefix(REFS_PREFIX).expect("reference key under the prefix");
+            let (hex, owner) = rest.split_once('/').unwrap_or_else(|| panic!("malformed reference key {key}"));
+            assert!(!owner.is_empty(), "reference without an owner: {key}");
+            out.insert(hex.to_string());
+        }
+        match page.next_key {
+            Some(k) => from = k,
+            None => return out,
         }
     }
 }

@@ -6,8 +6,6 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use chunk_engine::ChunkHash;
-use cluster::refs::REFS_PREFIX;
 use integration_tests::s3::{S3Stack, python, tail};
 use metadata_client::MetaClient;
 
@@ -16,47 +14,6 @@ const WINDOW: Duration = Duration::from_millis(2000);
 
 fn count_lines(path: &std::path::Path) -> usize {
     std::fs::read_to_string(path).map(|t| t.lines().filter(|l| !l.trim().is_empty()).count()).unwrap_or(0)
-}
-
-/// Distinct chunk hashes (hex) named by any `cluster/refs/<chunk hex>/<owner>` key.
-async fn referenced_chunks(meta: &MetaClient) -> BTreeSet<String> {
-    let start = REFS_PREFIX.as_bytes().to_vec();
-    let mut end = start.clone();
-    *end.last_mut().expect("non-empty prefix") += 1;
-    let mut out = BTreeSet::new();
-    let mut from = start;
-    loop {
-        let page = meta.range(&from, &end, 1000).await.expect("scan references");
-        for kv in &page.kvs {
-            let key = String::from_utf8_lossy(&kv.key);
-            let rest = key.strip_prefix(REFS_PREFIX).expect("reference key under the prefix");
-            let (hex, owner) = rest.split_once('/').unwrap_or_else(|| panic!("malformed reference key {key}"));
-            assert!(!owner.is_empty(), "reference without an owner: {key}");
-            out.insert(hex.to_string());
-        }
-        match page.next_key {
-            Some(k) => from = k,
-            None => return out,
-        }
-    }
-}
-
-/// Every chunk the node holds: hex → length.
-async fn node_chunks(s: &S3Stack) -> std::collections::BTreeMap<String, u64> {
-    let c = s.node.client().await;
-    let mut out = std::collections::BTreeMap::new();
-    let mut after: Option<ChunkHash> = None;
-    loop {
-        let page = c.list(after.as_ref(), 1000).await.expect("list chunks");
-        for ch in &page.chunks {
-            let h = ChunkHash(ch.hash.as_slice().try_into().expect("32-byte hash"));
-            out.insert(h.to_string(), u64::from(ch.length));
-        }
-        if page.next_after.is_empty() {
-            return out;
-        }
-        after = Some(ChunkHash(page.next_after.as_slice().try_into().expect("32-byte hash")));
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,8 +57,8 @@ async fn acknowledged_uploads_survive_objectd_sigkill_and_gc_reclaims_the_rest()
 
     // Garbage: chunks the node holds that no reference names (cut-short uploads, aborted parts).
     let meta = MetaClient::new(&[&s.meta_api]).expect("metadata client");
-    let before_refs = referenced_chunks(&meta).await;
-    let before = node_chunks(&s).await;
+    let before_refs = integration_tests::s3::referenced_chunks(&meta).await;
+    let before = s.node_chunks().await;
     let dangling: Vec<&String> = before_refs.iter().filter(|h| !before.contains_key(*h)).collect();
     assert!(dangling.is_empty(), "references to chunks the node does not hold: {dangling:?}");
     let garbage = before.keys().filter(|h| !before_refs.contains(*h)).count();
@@ -130,8 +87,8 @@ async fn acknowledged_uploads_survive_objectd_sigkill_and_gc_reclaims_the_rest()
     };
     eprintln!("GC sweep: {sweep:?}");
 
-    let refs = referenced_chunks(&meta).await;
-    let after = node_chunks(&s).await;
+    let refs = integration_tests::s3::referenced_chunks(&meta).await;
+    let after = s.node_chunks().await;
     let held: BTreeSet<String> = after.keys().cloned().collect();
     let leaked: Vec<&String> = held.difference(&refs).collect();
     let lost: Vec<&String> = refs.difference(&held).collect();

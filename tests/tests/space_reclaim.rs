@@ -229,3 +229,45 @@ async fn replaced_blocks_are_released_at_once_but_not_what_others_hold() {
     assert!(released >= rest.len() as f64, "released {released}, expected at least {}", rest.len());
     assert_eq!(metric(&metrics, "cairn_node_pool_gc_deleted_chunks_total"), 0.0, "no round ran");
 }
+
+/// S3: an overwritten object and deleted ones give their chunks back at once, with no pool GC
+/// round at all (objectd releases what a committed version replaced or a delete removed); a
+/// chunk another object shares stays, and everything reads back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overwritten_and_deleted_objects_release_their_chunks_at_once() {
+    integration_tests::s3::python();
+    const WINDOW: Duration = Duration::from_secs(3);
+    let s = integration_tests::s3::S3Stack::start_with_node(
+        &[],
+        &["--pool-gc-interval-secs", "0", "--pool-gc-window-secs", "3"],
+    );
+    let started = Instant::now();
+    let key = s.create_key("admin", &["--admin"]);
+    let state = tempfile::tempdir().unwrap();
+    let d = state.path().to_str().unwrap();
+    s.run_py(&key, "space", &["setup", d], &[]);
+    let before = s.node_chunks().await;
+    // The node releases only chunks nobody put within the window.
+    tokio::time::sleep(WINDOW.saturating_sub(started.elapsed()) + WINDOW + Duration::from_millis(500)).await;
+    s.run_py(&key, "space", &["churn", d], &[]);
+
+    let meta = MetaClient::new(std::slice::from_ref(&s.meta_api)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (held, refs) = loop {
+        let (held, refs) = (s.node_chunks().await, integration_tests::s3::referenced_chunks(&meta).await);
+        let held_set: std::collections::BTreeSet<String> = held.keys().cloned().collect();
+        if held_set == refs || Instant::now() > deadline {
+            break (held_set, refs);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let leaked: Vec<&String> = held.difference(&refs).collect();
+    let lost: Vec<&String> = refs.difference(&held).collect();
+    assert!(leaked.is_empty(), "chunks nothing references still on the node 30 s after the churn: {leaked:?}");
+    assert!(lost.is_empty(), "referenced chunks gone from the node: {lost:?}");
+    let replaced: Vec<&String> = before.keys().filter(|h| !held.contains(*h)).collect();
+    assert!(replaced.len() >= 2, "a's old chunks and b's left (c's stay for `shared`): before {before:?}, now {held:?}");
+    s.run_py(&key, "space", &["verify", d], &[]);
+    let text = http_get(s.node.http, "/metrics").map(|(_, b)| b).unwrap_or_default();
+    eprintln!("node: released chunks {}", metric(&text, "cairn_node_released_chunks_total"));
+}
