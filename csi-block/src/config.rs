@@ -30,6 +30,9 @@ pub struct CsiBlockConfig {
     /// `<state_dir>/volumes/<id>/nbd.sock` (for qemu, or `nbd-client` where the nbd module is).
     /// Default false.
     pub nbd_export: bool,
+    /// Node service: memory each attached volume's data path keeps for chunks read or flushed
+    /// recently, in MiB (0: no read cache). Default 64.
+    pub read_cache_mib: u64,
     /// HTTP listen address for `/metrics` and `/healthz`. Default `127.0.0.1:7790`.
     pub http_listen: SocketAddr,
     /// Log filter (`RUST_LOG` syntax). Default `info`.
@@ -42,6 +45,9 @@ pub struct CsiBlockConfig {
     pub tls_key: Option<PathBuf>,
 }
 
+/// The largest read cache a volume's data path may keep (MiB).
+pub const MAX_READ_CACHE_MIB: u64 = 64 << 10;
+
 impl Default for CsiBlockConfig {
     fn default() -> Self {
         CsiBlockConfig {
@@ -53,6 +59,7 @@ impl Default for CsiBlockConfig {
             state_dir: PathBuf::from("/var/lib/cairn/csi-block"),
             default_replicas: 3,
             nbd_export: false,
+            read_cache_mib: 64,
             http_listen: "127.0.0.1:7790".parse().expect("default address"),
             log: "info".into(),
             tls_ca: None,
@@ -92,6 +99,9 @@ pub struct CsiBlockArgs {
     /// Also export staged volumes over NBD (true or false).
     #[arg(long, env = "CAIRN_CSI_BLOCK_NBD_EXPORT")]
     pub nbd_export: Option<bool>,
+    /// MiB of read cache per attached volume (0: none).
+    #[arg(long, env = "CAIRN_CSI_BLOCK_READ_CACHE_MIB")]
+    pub read_cache_mib: Option<u64>,
     /// /metrics and /healthz listen address (host:port).
     #[arg(long, env = "CAIRN_CSI_BLOCK_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
@@ -119,7 +129,7 @@ impl CsiBlockConfig {
         macro_rules! over {
             ($($f:ident),*) => { $( if let Some(v) = &args.$f { c.$f = v.clone(); } )* };
         }
-        over!(endpoint, meta, controller, driver_name, state_dir, default_replicas, nbd_export, http_listen, log);
+        over!(endpoint, meta, controller, driver_name, state_dir, default_replicas, nbd_export, read_cache_mib, http_listen, log);
         if args.node_id.is_some() {
             c.node_id = args.node_id.clone();
         }
@@ -162,6 +172,12 @@ impl CsiBlockConfig {
                 "default_replicas must be between 1 and {}, got {}",
                 crate::params::MAX_REPLICAS,
                 self.default_replicas
+            ));
+        }
+        if self.read_cache_mib > MAX_READ_CACHE_MIB {
+            return Err(format!(
+                "read_cache_mib must be at most {MAX_READ_CACHE_MIB} (MiB per attached volume), got {}",
+                self.read_cache_mib
             ));
         }
         self.tls().validate().map_err(|e| e.to_string())?;

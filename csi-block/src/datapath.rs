@@ -51,6 +51,10 @@ pub struct DatapathSpec {
     /// fails with EIO (the volume's `ioTimeout`; specs written before it existed: the default).
     #[serde(default = "io_timeout_default")]
     pub io_timeout_secs: u64,
+    /// Bytes of read cache (the node plugin's `read_cache_mib`; specs written before it
+    /// existed: none).
+    #[serde(default)]
+    pub read_cache_bytes: u64,
 }
 
 fn io_timeout_default() -> u64 {
@@ -114,7 +118,13 @@ async fn serve(spec: DatapathSpec, dir: ChildDir, shutdown: daemon_kit::Shutdown
         mount.unmount().await.map_err(|e| format!("unmount {}: {e}", fuse.display()))?;
     }
     flushed.map_err(|e| format!("final flush of {}: {e}", spec.volume_id))?;
-    tracing::info!(volume = %spec.volume_id, "volume flushed and no longer served");
+    let cache = volume.read_cache_stats();
+    tracing::info!(
+        volume = %spec.volume_id,
+        cache_hits = cache.hits,
+        cache_misses = cache.misses,
+        "volume flushed and no longer served"
+    );
     Ok(())
 }
 
@@ -135,7 +145,9 @@ async fn open(spec: &DatapathSpec) -> Result<Volume, CsiError> {
         EngineError::Fenced { .. } => CsiError::FailedPrecondition(format!("{e}: the volume was published elsewhere")),
         other => CsiError::Unavailable(other.to_string()),
     })?;
-    Ok(volume.with_io_retry(cluster::IoRetry::new(std::time::Duration::from_secs(spec.io_timeout_secs))))
+    Ok(volume
+        .with_io_retry(cluster::IoRetry::new(std::time::Duration::from_secs(spec.io_timeout_secs)))
+        .with_read_cache(spec.read_cache_bytes))
 }
 
 #[cfg(test)]
@@ -156,6 +168,7 @@ mod tests {
             log: "info".into(),
             nbd_socket: None,
             io_timeout_secs: 7,
+            read_cache_bytes: 64 << 20,
         };
         let d = DATAPATH.dir(tmp.path());
         std::fs::write(d.spec(), serde_json::to_vec(&spec).unwrap()).unwrap();
@@ -165,7 +178,10 @@ mod tests {
         let mut old = serde_json::to_value(&spec).unwrap();
         old.as_object_mut().unwrap().remove("io_timeout_secs");
         std::fs::write(d.spec(), serde_json::to_vec(&old).unwrap()).unwrap();
-        assert_eq!(d.load_spec::<DatapathSpec>().unwrap().io_timeout_secs, 120);
+        old.as_object_mut().unwrap().remove("read_cache_bytes");
+        std::fs::write(d.spec(), serde_json::to_vec(&old).unwrap()).unwrap();
+        let old = d.load_spec::<DatapathSpec>().unwrap();
+        assert_eq!((old.io_timeout_secs, old.read_cache_bytes), (120, 0));
         // A newer spec (with a field this build does not know) is refused as newer, in one line.
         let mut newer = serde_json::to_value(&spec).unwrap();
         newer["version"] = (SPEC_VERSION + 1).into();
@@ -182,12 +198,13 @@ mod tests {
         #[test]
         fn specs_round_trip_through_the_spec_file(
             (volume_id, log, generation, io_timeout_secs) in (".*", ".*", any::<u64>(), any::<u64>()),
+            read_cache_bytes in any::<u64>(),
             meta in proptest::collection::vec(".*", 0..4),
             (tls_ca, tls_cert, tls_key, nbd_socket) in (opt_path(), opt_path(), opt_path(), opt_path()),
         ) {
             let spec = DatapathSpec {
                 version: SPEC_VERSION, volume_id, generation, meta, tls_ca, tls_cert, tls_key, log, nbd_socket,
-                io_timeout_secs,
+                io_timeout_secs, read_cache_bytes,
             };
             prop_assert_eq!(spec_round_trip(&DATAPATH, &spec).unwrap(), spec);
         }

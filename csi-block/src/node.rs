@@ -137,6 +137,7 @@ impl Driver {
             log: self.cfg.log.clone(),
             nbd_socket: self.cfg.nbd_export.then(|| d.path().join("nbd.sock")),
             io_timeout_secs: rec.io_timeout_secs,
+            read_cache_bytes: self.cfg.read_cache_mib << 20,
         };
         let pid = d.start(&spec).await?;
         let mut st = StagedState {

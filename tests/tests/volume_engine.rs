@@ -218,3 +218,35 @@ async fn volume_engine_flushes_many_replaced_blocks() {
         assert_eq!(refs_of(&s.meta, id).await, blocks as usize, "one reference per block, round {round}");
     }
 }
+
+/// The read cache serves recently flushed and recently read blocks without the pool: with the
+/// only storage node SIGKILLed, an attachment with a cache still reads them (and only them),
+/// while one without a cache cannot read at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn read_cache_serves_recent_blocks_without_the_pool() {
+    let mut s = start(1, 1);
+    let chunks = chunks(&s.meta, 1).await;
+    let blocks = 16u64;
+    let g = Geometry { capacity: blocks * BS, block_size: BS };
+    let (cached_id, plain_id) = ("blk-00000000000000000000000000000021", "blk-00000000000000000000000000000022");
+    let data: Vec<u8> = (0..g.capacity).map(|i| ((i / BS) * 7 % 251) as u8 + 1).collect();
+    for id in [cached_id, plain_id] {
+        publish(&s.meta, id, 1).await;
+        let v = Volume::open(s.meta.clone(), chunks.clone(), id, g, 1).await.unwrap();
+        v.write(0, &data).await.unwrap();
+        v.flush().await.unwrap();
+    }
+    // Re-attached: the cache (room for 4 blocks) starts empty; read blocks 0..4 through it.
+    let cached =
+        Volume::open(s.meta.clone(), chunks.clone(), cached_id, g, 1).await.unwrap().with_read_cache(4 * BS);
+    assert_eq!(cached.read(0, 4 * BS).await.unwrap(), data[..(4 * BS) as usize]);
+    let plain = Volume::open(s.meta.clone(), chunks.clone(), plain_id, g, 1).await.unwrap();
+    assert_eq!(cached.read_cache_stats().misses, 4);
+
+    s.nodes[0].kill9();
+    assert_eq!(cached.read(BS, 2 * BS).await.unwrap(), data[BS as usize..(3 * BS) as usize], "served from the cache");
+    assert!(cached.read(8 * BS, BS).await.is_err(), "a block never read is not in the cache");
+    assert!(plain.read(0, BS).await.is_err(), "without a cache every read goes to the pool");
+    let st = cached.read_cache_stats();
+    assert!(st.hits >= 2 && st.bytes <= 4 * BS, "{st:?}");
+}

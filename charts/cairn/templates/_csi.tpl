@@ -291,6 +291,7 @@ spec:
             - --state-dir={{ $v.node.stateDir }}
             {{- if eq $kind "block" }}
             - --nbd-export={{ $v.node.nbdExport }}
+            - --read-cache-mib={{ $v.node.readCacheMiB }}
             {{- end }}
             - --http-listen=0.0.0.0:{{ if eq $kind "block" }}7790{{ else }}7791{{ end }}
             - --log={{ $ctx.Values.logLevel }}

@@ -34,8 +34,11 @@ pub struct ChunkService {
     stall: Arc<std::sync::atomic::AtomicBool>,
 }
 
-/// The longest a put waits for segment GC to catch up.
-const STALL_MAX: std::time::Duration = std::time::Duration::from_millis(250);
+/// The longest a put waits for segment GC to catch up: long enough that an overwrite load
+/// slows to the pace GC gives space back (a GC pass clears the flag when it ends), far below
+/// the clients' RPC timeouts (30 s). The flag is dropped when GC cannot help, so a stall never
+/// outlasts a stuck GC.
+const STALL_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn status(e: ChunkError) -> Status {
     NodeError::Engine(e).into()

@@ -15,6 +15,9 @@
 
 mod error;
 pub mod keys;
+mod read_cache;
+
+pub use read_cache::{ReadCache, ReadCacheStats};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -79,6 +82,8 @@ pub struct Volume {
     writer: u64,
     /// Flushes begun; each flush's puts carry its number.
     flushes: AtomicU64,
+    /// Chunk contents recently read or flushed (none unless set).
+    cache: ReadCache,
 }
 
 impl Volume {
@@ -134,7 +139,20 @@ impl Volume {
             retry: IoRetry::none(),
             writer: cluster::Writer::new_id(),
             flushes: AtomicU64::new(0),
+            cache: ReadCache::new(0),
         })
+    }
+
+    /// Keeps up to `bytes` of chunk contents in memory: blocks read or flushed recently are
+    /// served from there, without a fetch from the pool (see [`ReadCache`]).
+    pub fn with_read_cache(mut self, bytes: u64) -> Self {
+        self.cache = ReadCache::new(bytes);
+        self
+    }
+
+    /// The read cache's hits, misses and size.
+    pub fn read_cache_stats(&self) -> ReadCacheStats {
+        self.cache.stats()
     }
 
     /// Makes reads, writes and flushes retry while they fail transiently (the pool or the
@@ -187,8 +205,14 @@ impl Volume {
         match hash {
             None => Ok(Bytes::from(vec![0u8; bs as usize])),
             Some(h) => {
+                if let Some(d) = self.cache.get(&h) {
+                    return Ok(d);
+                }
                 let data = match self.chunks.get(&h).await {
-                    Ok(d) => d,
+                    Ok(d) => {
+                        self.cache.insert(h, d.clone());
+                        d
+                    }
                     // Overwritten meanwhile: its old chunk may be released already; the block
                     // is now in the dirty or flushing set or the map points elsewhere.
                     Err(_) if self.moved_on(idx, &h).await => return Box::pin(self.block(idx, bs)).await,
@@ -406,6 +430,12 @@ impl Volume {
             .await?;
         // Every put of this flush is committed (and of earlier flushes: one flush at a time), so
         // this writer vouches for its puts up to `seq`. Chunks this batch still maps are kept.
+        // What was just written is what is read next (a database re-reads its pages).
+        for (idx, h) in &puts {
+            if let (Some(h), Some(Some(data))) = (h, batch.get(idx)) {
+                self.cache.insert(*h, data.clone());
+            }
+        }
         let kept: std::collections::HashSet<ChunkHash> = puts.iter().filter_map(|(_, h)| *h).collect();
         let mut released: Vec<ChunkHash> = replaced.into_iter().flatten().filter(|h| !kept.contains(h)).collect();
         released.sort_unstable();
