@@ -242,12 +242,25 @@ async fn segment_gc_loop(
     if every_secs == 0 {
         return;
     }
-    let update_stall = |engine: &ChunkEngine| {
-        let over = engine.dead_over(STALL_FACTOR);
-        if over != stall.swap(over, std::sync::atomic::Ordering::Relaxed) {
-            tracing::info!(stalled = over, "puts {} while segment GC catches up", if over { "held back" } else { "resume" });
-        }
-    };
+    // GC passes take seconds under an overwrite load, and dead space grows meanwhile: the stall
+    // is re-evaluated on its own, ten times a second, not between passes.
+    let stuck_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let (engine, stall, stuck_flag, mut stop) = (engine.clone(), stall.clone(), stuck_flag.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(STALL_CHECK) => {}
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+                let over = !stuck_flag.load(std::sync::atomic::Ordering::Relaxed) && engine.dead_over(STALL_FACTOR);
+                if over != stall.swap(over, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::info!(stalled = over, "puts {} while segment GC catches up", if over { "held back" } else { "resume" });
+                }
+            }
+            stall.store(false, std::sync::atomic::Ordering::Relaxed);
+        });
+    }
     let every = Duration::from_secs(every_secs);
     let mut last = std::time::Instant::now();
     // A due pass that gave nothing back (segments busy) is not repeated before the interval.
@@ -257,7 +270,6 @@ async fn segment_gc_loop(
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        update_stall(&engine);
         if last.elapsed() < every && (stuck || !engine.gc_due()) {
             continue;
         }
@@ -266,11 +278,12 @@ async fn segment_gc_loop(
         match tokio::task::spawn_blocking(move || e.gc()).await {
             Ok(Ok(r)) if r.segments_removed > 0 => {
                 stuck = false;
+                stuck_flag.store(false, std::sync::atomic::Ordering::Relaxed);
                 tracing::info!(reclaimed = r.bytes_reclaimed, moved = r.bytes_moved, "background gc")
             }
             Ok(Ok(_)) => {
                 stuck = true;
-                stall.store(false, std::sync::atomic::Ordering::Relaxed); // GC cannot help: no stall
+                stuck_flag.store(true, std::sync::atomic::Ordering::Relaxed); // GC cannot help: no stall
             }
             Ok(Err(e)) => tracing::error!(error = %e, "background gc failed"),
             Err(e) => tracing::error!(error = %e, "background gc task failed"),
@@ -279,7 +292,9 @@ async fn segment_gc_loop(
 }
 
 /// Puts are held back while sealed segments' dead bytes exceed this many times the GC bound.
-const STALL_FACTOR: f64 = 1.5;
+const STALL_FACTOR: f64 = 1.0;
+/// How often the stall is re-evaluated.
+const STALL_CHECK: Duration = Duration::from_millis(100);
 
 async fn periodic<T: Send + 'static>(
     engine: Arc<ChunkEngine>,

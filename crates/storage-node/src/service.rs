@@ -38,7 +38,7 @@ pub struct ChunkService {
 /// slows to the pace GC gives space back (a GC pass clears the flag when it ends), far below
 /// the clients' RPC timeouts (30 s). The flag is dropped when GC cannot help, so a stall never
 /// outlasts a stuck GC.
-const STALL_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+const STALL_MAX: std::time::Duration = std::time::Duration::from_secs(20);
 
 fn status(e: ChunkError) -> Status {
     NodeError::Engine(e).into()
