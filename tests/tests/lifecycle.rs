@@ -466,9 +466,9 @@ fn write_in_background(path: PathBuf, data: Vec<u8>) -> std::thread::JoinHandle<
 /// block volume's data-path process (staged again, as the kubelet retries). After each, every
 /// acknowledged write reads back exactly. Through the gap and the node and voter restarts the
 /// block writer sees no error, nor do the S3 clients outside the gap, nor the filesystem writer
-/// through the storage-node outages (through the voters' restart its errors are reported: a
-/// create meeting the metadata leader's death fails with EIO, a known gap); at the end the
-/// filesystem mount still takes a new file and unpublishes and unstages cleanly.
+/// (a transaction whose answer the metadata leader's death cut off is settled by reading its
+/// keys back); at the end the filesystem mount still takes a new file and unpublishes and
+/// unstages cleanly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_daemons_killed_one_by_one_under_load_lose_nothing() {
     // SAFETY: geteuid has no preconditions.
@@ -700,15 +700,16 @@ async fn pool_daemons_killed_one_by_one_under_load_lose_nothing() {
         voters[i].restart();
         voters[i].wait_healthy(Duration::from_secs(60));
         block.wait_for_acks(5, Duration::from_secs(120));
+        fs.wait_for_acks(5, Duration::from_secs(120));
         eprintln!("lifecycle pool: voter {} restarted", i + 1);
     }
     s3.wait_for_ack(Duration::from_secs(300));
     check_all("a rolling restart of the voters", &load, &mut s3);
     // A file create that met the metadata leader's SIGKILL used to fail with EIO (the
-    // transaction's outcome unknown); fs-meta now settles such transactions by reading back
-    // their keys. Until runs show it holds, the filesystem writer is held to no error through the
-    // storage-node outages only, and what the voters' restart did to it is reported.
+    // transaction's outcome unknown); fs-meta settles such transactions by reading back their
+    // keys, so the filesystem writer sees no error through the voters' restart either.
     let fs_voter_errors: Vec<String> = fs.errors().split_off(fs_errors_before_voters);
+    assert!(fs_voter_errors.is_empty(), "the filesystem writer failed through the voters' restart: {fs_voter_errors:?}");
     let rolling_errors = (block.sessions() - sessions, fs_node_errors, s3.errors() - s3_errors - s3_gap_errors);
     // Repair settles: the volume is whole again (every chunk on its R nodes).
     let t0 = Instant::now();
@@ -768,8 +769,8 @@ async fn pool_daemons_killed_one_by_one_under_load_lose_nothing() {
     eprintln!(
         "lifecycle pool summary: block {} acknowledged writes, fs {}, s3 {} (last checks {:?} / {:?} / {:?}); \
          errors through the rolling restarts and the 8 s gap: block {}, fs {} (storage nodes), s3 {} (and \
-         {s3_gap_errors} S3 errors in the gap, where S3 may fail); fs errors through the voters' restart (known, \
-         not asserted): {fs_voter_errors:?}",
+         {s3_gap_errors} S3 errors in the gap, where S3 may fail); fs errors through the voters' restart: \
+         {fs_voter_errors:?}",
         last[0].acked,
         last[1].acked,
         last[2].acked,
