@@ -104,8 +104,8 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         })
     });
     // Set by segment GC while dead space runs ahead of it; puts are held back meanwhile.
-    let stall = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let service = ChunkService::new(engine.clone(), metrics.clone(), tracker.clone(), releaser, stall.clone());
+    let (stall, stalled) = watch::channel(false);
+    let service = ChunkService::new(engine.clone(), metrics.clone(), tracker.clone(), releaser, stalled);
     let max_msg = engine.config().max_chunk_size as usize + 2 * node_client::STREAM_PIECE;
     // Windows and frames sized for whole chunks in flight (see node_client), on both listeners.
     let server = || {
@@ -231,12 +231,12 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
 /// due (dead bytes past `gc_max_dead_ratio` of live, or a segment under the threshold), checked
 /// every second from the accounting.
 ///
-/// While the dead bytes exceed 1.5 × the bound, `stall` is set: puts wait (a bounded time each)
-/// so that an overwrite load cannot outrun GC and fill the disk.
+/// While the dead bytes in sealed segments exceed the bound, `stall` is set: puts wait (a
+/// bounded time each) so that an overwrite load cannot outrun GC and fill the disk.
 async fn segment_gc_loop(
     engine: Arc<ChunkEngine>,
     every_secs: u64,
-    stall: Arc<std::sync::atomic::AtomicBool>,
+    stall: watch::Sender<bool>,
     mut stop: watch::Receiver<bool>,
 ) {
     if every_secs == 0 {
@@ -246,7 +246,7 @@ async fn segment_gc_loop(
     // is re-evaluated on its own, ten times a second, not between passes.
     let stuck_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
-        let (engine, stall, stuck_flag, mut stop) = (engine.clone(), stall.clone(), stuck_flag.clone(), stop.clone());
+        let (engine, stuck_flag, mut stop) = (engine.clone(), stuck_flag.clone(), stop.clone());
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -254,22 +254,23 @@ async fn segment_gc_loop(
                     _ = stop.wait_for(|s| *s) => break,
                 }
                 let over = !stuck_flag.load(std::sync::atomic::Ordering::Relaxed) && engine.dead_over(STALL_FACTOR);
-                if over != stall.swap(over, std::sync::atomic::Ordering::Relaxed) {
+                if stall.send_replace(over) != over {
                     tracing::info!(stalled = over, "puts {} while segment GC catches up", if over { "held back" } else { "resume" });
                 }
             }
-            stall.store(false, std::sync::atomic::Ordering::Relaxed);
+            stall.send_replace(false);
         });
     }
     let every = Duration::from_secs(every_secs);
     let mut last = std::time::Instant::now();
-    // A due pass that gave nothing back (segments busy) is not repeated before the interval.
-    let mut stuck = false;
+    // A due pass that gave nothing back (segments busy) is not repeated before the interval
+    // (`stuck_flag`, which also lifts the stall).
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
+        let stuck = stuck_flag.load(std::sync::atomic::Ordering::Relaxed);
         if last.elapsed() < every && (stuck || !engine.gc_due()) {
             continue;
         }
@@ -277,12 +278,10 @@ async fn segment_gc_loop(
         let e = engine.clone();
         match tokio::task::spawn_blocking(move || e.gc()).await {
             Ok(Ok(r)) if r.segments_removed > 0 => {
-                stuck = false;
                 stuck_flag.store(false, std::sync::atomic::Ordering::Relaxed);
                 tracing::info!(reclaimed = r.bytes_reclaimed, moved = r.bytes_moved, "background gc")
             }
             Ok(Ok(_)) => {
-                stuck = true;
                 stuck_flag.store(true, std::sync::atomic::Ordering::Relaxed); // GC cannot help: no stall
             }
             Ok(Err(e)) => tracing::error!(error = %e, "background gc failed"),

@@ -31,7 +31,7 @@ pub struct ChunkService {
     /// Present when the node is in a pool (a metadata service holds the reference keys).
     releaser: Option<Arc<crate::release::Releaser>>,
     /// Set while segment GC runs behind the dead space: puts wait up to `STALL_MAX` first.
-    stall: Arc<std::sync::atomic::AtomicBool>,
+    stall: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The longest a put waits for segment GC to catch up: long enough that an overwrite load
@@ -65,7 +65,7 @@ impl ChunkService {
         metrics: Arc<NodeMetrics>,
         tracker: Arc<PutTracker>,
         releaser: Option<Arc<crate::release::Releaser>>,
-        stall: Arc<std::sync::atomic::AtomicBool>,
+        stall: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
         ChunkService { engine, metrics, tracker, releaser, stall }
     }
@@ -111,9 +111,8 @@ impl ChunkService {
         }
         let (claimed, writer, pieces) = received?;
         // Space back-pressure: an overwrite load must not outrun segment GC.
-        while self.stall.load(std::sync::atomic::Ordering::Relaxed) && started.elapsed() < STALL_MAX {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        let mut stall = self.stall.clone();
+        let _ = tokio::time::timeout(STALL_MAX.saturating_sub(started.elapsed()), stall.wait_for(|s| !*s)).await;
         if let Some(h) = &claimed {
             self.tracker.record_by(h, writer); // before the put is acknowledged (pool GC)
         }
