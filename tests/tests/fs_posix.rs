@@ -34,19 +34,23 @@ struct Stack {
     rt: tokio::runtime::Runtime,
     meta: MetaClient,
     pool: ChunkClient,
-    _node: NodeProc,
+    node: NodeProc,
     _meta: Vec<MetaProc>,
     dir: tempfile::TempDir,
 }
 
 fn start() -> Stack {
+    start_with(&[])
+}
+
+/// A stack whose storage node also gets `node_args`.
+fn start_with(node_args: &[&str]) -> Stack {
     let dir = tempfile::tempdir().unwrap();
     let meta_procs = meta_cluster(1, dir.path(), &[]);
     let api = meta_procs[0].addrs.api.clone();
-    let node = NodeProc::start(
-        &dir.path().join("n1"),
-        &["--meta", &api, "--node-id", "n1", "--replicas", "1", "--heartbeat-ms", "200"],
-    );
+    let mut args = vec!["--meta", &api, "--node-id", "n1", "--replicas", "1", "--heartbeat-ms", "200"];
+    args.extend_from_slice(node_args);
+    let node = NodeProc::start(&dir.path().join("n1"), &args);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap();
     let meta = MetaClient::new(&[api]).unwrap();
     let pool = rt.block_on(async {
@@ -56,7 +60,7 @@ fn start() -> Stack {
         c.wait_for_up(1, Duration::from_secs(30)).await.unwrap();
         c
     });
-    Stack { rt, meta, pool, _node: node, _meta: meta_procs, dir }
+    Stack { rt, meta, pool, node, _meta: meta_procs, dir }
 }
 
 impl Stack {
@@ -72,6 +76,103 @@ impl Stack {
         let m = self.rt.block_on(fs_client::mount(self.meta.clone(), self.pool.clone(), opts, &at)).unwrap();
         (m, at)
     }
+}
+
+/// A client releases the chunks its commits replaced (an overwrite, a truncate, the last
+/// unlink): the node deletes them at once, with no pool-GC round at all, except a chunk another
+/// file still holds. (A client vouches only for its own puts: what another client put within
+/// the write window waits for a round.) A second client that read the file before the overwrite and still has it
+/// open reads on without an error (it reads the blocks as they are now).
+#[test]
+fn replaced_and_unlinked_file_blocks_are_released_at_once() {
+    if not_root() {
+        return;
+    }
+    let s = start_with(&["--pool-gc-interval-secs", "0", "--pool-gc-window-secs", "600"]);
+    let _rt = s.rt.enter();
+    let _guard = MountGuard(s.dir.path().to_path_buf());
+    s.rt.block_on(fs_meta::filesystem::create(&s.meta, "fs-rel", 256 << 20)).unwrap();
+    let (ma, a) = s.mount("fs-rel", "a");
+    let (mb, b) = s.mount("fs-rel", "b");
+    const BS: usize = 1 << 20;
+    let blocks = |d: &[u8]| -> Vec<chunk_engine::ChunkHash> { d.chunks(BS).map(chunk_engine::ChunkHash::of).collect() };
+    let present = |hs: &[chunk_engine::ChunkHash]| -> usize {
+        s.rt.block_on(async { s.node.client().await.has(hs).await.unwrap() })
+            .iter()
+            .filter(|c| c.present && c.refs > 0)
+            .count()
+    };
+    let gone_soon = |hs: &[chunk_engine::ChunkHash], what: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = present(hs);
+            if left == 0 {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "{what}: {left} of {} chunks still on the node", hs.len());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(27);
+    let mut random = |n: usize| -> Vec<u8> {
+        let mut v = vec![0u8; n];
+        rng.fill(&mut v[..]);
+        v
+    };
+
+    let first = random(6 * BS);
+    fs::write(a.join("f"), &first).unwrap();
+    // Another file holds block 2's contents (deduplicated: a reference of its own).
+    fs::write(a.join("other"), &first[2 * BS..3 * BS]).unwrap();
+    let old = blocks(&first);
+    assert_eq!(present(&old), 6);
+    // b opens the file and reads its last block (so it holds the block map as it was); it keeps
+    // the file open.
+    let held = File::open(b.join("f")).unwrap();
+    let mut buf = vec![0u8; BS];
+    held.read_exact_at(&mut buf, 5 * BS as u64).unwrap();
+    assert!(buf == first[5 * BS..]);
+
+    // An overwrite of everything: the old chunks leave at once, but block 2's stays.
+    let second = random(6 * BS);
+    fs::write(a.join("f"), &second).unwrap();
+    let replaced: Vec<_> = old.iter().copied().filter(|h| *h != old[2]).collect();
+    gone_soon(&replaced, "overwritten blocks");
+    assert_eq!(present(&old[2..3]), 1, "a chunk another file holds was deleted");
+    // b reads on through its open handle, with the map it read before: a block whose old chunk
+    // is gone reads as it is now, with no error (block 1 by itself, then 2.. with read-ahead).
+    held.read_exact_at(&mut buf, BS as u64).unwrap();
+    assert!(buf == second[BS..2 * BS], "block 1, whose old chunk is gone, reads as it is now");
+    for i in 2..5 {
+        held.read_exact_at(&mut buf, (i * BS) as u64).unwrap();
+        assert!(
+            buf == first[i * BS..(i + 1) * BS] || buf == second[i * BS..(i + 1) * BS],
+            "block {i} read through the handle b kept open is neither version"
+        );
+    }
+    drop(held);
+    assert!(fs::read(b.join("f")).unwrap() == second, "b reopens and reads the new contents");
+
+    // A truncate releases the blocks past the new end and the old tail block.
+    let now = blocks(&second);
+    let f = OpenOptions::new().write(true).open(a.join("f")).unwrap();
+    f.set_len(2 * BS as u64 + 100).unwrap();
+    drop(f);
+    gone_soon(&now[2..], "truncated blocks");
+    assert_eq!(present(&now[..2]), 2, "blocks before the new end stay");
+
+    // The last unlink releases the rest. (Through the client that wrote them: another client
+    // cannot vouch for a's puts, and chunks put within the write window wait for a round.)
+    fs::remove_file(a.join("f")).unwrap();
+    gone_soon(&now[..2], "an unlinked file's blocks");
+    assert_eq!(present(&old[2..3]), 1, "the other file's chunk stays");
+    assert!(fs::read(a.join("other")).unwrap() == first[2 * BS..3 * BS]);
+    let (_, metrics) = integration_tests::http_get(s.node.http, "/metrics").unwrap();
+    assert!(metrics.contains("cairn_node_pool_gc_deleted_chunks_total 0"), "no pool-GC round ran");
+    s.rt.block_on(async {
+        mb.unmount().await.unwrap();
+        ma.unmount().await.unwrap();
+    });
 }
 
 fn not_root() -> bool {

@@ -14,6 +14,8 @@ use cluster::ChunkClient;
 use fs_meta::{FsError, Namespace, Timestamp};
 use futures::stream::{self, StreamExt, TryStreamExt};
 
+use crate::writer::{PoolWriter, Ticket};
+
 /// Dirty bytes one file may hold before its writes are flushed to the pool.
 const MAX_DIRTY: usize = 64 << 20;
 /// Clean blocks kept per open file for reads.
@@ -29,6 +31,8 @@ const STALE_UPLOAD: std::time::Duration = std::time::Duration::from_secs(300);
 /// A finished block being put in the pool while the writer goes on (write-behind).
 struct Upload {
     data: Bytes,
+    /// The put's number, in flight until the flush that commits it is done.
+    ticket: Ticket,
     task: tokio::task::JoinHandle<Result<(Option<ChunkHash>, std::time::Instant), cluster::ClusterError>>,
 }
 
@@ -89,6 +93,8 @@ impl OpenFile {
 pub struct DataPath<'a> {
     pub ns: &'a Namespace,
     pub pool: &'a ChunkClient,
+    /// This client as a writer that releases what its commits replace.
+    pub writer: &'a Arc<PoolWriter>,
 }
 
 impl FileState {
@@ -151,13 +157,15 @@ impl FileState {
         let Some(block) = self.dirty.remove(&idx) else { return };
         let data = block.freeze();
         let (pool, put) = (dp.pool.clone(), data.clone());
+        let ticket = dp.writer.ticket();
+        let writer = ticket.writer();
         let task = tokio::spawn(async move {
             if put.iter().all(|b| *b == 0) {
                 return Ok((None, std::time::Instant::now()));
             }
-            pool.put(put).await.map(|r| (Some(r.hash), r.acked_at))
+            pool.put_as(put, writer).await.map(|r| (Some(r.hash), r.acked_at))
         });
-        self.uploads.insert(idx, Upload { data, task });
+        self.uploads.insert(idx, Upload { data, ticket, task });
     }
 
     async fn map<'s>(&'s mut self, dp: &DataPath<'_>, ino: u64) -> Result<&'s BTreeMap<u64, ChunkHash>, FsError> {
@@ -181,7 +189,15 @@ impl FileState {
                     Some(task) => task.await.unwrap_or_else(|e| Err(cluster::ClusterError::Unavailable(e.to_string()))),
                     None => dp.pool.get(&h).await,
                 };
-                let mut d = fetched?;
+                let mut d = match fetched {
+                    Ok(d) => d,
+                    // Another client replaced the block and released its old chunk since this
+                    // client read the map: read the block as it is now.
+                    Err(cluster::ClusterError::NotFound(_)) if self.moved_on(dp, ino, idx, h).await? => {
+                        return Box::pin(self.committed_block(dp, ino, idx)).await;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
                 if d.len() < bs {
                     let mut full = BytesMut::zeroed(bs);
                     full[..d.len()].copy_from_slice(&d);
@@ -200,6 +216,19 @@ impl FileState {
         }
         self.read_ahead(dp, idx);
         Ok(data)
+    }
+
+    /// Whether block `idx` no longer holds chunk `h` in the committed map (re-read; the cached
+    /// map is brought up to date for it).
+    async fn moved_on(&mut self, dp: &DataPath<'_>, ino: u64, idx: u64, h: ChunkHash) -> Result<bool, FsError> {
+        let now = dp.ns.block_map(ino, idx, idx + 1).await?.first().map(|(_, h)| *h);
+        if let Some(map) = self.map.as_mut() {
+            match now {
+                Some(n) => map.insert(idx, n),
+                None => map.remove(&idx),
+            };
+        }
+        Ok(now != Some(h))
     }
 
     /// Reads up to `len` bytes at `offset` (short at the end of the file).
@@ -301,8 +330,11 @@ impl FileState {
         }
         let uploads = std::mem::take(&mut self.uploads);
         let mut uploaded = Vec::new();
+        // Every put this flush commits stays in flight until the commit is done.
+        let mut tickets: Vec<Ticket> = Vec::new();
         for (idx, up) in uploads {
             uploaded.push(idx);
+            tickets.push(up.ticket);
             let put = match up.task.await {
                 Ok(Ok((h, at))) if at.elapsed() < STALE_UPLOAD => Some(h),
                 _ => None, // failed, cut short, or too old for the GC window: put again
@@ -320,37 +352,50 @@ impl FileState {
             }
         }
         blocks.sort_by_key(|b| b.0);
-        let pool = dp.pool;
-        let result: Result<Vec<(u64, Option<ChunkHash>, Bytes)>, FsError> = async {
-            let put: Vec<(u64, Option<ChunkHash>, Bytes)> = stream::iter(blocks.clone())
-                .map(|(idx, data, done)| async move {
+        let (pool, writer) = (dp.pool, dp.writer);
+        let mut jobs = Vec::with_capacity(blocks.len());
+        for (idx, data, done) in &blocks {
+            let mut w = None;
+            if done.is_none() && data.iter().any(|b| *b != 0) {
+                let t = writer.ticket();
+                w = Some(t.writer());
+                tickets.push(t);
+            }
+            jobs.push((*idx, data.clone(), *done, w));
+        }
+        let result: Result<(Vec<(u64, Option<ChunkHash>, Bytes)>, Vec<ChunkHash>), FsError> = async {
+            let put: Vec<(u64, Option<ChunkHash>, Bytes)> = stream::iter(jobs)
+                .map(|(idx, data, done, w)| async move {
                     if let Some(h) = done {
                         return Ok::<_, FsError>((idx, h, data));
                     }
-                    if data.iter().all(|b| *b == 0) {
-                        return Ok((idx, None, data));
+                    match w {
+                        None => Ok((idx, None, data)),
+                        Some(w) => Ok((idx, Some(pool.put_as(data.clone(), w).await?.hash), data)),
                     }
-                    let r = pool.put(data.clone()).await?;
-                    Ok((idx, Some(r.hash), data))
                 })
                 .buffered(PUTS_IN_FLIGHT)
                 .try_collect()
                 .await?;
             let commits: Vec<(u64, Option<ChunkHash>)> = put.iter().map(|(i, h, _)| (*i, *h)).collect();
-            dp.ns.commit_blocks(ino, &commits, size, mtime).await?;
-            Ok(put)
+            let (_, replaced) = dp.ns.commit_blocks(ino, &commits, size, mtime).await?;
+            Ok((put, replaced))
         }
         .await;
-        let put = match result {
+        let (put, replaced) = match result {
             Ok(p) => p,
             Err(e) => {
                 // The blocks that were being put are written data still: keep them.
                 for (idx, data, _) in blocks.into_iter().filter(|b| uploaded.contains(&b.0)) {
                     self.dirty.insert(idx, BytesMut::from(&data[..]));
                 }
+                crate::writer::hold_after_failure(tickets);
                 return Err(e);
             }
         };
+        drop(tickets);
+        let kept: std::collections::HashSet<ChunkHash> = put.iter().filter_map(|(_, h, _)| *h).collect();
+        writer.release(pool, replaced.into_iter().filter(|h| !kept.contains(h)).collect());
         for (idx, h, data) in put {
             // A map not loaded yet will be read with these commits in it.
             if let Some(map) = self.map.as_mut() {
@@ -384,11 +429,28 @@ impl FileState {
                 let mut b = BytesMut::from(&self.committed_block(dp, ino, idx).await?[..]);
                 b[(size % bs) as usize..].fill(0);
                 let b = b.freeze();
-                let h = if b.iter().all(|x| *x == 0) { None } else { Some(dp.pool.put(b).await?.hash) };
-                tail = Some((idx, h));
+                if b.iter().all(|x| *x == 0) {
+                    tail = Some((idx, None, None));
+                } else {
+                    // In flight until the truncate that commits it is done.
+                    let ticket = dp.writer.ticket();
+                    let h = dp.pool.put_as(b, ticket.writer()).await?.hash;
+                    tail = Some((idx, Some(h), Some(ticket)));
+                }
             }
         }
-        dp.ns.truncate(ino, size, tail).await?;
+        let result = dp.ns.truncate(ino, size, tail.as_ref().map(|(i, h, _)| (*i, *h))).await;
+        let tickets: Vec<Ticket> = tail.and_then(|t| t.2).into_iter().collect();
+        match result {
+            Ok(replaced) => {
+                drop(tickets);
+                dp.writer.release(dp.pool, replaced);
+            }
+            Err(e) => {
+                crate::writer::hold_after_failure(tickets);
+                return Err(e);
+            }
+        }
         self.size = size;
         self.map = None;
         self.drop_ahead();

@@ -8,6 +8,7 @@
 mod attr;
 mod files;
 mod ops;
+mod writer;
 
 use cluster::ChunkClient;
 use fs_meta::{FsError, Namespace};

@@ -80,6 +80,8 @@ pub struct Inner {
     /// This mount's id: the holder of its locks.
     client_id: String,
     pool: ChunkClient,
+    /// This client as a writer of the pool that releases what its commits replace.
+    writer: Arc<crate::writer::PoolWriter>,
     read_only: bool,
     files: OpenFiles,
     /// Open file handles: handle → inode.
@@ -114,6 +116,7 @@ impl Client {
             ns,
             client_id: client_id.to_string(),
             pool,
+            writer: crate::writer::PoolWriter::new(),
             read_only,
             files: OpenFiles::default(),
             handles: Mutex::new(HashMap::new()),
@@ -126,7 +129,7 @@ impl Client {
     }
 
     fn dp(&self) -> DataPath<'_> {
-        DataPath { ns: &self.ns, pool: &self.pool }
+        DataPath { ns: &self.ns, pool: &self.pool, writer: &self.writer }
     }
 
     fn writable(&self) -> FuseResult<()> {
@@ -212,8 +215,9 @@ impl Client {
             f.unlinked.store(true, Ordering::Relaxed);
             return;
         }
-        if let Err(e) = self.ns.purge(u).await {
-            tracing::warn!(ino = u.ino, error = %e, "freeing an unlinked file failed; it stays an orphan");
+        match self.ns.purge(u).await {
+            Ok(freed) => self.writer.release(&self.pool, freed),
+            Err(e) => tracing::warn!(ino = u.ino, error = %e, "freeing an unlinked file failed; it stays an orphan"),
         }
     }
 

@@ -46,15 +46,18 @@ impl Namespace {
 
     /// Commits written blocks of file `ino` (each block's new chunk, `None` for a block that is
     /// now all zeros) and makes the file at least `size_at_least` bytes long, with mtime
-    /// `mtime`. The chunks must have been put in the pool within the write window.
+    /// `mtime`. The chunks must have been put in the pool within the write window. Returns the
+    /// size and the chunks whose references the commit removed (what the blocks held before),
+    /// which the writer may release.
     pub async fn commit_blocks(
         &self,
         ino: u64,
         blocks: &[(u64, Option<ChunkHash>)],
         size_at_least: u64,
         mtime: Timestamp,
-    ) -> Result<u64> {
+    ) -> Result<(u64, Vec<ChunkHash>)> {
         let mut size = 0;
+        let mut replaced = Vec::new();
         let groups: Vec<&[(u64, Option<ChunkHash>)]> =
             if blocks.is_empty() { vec![&[][..]] } else { blocks.chunks(GROUP).collect() };
         let last = groups.len() - 1;
@@ -62,9 +65,11 @@ impl Namespace {
             // Only the last group moves the size: blocks committed before it past the old end
             // stay unread until then.
             let want = if n == last { size_at_least } else { 0 };
-            size = self.commit_group(ino, group, want, mtime).await?;
+            let (s, r) = self.commit_group(ino, group, want, mtime).await?;
+            size = s;
+            replaced.extend(r);
         }
-        Ok(size)
+        Ok((size, replaced))
     }
 
     async fn commit_group(
@@ -73,7 +78,7 @@ impl Namespace {
         group: &[(u64, Option<ChunkHash>)],
         size_at_least: u64,
         mtime: Timestamp,
-    ) -> Result<u64> {
+    ) -> Result<(u64, Vec<ChunkHash>)> {
         for _ in 0..RETRIES {
             let (irev, mut inode) = self.inode(ino).await?;
             if inode.kind != Kind::File {
@@ -84,6 +89,7 @@ impl Namespace {
                 _ => Vec::new(),
             };
             let mut txn = Txn::new();
+            let mut replaced = Vec::new();
             for (idx, new) in group {
                 let was = old.iter().find(|(i, _)| i == idx).map(|(_, h)| *h);
                 if was == *new {
@@ -93,6 +99,7 @@ impl Namespace {
                 let bkey = keys::block(&self.fs, ino, *idx);
                 if let Some(h) = was {
                     txn = txn.delete(&ref_key(&h, &owner));
+                    replaced.push(h);
                 }
                 match new {
                     Some(h) => txn = txn.put(&bkey, &h.0).put(&ref_key(h, &owner), b""),
@@ -119,7 +126,7 @@ impl Namespace {
             let mut changes = Changes::default();
             changes.inodes.insert(ino, (irev, inode));
             if self.commit(self.finish(txn, &changes, usage)).await?.succeeded {
-                return Ok(size);
+                return Ok((size, replaced));
             }
         }
         Err(FsError::Contended(format!("block commit of {ino}")))
@@ -127,19 +134,27 @@ impl Namespace {
 
     /// Sets file `ino`'s size. Blocks past the new end are dropped first; `tail` is the new
     /// chunk of the block the new end falls in (its bytes past the end zeroed), when the end
-    /// is not on a block boundary and the block holds data.
-    pub async fn truncate(&self, ino: u64, size: u64, tail: Option<(u64, Option<ChunkHash>)>) -> Result<u64> {
+    /// is not on a block boundary and the block holds data. Returns the chunks whose references
+    /// went (the dropped blocks' and the tail's old one).
+    pub async fn truncate(
+        &self,
+        ino: u64,
+        size: u64,
+        tail: Option<(u64, Option<ChunkHash>)>,
+    ) -> Result<Vec<ChunkHash>> {
         let keep = size.div_ceil(self.block_size);
         let (_, inode) = self.inode(ino).await?;
         if inode.kind != Kind::File {
             return Err(if inode.kind == Kind::Dir { FsError::IsDir } else { FsError::Invalid("not a file".into()) });
         }
+        let mut replaced = Vec::new();
         if size < inode.size {
-            drop_blocks_from(self, ino, keep).await?;
+            replaced = drop_blocks_from(self, ino, keep).await?;
         }
         for _ in 0..RETRIES {
             let (irev, mut inode) = self.inode(ino).await?;
             let mut txn = Txn::new();
+            let mut tail_was = None;
             if let Some((idx, new)) = tail {
                 let was = self.block_map(ino, idx, idx + 1).await?.first().map(|(_, h)| *h);
                 if was != new {
@@ -147,6 +162,7 @@ impl Namespace {
                     let bkey = keys::block(&self.fs, ino, idx);
                     if let Some(h) = was {
                         txn = txn.delete(&ref_key(&h, &owner));
+                        tail_was = Some(h);
                     }
                     match new {
                         Some(h) => txn = txn.put(&bkey, &h.0).put(&ref_key(&h, &owner), b""),
@@ -171,29 +187,34 @@ impl Namespace {
             let mut changes = Changes::default();
             changes.inodes.insert(ino, (irev, inode));
             if self.commit(self.finish(txn, &changes, Some((urev, u)))).await?.succeeded {
-                return Ok(size);
+                replaced.extend(tail_was);
+                return Ok(replaced);
             }
         }
         Err(FsError::Contended(format!("truncate of {ino}")))
     }
 }
 
-/// Drops blocks `from..` of file `ino` and their references.
-pub(crate) async fn drop_blocks_from(ns: &Namespace, ino: u64, from: u64) -> Result<()> {
+/// Drops blocks `from..` of file `ino` and their references; returns the chunks they held.
+pub(crate) async fn drop_blocks_from(ns: &Namespace, ino: u64, from: u64) -> Result<Vec<ChunkHash>> {
     let start = keys::block(&ns.fs, ino, from);
     let end = prefix_end(&keys::blocks(&ns.fs, ino));
+    let mut dropped = Vec::new();
     loop {
         let page = ns.meta.range(&start, &end, 100).await?;
         if page.kvs.is_empty() {
-            return Ok(());
+            return Ok(dropped);
         }
         let mut txn = Txn::new();
+        let mut these = Vec::new();
         for kv in &page.kvs {
             txn = txn.delete(&kv.key);
             if let (Some(idx), Ok(h)) = (keys::block_index(&kv.key), ChunkHash::from_slice(&kv.value)) {
                 txn = txn.delete(&ref_key(&h, &keys::ref_owner(&ns.fs, ino, idx)));
+                these.push(h);
             }
         }
         ns.commit(txn).await?;
+        dropped.extend(these);
     }
 }

@@ -10,6 +10,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
+use chunk_engine::ChunkHash;
 use futures::StreamExt;
 use metadata_client::{MetaClient, Txn, TxnOutcome, prefix_end};
 
@@ -818,21 +819,22 @@ impl Namespace {
     }
 
     /// Frees an orphaned inode: its blocks and their references, its attributes, the inode
-    /// and its orphan mark, and its bytes and inode from the usage.
-    pub async fn purge(&self, orphan: Unlinked) -> Result<()> {
+    /// and its orphan mark, and its bytes and inode from the usage. Returns the chunks the
+    /// blocks held (whose references went), which the caller may release.
+    pub async fn purge(&self, orphan: Unlinked) -> Result<Vec<ChunkHash>> {
         let ino = orphan.ino;
         let okey = keys::orphan(&self.fs, ino);
         if self.meta.get(&okey).await?.is_none() {
-            return Ok(()); // already purged, or relinked (never: nlink 0 has no name)
+            return Ok(Vec::new()); // already purged, or relinked (never: nlink 0 has no name)
         }
-        crate::blocks::drop_blocks_from(self, ino, 0).await?;
+        let dropped = crate::blocks::drop_blocks_from(self, ino, 0).await?;
         self.delete_xattrs(ino).await?;
         for _ in 0..RETRIES {
             let (irev, i) = match self.inode(ino).await {
                 Ok(x) => x,
                 Err(FsError::NotFound) => {
                     self.meta.delete(&okey).await?;
-                    return Ok(());
+                    return Ok(dropped);
                 }
                 Err(e) => return Err(e),
             };
@@ -842,7 +844,7 @@ impl Namespace {
             let txn = Txn::new().mod_revision_equals(&ikey, irev).delete(&ikey).delete(&okey);
             if self.commit(self.finish(txn, &Changes::default(), Some((urev, u)))).await?.succeeded {
                 self.pending_inodes.fetch_sub(1, Ordering::Relaxed);
-                return Ok(());
+                return Ok(dropped);
             }
         }
         Err(FsError::Contended(format!("purge of {ino}")))
