@@ -639,8 +639,10 @@ async fn pool_daemons_killed_one_by_one_under_load_lose_nothing() {
     // Three of the four storage nodes frozen (SIGSTOP) for 8 s, past --down-after-ms: they
     // answer nothing (calls to them hang; the pool marks them down), no chunk can get its 2
     // durable copies, so a file's write and fsync blocks, and completes once they answer again;
-    // the writers ride through without an error. (Frozen rather than killed: a storage node
-    // started while the volumes' I/O is stuck did not start until that I/O gave up, 2 x 120 s.)
+    // the writers ride through without an error. (Frozen rather than killed: while the block
+    // volume's I/O is stuck, I/O to the host disk stalls too, so a node started then waits —
+    // in its first fdatasync, or the spawn itself in a page fault — until that I/O gives up,
+    // ~120 s. Seen with a diagnostic run; the kernel mechanism is not identified yet.)
     let s3_before_gap = s3.errors();
     let gap_bytes: Vec<u8> = (0..(1usize << 20)).map(|j| ((j * 31 + j / 4099) % 251) as u8).collect();
     for n in &nodes[1..] {
