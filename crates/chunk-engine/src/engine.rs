@@ -420,6 +420,50 @@ impl ChunkEngine {
         self.read_chunk(hash, false)
     }
 
+    /// Reads bytes `off..off + len` of a chunk (cut at its end) and its length, reading only
+    /// the disk blocks they span and verifying nothing: the caller checks them against the
+    /// chunk's group CVs ([`crate::tree`]) and, when they fail, reads the chunk whole with
+    /// [`get`](Self::get), which verifies (and quarantines a damaged copy).
+    pub fn read_range(&self, hash: &ChunkHash, off: u64, len: u64) -> Result<(u32, Bytes), ChunkError> {
+        let e = self.entry(hash)?.ok_or(ChunkError::NotFound(*hash))?;
+        if e.quarantined {
+            return Err(ChunkError::Corrupt {
+                hash: *hash,
+                detail: "quarantined after failing verification; awaiting repair".into(),
+            });
+        }
+        let total = e.loc.len as u64;
+        let (start, end) = (off.min(total), off.saturating_add(len).min(total));
+        let Some(seg) = self.segment(e.loc.seg) else {
+            return Err(ChunkError::Corrupt { hash: *hash, detail: format!("segment {} is missing", e.loc.seg) });
+        };
+        let from = e.loc.off + HEADER_LEN as u64 + start;
+        let to = e.loc.off + HEADER_LEN as u64 + end;
+        let align = seg.align.max(1);
+        let first = from / align * align;
+        let raw = seg.read_at(first, to.next_multiple_of(align) - first, &self.buf_pool)?;
+        bump(&self.counters.gets, 1);
+        bump(&self.counters.get_bytes, end - start);
+        Ok((e.loc.len, raw.slice((from - first) as usize..(to - first) as usize)))
+    }
+
+    /// A chunk's group CVs ([`crate::tree`]) and its length, from the whole chunk read once and
+    /// verified by them (a copy that fails is quarantined, as by [`get`](Self::get)).
+    pub fn group_cvs(&self, hash: &ChunkHash) -> Result<(u32, Vec<crate::tree::Cv>), ChunkError> {
+        let data = self.read_chunk(hash, false)?;
+        let cvs = crate::tree::group_cvs(&data);
+        let good = if cvs.is_empty() {
+            ChunkHash::of(&data) == *hash
+        } else {
+            crate::tree::root_of(&cvs, data.len() as u64) == Some(*hash)
+        };
+        if !good {
+            // Verify it the usual way: that quarantines the copy and says what is wrong.
+            self.get(hash)?;
+        }
+        Ok((data.len() as u32, cvs))
+    }
+
     fn read_chunk(&self, hash: &ChunkHash, hash_data: bool) -> Result<Bytes, ChunkError> {
         for _ in 0..4 {
             let e = self.entry(hash)?.ok_or(ChunkError::NotFound(*hash))?;

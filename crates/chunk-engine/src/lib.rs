@@ -21,6 +21,7 @@ mod record;
 mod scrub;
 mod segment;
 mod stats;
+pub mod tree;
 
 pub use aligned::AlignedBuf;
 pub use engine::{ChunkEngine, ChunkInfo, EngineConfig, PutOutcome};
