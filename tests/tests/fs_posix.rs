@@ -7,7 +7,7 @@
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt, symlink};
 use std::os::unix::prelude::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -173,6 +173,78 @@ fn replaced_and_unlinked_file_blocks_are_released_at_once() {
         mb.unmount().await.unwrap();
         ma.unmount().await.unwrap();
     });
+}
+
+/// Random small reads of a large file read about what they ask for from the pool (ranged reads
+/// of the chunks, verified by their 4 KiB group CVs), not a whole 1 MiB chunk each; every read
+/// returns the right bytes, through a second client as through the writer.
+#[test]
+fn random_small_reads_read_parts_of_chunks() {
+    if not_root() {
+        return;
+    }
+    let s = start();
+    let _rt = s.rt.enter();
+    let _guard = MountGuard(s.dir.path().to_path_buf());
+    s.rt.block_on(fs_meta::filesystem::create(&s.meta, "fs-range", 256 << 20)).unwrap();
+    let (ma, a) = s.mount("fs-range", "a");
+    let (mb, b) = s.mount("fs-range", "b");
+    const MIB: usize = 1 << 20;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(28);
+    let mut data = vec![0u8; 32 * MIB + 12_345];
+    rng.fill(&mut data[..]);
+    fs::write(a.join("big"), &data).unwrap();
+    let served = || -> f64 {
+        let (_, m) = integration_tests::http_get(s.node.http, "/metrics").unwrap();
+        m.lines()
+            .find_map(|l| l.strip_prefix("cairn_node_chunk_get_bytes_total "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let before = served();
+    let f = OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(b.join("big")).unwrap();
+    const READS: usize = 300;
+    let mut buf = AlignedPage::default();
+    for _ in 0..READS {
+        let off = rng.gen_range(0..data.len() / 4096) * 4096;
+        let n = f.read_at(&mut buf.0, off as u64).unwrap();
+        let want = &data[off..(off + 4096).min(data.len())];
+        assert_eq!(n, want.len());
+        assert!(&buf.0[..n] == want, "4 KiB at {off}");
+    }
+    drop(f);
+    let read = served() - before;
+    // Each chunk is read whole once on the node (its group CVs are computed), then 8 KiB or
+    // less per read, and now and then a few blocks whole when reads happen to fall on blocks in
+    // a row; whole-chunk reads would be ~1 MiB per read, over 200 MiB here.
+    let bound = (64 * MIB) as f64;
+    eprintln!("{READS} random 4 KiB reads of a 32 MiB file: {:.1} MiB from the node", read / MIB as f64);
+
+    assert!(read < bound, "{read} bytes read from the node for {READS} reads of 4 KiB (bound {bound})");
+    // Reads that cross blocks and the file's short last block, through both clients.
+    for (off, len) in [(MIB - 100, 300), (32 * MIB, 12_345), (32 * MIB + 12_000, 1000), (5 * MIB + 7, 2 * MIB)] {
+        for mnt in [&a, &b] {
+            let g = File::open(mnt.join("big")).unwrap();
+            let mut out = vec![0u8; len];
+            let n = g.read_at(&mut out, off as u64).unwrap();
+            let want = &data[off..(off + len).min(data.len())];
+            assert!(n <= want.len() && out[..n] == want[..n], "{len} bytes at {off}");
+        }
+    }
+    s.rt.block_on(async {
+        mb.unmount().await.unwrap();
+        ma.unmount().await.unwrap();
+    });
+}
+
+/// A 4 KiB buffer aligned for O_DIRECT.
+#[repr(align(4096))]
+struct AlignedPage([u8; 4096]);
+
+impl Default for AlignedPage {
+    fn default() -> Self {
+        AlignedPage([0; 4096])
+    }
 }
 
 fn not_root() -> bool {

@@ -62,6 +62,9 @@ pub struct FileState {
     ahead: HashMap<ChunkHash, tokio::task::JoinHandle<Result<Bytes, cluster::ClusterError>>>,
     /// The block read last, to tell a sequential reader.
     last_read: Option<u64>,
+    /// Moves to the next block in a row so far (read-ahead starts at two: one step from a
+    /// random reader is chance).
+    run: u32,
 }
 
 impl OpenFile {
@@ -78,6 +81,7 @@ impl OpenFile {
                 mtime: None,
                 ahead: HashMap::new(),
                 last_read: None,
+                run: 0,
             }),
             opens: AtomicUsize::new(0),
             unlinked: AtomicBool::new(false),
@@ -115,13 +119,25 @@ impl FileState {
             h.abort();
         }
         self.last_read = None;
+        self.run = 0;
+    }
+
+    /// Notes a read of block `idx`: one more step of a run of blocks in a row, the same block
+    /// again, or a jump.
+    fn step(&mut self, idx: u64) {
+        match self.last_read {
+            Some(l) if l + 1 == idx => self.run += 1,
+            Some(l) if l == idx => {}
+            None if idx == 0 => self.run = 2, // from the start: a reader of the whole file
+            _ => self.run = 0,
+        }
+        self.last_read = Some(idx);
     }
 
     /// Starts fetching the blocks after `idx` when the reader goes block after block.
     fn read_ahead(&mut self, dp: &DataPath<'_>, idx: u64) {
-        let sequential = self.last_read.is_none_or(|l| l + 1 == idx || l == idx);
-        self.last_read = Some(idx);
-        if !sequential {
+        self.step(idx);
+        if self.run < 2 {
             return;
         }
         if self.ahead.len() > 4 * READ_AHEAD as usize {
@@ -231,6 +247,46 @@ impl FileState {
         Ok(now != Some(h))
     }
 
+    /// Bytes `from..to` of committed block `idx`. A reader going block after block gets whole
+    /// blocks (kept, and the next ones fetched ahead); any other read of a block not at hand
+    /// reads only about the bytes it asks for from the pool (a ranged read of the chunk), so a
+    /// random 4 KiB read costs about 4 KiB rather than the block.
+    async fn committed_part(
+        &mut self,
+        dp: &DataPath<'_>,
+        ino: u64,
+        idx: u64,
+        from: usize,
+        to: usize,
+    ) -> Result<Bytes, FsError> {
+        // Whole blocks once the reader has gone on to the next block twice in a row (a reader
+        // going through a block in pieces reads it in parts until then).
+        self.step(idx);
+        if self.run >= 2 || self.clean.contains_key(&idx) {
+            return Ok(self.committed_block(dp, ino, idx).await?.slice(from..to));
+        }
+        let Some(h) = self.map(dp, ino).await?.get(&idx).copied() else {
+            return Ok(Bytes::from(vec![0u8; to - from]));
+        };
+        if self.ahead.contains_key(&h) {
+            return Ok(self.committed_block(dp, ino, idx).await?.slice(from..to));
+        }
+        let data = match dp.pool.get_range(&h, from as u64, (to - from) as u64).await {
+            Ok(d) => d,
+            Err(cluster::ClusterError::NotFound(_)) if self.moved_on(dp, ino, idx, h).await? => {
+                return Box::pin(self.committed_part(dp, ino, idx, from, to)).await;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if data.len() == to - from {
+            return Ok(data);
+        }
+        // The chunk ends before the block does: the rest of the block is zeros.
+        let mut full = BytesMut::zeroed(to - from);
+        full[..data.len()].copy_from_slice(&data);
+        Ok(full.freeze())
+    }
+
     /// Reads up to `len` bytes at `offset` (short at the end of the file).
     pub async fn read(&mut self, dp: &DataPath<'_>, ino: u64, offset: u64, len: u64) -> Result<Bytes, FsError> {
         let end = (offset + len).min(self.size);
@@ -245,7 +301,7 @@ impl FileState {
             if let Some(d) = self.written(first) {
                 return Ok(Bytes::copy_from_slice(&d[from..to]));
             }
-            return Ok(self.committed_block(dp, ino, first).await?.slice(from..to));
+            return self.committed_part(dp, ino, first, from, to).await;
         }
         let mut out = BytesMut::with_capacity((end - offset) as usize);
         for idx in first..=last {

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use cairn_proto::chunk::v1 as pb;
 use cairn_proto::chunk::v1::chunk_store_client::ChunkStoreClient;
 use chunk_engine::ChunkHash;
+use chunk_engine::tree::{Cv, GROUP, groups_match, groups_of, root_of};
 use tonic::transport::{Channel, ClientTlsConfig};
 use tonic::{Code, Streaming};
 
@@ -200,6 +201,60 @@ impl NodeClient {
             return Err(ClientError::BadData { endpoint: self.endpoint.clone(), hash: *hash });
         }
         Ok(again)
+    }
+
+    /// Reads bytes `off..off + len` of chunk `hash` (cut at its end) and the chunk's length,
+    /// verified here: against `cvs`, the chunk's group CVs when the caller has them (checked
+    /// against the name before), or else against the CVs the node sends, checked against the
+    /// name first and returned for the caller to keep. Whole 4 KiB groups are read and checked;
+    /// the answer is the bytes asked for. A chunk of one group or less is read and hashed whole.
+    pub async fn get_range(
+        &self,
+        hash: &ChunkHash,
+        off: u64,
+        len: u64,
+        cvs: Option<&[Cv]>,
+    ) -> Result<(u64, Bytes, Option<Vec<Cv>>), ClientError> {
+        let g = GROUP as u64;
+        let (from, to) = (off / g * g, off.saturating_add(len).next_multiple_of(g));
+        let req = pb::GetRangeRequest { hash: hash.0.to_vec(), offset: from, length: to - from, want_cvs: cvs.is_none() };
+        let mut c = self.inner.clone();
+        let r = c.get_range(req).await.map_err(|s| self.rpc(s))?.into_inner();
+        let bad = || ClientError::BadData { endpoint: self.endpoint.clone(), hash: *hash };
+        let total = r.chunk_length;
+        let got = (to.min(total).saturating_sub(from.min(total))) as usize;
+        if r.data.len() != got {
+            return Err(bad());
+        }
+        let sent: Option<Vec<Cv>> = match cvs {
+            Some(_) => None,
+            None => {
+                if r.cvs.len() % 32 != 0 {
+                    return Err(bad());
+                }
+                Some(r.cvs.chunks(32).map(|c| c.try_into().expect("32 bytes")).collect())
+            }
+        };
+        let cvs_now: &[Cv] = cvs.or(sent.as_deref()).unwrap_or_default();
+        if total <= g {
+            // No group CVs: the read covers the whole chunk (or nothing past it).
+            if !cvs_now.is_empty() || (from < total && ChunkHash::of(&r.data) != *hash) {
+                return Err(bad());
+            }
+        } else {
+            if cvs_now.len() != groups_of(total) {
+                return Err(bad());
+            }
+            if sent.is_some() && root_of(cvs_now, total) != Some(*hash) {
+                return Err(bad());
+            }
+            if !r.data.is_empty() && !groups_match(cvs_now, (from / g) as usize, &r.data) {
+                return Err(bad());
+            }
+        }
+        let start = (off.min(total) - from.min(total)) as usize;
+        let end = (off.saturating_add(len).min(total).saturating_sub(from.min(total))) as usize;
+        Ok((total, r.data.slice(start..end.max(start)), sent))
     }
 
     async fn fetch(&self, hash: &ChunkHash, caller_verifies: bool) -> Result<Bytes, ClientError> {

@@ -233,6 +233,25 @@ impl ChunkStore for ChunkService {
         Ok(Response::new(Box::pin(tokio_stream::iter(pieces))))
     }
 
+    async fn get_range(&self, req: Request<pb::GetRangeRequest>) -> Result<Response<pb::GetRangeResponse>, Status> {
+        let started = Instant::now();
+        let req = req.into_inner();
+        let hash = parse_hash(&req.hash)?;
+        let (offset, length, want_cvs) = (req.offset, req.length, req.want_cvs);
+        let reply = self
+            .blocking("GetRange", started, move |e| {
+                let cvs = if want_cvs { Some(e.group_cvs(&hash)?.1) } else { None };
+                let (len, data) = e.read_range(&hash, offset, length)?;
+                Ok(pb::GetRangeResponse {
+                    chunk_length: len as u64,
+                    data,
+                    cvs: cvs.map(|c| c.concat().into()).unwrap_or_default(),
+                })
+            })
+            .await?;
+        Ok(Response::new(reply))
+    }
+
     async fn has(&self, req: Request<pb::HasRequest>) -> Result<Response<pb::HasResponse>, Status> {
         let started = Instant::now();
         let hashes = req.into_inner().hashes.iter().map(|h| parse_hash(h)).collect::<Result<Vec<_>, _>>()?;
