@@ -226,6 +226,29 @@ impl Volume {
         }
     }
 
+    /// Bytes `s..e` of block `idx`: from memory when the block is there, else a ranged read
+    /// of its chunk (about `e - s` bytes read and verified, see [`ChunkClient::get_range`]).
+    async fn block_part(&self, idx: u64, bs: u64, s: u64, e: u64) -> Result<Bytes> {
+        let zeros = || Bytes::from(vec![0u8; (e - s) as usize]);
+        if let Some(b) = self.dirty.lock().await.get(&idx) {
+            return Ok(b.as_ref().map_or_else(zeros, |b| b.slice(s as usize..e as usize)));
+        }
+        if let Some(b) = self.flushing.read().await.get(&idx) {
+            return Ok(b.as_ref().map_or_else(zeros, |b| b.slice(s as usize..e as usize)));
+        }
+        let Some(h) = self.map.read().await.get(&idx).copied() else { return Ok(zeros()) };
+        if let Some(d) = self.cache.get(&h) {
+            return Ok(d.slice(s as usize..e as usize));
+        }
+        match self.chunks.get_range(&h, s, e - s).await {
+            Ok(d) if d.len() as u64 == e - s => Ok(d),
+            Ok(d) => Err(EngineError::Corrupt(format!("block {idx} of {} is shorter than {bs}: {} of {} bytes at {s}", self.id, d.len(), e - s))),
+            // Overwritten meanwhile (see `block`).
+            Err(_) if self.moved_on(idx, &h).await => Box::pin(self.block_part(idx, bs, s, e)).await,
+            Err(err) => Err(err.into()),
+        }
+    }
+
     /// Whether block `idx` no longer reads from chunk `h` (written or committed since).
     async fn moved_on(&self, idx: u64, h: &ChunkHash) -> bool {
         self.dirty.lock().await.contains_key(&idx)
@@ -244,6 +267,11 @@ impl Volume {
         let bs = g.block_size;
         let mut out = Vec::with_capacity(len as usize);
         let (first, last) = (offset / bs, (offset + len).div_ceil(bs));
+        if last == first + 1 && len < bs {
+            // Part of one block: read about that part, not the whole block.
+            let s = offset - first * bs;
+            return Ok(self.block_part(first, bs, s, s + len).await?.to_vec());
+        }
         let blocks: Vec<Bytes> =
             stream::iter(first..last).map(|i| self.block(i, bs)).buffered(FLUSH_DEPTH).try_collect().await?;
         for (n, b) in blocks.iter().enumerate() {
