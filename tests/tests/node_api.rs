@@ -195,3 +195,67 @@ async fn metrics_and_health_are_served() {
     assert_eq!(listed.chunks.len(), 1);
     assert!(listed.next_after.is_empty());
 }
+
+/// Ranged reads: the node reads the part asked for, the client checks it against the chunk's
+/// group CVs (which it checks against the name). A damaged 4 KiB group fails its check while
+/// the other groups of the chunk still read; asking for the CVs makes the node verify the whole
+/// copy, which it then quarantines (DATA_LOSS).
+#[tokio::test(flavor = "multi_thread")]
+async fn ranged_reads_verify_the_part_they_read() {
+    use node_client::ClientError;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("n");
+    let mut node = NodeProc::start(&data_dir, &[]);
+    let c = node.client().await;
+    let chunks: Vec<Vec<u8>> = [3000, 70_000, (1 << 20) + 5].iter().map(|n| random_bytes(*n)).collect();
+    let mut hashes = Vec::new();
+    for d in &chunks {
+        hashes.push(ChunkHash::from_slice(&c.put(None, Bytes::from(d.clone())).await.unwrap().hash).unwrap());
+    }
+    let mut kept_cvs = Vec::new();
+    for (d, h) in chunks.iter().zip(&hashes) {
+        let len = d.len() as u64;
+        let (total, got, cvs) = c.get_range(h, 100, 5000, None).await.unwrap();
+        assert_eq!(total, len);
+        assert_eq!(&got[..], &d[100..5100.min(d.len())]);
+        let cvs = cvs.expect("asked for the CVs");
+        assert_eq!(cvs.len(), chunk_engine::tree::groups_of(len));
+        for (off, n) in [(0u64, 1u64), (len - 7, 100), (len, 10), (4096 * 3 + 1, 9000)] {
+            let (_, got, none) = c.get_range(h, off, n, Some(&cvs)).await.unwrap();
+            assert!(none.is_none());
+            let (a, b) = ((off as usize).min(d.len()), ((off + n) as usize).min(d.len()));
+            assert_eq!(&got[..], &d[a..b], "{n} bytes at {off} of a chunk of {len}");
+        }
+        kept_cvs.push(cvs);
+    }
+    assert!(node.terminate().success());
+    // Flip one byte of group 3 of the large chunk on disk.
+    let big = &chunks[2];
+    let needle = &big[3 * 4096 + 100..3 * 4096 + 164];
+    let mut flipped = false;
+    for e in std::fs::read_dir(data_dir.join("segments")).unwrap() {
+        let p = e.unwrap().path();
+        let bytes = std::fs::read(&p).unwrap();
+        if let Some(pos) = bytes.windows(needle.len()).position(|w| w == needle) {
+            let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+            f.write_all_at(&[bytes[pos] ^ 0xff], pos as u64).unwrap();
+            f.sync_all().unwrap();
+            flipped = true;
+        }
+    }
+    assert!(flipped);
+    let node = NodeProc::start(&data_dir, &[]);
+    let c = node.client().await;
+    let (_, got, _) = c.get_range(&hashes[2], 10 * 4096, 4096, Some(&kept_cvs[2])).await.unwrap();
+    assert_eq!(&got[..], &big[10 * 4096..11 * 4096], "an intact group of a damaged chunk reads");
+    let err = c.get_range(&hashes[2], 3 * 4096 + 50, 100, Some(&kept_cvs[2])).await.unwrap_err();
+    assert!(matches!(err, ClientError::BadData { .. }), "the damaged group fails its check: {err}");
+    let err = c.get_range(&hashes[2], 0, 10, None).await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::DataLoss), "asking for the CVs verifies the copy: {err}");
+    let err = c.get_range(&hashes[2], 10 * 4096, 10, Some(&kept_cvs[2])).await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::DataLoss), "quarantined: {err}");
+    for i in 0..2 {
+        let (_, got, _) = c.get_range(&hashes[i], 0, 64, Some(&kept_cvs[i])).await.unwrap();
+        assert_eq!(&got[..], &chunks[i][..64]);
+    }
+}
