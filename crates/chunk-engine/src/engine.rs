@@ -139,6 +139,9 @@ pub struct ChunkEngine {
     committer: Mutex<Option<JoinHandle<()>>>,
     buf_pool: BufPools,
     io_gate: Arc<RwLock<()>>,
+    /// Group CVs computed for ranged reads (from verified copies), so the next reader that asks
+    /// for them does not make the whole chunk read again.
+    cvs: Mutex<crate::cv_cache::CvCache>,
 }
 
 impl ChunkEngine {
@@ -234,6 +237,7 @@ impl ChunkEngine {
             tx: RwLock::new(Some(tx)),
             committer: Mutex::new(Some(handle)),
             buf_pool: BufPools::new(record_span(cfg.max_chunk_size, DIRECT_ALIGN) as usize),
+            cvs: Mutex::new(crate::cv_cache::CvCache::new(crate::cv_cache::CV_CACHE_BYTES)),
             io_gate,
             cfg,
         }))
@@ -448,8 +452,15 @@ impl ChunkEngine {
     }
 
     /// A chunk's group CVs ([`crate::tree`]) and its length, from the whole chunk read once and
-    /// verified by them (a copy that fails is quarantined, as by [`get`](Self::get)).
+    /// verified by them (a copy that fails is quarantined, as by [`get`](Self::get)); kept in
+    /// memory (bounded) for the next reader.
     pub fn group_cvs(&self, hash: &ChunkHash) -> Result<(u32, Vec<crate::tree::Cv>), ChunkError> {
+        if let Some(cvs) = self.cvs.lock().expect("cv cache lock").get(hash)
+            && let Some(e) = self.entry(hash)?
+            && !e.quarantined
+        {
+            return Ok((e.loc.len, cvs.to_vec()));
+        }
         let data = self.read_chunk(hash, false)?;
         let cvs = crate::tree::group_cvs(&data);
         let good = if cvs.is_empty() {
@@ -461,6 +472,7 @@ impl ChunkEngine {
             // Verify it the usual way: that quarantines the copy and says what is wrong.
             self.get(hash)?;
         }
+        self.cvs.lock().expect("cv cache lock").insert(*hash, cvs.clone());
         Ok((data.len() as u32, cvs))
     }
 

@@ -9,6 +9,7 @@
 
 mod aligned;
 mod commit;
+pub mod cv_cache;
 mod engine;
 mod error;
 mod format;

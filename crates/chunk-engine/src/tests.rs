@@ -493,6 +493,12 @@ fn ranged_reads_and_group_cvs_verify_parts_of_chunks() {
             assert!(groups_match(&cvs, g, &part));
         }
     }
+    // The CVs are kept: asking again reads nothing.
+    let big = e.put(&random(200_000)).unwrap().hash;
+    let first = e.group_cvs(&big).unwrap();
+    let read = e.stats().get_bytes;
+    assert_eq!(e.group_cvs(&big).unwrap(), first);
+    assert_eq!(e.stats().get_bytes, read, "the second ask read the chunk again");
     let victim = random(50_000);
     let h = e.put(&victim).unwrap().hash;
     flip_byte_of(dir.path(), &victim[..64]);

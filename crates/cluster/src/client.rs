@@ -120,7 +120,7 @@ struct Inner {
     conns: Mutex<HashMap<String, NodeClient>>,
     inflight: Semaphore,
     /// Group CVs of chunks read in parts, checked against their names.
-    cvs: Mutex<crate::cv_cache::CvCache>,
+    cvs: Mutex<chunk_engine::cv_cache::CvCache>,
 }
 
 /// The pool's chunk client; cheap to clone.
@@ -164,7 +164,7 @@ impl ChunkClient {
                 map,
                 conns: Mutex::new(HashMap::new()),
                 inflight,
-                cvs: Mutex::new(crate::cv_cache::CvCache::new(crate::cv_cache::CV_CACHE_BYTES)),
+                cvs: Mutex::new(chunk_engine::cv_cache::CvCache::new(chunk_engine::cv_cache::CV_CACHE_BYTES)),
             }),
         })
     }

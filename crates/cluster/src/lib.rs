@@ -3,7 +3,6 @@
 //! frontend uses.
 
 mod client;
-mod cv_cache;
 mod error;
 pub mod gc;
 pub mod io_retry;

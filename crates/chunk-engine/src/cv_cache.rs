@@ -1,17 +1,18 @@
-//! The chunk client's cache of group CVs (`chunk_engine::tree`): for each chunk read in parts,
-//! the CVs of its 4 KiB groups, checked against its name once, so later parts are verified
-//! alone. Bounded in bytes; the oldest entries go first.
+//! A cache of group CVs ([`crate::tree`]): for each chunk read in parts, the CVs of its 4 KiB
+//! groups, checked against its name once, so later parts are verified alone (the chunk client)
+//! or answered without reading the whole chunk again (the engine). Bounded in bytes; the
+//! oldest entries go first.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use chunk_engine::ChunkHash;
-use chunk_engine::tree::Cv;
+use crate::ChunkHash;
+use crate::tree::Cv;
 
-/// Bytes of CVs kept: 32 per 4 KiB group, so 32 MiB covers 4 GiB of chunks read in parts.
-pub(crate) const CV_CACHE_BYTES: usize = 32 << 20;
+/// Bytes of CVs a cache keeps by default: 32 per 4 KiB group, so 32 MiB covers 4 GiB of chunks.
+pub const CV_CACHE_BYTES: usize = 32 << 20;
 
-pub(crate) struct CvCache {
+pub struct CvCache {
     map: HashMap<ChunkHash, Arc<Vec<Cv>>>,
     order: VecDeque<ChunkHash>,
     bytes: usize,
@@ -19,16 +20,16 @@ pub(crate) struct CvCache {
 }
 
 impl CvCache {
-    pub(crate) fn new(max: usize) -> CvCache {
+    pub fn new(max: usize) -> CvCache {
         CvCache { map: HashMap::new(), order: VecDeque::new(), bytes: 0, max }
     }
 
-    pub(crate) fn get(&self, hash: &ChunkHash) -> Option<Arc<Vec<Cv>>> {
+    pub fn get(&self, hash: &ChunkHash) -> Option<Arc<Vec<Cv>>> {
         self.map.get(hash).cloned()
     }
 
     /// Keeps `cvs` (already checked against `hash`), dropping the oldest entries past the bound.
-    pub(crate) fn insert(&mut self, hash: ChunkHash, cvs: Vec<Cv>) {
+    pub fn insert(&mut self, hash: ChunkHash, cvs: Vec<Cv>) {
         let size = cvs.len() * 32;
         if size > self.max || self.map.contains_key(&hash) {
             return;
