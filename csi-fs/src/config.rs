@@ -27,6 +27,9 @@ pub struct CsiFsConfig {
     pub state_dir: PathBuf,
     /// HTTP listen address for `/metrics` and `/healthz`. Default `127.0.0.1:7791`.
     pub http_listen: SocketAddr,
+    /// Node service: MiB of memory each staged volume's mount process keeps for file blocks
+    /// read or written recently, shared by its files (0: none). Default 64.
+    pub read_cache_mib: u64,
     /// Log filter (`RUST_LOG` syntax). Default `info`.
     pub log: String,
     /// Cluster CA certificate (PEM) for mutual TLS to the metadata service and storage nodes.
@@ -47,6 +50,7 @@ impl Default for CsiFsConfig {
             driver_name: "fs.csi.cairn.io".into(),
             state_dir: PathBuf::from("/var/lib/cairn/csi-fs"),
             http_listen: "127.0.0.1:7791".parse().expect("default address"),
+            read_cache_mib: 64,
             log: "info".into(),
             tls_ca: None,
             tls_cert: None,
@@ -54,6 +58,9 @@ impl Default for CsiFsConfig {
         }
     }
 }
+
+/// The largest read cache per staged volume, in MiB (64 GiB).
+pub const MAX_READ_CACHE_MIB: u64 = 64 << 10;
 
 /// Command-line flags; each also reads an environment variable.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -82,6 +89,9 @@ pub struct CsiFsArgs {
     /// /metrics and /healthz listen address (host:port).
     #[arg(long, env = "CAIRN_CSI_FS_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
+    /// MiB of read cache per staged volume (0: none).
+    #[arg(long, env = "CAIRN_CSI_FS_READ_CACHE_MIB")]
+    pub read_cache_mib: Option<u64>,
     /// Log filter.
     #[arg(long, env = "CAIRN_CSI_FS_LOG")]
     pub log: Option<String>,
@@ -106,7 +116,7 @@ impl CsiFsConfig {
         macro_rules! over {
             ($($f:ident),*) => { $( if let Some(v) = &args.$f { c.$f = v.clone(); } )* };
         }
-        over!(endpoint, meta, controller, driver_name, state_dir, http_listen, log);
+        over!(endpoint, meta, controller, driver_name, state_dir, http_listen, read_cache_mib, log);
         macro_rules! over_opt {
             ($($f:ident),*) => { $( if args.$f.is_some() { c.$f = args.$f.clone(); } )* };
         }
@@ -132,6 +142,12 @@ impl CsiFsConfig {
         }
         if self.state_dir.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
             return Err(format!("state_dir must not contain '..', got {}", self.state_dir.display()));
+        }
+        if self.read_cache_mib > MAX_READ_CACHE_MIB {
+            return Err(format!(
+                "read_cache_mib must be at most {MAX_READ_CACHE_MIB} (MiB per staged volume), got {}",
+                self.read_cache_mib
+            ));
         }
         if !csi_kit::records::valid_driver_name(&self.driver_name) {
             return Err(format!(

@@ -54,6 +54,9 @@ pub struct MountSpec {
     /// before failing with EIO (specs written before it existed: the default).
     #[serde(default = "io_timeout_default")]
     pub io_timeout_secs: u64,
+    /// Bytes of read cache (the node plugin's `read_cache_mib`; specs written before it: none).
+    #[serde(default)]
+    pub read_cache_bytes: u64,
 }
 
 fn io_timeout_default() -> u64 {
@@ -135,6 +138,7 @@ async fn mount(
         node: spec.node.clone(),
         read_only: spec.read_only,
         io_timeout: std::time::Duration::from_secs(spec.io_timeout_secs),
+        read_cache_bytes: spec.read_cache_bytes,
     };
     let mounted = fs_client::mount(meta.clone(), pool, opts, &mnt)
         .await
@@ -161,6 +165,7 @@ mod tests {
             tls_key: None,
             log: "info".into(),
             io_timeout_secs: 5,
+            read_cache_bytes: 64 << 20,
         };
         let d = MOUNT_PROCESS.dir(tmp.path());
         std::fs::write(d.spec(), serde_json::to_vec(&spec).unwrap()).unwrap();
@@ -168,8 +173,10 @@ mod tests {
         // A spec as releases before `ioTimeout` wrote it.
         let mut old = serde_json::to_value(&spec).unwrap();
         old.as_object_mut().unwrap().remove("io_timeout_secs");
+        old.as_object_mut().unwrap().remove("read_cache_bytes");
         std::fs::write(d.spec(), serde_json::to_vec(&old).unwrap()).unwrap();
-        assert_eq!(d.load_spec::<MountSpec>().unwrap().io_timeout_secs, 120);
+        let read = d.load_spec::<MountSpec>().unwrap();
+        assert_eq!((read.io_timeout_secs, read.read_cache_bytes), (120, 0));
         // A newer spec (with a field this build does not know) is refused as newer, in one line.
         let mut newer = serde_json::to_value(&spec).unwrap();
         newer["version"] = (SPEC_VERSION + 1).into();
@@ -186,13 +193,13 @@ mod tests {
         #[test]
         fn specs_round_trip_through_the_spec_file(
             (fs_id, client_id, node, log) in (".*", ".*", ".*", ".*"),
-            (read_only, io_timeout_secs) in (any::<bool>(), any::<u64>()),
+            (read_only, io_timeout_secs, read_cache_bytes) in (any::<bool>(), any::<u64>(), any::<u64>()),
             meta in proptest::collection::vec(".*", 0..4),
             (tls_ca, tls_cert, tls_key) in (opt_path(), opt_path(), opt_path()),
         ) {
             let spec = MountSpec {
                 version: SPEC_VERSION, fs_id, client_id, node, read_only, meta, tls_ca, tls_cert, tls_key, log,
-                io_timeout_secs,
+                io_timeout_secs, read_cache_bytes,
             };
             prop_assert_eq!(spec_round_trip(&MOUNT_PROCESS, &spec).unwrap(), spec);
         }

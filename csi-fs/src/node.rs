@@ -109,6 +109,7 @@ impl Driver {
             tls_key: self.cfg.tls_key.clone(),
             log: self.cfg.log.clone(),
             io_timeout_secs: params::io_timeout_flag(cap)?.unwrap_or(rec.io_timeout_secs),
+            read_cache_bytes: self.cfg.read_cache_mib << 20,
         };
         let pid = d.start(&spec).await?;
         let st = StagedState {

@@ -65,6 +65,10 @@ fn start_with(node_args: &[&str]) -> Stack {
 
 impl Stack {
     fn mount(&self, fs: &str, name: &str) -> (Mounted, PathBuf) {
+        self.mount_with_cache(fs, name, 0)
+    }
+
+    fn mount_with_cache(&self, fs: &str, name: &str, read_cache_bytes: u64) -> (Mounted, PathBuf) {
         let at = self.dir.path().join(name);
         let opts = ClientOptions {
             fs_id: fs.into(),
@@ -72,6 +76,7 @@ impl Stack {
             node: name.into(),
             read_only: false,
             io_timeout: std::time::Duration::ZERO,
+            read_cache_bytes,
         };
         let m = self.rt.block_on(fs_client::mount(self.meta.clone(), self.pool.clone(), opts, &at)).unwrap();
         (m, at)
@@ -177,7 +182,8 @@ fn replaced_and_unlinked_file_blocks_are_released_at_once() {
 
 /// Random small reads of a large file read about what they ask for from the pool (ranged reads
 /// of the chunks, verified by their 4 KiB group CVs), not a whole 1 MiB chunk each; every read
-/// returns the right bytes, through a second client as through the writer.
+/// returns the right bytes, through a second client as through the writer. A mount with a read
+/// cache serves a file it read before from memory.
 #[test]
 fn random_small_reads_read_parts_of_chunks() {
     if not_root() {
@@ -231,7 +237,25 @@ fn random_small_reads_read_parts_of_chunks() {
             assert!(n <= want.len() && out[..n] == want[..n], "{len} bytes at {off}");
         }
     }
+    // A mount with a read cache: a file read once is then read at random from memory, across
+    // closes (the cache is the mount's, not the open file's).
+    let (mc, c) = s.mount_with_cache("fs-range", "c", 64 << 20);
+    let small = &data[..16 * MIB];
+    fs::write(a.join("small"), small).unwrap();
+    assert!(fs::read(c.join("small")).unwrap() == small);
+    let before = served();
+    let f = OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(c.join("small")).unwrap();
+    for _ in 0..100 {
+        let off = rng.gen_range(0..small.len() / 4096) * 4096;
+        assert_eq!(f.read_at(&mut buf.0, off as u64).unwrap(), 4096);
+        assert!(buf.0[..] == small[off..off + 4096], "cached 4 KiB at {off}");
+    }
+    drop(f);
+    assert_eq!(served() - before, 0.0, "random reads of a file read before went to the node");
+    let stats = mc.client().read_cache_stats();
+    assert!(stats.hits >= 50 && stats.bytes >= 16 * MIB as u64, "{stats:?}");
     s.rt.block_on(async {
+        mc.unmount().await.unwrap();
         mb.unmount().await.unwrap();
         ma.unmount().await.unwrap();
     });

@@ -291,8 +291,8 @@ spec:
             - --state-dir={{ $v.node.stateDir }}
             {{- if eq $kind "block" }}
             - --nbd-export={{ $v.node.nbdExport }}
-            - --read-cache-mib={{ $v.node.readCacheMiB }}
             {{- end }}
+            - --read-cache-mib={{ $v.node.readCacheMiB }}
             - --http-listen=0.0.0.0:{{ if eq $kind "block" }}7790{{ else }}7791{{ end }}
             - --log={{ $ctx.Values.logLevel }}
             {{- include "cairn.tlsArgs" $ctx | nindent 12 }}

@@ -8,6 +8,7 @@ pub mod gc;
 pub mod io_retry;
 pub mod nodemap;
 pub mod refs;
+pub mod read_cache;
 mod repair_status;
 pub mod settings;
 

@@ -99,6 +99,8 @@ pub struct DataPath<'a> {
     pub pool: &'a ChunkClient,
     /// This client as a writer that releases what its commits replace.
     pub writer: &'a Arc<PoolWriter>,
+    /// Chunks read or written recently, shared by the mount's files.
+    pub cache: &'a cluster::read_cache::ReadCache,
 }
 
 impl FileState {
@@ -201,10 +203,16 @@ impl FileState {
         let hash = self.map(dp, ino).await?.get(&idx).copied();
         let data = match hash {
             Some(h) => {
-                let fetched = match self.ahead.remove(&h) {
-                    Some(task) => task.await.unwrap_or_else(|e| Err(cluster::ClusterError::Unavailable(e.to_string()))),
-                    None => dp.pool.get(&h).await,
+                let fetched = match (dp.cache.get(&h), self.ahead.remove(&h)) {
+                    (Some(d), _) => Ok(d),
+                    (None, Some(task)) => {
+                        task.await.unwrap_or_else(|e| Err(cluster::ClusterError::Unavailable(e.to_string())))
+                    }
+                    (None, None) => dp.pool.get(&h).await,
                 };
+                if let Ok(d) = &fetched {
+                    dp.cache.insert(h, d.clone());
+                }
                 let mut d = match fetched {
                     Ok(d) => d,
                     // Another client replaced the block and released its old chunk since this
@@ -271,7 +279,11 @@ impl FileState {
         if self.ahead.contains_key(&h) {
             return Ok(self.committed_block(dp, ino, idx).await?.slice(from..to));
         }
-        let data = match dp.pool.get_range(&h, from as u64, (to - from) as u64).await {
+        let data = match dp.cache.get(&h) {
+            Some(whole) => Ok(whole.slice(from.min(whole.len())..to.min(whole.len()))),
+            None => dp.pool.get_range(&h, from as u64, (to - from) as u64).await,
+        };
+        let data = match data {
             Ok(d) => d,
             Err(cluster::ClusterError::NotFound(_)) if self.moved_on(dp, ino, idx, h).await? => {
                 return Box::pin(self.committed_part(dp, ino, idx, from, to)).await;
@@ -453,6 +465,10 @@ impl FileState {
         let kept: std::collections::HashSet<ChunkHash> = put.iter().filter_map(|(_, h, _)| *h).collect();
         writer.release(pool, replaced.into_iter().filter(|h| !kept.contains(h)).collect());
         for (idx, h, data) in put {
+            if let Some(h) = h {
+                // What was just written is what is read next (a database re-reads its pages).
+                dp.cache.insert(h, data.clone());
+            }
             // A map not loaded yet will be read with these commits in it.
             if let Some(map) = self.map.as_mut() {
                 match h {

@@ -44,6 +44,9 @@ pub struct ClientOptions {
     /// How long an operation that fails because the metadata service or storage nodes are
     /// unreachable is retried before the call fails with EIO (0: at once).
     pub io_timeout: std::time::Duration,
+    /// Bytes of file blocks read or written recently that the mount keeps in memory, shared by
+    /// its files (0: none; each open file still keeps its last few blocks).
+    pub read_cache_bytes: u64,
 }
 
 /// A mounted filesystem.
@@ -74,7 +77,8 @@ pub async fn mount(
     tokio::fs::create_dir_all(mountpoint)
         .await
         .map_err(|source| FsClientError::Io { what: format!("create {}", mountpoint.display()), source })?;
-    let client = Client::new(ns, pool, &opts.client_id, opts.read_only, cluster::IoRetry::new(opts.io_timeout));
+    let client = Client::new(ns, pool, &opts.client_id, opts.read_only, cluster::IoRetry::new(opts.io_timeout))
+        .with_read_cache(opts.read_cache_bytes);
     let mut mo = MountOptions::default();
     mo.fs_name(format!("cairnfs-{}", opts.fs_id))
         .allow_other(true)

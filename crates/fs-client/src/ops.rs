@@ -82,6 +82,8 @@ pub struct Inner {
     pool: ChunkClient,
     /// This client as a writer of the pool that releases what its commits replace.
     writer: Arc<crate::writer::PoolWriter>,
+    /// Chunks of file blocks read or written recently, shared by every file of the mount.
+    cache: cluster::read_cache::ReadCache,
     read_only: bool,
     files: OpenFiles,
     /// Open file handles: handle → inode.
@@ -117,6 +119,7 @@ impl Client {
             client_id: client_id.to_string(),
             pool,
             writer: crate::writer::PoolWriter::new(),
+            cache: cluster::read_cache::ReadCache::new(0),
             read_only,
             files: OpenFiles::default(),
             handles: Mutex::new(HashMap::new()),
@@ -128,8 +131,24 @@ impl Client {
         }))
     }
 
+    /// The same client with a read cache of `bytes` (before it serves anything).
+    pub fn with_read_cache(self, bytes: u64) -> Client {
+        match Arc::try_unwrap(self.0) {
+            Ok(mut inner) => {
+                inner.cache = cluster::read_cache::ReadCache::new(bytes);
+                Client(Arc::new(inner))
+            }
+            Err(shared) => Client(shared),
+        }
+    }
+
+    /// The read cache's hits, misses and contents.
+    pub fn read_cache_stats(&self) -> cluster::read_cache::ReadCacheStats {
+        self.cache.stats()
+    }
+
     fn dp(&self) -> DataPath<'_> {
-        DataPath { ns: &self.ns, pool: &self.pool, writer: &self.writer }
+        DataPath { ns: &self.ns, pool: &self.pool, writer: &self.writer, cache: &self.cache }
     }
 
     fn writable(&self) -> FuseResult<()> {

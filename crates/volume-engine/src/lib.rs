@@ -15,9 +15,8 @@
 
 mod error;
 pub mod keys;
-mod read_cache;
 
-pub use read_cache::{ReadCache, ReadCacheStats};
+pub use cluster::read_cache::{ReadCache, ReadCacheStats};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

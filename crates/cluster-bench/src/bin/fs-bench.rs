@@ -224,6 +224,8 @@ async fn run(args: &Args) -> Res<()> {
     let at = args.dir.join("mnt");
     let _guard = MountGuard(at.clone());
     let opts = fs_client::ClientOptions {
+        // As csi-fs mounts by default.
+        read_cache_bytes: 64 << 20,
         fs_id: "fs-bench".into(),
         client_id: "bench".into(),
         node: "bench".into(),

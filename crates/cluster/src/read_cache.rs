@@ -1,8 +1,9 @@
-//! A bounded read cache of chunk contents, shared by the blocks of one volume: a block read (or
-//! the read half of a partial write) that finds its chunk here skips the fetch from the pool
-//! and its verification. Chunks are named by their content hash, so an entry never goes stale:
-//! an overwritten block maps to another chunk. Entries are the verified bytes the pool returned,
-//! or the bytes a flush has just committed (hot: they were written a moment ago).
+//! A bounded read cache of chunk contents (a volume's attachment keeps one for its blocks, a
+//! filesystem mount one for its files): a read (or the read half of a partial write) that finds
+//! its chunk here skips the fetch from the pool and its verification. Chunks are named by their
+//! content hash, so an entry never goes stale: an overwritten block maps to another chunk.
+//! Entries are the verified bytes the pool returned, or the bytes a flush has just committed
+//! (hot: they were written a moment ago).
 //!
 //! Eviction is CLOCK (second chance): a hit marks the entry; the hand passes over marked entries
 //! once, clearing the mark, and evicts the first unmarked one.
