@@ -97,7 +97,11 @@ class Objects(unittest.TestCase):
     def test_range_on_larger_object_spanning_chunks(self):
         data = os.urandom(9 * MiB + 17)
         self.put("ranged-big", data)
-        for start, end in [(0, 1), (4 * MiB - 3, 4 * MiB + 3), (8 * MiB - 1, 9 * MiB + 17), (MiB, 8 * MiB)]:
+        # Small parts of a chunk are ranged reads (verified 4 KiB groups), larger ones whole reads.
+        cases = [(0, 1), (4 * MiB - 3, 4 * MiB + 3), (8 * MiB - 1, 9 * MiB + 17), (MiB, 8 * MiB),
+                 (9 * MiB, 9 * MiB + 17), (8 * MiB + 5000, 8 * MiB + 9000), (4 * MiB + 100, 4 * MiB + 4196),
+                 (5 * MiB + 4095, 5 * MiB + 8193), (3 * MiB, 4 * MiB)]
+        for start, end in cases:
             with self.subTest(start=start, end=end):
                 g = self.c.get_object(Bucket=self.b, Key="ranged-big", Range=f"bytes={start}-{end - 1}")
                 self.assertEqual(g["Body"].read(), data[start:end])
