@@ -112,6 +112,7 @@ async fn commit_part(
     let hashes = part.chunks.iter().map(ChunkRef::hash).collect::<Result<Vec<_>>>()?;
     for _ in 0..16 {
         let old = store.meta.get(&pk).await?;
+        let mut replaced = Vec::new();
         let mut txn = Txn::new().exists(&uk);
         txn = match &old {
             Some(kv) => txn.mod_revision_equals(&pk, kv.mod_revision),
@@ -127,10 +128,14 @@ async fn commit_part(
             let prev: PartRecord = decode(&pk, &kv.value)?;
             let ph = prev.chunks.iter().map(ChunkRef::hash).collect::<Result<Vec<_>>>()?;
             txn = remove_refs(txn, &ph, &prev.data_owner);
+            replaced = ph;
         }
         txn = add_refs(txn.put(&pk, &encode(&part)), &hashes, &part.data_owner);
         let out = store.meta.txn(txn).await?;
         if out.succeeded {
+            // The part uploaded again: its earlier upload's chunks go at once (those the new
+            // one also has stay, referenced).
+            store.release(replaced.into_iter().filter(|h| !hashes.contains(h)).collect());
             return Ok(());
         }
         match out.failed_condition {
@@ -440,11 +445,15 @@ pub async fn abort_upload(store: &Store, up: &UploadRecord) -> Result<()> {
             return Ok(());
         }
         let mut txn = Txn::new();
+        let mut freed = Vec::new();
         for (pk, rev, p) in &parts {
             let hs = p.chunks.iter().map(ChunkRef::hash).collect::<Result<Vec<_>>>()?;
             txn = remove_refs(txn.mod_revision_equals(pk, *rev).delete(pk), &hs, &p.data_owner);
+            freed.extend(hs);
         }
-        store.meta.txn(txn).await?;
+        if store.meta.txn(txn).await?.succeeded {
+            store.release(freed);
+        }
     }
 }
 

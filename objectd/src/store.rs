@@ -337,7 +337,7 @@ impl Store {
     /// reference key names and nobody put within the write window (an overwritten or deleted
     /// object's space comes back without waiting for a pool GC round); the rest wait for pool
     /// GC. The release names a writer of its own, so it vouches for no put.
-    fn release(&self, hashes: Vec<ChunkHash>) {
+    pub(crate) fn release(&self, hashes: Vec<ChunkHash>) {
         if hashes.is_empty() {
             return;
         }
