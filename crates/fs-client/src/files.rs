@@ -28,6 +28,9 @@ const READ_AHEAD: u64 = 8;
 /// collect a chunk left unreferenced for its write window (`cluster::gc::WRITE_WINDOW`).
 const STALE_UPLOAD: std::time::Duration = std::time::Duration::from_secs(300);
 
+/// What a flush committed: (block, its chunk, its bytes) and the chunks the commit replaced.
+type Committed = (Vec<(u64, Option<ChunkHash>, Bytes)>, Vec<ChunkHash>);
+
 /// A finished block being put in the pool while the writer goes on (write-behind).
 struct Upload {
     data: Bytes,
@@ -431,7 +434,7 @@ impl FileState {
             }
             jobs.push((*idx, data.clone(), *done, w));
         }
-        let result: Result<(Vec<(u64, Option<ChunkHash>, Bytes)>, Vec<ChunkHash>), FsError> = async {
+        let result: Result<Committed, FsError> = async {
             let put: Vec<(u64, Option<ChunkHash>, Bytes)> = stream::iter(jobs)
                 .map(|(idx, data, done, w)| async move {
                     if let Some(h) = done {

@@ -245,7 +245,7 @@ impl ChunkStore for ChunkService {
                 Ok(pb::GetRangeResponse {
                     chunk_length: len as u64,
                     data,
-                    cvs: cvs.map(|c| c.concat().into()).unwrap_or_default(),
+                    cvs: cvs.map(|c| c.concat()).unwrap_or_default(),
                 })
             })
             .await?;
