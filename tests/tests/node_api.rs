@@ -8,6 +8,22 @@ use chunk_engine::ChunkHash;
 use integration_tests::{NodeProc, du, http_get, random_bytes};
 use tonic::Code;
 
+/// Flips the first byte of `needle` wherever it lies in the node's segment files (node stopped).
+fn flip_byte_at(data_dir: &std::path::Path, needle: &[u8]) {
+    let mut flipped = false;
+    for e in std::fs::read_dir(data_dir.join("segments")).unwrap() {
+        let p = e.unwrap().path();
+        let bytes = std::fs::read(&p).unwrap();
+        if let Some(pos) = bytes.windows(needle.len()).position(|w| w == needle) {
+            let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+            f.write_all_at(&[bytes[pos] ^ 0xff], pos as u64).unwrap();
+            f.sync_all().unwrap();
+            flipped = true;
+        }
+    }
+    assert!(flipped, "the bytes to damage are in no segment");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn same_data_put_twice_takes_the_space_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -43,18 +59,7 @@ async fn flipped_byte_is_a_corruption_error_and_scrub_names_that_chunk() {
     // Flip one byte in the middle of chunk 4's data on disk.
     let victim = 4;
     let needle = &chunks[victim][5000..5064];
-    let mut flipped = false;
-    for e in std::fs::read_dir(data_dir.join("segments")).unwrap() {
-        let p = e.unwrap().path();
-        let bytes = std::fs::read(&p).unwrap();
-        if let Some(pos) = bytes.windows(needle.len()).position(|w| w == needle) {
-            let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
-            f.write_all_at(&[bytes[pos] ^ 0xff], pos as u64).unwrap();
-            f.sync_all().unwrap();
-            flipped = true;
-        }
-    }
-    assert!(flipped);
+    flip_byte_at(&data_dir, needle);
     let node = NodeProc::start(&data_dir, &[]);
     let c = node.client().await;
     let err = c.get(&hashes[victim]).await.unwrap_err();
@@ -232,18 +237,7 @@ async fn ranged_reads_verify_the_part_they_read() {
     // Flip one byte of group 3 of the large chunk on disk.
     let big = &chunks[2];
     let needle = &big[3 * 4096 + 100..3 * 4096 + 164];
-    let mut flipped = false;
-    for e in std::fs::read_dir(data_dir.join("segments")).unwrap() {
-        let p = e.unwrap().path();
-        let bytes = std::fs::read(&p).unwrap();
-        if let Some(pos) = bytes.windows(needle.len()).position(|w| w == needle) {
-            let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
-            f.write_all_at(&[bytes[pos] ^ 0xff], pos as u64).unwrap();
-            f.sync_all().unwrap();
-            flipped = true;
-        }
-    }
-    assert!(flipped);
+    flip_byte_at(&data_dir, needle);
     let node = NodeProc::start(&data_dir, &[]);
     let c = node.client().await;
     let (_, got, _) = c.get_range(&hashes[2], 10 * 4096, 4096, Some(&kept_cvs[2])).await.unwrap();

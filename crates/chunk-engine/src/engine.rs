@@ -431,10 +431,7 @@ impl ChunkEngine {
     pub fn read_range(&self, hash: &ChunkHash, off: u64, len: u64) -> Result<(u32, Bytes), ChunkError> {
         let e = self.entry(hash)?.ok_or(ChunkError::NotFound(*hash))?;
         if e.quarantined {
-            return Err(ChunkError::Corrupt {
-                hash: *hash,
-                detail: "quarantined after failing verification; awaiting repair".into(),
-            });
+            return Err(quarantined(hash));
         }
         let total = e.loc.len as u64;
         let (start, end) = (off.min(total), off.saturating_add(len).min(total));
@@ -480,10 +477,7 @@ impl ChunkEngine {
         for _ in 0..4 {
             let e = self.entry(hash)?.ok_or(ChunkError::NotFound(*hash))?;
             if e.quarantined {
-                return Err(ChunkError::Corrupt {
-                    hash: *hash,
-                    detail: "quarantined after failing verification; awaiting repair".into(),
-                });
+                return Err(quarantined(hash));
             }
             match self.read_record(hash, &e.loc, hash_data)? {
                 Ok(data) => {
@@ -686,4 +680,9 @@ fn open_segments(seg_dir: &Path, direct: bool) -> Result<OpenedSegments, ChunkEr
         }
     }
     Ok((segments, broken, max_id))
+}
+
+/// The answer for a chunk whose copy is quarantined.
+fn quarantined(hash: &ChunkHash) -> ChunkError {
+    ChunkError::Corrupt { hash: *hash, detail: "quarantined after failing verification; awaiting repair".into() }
 }
