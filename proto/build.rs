@@ -13,7 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     tonic_build::configure()
         // Chunk data as `bytes::Bytes`: pieces are slices of the chunk, not copies.
-        .bytes([".cairn.chunk.v1.PutRequest.data", ".cairn.chunk.v1.GetResponse.data", ".cairn.chunk.v1.GetRangeResponse.data"])
+        .bytes([".cairn.chunk.v1.PutRequest.data", ".cairn.chunk.v1.GetResponse.data", ".cairn.chunk.v1.GetRangeResponse.data", ".cairn.chunk.v1.JournalAppendRequest.payload", ".cairn.chunk.v1.JournalRecord.payload"])
         .build_server(true)
         .build_client(true)
         .compile_protos(&protos, &[std::path::PathBuf::from("."), include])?;

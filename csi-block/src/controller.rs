@@ -163,9 +163,10 @@ impl Driver {
     /// Copies a new volume's source blocks in (sharing chunks; a source volume is frozen
     /// meanwhile), then marks it populated. Run again by a repeated CreateVolume after a crash.
     async fn populate(&self, rec: VolumeRecord) -> Result<VolumeRecord, CsiError> {
+        let bs = rec.block_size as u64;
         let blocks = match &rec.source {
-            Some(Source::Snapshot(s)) => self.volumes.copy_blocks(s, &rec.id, false).await?,
-            Some(Source::Volume(v)) => self.volumes.copy_blocks(v, &rec.id, true).await?,
+            Some(Source::Snapshot(s)) => self.volumes.copy_blocks(&self.pool_client().await?, s, &rec.id, bs, false).await?,
+            Some(Source::Volume(v)) => self.volumes.copy_blocks(&self.pool_client().await?, v, &rec.id, bs, true).await?,
             None => 0,
         };
         let rec = self
@@ -290,7 +291,7 @@ impl Driver {
 
 impl Driver {
     /// The pool client the controller checks replicas with, made at first use.
-    async fn pool_client(&self) -> Result<cluster::ChunkClient, CsiError> {
+    pub(crate) async fn pool_client(&self) -> Result<cluster::ChunkClient, CsiError> {
         self.pool
             .get_or_try_init(|| async {
                 cluster::ChunkClient::new(self.volumes.meta().clone(), cluster::ClientConfig::default())
@@ -359,7 +360,8 @@ impl Controller for Driver {
                 return Err(invalid("volume_id is required"));
             }
             let _busy = self.inflight.begin(&id)?;
-            self.volumes.delete(&id).await?;
+            let pool = self.pool_client().await?;
+            self.volumes.delete(&pool, &id).await?;
             tracing::info!(volume = %id, "volume deleted");
             Ok(DeleteVolumeResponse {})
         })

@@ -113,7 +113,8 @@ async fn serve(spec: DatapathSpec, dir: ChildDir, shutdown: daemon_kit::Shutdown
         n.stop().await;
     }
     writeback.abort();
-    let flushed = volume.flush().await;
+    // Flushed to the journal, then folded, so the next attachment has nothing to replay.
+    let flushed = volume.close().await;
     if !unmounted_by_someone {
         mount.unmount().await.map_err(|e| format!("unmount {}: {e}", fuse.display()))?;
     }

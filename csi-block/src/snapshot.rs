@@ -59,7 +59,8 @@ pub async fn create(d: &Driver, r: CreateSnapshotRequest) -> Result<CreateSnapsh
         snap
     } else {
         // Cut (or finish cutting, after a crash): copy the frozen volume's block map.
-        let blocks = d.volumes.copy_blocks(&vol.id, &snap.id, true).await?;
+        let pool = d.pool_client().await?;
+        let blocks = d.volumes.copy_blocks(&pool, &vol.id, &snap.id, vol.block_size as u64, true).await?;
         let snap = d.volumes.snapshot_ready(&snap.id).await?;
         tracing::info!(snapshot = %snap.id, volume = %vol.id, blocks, "snapshot cut");
         snap

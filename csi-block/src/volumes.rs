@@ -67,7 +67,7 @@ impl Volumes {
     /// Deletes volume `id`: its blocks' map entries and chunk references first (pool GC then
     /// reclaims the chunks), then its record, name entry and fence. FailedPrecondition while it
     /// is published.
-    pub async fn delete(&self, id: &str) -> Result<(), CsiError> {
+    pub async fn delete(&self, chunks: &cluster::ChunkClient, id: &str) -> Result<(), CsiError> {
         for _ in 0..16 {
             let Some((kv, rec)) = self.get(id).await? else { return Ok(()) };
             if !rec.published.is_empty() {
@@ -77,6 +77,9 @@ impl Volumes {
                     nodes.join(", ")
                 )));
             }
+            volume_engine::delete_journal(self.meta(), chunks, id)
+                .await
+                .map_err(|e| CsiError::Unavailable(e.to_string()))?;
             let blocks =
                 volume_engine::delete_data(self.meta(), id).await.map_err(|e| CsiError::Unavailable(e.to_string()))?;
             tracing::info!(volume = %id, blocks, "volume data released");
@@ -148,18 +151,23 @@ impl Volumes {
         self.store.page(SNAPSHOTS_PREFIX, Some(after).filter(|a| !a.is_empty()).map(snapshot_key), max).await
     }
 
-    /// Copies the blocks of `from` into `to` (sharing chunks); an attached source volume is
-    /// frozen meanwhile, so the copy is crash-consistent.
-    pub async fn copy_blocks(&self, from: &str, to: &str, freeze: bool) -> Result<u64, CsiError> {
+    /// Copies the blocks of `from` into `to` (sharing chunks). A source volume (`live`) is
+    /// frozen meanwhile and its journal's unfolded writes are laid over the copy, so the copy
+    /// is crash-consistent (see [`volume_engine::snapshot_blocks`]).
+    pub async fn copy_blocks(
+        &self,
+        chunks: &cluster::ChunkClient,
+        from: &str,
+        to: &str,
+        block_size: u64,
+        live: bool,
+    ) -> Result<u64, CsiError> {
         let unavailable = |e: volume_engine::EngineError| CsiError::Unavailable(e.to_string());
-        if freeze {
-            volume_engine::freeze(self.meta(), from).await.map_err(unavailable)?;
+        if live {
+            volume_engine::snapshot_blocks(self.meta(), chunks, from, to, block_size).await.map_err(unavailable)
+        } else {
+            volume_engine::copy_map(self.meta(), from, to).await.map_err(unavailable)
         }
-        let out = volume_engine::copy_map(self.meta(), from, to).await.map_err(unavailable);
-        if freeze {
-            volume_engine::thaw(self.meta(), from).await.map_err(unavailable)?;
-        }
-        out
     }
 
     /// Whether node plugin `id` registered.

@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod lifecycle;
 pub mod local;
 pub mod meta;
+pub mod pages;
 pub mod s3;
 
 /// Path of a workspace binary: `$CAIRN_BIN_DIR/<name>`, or next to the test's target directory.

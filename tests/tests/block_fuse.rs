@@ -93,6 +93,7 @@ async fn ext4_on_a_volume_over_fuse_and_loop() {
     std::fs::File::open(tree.join("data.bin")).unwrap().sync_all().unwrap();
     run("umount", &[&fs.to_string_lossy()]);
     dev.detach().await.unwrap();
+    vol.fold().await.unwrap(); // from the journal into chunks
     assert!(vol.allocated_blocks().await > 80, "the file's blocks are in the pool: {}", vol.allocated_blocks().await);
     drop(vol);
 

@@ -60,7 +60,7 @@ fn metric(text: &str, name: &str) -> f64 {
 
 async fn fill(vol: &Volume) {
     vol.write(0, &random_bytes(CAPACITY as usize)).await.unwrap();
-    vol.flush().await.unwrap();
+    vol.close().await.unwrap(); // flushed and folded
 }
 
 async fn present(node: &NodeProc, hashes: &HashSet<ChunkHash>) -> usize {
@@ -180,14 +180,14 @@ async fn replaced_blocks_are_released_at_once_but_not_what_others_hold() {
     let vol = Volume::open(meta.clone(), pool.clone(), id, g, 1).await.unwrap();
     let first = random_bytes(CAPACITY as usize);
     vol.write(0, &first).await.unwrap();
-    vol.flush().await.unwrap();
+    vol.close().await.unwrap(); // flushed and folded
     let a = mapped(&meta, id).await;
     assert_eq!(a.len() as u64, CAPACITY / BLOCK);
     let block = |i: usize| first[i * BLOCK as usize..(i + 1) * BLOCK as usize].to_vec();
     // Another volume holds block 1's contents (a reference of its own, deduplicated).
     let vol2 = Volume::open(meta.clone(), pool.clone(), other, g, 1).await.unwrap();
     vol2.write(0, &block(1)).await.unwrap();
-    vol2.flush().await.unwrap();
+    vol2.close().await.unwrap();
     let shared = ChunkHash::of(&block(1));
     // The node's history must reach back a window before it releases anything.
     tokio::time::sleep(WINDOW.saturating_sub(node_started.elapsed()) + Duration::from_millis(500)).await;
@@ -198,7 +198,7 @@ async fn replaced_blocks_are_released_at_once_but_not_what_others_hold() {
     pool.put(bytes::Bytes::from(block(0))).await.unwrap();
     let second = random_bytes(CAPACITY as usize);
     vol.write(0, &second).await.unwrap();
-    vol.flush().await.unwrap();
+    vol.close().await.unwrap(); // flushed and folded
 
     // Everything else of the first contents leaves the node within seconds, without a round.
     let rest: HashSet<ChunkHash> = a.iter().copied().filter(|h| *h != anon && *h != shared).collect();

@@ -92,6 +92,9 @@ async fn volume_engine_on_a_replicated_pool() {
     assert_eq!(v.read(off, data.len() as u64).await.unwrap(), data);
     v.flush().await.unwrap();
     assert_eq!(v.read(off, data.len() as u64).await.unwrap(), data);
+    assert_eq!(v.allocated_blocks().await, 0, "flushed to the journal, not folded yet");
+    v.fold().await.unwrap();
+    assert_eq!(v.read(off, data.len() as u64).await.unwrap(), data);
     assert_eq!(v.allocated_blocks().await, 3, "blocks 0, 1 and 2");
     assert_eq!(refs_of(&s.meta, id).await, 3);
     // Outside the volume: refused, nothing written.
@@ -106,9 +109,14 @@ async fn volume_engine_on_a_replicated_pool() {
     assert_eq!(v.read(10 * BS + 4000, 100).await.unwrap(), vec![9u8; 100]);
 
     // Re-attached (the node plugin restarted) with a storage node SIGKILLed: flushed data reads
-    // back verified from the surviving replicas.
+    // back verified from the surviving replicas (the journal's, unfolded, replayed). With one
+    // copy acknowledged enough, every journal replica must answer the new attachment, so the
+    // node killed is one without the journal.
+    let jnodes = v.journal_state().await.nodes;
+    assert_eq!(jnodes.len(), 2, "{jnodes:?}");
     drop(v);
-    s.nodes[0].kill9();
+    let victim = (1..=3).map(|i| format!("n{i}")).position(|n| !jnodes.contains(&n)).unwrap();
+    s.nodes[victim].kill9();
     let v = Volume::open(s.meta.clone(), chunks.clone(), id, g, 1).await.unwrap();
     assert_eq!(v.read(off, data.len() as u64).await.unwrap(), data);
     assert_eq!(v.read(10 * BS + 4000, 100).await.unwrap(), vec![9u8; 100]);
@@ -117,6 +125,7 @@ async fn volume_engine_on_a_replicated_pool() {
     v.write_zeroes(BS, BS).await.unwrap();
     v.write_zeroes(10 * BS + 4000, 50).await.unwrap();
     v.flush().await.unwrap();
+    v.fold().await.unwrap();
     assert_eq!(v.read(BS, BS).await.unwrap(), vec![0u8; BS as usize]);
     assert_eq!(v.read(10 * BS + 4000, 100).await.unwrap(), [vec![0u8; 50], vec![9u8; 50]].concat());
     assert_eq!(v.allocated_blocks().await, 3, "of 0, 1, 2 and 10, block 1 released");
@@ -150,43 +159,56 @@ async fn volume_engine_on_a_replicated_pool() {
     let v = Volume::open(s.meta.clone(), chunks.clone(), id, g, 1).await.unwrap();
     assert!(v.read(0, g.capacity).await.unwrap() == model, "re-attached volume differs from the model");
 
-    // Frozen (a snapshot being cut): a flush waits for the thaw; the block map copied while
-    // frozen is the state before that flush, sharing its chunks.
+    // Frozen (a snapshot being cut): a fold waits for the thaw; the block map copied while
+    // frozen, with the journal's unfolded records laid over it, is the state before that fold
+    // (what was flushed), sharing its chunks.
+    let half = rng.gen_range(0..g.capacity / 2);
+    v.fold().await.unwrap();
+    let buf: Vec<u8> = (0..3 * BS).map(|_| rng.r#gen()).collect();
+    v.write(half, &buf).await.unwrap();
+    model[half as usize..(half + 3 * BS) as usize].copy_from_slice(&buf);
+    v.flush().await.unwrap(); // in the journal only
     volume_engine::freeze(&s.meta, id).await.unwrap();
-    v.write(5 * BS, &[3u8; 4096]).await.unwrap();
-    let flush = tokio::spawn({
+    v.write(5 * BS, &[3u8; 4096]).await.unwrap(); // not flushed: not in the copy
+    let fold = tokio::spawn({
         let v = std::sync::Arc::new(v);
         let v2 = v.clone();
         async move {
-            v2.flush().await.unwrap();
+            v2.fold().await.unwrap();
             v2
         }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!flush.is_finished(), "a flush must wait while the volume is frozen");
+    assert!(!fold.is_finished(), "a fold must wait while the volume is frozen");
     let snap = "blk-00000000000000000000000000000002";
-    let copied = volume_engine::copy_map(&s.meta, id, snap).await.unwrap();
+    volume_engine::copy_map(&s.meta, id, snap).await.unwrap();
+    let laid = volume_engine::copy_journal(&s.meta, &chunks, id, snap, BS).await.unwrap();
+    assert!(laid >= 3, "the unfolded write lands on 3 or 4 blocks of the copy: {laid}");
     volume_engine::thaw(&s.meta, id).await.unwrap();
-    let v = std::sync::Arc::try_unwrap(flush.await.unwrap()).ok().unwrap();
+    let v = std::sync::Arc::try_unwrap(fold.await.unwrap()).ok().unwrap();
     assert_eq!(v.read(5 * BS, 4096).await.unwrap(), vec![3u8; 4096]);
     publish(&s.meta, snap, 1).await;
     let sv = Volume::open(s.meta.clone(), chunks.clone(), snap, g, 1).await.unwrap();
-    assert_eq!(sv.allocated_blocks().await, copied);
+    let copied = sv.allocated_blocks().await;
     assert!(sv.read(0, g.capacity).await.unwrap() == model, "the copy is the state at the freeze");
     model[(5 * BS) as usize..(5 * BS + 4096) as usize].fill(3);
 
-    // Published elsewhere (generation 2): the old attachment can no longer commit, and cannot
-    // re-attach at its generation; the new one sees everything flushed.
+    // Published elsewhere (generation 2): once the new attachment sealed the journal, the old
+    // one can neither append nor fold, and cannot re-attach at its generation; the new one
+    // sees everything flushed.
+    v.flush().await.unwrap();
     publish(&s.meta, id, 2).await;
+    let v2 = Volume::open(s.meta.clone(), chunks.clone(), id, g, 2).await.unwrap();
     v.write(0, &[1u8; 10]).await.unwrap();
     assert!(matches!(v.flush().await, Err(EngineError::Fenced { .. })));
     assert!(matches!(v.write(0, &[1u8; 10]).await, Err(EngineError::Fenced { .. })));
+    assert!(matches!(v.fold().await, Err(EngineError::Fenced { .. })));
     assert!(matches!(
         Volume::open(s.meta.clone(), chunks.clone(), id, g, 1).await,
         Err(EngineError::Fenced { current: Some(2), .. })
     ));
-    let v2 = Volume::open(s.meta.clone(), chunks.clone(), id, g, 2).await.unwrap();
     assert!(v2.read(0, g.capacity).await.unwrap() == model, "the fenced write must not show");
+    v2.fold().await.unwrap();
 
     // Deleting the volume's data drops its map and every chunk reference.
     let held = v2.allocated_blocks().await;
@@ -214,6 +236,7 @@ async fn volume_engine_flushes_many_replaced_blocks() {
         let data: Vec<u8> = (0..g.capacity).map(|i| ((i / BS) % 251) as u8 + round).collect();
         v.write(0, &data).await.unwrap();
         v.flush().await.unwrap();
+        v.fold().await.unwrap();
         assert_eq!(v.read(0, g.capacity).await.unwrap(), data, "round {round}");
         assert_eq!(refs_of(&s.meta, id).await, blocks as usize, "one reference per block, round {round}");
     }
@@ -234,7 +257,7 @@ async fn read_cache_serves_recent_blocks_without_the_pool() {
         publish(&s.meta, id, 1).await;
         let v = Volume::open(s.meta.clone(), chunks.clone(), id, g, 1).await.unwrap();
         v.write(0, &data).await.unwrap();
-        v.flush().await.unwrap();
+        v.close().await.unwrap(); // flushed and folded: nothing left in the journal
     }
     // Re-attached: the cache (room for 4 blocks) starts empty; read blocks 0..4 through it.
     let cached =

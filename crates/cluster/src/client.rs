@@ -264,7 +264,7 @@ impl ChunkClient {
         Ok(counts)
     }
 
-    async fn conn(&self, addr: &str) -> Result<NodeClient, ClientError> {
+    pub(crate) async fn conn(&self, addr: &str) -> Result<NodeClient, ClientError> {
         if let Some(c) = self.inner.conns.lock().expect("conns lock").get(addr) {
             return Ok(c.clone());
         }

@@ -20,6 +20,9 @@ pub enum ClusterError {
     /// Not enough storage nodes could be reached.
     #[error("{0}")]
     Unavailable(String),
+    /// A newer writer took over (a journal sealed at a newer epoch).
+    #[error("{0}")]
+    Fenced(String),
 }
 
 impl ClusterError {
@@ -30,7 +33,9 @@ impl ClusterError {
         match self {
             ClusterError::Unavailable(_) => true,
             ClusterError::Meta(e) => e.is_transient(),
-            ClusterError::Config(_) | ClusterError::NotFound(_) | ClusterError::Stale(_) => false,
+            ClusterError::Config(_) | ClusterError::NotFound(_) | ClusterError::Stale(_) | ClusterError::Fenced(_) => {
+                false
+            }
         }
     }
 }

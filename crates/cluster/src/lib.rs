@@ -6,6 +6,7 @@ mod client;
 mod error;
 pub mod gc;
 pub mod io_retry;
+pub mod journal;
 pub mod nodemap;
 pub mod refs;
 pub mod read_cache;

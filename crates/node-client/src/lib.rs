@@ -22,6 +22,17 @@ pub const STREAM_PIECE: usize = 1 << 20;
 pub const STREAM_WINDOW: u32 = 8 << 20;
 /// HTTP/2 flow-control window per connection (many streams share one connection).
 pub const CONNECTION_WINDOW: u32 = 64 << 20;
+/// The largest payload of one journal record (whatever the node's `max_chunk_size`).
+pub const JOURNAL_MAX_PAYLOAD: usize = 4 << 20;
+/// The most a JournalRead answer carries: payload plus [`JOURNAL_RECORD_OVERHEAD`] per record,
+/// except that a first record larger than that comes alone.
+pub const JOURNAL_READ_MAX: usize = 4 << 20;
+/// What a journal record costs a JournalRead answer beyond its payload (its encoded seq, epoch,
+/// tags and lengths), counted against [`JOURNAL_READ_MAX`].
+pub const JOURNAL_RECORD_OVERHEAD: usize = 32;
+/// The largest answer this client decodes: a JournalRead page (one largest record, or
+/// [`JOURNAL_READ_MAX`] of them) or two stream pieces, with room to spare.
+const MAX_DECODED_MESSAGE: usize = JOURNAL_READ_MAX + 2 * STREAM_PIECE;
 
 /// Who puts a chunk: a writer that may later [release](NodeClient::release) it, and the number of
 /// the batch the put belongs to (non-decreasing per writer). The default, id 0, is anonymous:
@@ -120,7 +131,7 @@ impl NodeClient {
         })
         .await
         .map_err(|reason| ClientError::Connect { endpoint: url.clone(), reason })?;
-        let inner = ChunkStoreClient::new(channel.clone()).max_decoding_message_size(2 * STREAM_PIECE + 4096);
+        let inner = ChunkStoreClient::new(channel.clone()).max_decoding_message_size(MAX_DECODED_MESSAGE);
         Ok(NodeClient { endpoint: url, channel, inner, verify_reads })
     }
 
@@ -217,7 +228,8 @@ impl NodeClient {
     ) -> Result<(u64, Bytes, Option<Vec<Cv>>), ClientError> {
         let g = GROUP as u64;
         let (from, to) = (off / g * g, off.saturating_add(len).next_multiple_of(g));
-        let req = pb::GetRangeRequest { hash: hash.0.to_vec(), offset: from, length: to - from, want_cvs: cvs.is_none() };
+        let req =
+            pb::GetRangeRequest { hash: hash.0.to_vec(), offset: from, length: to - from, want_cvs: cvs.is_none() };
         let mut c = self.inner.clone();
         let r = c.get_range(req).await.map_err(|s| self.rpc(s))?.into_inner();
         let bad = || ClientError::BadData { endpoint: self.endpoint.clone(), hash: *hash };
@@ -333,6 +345,61 @@ impl NodeClient {
     pub async fn gc(&self) -> Result<pb::GcResponse, ClientError> {
         let mut c = self.inner.clone();
         c.gc(pb::GcRequest {}).await.map(|r| r.into_inner()).map_err(|s| self.rpc(s))
+    }
+
+    /// Appends one record to `journal` (fsynced on the node when this returns); the journal's highest seq.
+    ///
+    /// A record whose seq the journal holds replaces it. FAILED_PRECONDITION when the journal is
+    /// sealed at a higher epoch, or `seq` is at or below its trim point; INVALID_ARGUMENT for a
+    /// bad name, an empty payload or one over [`JOURNAL_MAX_PAYLOAD`].
+    pub async fn journal_append(
+        &self,
+        journal: &str,
+        epoch: u64,
+        seq: u64,
+        payload: Bytes,
+    ) -> Result<u64, ClientError> {
+        let mut c = self.inner.clone();
+        let req = pb::JournalAppendRequest { journal: journal.to_string(), epoch, seq, payload };
+        c.journal_append(req).await.map(|r| r.into_inner().last_seq).map_err(|s| self.rpc(s))
+    }
+
+    /// Every record of `journal` with seq > `after_seq`, in seq order (pages through JournalRead), and the journal's epoch.
+    ///
+    /// A journal the node never held reads as no records at epoch 0. DATA_LOSS when a record
+    /// the node holds fails its checksum.
+    pub async fn journal_read(
+        &self,
+        journal: &str,
+        after_seq: u64,
+    ) -> Result<(Vec<pb::JournalRecord>, u64), ClientError> {
+        let mut c = self.inner.clone();
+        let mut records = Vec::new();
+        let mut after = after_seq;
+        loop {
+            let req = pb::JournalReadRequest { journal: journal.to_string(), after_seq: after, max_bytes: 0 };
+            let page = c.journal_read(req).await.map_err(|s| self.rpc(s))?.into_inner();
+            let last = page.records.last().map(|r| r.seq);
+            records.extend(page.records);
+            match last {
+                Some(seq) if page.more => after = seq,
+                _ => return Ok((records, page.epoch)),
+            }
+        }
+    }
+
+    /// Forgets records <= `upto_seq` (or the whole journal with `drop`); bytes reclaimed.
+    pub async fn journal_trim(&self, journal: &str, upto_seq: u64, drop: bool) -> Result<u64, ClientError> {
+        let mut c = self.inner.clone();
+        let req = pb::JournalTrimRequest { journal: journal.to_string(), upto_seq, drop };
+        c.journal_trim(req).await.map(|r| r.into_inner().reclaimed_bytes).map_err(|s| self.rpc(s))
+    }
+
+    /// Raises the journal's epoch to at least `epoch`; its state.
+    pub async fn journal_seal(&self, journal: &str, epoch: u64) -> Result<pb::JournalSealResponse, ClientError> {
+        let mut c = self.inner.clone();
+        let req = pb::JournalSealRequest { journal: journal.to_string(), epoch };
+        c.journal_seal(req).await.map(|r| r.into_inner()).map_err(|s| self.rpc(s))
     }
 }
 

@@ -3,6 +3,8 @@
 use chunk_engine::ChunkError;
 use tonic::{Code, Status};
 
+use crate::journal::JournalError;
+
 /// What can stop a storage node or fail a request.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -30,6 +32,9 @@ pub enum NodeError {
     /// A request was malformed.
     #[error("{0}")]
     BadRequest(String),
+    /// A journal operation failed.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
 }
 
 /// The gRPC code for each chunk-engine error.
@@ -46,11 +51,23 @@ pub fn chunk_error_code(e: &ChunkError) -> Code {
     }
 }
 
+/// The gRPC code for each journal error. FAILED_PRECONDITION only for a writer that must stop
+/// (sealed at a newer epoch) or a record already trimmed.
+pub fn journal_error_code(e: &JournalError) -> Code {
+    match e {
+        JournalError::Invalid(_) => Code::InvalidArgument,
+        JournalError::Sealed { .. } | JournalError::Trimmed { .. } => Code::FailedPrecondition,
+        JournalError::Corrupt(_) => Code::DataLoss,
+        JournalError::Format(_) | JournalError::Io { .. } => Code::Internal,
+    }
+}
+
 impl From<NodeError> for Status {
     fn from(e: NodeError) -> Status {
         match &e {
             NodeError::Engine(c) => Status::new(chunk_error_code(c), c.to_string()),
             NodeError::BadRequest(m) => Status::invalid_argument(m.clone()),
+            NodeError::Journal(j) => Status::new(journal_error_code(j), j.to_string()),
             NodeError::Config(_) | NodeError::Bind { .. } | NodeError::Http(_) | NodeError::Serve(_) => {
                 Status::internal(e.to_string())
             }

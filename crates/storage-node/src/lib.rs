@@ -1,9 +1,10 @@
-//! The storage-node daemon: a [`chunk_engine::ChunkEngine`] served over gRPC
-//! (`cairn.chunk.v1.ChunkStore`), with `/metrics`, `/healthz`, background GC and clean
+//! The storage-node daemon: a [`chunk_engine::ChunkEngine`] and the volumes' write journals
+//! ([`JournalStore`]) served over gRPC (`cairn.chunk.v1.ChunkStore`), with `/metrics`, `/healthz`, background GC and clean
 //! shutdown. The client side lives in the `node-client` crate.
 
 mod config;
 mod error;
+mod journal;
 mod metrics;
 mod pool_gc;
 mod put_tracker;
@@ -23,7 +24,8 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 pub use config::{NodeArgs, NodeConfig};
-pub use error::{NodeError, chunk_error_code};
+pub use error::{NodeError, chunk_error_code, journal_error_code};
+pub use journal::{JournalError, JournalStats, JournalStore};
 pub use metrics::NodeMetrics;
 pub use pool_gc::PoolGcStats;
 pub use put_tracker::PutTracker;
@@ -65,6 +67,11 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     let engine = tokio::task::spawn_blocking(move || ChunkEngine::open(engine_cfg))
         .await
         .map_err(|e| NodeError::Serve(format!("engine open task: {e}")))??;
+    let data_dir = cfg.data_dir.clone();
+    let journals = tokio::task::spawn_blocking(move || JournalStore::open(&data_dir, journal::DEFAULT_SEGMENT_LIMIT))
+        .await
+        .map_err(|e| NodeError::Serve(format!("journal store open task: {e}")))??;
+    let journals = Arc::new(journals);
     let repair_stats = Arc::new(RepairStats::default());
     let pool_gc_stats = Arc::new(PoolGcStats::default());
     // Put history for pool GC, kept from the start (a sweep needs it to reach back a window).
@@ -73,8 +80,15 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         tracker.complete_from_start(); // a new (or emptied) node: no put awaits a reference
     }
     let metrics = Arc::new(
-        NodeMetrics::new(engine.clone(), repair_stats.clone(), pool_gc_stats.clone(), tracker.clone(), &cfg.node_id)
-            .map_err(|e| NodeError::Serve(e.to_string()))?,
+        NodeMetrics::new(
+            engine.clone(),
+            repair_stats.clone(),
+            pool_gc_stats.clone(),
+            tracker.clone(),
+            journals.stats(),
+            &cfg.node_id,
+        )
+        .map_err(|e| NodeError::Serve(e.to_string()))?,
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -105,8 +119,10 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     });
     // Set by segment GC while dead space runs ahead of it; puts are held back meanwhile.
     let (stall, stalled) = watch::channel(false);
-    let service = ChunkService::new(engine.clone(), metrics.clone(), tracker.clone(), releaser, stalled);
-    let max_msg = engine.config().max_chunk_size as usize + 2 * node_client::STREAM_PIECE;
+    let service = ChunkService::new(engine.clone(), journals, metrics.clone(), tracker.clone(), releaser, stalled);
+    // A whole chunk, or a whole journal record, in one message.
+    let max_msg =
+        (engine.config().max_chunk_size as usize).max(node_client::JOURNAL_MAX_PAYLOAD) + 2 * node_client::STREAM_PIECE;
     // Windows and frames sized for whole chunks in flight (see node_client), on both listeners.
     let server = || {
         Server::builder()

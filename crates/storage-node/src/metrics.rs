@@ -1,11 +1,12 @@
-//! Prometheus metrics of a storage node: engine figures read at scrape time, RPC counts and latencies.
+//! Prometheus metrics of a storage node: engine and journal figures read at scrape time, RPC
+//! counts and latencies.
 
 use std::sync::Arc;
 
 use chunk_engine::{ChunkEngine, EngineStats};
 use cluster::RepairProgress;
 
-use crate::{PoolGcStats, PutTracker, RepairStats};
+use crate::{JournalStats, PoolGcStats, PutTracker, RepairStats};
 use daemon_kit::metrics::{RpcMetrics, ScrapeCollector};
 use prometheus::Registry;
 use std::sync::atomic::Ordering;
@@ -25,6 +26,7 @@ impl NodeMetrics {
         repair: Arc<RepairStats>,
         pool_gc: Arc<PoolGcStats>,
         tracker: Arc<PutTracker>,
+        journals: Arc<JournalStats>,
         node_id: &str,
     ) -> prometheus::Result<Self> {
         let registry = Registry::new();
@@ -126,8 +128,51 @@ impl NodeMetrics {
                 |p| p.release_held as f64,
             )?;
         registry.register(Box::new(pool_gc_series))?;
+        let journal_series = ScrapeCollector::<JournalFigures>::new(move || JournalFigures::read(&journals))
+            .counter("cairn_node_journal_appends_total", "Journal records appended (fsynced)", |j| j.appends as f64)?
+            .counter("cairn_node_journal_appended_bytes_total", "Payload bytes of those records", |j| {
+                j.appended_bytes as f64
+            })?
+            .counter("cairn_node_journal_trims_total", "Journal trims and drops", |j| j.trims as f64)?
+            .counter(
+                "cairn_node_journal_reclaimed_bytes_total",
+                "Bytes of journal files removed by trims and drops",
+                |j| j.reclaimed_bytes as f64,
+            )?
+            .counter(
+                "cairn_node_journal_corrupt_records_total",
+                "Journal records found damaged when their journal was loaded (skipped, never returned)",
+                |j| j.corrupt_records as f64,
+            )?
+            .gauge("cairn_node_journal_bytes", "Bytes in journal segment files", |j| j.held_bytes as f64)?;
+        registry.register(Box::new(journal_series))?;
         let rpc = RpcMetrics::register(&registry, "cairn_node")?;
         Ok(NodeMetrics { registry, rpc })
+    }
+}
+
+/// A copy of the journal figures at scrape time.
+#[derive(Clone, Default)]
+struct JournalFigures {
+    appends: u64,
+    appended_bytes: u64,
+    trims: u64,
+    reclaimed_bytes: u64,
+    corrupt_records: u64,
+    held_bytes: u64,
+}
+
+impl JournalFigures {
+    fn read(s: &JournalStats) -> Self {
+        let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        JournalFigures {
+            appends: r(&s.appends),
+            appended_bytes: r(&s.appended_bytes),
+            trims: r(&s.trims),
+            reclaimed_bytes: r(&s.reclaimed_bytes),
+            corrupt_records: r(&s.corrupt_records),
+            held_bytes: r(&s.held_bytes),
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! The `cairn.chunk.v1.ChunkStore` gRPC service over a [`ChunkEngine`].
+//! The `cairn.chunk.v1.ChunkStore` gRPC service over a [`ChunkEngine`] and a [`JournalStore`].
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::NodeError;
 use crate::PutTracker;
+use crate::journal::{JournalError, JournalStore};
 use crate::metrics::NodeMetrics;
 
 use node_client::STREAM_PIECE;
@@ -26,6 +27,7 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 #[derive(Clone)]
 pub struct ChunkService {
     engine: Arc<ChunkEngine>,
+    journals: Arc<JournalStore>,
     metrics: Arc<NodeMetrics>,
     tracker: Arc<PutTracker>,
     /// Present when the node is in a pool (a metadata service holds the reference keys).
@@ -59,15 +61,17 @@ fn state(hash: ChunkHash, info: Option<ChunkInfo>) -> pb::ChunkState {
 }
 
 impl ChunkService {
-    /// Serves `engine`, recording into `metrics` and noting puts in `tracker` for pool GC.
+    /// Serves `engine` and `journals`, recording into `metrics` and noting puts in `tracker` for
+    /// pool GC.
     pub fn new(
         engine: Arc<ChunkEngine>,
+        journals: Arc<JournalStore>,
         metrics: Arc<NodeMetrics>,
         tracker: Arc<PutTracker>,
         releaser: Option<Arc<crate::release::Releaser>>,
         stall: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
-        ChunkService { engine, metrics, tracker, releaser, stall }
+        ChunkService { engine, journals, metrics, tracker, releaser, stall }
     }
 
     /// Runs blocking engine work off the async threads, records the request, maps errors.
@@ -81,6 +85,22 @@ impl ChunkService {
         let res = match tokio::task::spawn_blocking(move || work(&engine)).await {
             Ok(r) => r.map_err(status),
             Err(e) => Err(Status::internal(format!("engine task failed: {e}"))),
+        };
+        self.metrics.rpc.observe_result(method, started, &res);
+        res
+    }
+
+    /// Runs blocking journal work off the async threads, records the request, maps errors.
+    async fn journal<T: Send + 'static>(
+        &self,
+        method: &str,
+        started: Instant,
+        work: impl FnOnce(&JournalStore) -> Result<T, JournalError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let journals = self.journals.clone();
+        let res = match tokio::task::spawn_blocking(move || work(&journals)).await {
+            Ok(r) => r.map_err(|e| Status::from(NodeError::Journal(e))),
+            Err(e) => Err(Status::internal(format!("journal task failed: {e}"))),
         };
         self.metrics.rpc.observe_result(method, started, &res);
         res
@@ -357,6 +377,58 @@ impl ChunkStore for ChunkService {
         let res = self.release_call(req.into_inner()).await;
         self.metrics.rpc.observe_result("Release", started, &res);
         res.map(Response::new)
+    }
+
+    async fn journal_append(
+        &self,
+        req: Request<pb::JournalAppendRequest>,
+    ) -> Result<Response<pb::JournalAppendResponse>, Status> {
+        let started = Instant::now();
+        let pb::JournalAppendRequest { journal, epoch, seq, payload } = req.into_inner();
+        let last_seq =
+            self.journal("JournalAppend", started, move |j| j.append(&journal, epoch, seq, &payload)).await?;
+        Ok(Response::new(pb::JournalAppendResponse { last_seq }))
+    }
+
+    async fn journal_read(
+        &self,
+        req: Request<pb::JournalReadRequest>,
+    ) -> Result<Response<pb::JournalReadResponse>, Status> {
+        let started = Instant::now();
+        let pb::JournalReadRequest { journal, after_seq, max_bytes } = req.into_inner();
+        let page = self.journal("JournalRead", started, move |j| j.read(&journal, after_seq, max_bytes)).await?;
+        let records = page
+            .records
+            .into_iter()
+            .map(|r| pb::JournalRecord { seq: r.seq, epoch: r.epoch, payload: r.payload })
+            .collect();
+        Ok(Response::new(pb::JournalReadResponse { records, more: page.more, epoch: page.epoch }))
+    }
+
+    async fn journal_trim(
+        &self,
+        req: Request<pb::JournalTrimRequest>,
+    ) -> Result<Response<pb::JournalTrimResponse>, Status> {
+        let started = Instant::now();
+        let pb::JournalTrimRequest { journal, upto_seq, drop } = req.into_inner();
+        let reclaimed_bytes = self.journal("JournalTrim", started, move |j| j.trim(&journal, upto_seq, drop)).await?;
+        Ok(Response::new(pb::JournalTrimResponse { reclaimed_bytes }))
+    }
+
+    async fn journal_seal(
+        &self,
+        req: Request<pb::JournalSealRequest>,
+    ) -> Result<Response<pb::JournalSealResponse>, Status> {
+        let started = Instant::now();
+        let pb::JournalSealRequest { journal, epoch } = req.into_inner();
+        let s = self.journal("JournalSeal", started, move |j| j.seal(&journal, epoch)).await?;
+        Ok(Response::new(pb::JournalSealResponse {
+            epoch: s.epoch,
+            last_seq: s.last_seq,
+            trimmed_upto: s.trimmed_upto,
+            records: s.records,
+            bytes: s.bytes,
+        }))
     }
 
     async fn gc(&self, _req: Request<pb::GcRequest>) -> Result<Response<pb::GcResponse>, Status> {

@@ -3,6 +3,7 @@
 //! ```text
 //! vol/gen/<volume id>                  fencing generation (decimal): only an attachment at it commits
 //! vol/freeze/<volume id>               present while a snapshot is cut: commits wait (value: expiry, ms)
+//! vol/journal/<volume id>              where the volume's write journal is, how far it is folded (JSON)
 //! vol/map/<volume id>/<index:016x>     chunk hash (hex) of a block that holds data
 //! cluster/refs/<chunk>/vol:<id>:<idx>  the block's chunk reference (cluster::refs)
 //! ```
@@ -17,6 +18,10 @@ pub fn generation_key(id: &str) -> Vec<u8> {
 
 pub fn freeze_key(id: &str) -> Vec<u8> {
     format!("vol/freeze/{id}").into_bytes()
+}
+
+pub fn journal_key(id: &str) -> Vec<u8> {
+    format!("vol/journal/{id}").into_bytes()
 }
 
 pub fn map_prefix(id: &str) -> Vec<u8> {

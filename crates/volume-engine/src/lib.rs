@@ -1,26 +1,35 @@
 //! The block volume engine, run on the node a volume is attached to. A volume is `capacity`
 //! bytes cut into blocks of `block_size`; each block ever written is one content-hashed chunk in
-//! the pool, put through a [`ChunkClient`] with the volume's replica count (acknowledged once
-//! every placed replica that answered made it durable, never with fewer than the volume's
-//! minimum), and read back verified. Never-written and trimmed blocks hold no chunk (thin).
+//! the pool, put through a [`ChunkClient`] with the volume's replica count, and read back
+//! verified. Never-written and trimmed blocks hold no chunk (thin).
 //!
-//! Writes land in a dirty set in memory, like a disk's volatile write cache; [`Volume::flush`]
-//! puts the dirty blocks as chunks and commits their block-map entries (with their chunk
-//! references) to the metadata service in transactions conditioned on the volume's fencing
-//! generation. A flush is acknowledged only after that commit, so what a flush acknowledged
-//! survives the loss of this node; an attachment whose generation was superseded (the volume
-//! was published elsewhere) can no longer commit anything. While a snapshot or clone is cut the
-//! volume is frozen ([`freeze`]): commits wait, so the copied block map ([`copy_map`]) is the
-//! state a crash at that moment would leave.
+//! Writes land in memory as byte extents over their blocks ([`overlay`]), nothing read first.
+//! [`Volume::flush`] appends the writes since the last flush, in order, to the volume's
+//! **write journal**: a log on R storage nodes, acknowledged once the volume's minimum of them
+//! have it fsynced (see [`cluster::journal`]). A flush is acknowledged only then, so what it
+//! acknowledged survives the loss of this node. In the background a **fold** ([`fold`]) turns
+//! the unfolded extents into content-hashed chunks (each block's chunk read once, patched, put)
+//! and commits the block map in large batches with the journal's folded point, in transactions
+//! conditioned on the volume's fencing generation; the journal then forgets what was folded.
+//! An attachment seals the journal at its generation before it replays it ([`journal`]), so a
+//! superseded attachment can neither append nor commit. While a snapshot or clone is cut the
+//! volume is frozen ([`freeze`]): folds wait, so the copied block map plus the journal's
+//! unfolded records ([`snapshot_blocks`]) are the state a crash at that moment would leave.
 
 mod error;
+mod fold;
+pub mod journal;
 pub mod keys;
+pub mod overlay;
+pub mod record;
 
 pub use cluster::read_cache::{ReadCache, ReadCacheStats};
+pub use journal::{copy_journal, delete_journal, snapshot_blocks};
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chunk_engine::ChunkHash;
@@ -31,26 +40,55 @@ use metadata_client::{MetaClient, Txn};
 use tokio::sync::{Mutex, RwLock};
 
 pub use error::{EngineError, Result};
+use overlay::Overlay;
+use record::{JournalState, WriteOp};
 
-/// Most blocks one block-map transaction commits. A flushed block that replaced another takes
+/// Most blocks one block-map transaction commits. A folded block that replaced another takes
 /// three operations (its map entry, the old chunk's reference removed, the new one's added); the
 /// metadata service takes at most 256 per transaction.
 const BLOCKS_PER_TXN: usize = 64;
-/// Unflushed bytes past which a write waits for a flush (the write cache's size).
+/// Unfolded bytes past which a write waits for a fold (the write cache's size).
 pub const MAX_DIRTY_BYTES: u64 = 256 << 20;
-/// Unflushed bytes past which [`Volume::writeback`] starts a flush in the background, so
-/// flushing overlaps writing and writers seldom wait at `MAX_DIRTY_BYTES`.
+/// Unjournaled bytes past which [`Volume::writeback`] appends them to the journal in the
+/// background, so flushes find little left to send.
 pub const WRITEBACK_BYTES: u64 = 32 << 20;
-/// Block-map transactions in flight during a flush.
+/// Unfolded bytes past which [`Volume::writeback`] folds in the background.
+pub const FOLD_BYTES: u64 = 64 << 20;
+/// A volume with no write for this long has its unfolded writes folded.
+pub const FOLD_IDLE: Duration = Duration::from_secs(2);
+/// How long unfolded writes wait at most before a background fold takes them (busy or not).
+pub const FOLD_MAX_AGE: Duration = Duration::from_secs(30);
+/// Block-map transactions in flight during a fold.
 const TXNS_IN_FLIGHT: usize = 8;
-/// Chunk puts in flight during a flush.
+/// Chunk puts (and reads) in flight during a fold.
 const FLUSH_DEPTH: usize = 32;
+/// Journal records in flight during a flush.
+const APPENDS_IN_FLIGHT: usize = 4;
 
 /// The shape of a volume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Geometry {
     pub capacity: u64,
     pub block_size: u64,
+}
+
+/// What is in memory beside the committed map.
+#[derive(Default)]
+struct State {
+    /// Every write not yet folded (journaled or not).
+    overlay: Overlay,
+    /// Writes not yet appended to the journal, in order.
+    pending: Vec<WriteOp>,
+    pending_bytes: u64,
+    /// The last write's stamp.
+    stamp: u64,
+    /// The last journal seq given to a record.
+    seq: u64,
+    /// When the last write came, and the first write not folded yet.
+    last_write: Option<Instant>,
+    unfolded_since: Option<Instant>,
+    /// The last seq whose append has returned (so a trim up to it races no append).
+    appended: u64,
 }
 
 /// One attached volume.
@@ -62,32 +100,38 @@ pub struct Volume {
     generation: u64,
     /// Committed block map: block index → chunk.
     map: RwLock<HashMap<u64, ChunkHash>>,
-    /// Blocks written since the last flush began (None: trimmed to zeros).
-    dirty: Mutex<BTreeMap<u64, Option<Bytes>>>,
-    /// Blocks a running flush is committing; readable until it ends.
-    flushing: RwLock<Arc<BTreeMap<u64, Option<Bytes>>>>,
-    /// One flush at a time.
+    /// Unfolded and unjournaled writes (locked before `map` when both are).
+    state: Mutex<State>,
+    /// The journal and its state record as last committed.
+    journal: RwLock<cluster::journal::Journal>,
+    jstate: Mutex<JournalState>,
+    /// One flush (journal append batch) at a time.
     flush_lock: Mutex<()>,
-    /// Counts dirty sets taken by flushes (a read-modify-write checks it did not miss one).
-    taken: AtomicU64,
-    /// Set once a commit found another generation: nothing more is written.
-    fenced: std::sync::atomic::AtomicBool,
-    /// Woken when the dirty set passes `WRITEBACK_BYTES`.
+    /// One fold at a time.
+    fold_lock: Mutex<()>,
+    /// Set when a journal replica failed an append or is gone: the journal moves after a fold.
+    relocate: AtomicBool,
+    /// Journal replicas that failed an append since the journal last moved.
+    failed_replicas: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Set once a commit or append found another generation: nothing more is written.
+    fenced: AtomicBool,
+    /// Wakes [`Self::writeback`].
     pressure: tokio::sync::Notify,
     /// How long reads, writes and flushes retry transient failures (none unless set).
     retry: IoRetry,
     /// This attachment's writer id: its puts carry it, so it can release the chunks it
     /// replaces at once (see [`ChunkClient::release`]).
     writer: u64,
-    /// Flushes begun; each flush's puts carry its number.
-    flushes: AtomicU64,
-    /// Chunk contents recently read or flushed (none unless set).
+    /// Folds begun; each fold's puts carry its number.
+    folds: AtomicU64,
+    /// Chunk contents recently read or folded (none unless set).
     cache: ReadCache,
 }
 
 impl Volume {
     /// Attaches volume `id` at fencing `generation` (the one its publication wrote with
-    /// [`set_generation`]) and loads its block map. `chunks` must be configured with the
+    /// [`set_generation`]), loads its block map, seals its journal at `generation` and replays
+    /// what the journal holds past its folded point. `chunks` must be configured with the
     /// volume's replicas and minimum.
     pub async fn open(
         meta: MetaClient,
@@ -121,7 +165,31 @@ impl Volume {
                 None => break,
             }
         }
-        tracing::info!(volume = id, blocks = map.len(), generation, "volume attached");
+        let jstate = journal::attach_state(&meta, &chunks, id, generation).await?;
+        let jr = cluster::journal::Journal::new(chunks.clone(), &jstate.name, jstate.nodes.clone(), generation);
+        let entries = jr.seal(jstate.folded).await.map_err(|e| fenced_or(e, id, generation))?;
+        let mut state = State { seq: jstate.folded, appended: jstate.folded, ..State::default() };
+        let mut replayed = 0usize;
+        for e in &entries {
+            for op in record::decode(&e.payload)? {
+                Self::check_range(&geometry, op.offset, op.len)?;
+                state.stamp += 1;
+                lay(&mut state.overlay, geometry.block_size, &op, state.stamp);
+                replayed += 1;
+            }
+            state.seq = state.seq.max(e.seq);
+        }
+        state.appended = state.seq;
+        let relocate = jstate.nodes.iter().any(|n| !chunks.node_up(n));
+        tracing::info!(
+            volume = id,
+            blocks = map.len(),
+            generation,
+            journal = %jstate.name,
+            records = entries.len(),
+            replayed,
+            "volume attached"
+        );
         Ok(Volume {
             meta,
             chunks,
@@ -129,20 +197,23 @@ impl Volume {
             geometry: RwLock::new(geometry),
             generation,
             map: RwLock::new(map),
-            dirty: Mutex::new(BTreeMap::new()),
-            flushing: RwLock::new(Arc::new(BTreeMap::new())),
+            state: Mutex::new(state),
+            journal: RwLock::new(jr),
+            jstate: Mutex::new(jstate),
             flush_lock: Mutex::new(()),
-            taken: AtomicU64::new(0),
-            fenced: std::sync::atomic::AtomicBool::new(false),
+            fold_lock: Mutex::new(()),
+            relocate: AtomicBool::new(relocate),
+            failed_replicas: Default::default(),
+            fenced: AtomicBool::new(false),
             pressure: tokio::sync::Notify::new(),
             retry: IoRetry::none(),
             writer: cluster::Writer::new_id(),
-            flushes: AtomicU64::new(0),
+            folds: AtomicU64::new(0),
             cache: ReadCache::new(0),
         })
     }
 
-    /// Keeps up to `bytes` of chunk contents in memory: blocks read or flushed recently are
+    /// Keeps up to `bytes` of chunk contents in memory: blocks read or folded recently are
     /// served from there, without a fetch from the pool (see [`ReadCache`]).
     pub fn with_read_cache(mut self, bytes: u64) -> Self {
         self.cache = ReadCache::new(bytes);
@@ -154,8 +225,8 @@ impl Volume {
         self.cache.stats()
     }
 
-    /// Makes reads, writes and flushes retry while they fail transiently (the pool or the
-    /// metadata service unreachable: [`EngineError::is_transient`]) for `retry`'s timeout
+    /// Makes reads, writes, flushes and folds retry while they fail transiently (the pool or
+    /// the metadata service unreachable: [`EngineError::is_transient`]) for `retry`'s timeout
     /// before failing; without it they fail at once.
     pub fn with_io_retry(mut self, retry: IoRetry) -> Self {
         self.retry = retry;
@@ -180,9 +251,14 @@ impl Volume {
         Ok(())
     }
 
-    /// Blocks holding data (committed), for usage reports.
+    /// Blocks holding data in the committed map (folded), for usage reports.
     pub async fn allocated_blocks(&self) -> u64 {
         self.map.read().await.len() as u64
+    }
+
+    /// The journal's name and nodes, and the seq folded up to.
+    pub async fn journal_state(&self) -> JournalState {
+        self.jstate.lock().await.clone()
     }
 
     fn check_range(g: &Geometry, offset: u64, len: u64) -> Result<()> {
@@ -192,67 +268,61 @@ impl Volume {
         Ok(())
     }
 
-    /// The current content of block `idx` (a whole block), zeros when it holds nothing.
-    async fn block(&self, idx: u64, bs: u64) -> Result<Bytes> {
-        if let Some(b) = self.dirty.lock().await.get(&idx) {
-            return Ok(b.clone().unwrap_or_else(|| Bytes::from(vec![0u8; bs as usize])));
-        }
-        if let Some(b) = self.flushing.read().await.get(&idx) {
-            return Ok(b.clone().unwrap_or_else(|| Bytes::from(vec![0u8; bs as usize])));
-        }
-        let hash = self.map.read().await.get(&idx).copied();
-        match hash {
-            None => Ok(Bytes::from(vec![0u8; bs as usize])),
-            Some(h) => {
-                if let Some(d) = self.cache.get(&h) {
-                    return Ok(d);
+    /// Bytes `s..e` of block `idx` as they are now: unfolded extents over the committed chunk,
+    /// which is read only where the extents leave holes (a ranged read when `e - s` is part of
+    /// the block, see [`ChunkClient::get_range`]; a whole, cached read otherwise).
+    async fn block_range(&self, idx: u64, bs: u64, s: u64, e: u64) -> Result<Bytes> {
+        loop {
+            let (pieces, hash) = {
+                let st = self.state.lock().await;
+                let map = self.map.read().await;
+                (st.overlay.pieces(idx, s, e), map.get(&idx).copied())
+            };
+            if overlay::covers(&pieces, s, e) {
+                let mut out = vec![0u8; (e - s) as usize];
+                overlay::apply(&mut out, s, &pieces);
+                return Ok(Bytes::from(out));
+            }
+            let base = match hash {
+                None => Ok(Bytes::from(vec![0u8; (e - s) as usize])),
+                Some(h) => self.chunk_part(idx, &h, bs, s, e).await,
+            };
+            match base {
+                Ok(b) if pieces.is_empty() => return Ok(b),
+                Ok(b) => {
+                    let mut out = b.to_vec();
+                    overlay::apply(&mut out, s, &pieces);
+                    return Ok(Bytes::from(out));
                 }
-                let data = match self.chunks.get(&h).await {
-                    Ok(d) => {
-                        self.cache.insert(h, d.clone());
-                        d
-                    }
-                    // Overwritten meanwhile: its old chunk may be released already; the block
-                    // is now in the dirty or flushing set or the map points elsewhere.
-                    Err(_) if self.moved_on(idx, &h).await => return Box::pin(self.block(idx, bs)).await,
-                    Err(e) => return Err(e.into()),
-                };
-                if data.len() as u64 != bs {
-                    return Err(EngineError::Corrupt(format!("block {idx} of {} is {} bytes", self.id, data.len())));
-                }
-                Ok(data)
+                // Folded meanwhile: its old chunk may be released already; read again.
+                Err(_) if self.map.read().await.get(&idx).copied() != hash => continue,
+                Err(err) => return Err(err),
             }
         }
     }
 
-    /// Bytes `s..e` of block `idx`: from memory when the block is there, else a ranged read
-    /// of its chunk (about `e - s` bytes read and verified, see [`ChunkClient::get_range`]).
-    async fn block_part(&self, idx: u64, bs: u64, s: u64, e: u64) -> Result<Bytes> {
-        let zeros = || Bytes::from(vec![0u8; (e - s) as usize]);
-        if let Some(b) = self.dirty.lock().await.get(&idx) {
-            return Ok(b.as_ref().map_or_else(zeros, |b| b.slice(s as usize..e as usize)));
-        }
-        if let Some(b) = self.flushing.read().await.get(&idx) {
-            return Ok(b.as_ref().map_or_else(zeros, |b| b.slice(s as usize..e as usize)));
-        }
-        let Some(h) = self.map.read().await.get(&idx).copied() else { return Ok(zeros()) };
-        if let Some(d) = self.cache.get(&h) {
+    /// Bytes `s..e` of chunk `h`, block `idx`'s committed content.
+    async fn chunk_part(&self, idx: u64, h: &ChunkHash, bs: u64, s: u64, e: u64) -> Result<Bytes> {
+        if let Some(d) = self.cache.get(h) {
             return Ok(d.slice(s as usize..e as usize));
         }
-        match self.chunks.get_range(&h, s, e - s).await {
-            Ok(d) if d.len() as u64 == e - s => Ok(d),
-            Ok(d) => Err(EngineError::Corrupt(format!("block {idx} of {} is shorter than {bs}: {} of {} bytes at {s}", self.id, d.len(), e - s))),
-            // Overwritten meanwhile (see `block`).
-            Err(_) if self.moved_on(idx, &h).await => Box::pin(self.block_part(idx, bs, s, e)).await,
-            Err(err) => Err(err.into()),
+        if e - s < bs {
+            return match self.chunks.get_range(h, s, e - s).await? {
+                d if d.len() as u64 == e - s => Ok(d),
+                d => Err(EngineError::Corrupt(format!(
+                    "block {idx} of {} is shorter than {bs}: {} of {} bytes at {s}",
+                    self.id,
+                    d.len(),
+                    e - s
+                ))),
+            };
         }
-    }
-
-    /// Whether block `idx` no longer reads from chunk `h` (written or committed since).
-    async fn moved_on(&self, idx: u64, h: &ChunkHash) -> bool {
-        self.dirty.lock().await.contains_key(&idx)
-            || self.flushing.read().await.contains_key(&idx)
-            || self.map.read().await.get(&idx) != Some(h)
+        let data = self.chunks.get(h).await?;
+        if data.len() as u64 != bs {
+            return Err(EngineError::Corrupt(format!("block {idx} of {} is {} bytes", self.id, data.len())));
+        }
+        self.cache.insert(*h, data.clone());
+        Ok(data)
     }
 
     /// Reads `len` bytes at `offset` (retrying transient failures, see [`Self::with_io_retry`]).
@@ -264,84 +334,55 @@ impl Volume {
         let g = self.geometry().await;
         Self::check_range(&g, offset, len)?;
         let bs = g.block_size;
-        let mut out = Vec::with_capacity(len as usize);
         let (first, last) = (offset / bs, (offset + len).div_ceil(bs));
-        if last == first + 1 && len < bs {
-            // Part of one block: read about that part, not the whole block.
-            let s = offset - first * bs;
-            return Ok(self.block_part(first, bs, s, s + len).await?.to_vec());
-        }
-        let blocks: Vec<Bytes> =
-            stream::iter(first..last).map(|i| self.block(i, bs)).buffered(FLUSH_DEPTH).try_collect().await?;
-        for (n, b) in blocks.iter().enumerate() {
-            let base = (first + n as u64) * bs;
+        let parts = stream::iter(first..last).map(|i| {
+            let base = i * bs;
             let s = offset.max(base) - base;
             let e = (offset + len).min(base + bs) - base;
-            out.extend_from_slice(&b[s as usize..e as usize]);
+            self.block_range(i, bs, s, e)
+        });
+        let parts: Vec<Bytes> = parts.buffered(FLUSH_DEPTH).try_collect().await?;
+        if parts.len() == 1 {
+            return Ok(parts.into_iter().next().expect("one part").to_vec());
+        }
+        let mut out = Vec::with_capacity(len as usize);
+        for p in &parts {
+            out.extend_from_slice(p);
         }
         Ok(out)
     }
 
-    /// Writes `data` at `offset` (into the dirty set; durable after the next flush). `None`
-    /// data (with `len`) writes zeros: trim and write-zeroes.
+    /// Writes `data` at `offset` (into memory and the next flush's records). `None` data (with
+    /// `len`) writes zeros: trim and write-zeroes.
     async fn put_range(&self, offset: u64, len: u64, data: Option<&[u8]>) -> Result<()> {
         self.check_fence()?;
         let g = self.geometry().await;
         Self::check_range(&g, offset, len)?;
-        let bs = g.block_size;
-        let mut pos = offset;
-        while pos < offset + len {
-            let idx = pos / bs;
-            let base = idx * bs;
-            let s = pos - base;
-            let e = (offset + len).min(base + bs) - base;
-            let piece = data.map(|d| &d[(pos - offset) as usize..(pos - offset + e - s) as usize]);
-            let whole = s == 0 && e == bs;
-            let patch = |cur: &mut Vec<u8>| match piece {
-                Some(p) => cur[s as usize..e as usize].copy_from_slice(p),
-                None => cur[s as usize..e as usize].fill(0),
-            };
-            let thin = |cur: Vec<u8>| if cur.iter().all(|b| *b == 0) { None } else { Some(Bytes::from(cur)) };
-            let mut dirty = self.dirty.lock().await;
-            if whole {
-                dirty.insert(idx, piece.filter(|p| p.iter().any(|b| *b != 0)).map(Bytes::copy_from_slice));
-            } else if let Some(cur) = dirty.get(&idx) {
-                // Patched under the lock: two writes into one block never lose each other.
-                let mut cur = cur.as_ref().map_or_else(|| vec![0u8; bs as usize], |b| b.to_vec());
-                patch(&mut cur);
-                dirty.insert(idx, thin(cur));
-            } else {
-                // Fetch the block without holding the lock. A write into it that got in
-                // meanwhile is either still dirty (patched instead of the fetched copy) or was
-                // taken by a flush, which moves `taken`: then fetch again.
-                let mut taken = self.taken.load(Ordering::Acquire);
-                drop(dirty);
-                loop {
-                    let base = self.block(idx, bs).await?;
-                    let mut dirty = self.dirty.lock().await;
-                    let mut cur = match dirty.get(&idx) {
-                        Some(c) => c.as_ref().map_or_else(|| vec![0u8; bs as usize], |b| b.to_vec()),
-                        None if self.taken.load(Ordering::Acquire) != taken => {
-                            taken = self.taken.load(Ordering::Acquire);
-                            continue;
-                        }
-                        None => base.to_vec(),
-                    };
-                    patch(&mut cur);
-                    dirty.insert(idx, thin(cur));
-                    break;
-                }
-            }
-            pos = base + e;
+        if len == 0 {
+            return Ok(());
         }
-        // A bounded write cache: past WRITEBACK_BYTES a background flush starts (see
-        // `writeback`), past MAX_DIRTY_BYTES the writer waits for a flush.
-        let dirty = self.dirty.lock().await.len() as u64 * bs;
-        if dirty > WRITEBACK_BYTES {
+        let op = WriteOp { offset, len, data: data.map(Bytes::copy_from_slice) };
+        let (pending, unfolded) = {
+            let mut st = self.state.lock().await;
+            st.stamp += 1;
+            let stamp = st.stamp;
+            lay(&mut st.overlay, g.block_size, &op, stamp);
+            let now = Instant::now();
+            st.last_write = Some(now);
+            st.unfolded_since.get_or_insert(now);
+            for piece in split(op, record::RECORD_MAX as u64) {
+                st.pending_bytes += piece.encoded_len() as u64;
+                st.pending.push(piece);
+            }
+            (st.pending_bytes, st.overlay.bytes())
+        };
+        // A bounded write cache: past these the background writer appends and folds; past
+        // MAX_DIRTY_BYTES the writer waits for a fold.
+        if pending > WRITEBACK_BYTES || unfolded > FOLD_BYTES {
             self.pressure.notify_one();
         }
-        if dirty > MAX_DIRTY_BYTES {
-            self.flush_once().await?;
+        if unfolded > MAX_DIRTY_BYTES {
+            self.fold_once().await?;
         }
         Ok(())
     }
@@ -353,47 +394,79 @@ impl Volume {
         self.retry.run("volume write", EngineError::is_transient, || self.put_range(offset, len, Some(data))).await
     }
 
-    /// Zeroes `len` bytes at `offset`; whole blocks are released (thin again).
+    /// Zeroes `len` bytes at `offset`; whole blocks are released (thin again) when folded.
     pub async fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
         self.retry.run("volume write-zeroes", EngineError::is_transient, || self.put_range(offset, len, None)).await
     }
 
-    /// Flushes in the background whenever more than `WRITEBACK_BYTES` are dirty; runs until the
-    /// volume is fenced (spawn it beside the front end; abort it when detaching). A failed flush
-    /// is logged and retried by the next one (its blocks stay dirty).
+    /// Appends in the background whenever more than `WRITEBACK_BYTES` are unjournaled, folds
+    /// when more than `FOLD_BYTES` are unfolded, the volume has been idle `FOLD_IDLE` or the
+    /// oldest unfolded write is `FOLD_MAX_AGE` old, and moves the
+    /// journal off a failed replica; runs until the volume is fenced (spawn it beside the front
+    /// end; abort it when detaching). Failures are logged and retried.
     pub async fn writeback(self: Arc<Self>) {
         loop {
-            self.pressure.notified().await;
-            while self.dirty_bytes().await > WRITEBACK_BYTES {
-                match self.flush().await {
-                    Ok(()) => {}
-                    Err(EngineError::Fenced { .. }) => return,
-                    Err(e) => {
-                        tracing::warn!(volume = %self.id, error = %e, "background flush failed; retrying");
-                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                    }
+            tokio::select! {
+                _ = self.pressure.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+            let (pending, unfolded, due) = {
+                let st = self.state.lock().await;
+                let idle = st.last_write.is_none_or(|t| t.elapsed() > FOLD_IDLE);
+                let old = st.unfolded_since.is_some_and(|t| t.elapsed() > FOLD_MAX_AGE);
+                (st.pending_bytes, st.overlay.bytes(), !st.overlay.is_empty() && (idle || old))
+            };
+            let mut out = Ok(());
+            if pending > WRITEBACK_BYTES {
+                out = self.flush().await;
+            }
+            if out.is_ok() && (unfolded > FOLD_BYTES || due) {
+                out = self.fold().await;
+            }
+            if out.is_ok() && self.relocate.load(Ordering::Acquire) {
+                out = self.relocate_journal().await;
+            }
+            match out {
+                Ok(()) => {}
+                Err(EngineError::Fenced { .. }) => return,
+                Err(e) => {
+                    tracing::warn!(volume = %self.id, error = %e, "background write-back failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
         }
     }
 
-    /// Bytes written and not yet flushed.
+    /// Bytes written and not yet appended to the journal.
     pub async fn dirty_bytes(&self) -> u64 {
-        let bs = self.geometry().await.block_size;
-        self.dirty.lock().await.len() as u64 * bs
+        self.state.lock().await.pending_bytes
+    }
+
+    /// Bytes written and not yet folded into chunks.
+    pub async fn unfolded_bytes(&self) -> u64 {
+        self.state.lock().await.overlay.bytes()
     }
 
     fn check_fence(&self) -> Result<()> {
-        if self.fenced.load(std::sync::atomic::Ordering::Relaxed) {
+        if self.fenced.load(Ordering::Relaxed) {
             return Err(EngineError::Fenced { volume: self.id.clone(), generation: self.generation, current: None });
         }
         Ok(())
     }
 
-    /// Makes every write before this call durable: puts the dirty blocks as replicated chunks,
-    /// then commits the block map under the fencing generation. On failure the blocks stay
-    /// dirty (unless fenced), transient failures are retried (see [`Self::with_io_retry`]), and
-    /// the error is returned.
+    /// The engine error for a journal failure (a newer epoch fences this attachment).
+    fn journal_error(&self, e: cluster::ClusterError) -> EngineError {
+        if matches!(e, cluster::ClusterError::Fenced(_)) {
+            self.fenced.store(true, Ordering::Relaxed);
+            tracing::warn!(volume = %self.id, generation = self.generation, error = %e, "attachment fenced; writes refused");
+        }
+        fenced_or(e, &self.id, self.generation)
+    }
+
+    /// Makes every write before this call durable: appends the writes since the last flush,
+    /// in order, to the journal (acknowledged once the volume's minimum of replicas have them
+    /// fsynced). On failure the writes stay pending (unless fenced), transient failures are
+    /// retried (see [`Self::with_io_retry`]), and the error is returned.
     pub async fn flush(&self) -> Result<()> {
         self.retry.run("volume flush", EngineError::is_transient, || self.flush_once()).await
     }
@@ -401,94 +474,96 @@ impl Volume {
     async fn flush_once(&self) -> Result<()> {
         let _one = self.flush_lock.lock().await;
         self.check_fence()?;
-        let batch = {
-            // The batch becomes readable as "flushing" before the dirty set lets go of it.
-            let mut dirty = self.dirty.lock().await;
-            if dirty.is_empty() {
+        let (ops, first, payloads) = {
+            let mut st = self.state.lock().await;
+            if st.pending.is_empty() {
                 return Ok(());
             }
-            let batch = Arc::new(std::mem::take(&mut *dirty));
-            *self.flushing.write().await = batch.clone();
-            self.taken.fetch_add(1, Ordering::AcqRel);
-            batch
+            let ops = std::mem::take(&mut st.pending);
+            st.pending_bytes = 0;
+            let payloads = record::records(&ops);
+            let first = st.seq + 1;
+            st.seq += payloads.len() as u64;
+            (ops, first, payloads)
         };
-        let seq = self.flushes.fetch_add(1, Ordering::AcqRel) + 1;
-        let out = self.commit(&batch, seq).await;
-        if out.is_err() && !self.fenced.load(std::sync::atomic::Ordering::Relaxed) {
-            // Put back what was not overwritten meanwhile, so the next flush retries it.
-            let mut dirty = self.dirty.lock().await;
-            for (idx, b) in batch.iter() {
-                dirty.entry(*idx).or_insert_with(|| b.clone());
+        let last = first + payloads.len() as u64 - 1;
+        let journal = self.journal.read().await.clone();
+        let results: Vec<_> = stream::iter(payloads.into_iter().enumerate())
+            .map(|(i, p)| journal.append(first + i as u64, p))
+            .buffered(APPENDS_IN_FLIGHT)
+            .collect()
+            .await;
+        let mut out = Ok(());
+        for r in results {
+            match r {
+                Ok(report) if !report.failed.is_empty() => {
+                    tracing::warn!(volume = %self.id, failed = ?report.failed, "journal replica failed; moving the journal");
+                    self.failed_replicas.lock().expect("failed replicas lock").extend(report.failed);
+                    self.relocate.store(true, Ordering::Release);
+                    self.pressure.notify_one();
+                }
+                Ok(_) => {}
+                Err(e) if out.is_ok() => out = Err(self.journal_error(e)),
+                Err(_) => {}
             }
         }
-        *self.flushing.write().await = Arc::new(BTreeMap::new());
+        let mut st = self.state.lock().await;
+        st.appended = st.appended.max(last);
+        if out.is_err() && !self.fenced.load(Ordering::Relaxed) {
+            // Put the writes back before the ones made meanwhile, so the next flush sends them
+            // again, in order.
+            let mut back = ops;
+            back.append(&mut st.pending);
+            st.pending_bytes = back.iter().map(|o| o.encoded_len() as u64).sum();
+            st.pending = back;
+        }
         out
     }
 
-    /// Puts the batch's blocks (as flush number `seq` of this writer) and commits the map; then
-    /// releases the chunks the batch replaced, so their space comes back at once rather than
-    /// at a pool-GC round (the nodes keep any that something else holds).
-    async fn commit(&self, batch: &BTreeMap<u64, Option<Bytes>>, seq: u64) -> Result<()> {
-        // Owned items, so the flush future is Send for any caller (spawned tasks included).
-        let items: Vec<(u64, Option<Bytes>)> = batch.iter().map(|(i, b)| (*i, b.clone())).collect();
-        let client = self.chunks.clone();
-        let writer = cluster::Writer { id: self.writer, seq };
-        let puts: Vec<(u64, Option<ChunkHash>)> = stream::iter(items)
-            .map(move |(idx, b)| {
-                let client = client.clone();
-                async move {
-                    match b {
-                        Some(data) => Ok::<_, EngineError>((idx, Some(client.put_as(data, writer).await?.hash))),
-                        None => Ok((idx, None)),
-                    }
-                }
-            })
-            .buffered(FLUSH_DEPTH)
-            .try_collect()
-            .await?;
-        // Groups touch disjoint blocks: their transactions go in parallel, so the metadata
-        // service commits several in one Raft entry.
-        // (Owned groups: a closure over borrowed slices would not make a `Send` future.)
-        let groups: Vec<Vec<(u64, Option<ChunkHash>)>> = puts.chunks(BLOCKS_PER_TXN).map(<[_]>::to_vec).collect();
-        let replaced: Vec<Vec<ChunkHash>> = stream::iter(groups)
-            .map(|group| async move { self.commit_group(&group).await })
-            .buffer_unordered(TXNS_IN_FLIGHT)
-            .try_collect()
-            .await?;
-        // Every put of this flush is committed (and of earlier flushes: one flush at a time), so
-        // this writer vouches for its puts up to `seq`. Chunks this batch still maps are kept.
-        // What was just written is what is read next (a database re-reads its pages).
-        for (idx, h) in &puts {
-            if let (Some(h), Some(Some(data))) = (h, batch.get(idx)) {
-                self.cache.insert(*h, data.clone());
-            }
-        }
-        let kept: std::collections::HashSet<ChunkHash> = puts.iter().filter_map(|(_, h)| *h).collect();
-        let mut released: Vec<ChunkHash> = replaced.into_iter().flatten().filter(|h| !kept.contains(h)).collect();
-        released.sort_unstable();
-        released.dedup();
-        if !released.is_empty() {
-            let (chunks, id) = (self.chunks.clone(), self.id.clone());
-            let writer = self.writer;
-            tokio::spawn(async move {
-                let deleted = chunks.release(&released, writer, seq).await;
-                tracing::trace!(volume = %id, released = released.len(), deleted, "released replaced blocks");
-            });
+    /// Flushes, then folds everything unfolded (so the next attachment has nothing to replay);
+    /// call when detaching. A fold that fails leaves the journal holding the writes.
+    pub async fn close(&self) -> Result<()> {
+        self.flush().await?;
+        if let Err(e) = self.fold().await {
+            tracing::warn!(volume = %self.id, error = %e, "final fold failed; the journal keeps the writes");
         }
         Ok(())
     }
 
-    /// Commits one group of flushed blocks: map entries and reference changes, conditioned on
-    /// the fencing generation (waiting out a freeze).
-    /// Returns the chunks whose references the group removed.
-    async fn commit_group(&self, group: &[(u64, Option<ChunkHash>)]) -> Result<Vec<ChunkHash>> {
+    /// A transaction conditioned on the fencing generation (condition 0) and on no freeze
+    /// (condition 1), for [`Self::commit_txn`].
+    fn guarded(&self) -> Txn {
         let gen_key = keys::generation_key(&self.id);
         let gen_val = self.generation.to_string();
+        Txn::new().value_equals(&gen_key, gen_val.as_bytes()).absent(&keys::freeze_key(&self.id))
+    }
+
+    /// Commits `txn` (made from [`Self::guarded`]), waiting out a freeze; a superseded
+    /// generation fences this attachment.
+    async fn commit_txn(&self, txn: Txn) -> Result<()> {
+        let mut out = self.meta.txn(txn.clone()).await?;
+        // Frozen while a snapshot or clone is cut: wait for the thaw (or the freeze's expiry).
+        while out.failed_condition == Some(1) {
+            wait_for_thaw(&self.meta, &self.id).await?;
+            out = self.meta.txn(txn.clone()).await?;
+        }
+        if !out.succeeded {
+            self.fenced.store(true, Ordering::Relaxed);
+            let current = current_generation(&self.meta, &self.id).await.ok().flatten();
+            tracing::warn!(volume = %self.id, generation = self.generation, ?current, "attachment fenced; writes refused");
+            return Err(EngineError::Fenced { volume: self.id.clone(), generation: self.generation, current });
+        }
+        Ok(())
+    }
+
+    /// Commits one group of folded blocks: map entries and reference changes. Returns the
+    /// chunks whose references the group removed. The caller updates `map`.
+    async fn commit_group(&self, group: &[(u64, Option<ChunkHash>)]) -> Result<Vec<ChunkHash>> {
         let old: Vec<Option<ChunkHash>> = {
             let map = self.map.read().await;
             group.iter().map(|(i, _)| map.get(i).copied()).collect()
         };
-        let mut txn = Txn::new().value_equals(&gen_key, gen_val.as_bytes()).absent(&keys::freeze_key(&self.id));
+        let mut txn = self.guarded();
         for ((idx, new), old) in group.iter().zip(&old) {
             if new == old {
                 continue;
@@ -503,28 +578,49 @@ impl Volume {
                 None => txn.delete(&k),
             };
         }
-        let mut out = self.meta.txn(txn.clone()).await?;
-        // Frozen while a snapshot or clone is cut: wait for the thaw (or the freeze's expiry).
-        while out.failed_condition == Some(1) {
-            wait_for_thaw(&self.meta, &self.id).await?;
-            out = self.meta.txn(txn.clone()).await?;
-        }
-        if !out.succeeded {
-            self.fenced.store(true, std::sync::atomic::Ordering::Relaxed);
-            let current = current_generation(&self.meta, &self.id).await.ok().flatten();
-            tracing::warn!(volume = %self.id, generation = self.generation, ?current, "attachment fenced; writes refused");
-            return Err(EngineError::Fenced { volume: self.id.clone(), generation: self.generation, current });
-        }
-        let mut map = self.map.write().await;
-        for (idx, new) in group {
-            match new {
-                Some(h) => map.insert(*idx, *h),
-                None => map.remove(idx),
-            };
-        }
+        self.commit_txn(txn).await?;
         let removed = group.iter().zip(old).filter(|((_, new), old)| new != old).filter_map(|(_, old)| old).collect();
         Ok(removed)
     }
+}
+
+/// `e` as an engine error: a journal sealed at a newer epoch is this attachment fenced.
+fn fenced_or(e: cluster::ClusterError, id: &str, generation: u64) -> EngineError {
+    match e {
+        cluster::ClusterError::Fenced(_) => EngineError::Fenced { volume: id.to_string(), generation, current: None },
+        e => EngineError::Cluster(e),
+    }
+}
+
+/// Lays write `op` over the blocks it touches, stamped `stamp`.
+fn lay(overlay: &mut Overlay, bs: u64, op: &WriteOp, stamp: u64) {
+    let end = op.offset + op.len;
+    let mut pos = op.offset;
+    while pos < end {
+        let idx = pos / bs;
+        let base = idx * bs;
+        let (s, e) = (pos - base, end.min(base + bs) - base);
+        let at = (pos - op.offset) as usize;
+        let data = op.data.as_ref().map(|d| d.slice(at..at + (e - s) as usize));
+        overlay.insert(idx, s, e, data, stamp);
+        pos = base + e;
+    }
+}
+
+/// `op` cut into writes of at most `max` bytes each.
+fn split(op: WriteOp, max: u64) -> Vec<WriteOp> {
+    if op.len <= max {
+        return vec![op];
+    }
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < op.len {
+        let n = max.min(op.len - at);
+        let data = op.data.as_ref().map(|d| d.slice(at as usize..(at + n) as usize));
+        out.push(WriteOp { offset: op.offset + at, len: n, data });
+        at += n;
+    }
+    out
 }
 
 /// How far a volume's blocks are from being fully replicated in the pool.
