@@ -13,6 +13,7 @@ use rand::RngCore;
 
 pub mod csi;
 pub mod daemon;
+pub mod fsx;
 pub mod lifecycle;
 pub mod local;
 pub mod meta;

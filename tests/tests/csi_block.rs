@@ -747,12 +747,16 @@ async fn csi_block_mounts_outlive_the_node_plugin() {
     let writer = {
         let (stop, target) = (stop.clone(), target.clone());
         std::thread::spawn(move || -> Result<usize, String> {
+            // Paced and capped: 250 files of 192 KiB fit the 64 MiB volume.
             let mut i = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let path = target.join(format!("f{i}"));
-                std::fs::write(&path, file_bytes(i)).map_err(|e| format!("write f{i}: {e}"))?;
-                std::fs::File::open(&path).and_then(|f| f.sync_all()).map_err(|e| format!("fsync f{i}: {e}"))?;
-                i += 1;
+                if i < 250 {
+                    let path = target.join(format!("f{i}"));
+                    std::fs::write(&path, file_bytes(i)).map_err(|e| format!("write f{i}: {e}"))?;
+                    std::fs::File::open(&path).and_then(|f| f.sync_all()).map_err(|e| format!("fsync f{i}: {e}"))?;
+                    i += 1;
+                }
+                std::thread::sleep(Duration::from_millis(5));
             }
             Ok(i)
         })

@@ -6,7 +6,7 @@
 
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt, symlink};
 use std::os::unix::prelude::FileExt;
 use std::path::{Path, PathBuf};
@@ -626,7 +626,10 @@ fn shared_filesystem_posix_and_two_clients() {
     drop(f);
     fs::remove_file(a.join("fill")).unwrap();
 
-    fsx(&a, &b, 0xC0FFEE, 400);
+    // fsx through one client, checked through the other (CAIRN_FSX_OPS for long runs).
+    let ops = std::env::var("CAIRN_FSX_OPS").ok().and_then(|v| v.parse().ok()).unwrap_or(400);
+    let o = integration_tests::fsx::FsxOptions { seed: 0xC0FFEE, ops, ..Default::default() };
+    integration_tests::fsx::fsx(&a, &b, "fsx-file", o).unwrap();
 
     s.rt.block_on(ma.unmount()).unwrap();
     s.rt.block_on(mb.unmount()).unwrap();
@@ -640,68 +643,3 @@ fn shared_filesystem_posix_and_two_clients() {
     assert!(!refs.kvs.iter().any(|kv| String::from_utf8_lossy(&kv.key).contains("/fs:fs-test:")));
 }
 
-/// fsx-style: random writes, truncates, reads and reopen-through-the-other-client checks of one
-/// file against an in-memory model.
-fn fsx(a: &Path, b: &Path, seed: u64, ops: usize) {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut model: Vec<u8> = Vec::new();
-    let name = "fsx-file";
-    let mut f = OpenOptions::new().create(true).read(true).write(true).truncate(true).open(a.join(name)).unwrap();
-    const MAX: u64 = 6 << 20;
-    for op in 0..ops {
-        match rng.gen_range(0..10) {
-            0..=4 => {
-                let off = rng.gen_range(0..MAX);
-                let len = rng.gen_range(1..300_000u64).min(MAX - off) as usize;
-                let data: Vec<u8> = (0..len).map(|_| rng.r#gen()).collect();
-                f.write_all_at(&data, off).unwrap();
-                let end = off as usize + len;
-                if model.len() < end {
-                    model.resize(end, 0);
-                }
-                model[off as usize..end].copy_from_slice(&data);
-            }
-            5 => {
-                let len = rng.gen_range(0..MAX) as usize;
-                f.set_len(len as u64).unwrap();
-                model.resize(len, 0);
-            }
-            6..=7 => {
-                if model.is_empty() {
-                    continue;
-                }
-                let off = rng.gen_range(0..model.len());
-                let len = rng.gen_range(1..200_000).min(model.len() - off);
-                let mut buf = vec![0u8; len];
-                f.read_exact_at(&mut buf, off as u64).unwrap();
-                assert!(buf == model[off..off + len], "op {op}: read at {off}+{len} differs from the model");
-            }
-            8 => {
-                // Close and read everything through the other client.
-                drop(f);
-                let got = fs::read(b.join(name)).unwrap();
-                assert_eq!(got.len(), model.len(), "op {op}: size seen by the other client");
-                assert!(got == model, "op {op}: contents seen by the other client differ");
-                f = OpenOptions::new().read(true).write(true).open(a.join(name)).unwrap();
-            }
-            _ => {
-                // What one client fsynced, another that opens the file afterwards sees (close-to-open:
-                // open re-reads the inode). A bare stat on the other client answers from its
-                // watch-kept cache and may trail the commit by the watch's delivery time, so the
-                // check opens the file, as the promise is worded.
-                f.sync_all().unwrap();
-                let mut other = File::open(b.join(name)).unwrap();
-                assert_eq!(other.metadata().unwrap().len(), model.len() as u64, "op {op}: size after fsync");
-                let mut got = Vec::new();
-                other.read_to_end(&mut got).unwrap();
-                assert!(got == model, "op {op}: contents after fsync seen by the other client differ");
-            }
-        }
-    }
-    drop(f);
-    let mut got = Vec::new();
-    File::open(b.join(name)).unwrap().read_to_end(&mut got).unwrap();
-    assert!(got == model, "final contents differ");
-    let mut f = File::open(a.join(name)).unwrap();
-    f.seek(SeekFrom::Start(0)).unwrap();
-}

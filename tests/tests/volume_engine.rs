@@ -92,10 +92,16 @@ async fn volume_engine_on_a_replicated_pool() {
     assert_eq!(v.read(off, data.len() as u64).await.unwrap(), data);
     v.flush().await.unwrap();
     assert_eq!(v.read(off, data.len() as u64).await.unwrap(), data);
-    assert_eq!(v.allocated_blocks().await, 0, "flushed to the journal, not folded yet");
-    v.fold().await.unwrap();
-    assert_eq!(v.read(off, data.len() as u64).await.unwrap(), data);
+    // Mostly whole blocks: the flush folded them (written once, as chunks, no journal record).
     assert_eq!(v.allocated_blocks().await, 3, "blocks 0, 1 and 2");
+    assert_eq!(v.unfolded_bytes().await, 0);
+    // A small write is flushed to the journal and folded later.
+    v.write(off, &data[..100]).await.unwrap();
+    v.flush().await.unwrap();
+    assert_eq!(v.unfolded_bytes().await, 100, "in the journal, not folded yet");
+    v.fold().await.unwrap();
+    assert_eq!(v.unfolded_bytes().await, 0);
+    assert_eq!(v.read(off, data.len() as u64).await.unwrap(), data);
     assert_eq!(refs_of(&s.meta, id).await, 3);
     // Outside the volume: refused, nothing written.
     assert!(matches!(v.write(g.capacity - 10, &[1u8; 20]).await, Err(EngineError::OutOfRange { .. })));
@@ -165,9 +171,12 @@ async fn volume_engine_on_a_replicated_pool() {
     let half = rng.gen_range(0..g.capacity / 2);
     v.fold().await.unwrap();
     let buf: Vec<u8> = (0..3 * BS).map(|_| rng.r#gen()).collect();
-    v.write(half, &buf).await.unwrap();
+    for (i, piece) in buf.chunks(4096).enumerate() {
+        v.write(half + i as u64 * 4096, piece).await.unwrap(); // small writes: journaled
+    }
     model[half as usize..(half + 3 * BS) as usize].copy_from_slice(&buf);
     v.flush().await.unwrap(); // in the journal only
+    assert_eq!(v.unfolded_bytes().await, 3 * BS);
     volume_engine::freeze(&s.meta, id).await.unwrap();
     v.write(5 * BS, &[3u8; 4096]).await.unwrap(); // not flushed: not in the copy
     let fold = tokio::spawn({

@@ -11,7 +11,7 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 
 use crate::error::{EngineError, Result};
 use crate::overlay::{self, Extents};
-use crate::{BLOCKS_PER_TXN, FLUSH_DEPTH, TXNS_IN_FLIGHT, Volume, keys};
+use crate::{BLOCKS_PER_TXN, FLUSH_DEPTH, FOLD_BATCH, TXNS_IN_FLIGHT, Volume, keys};
 
 impl Volume {
     /// Folds every write made before this call into the block map (retrying transient
@@ -22,20 +22,56 @@ impl Volume {
     }
 
     pub(crate) async fn fold_once(&self) -> Result<()> {
+        self.fold_pass(false).await
+    }
+
+    /// One fold of everything unfolded. With `take_pending` (a flush of mostly whole blocks,
+    /// such as a sequential stream) the writes not yet journaled are taken too: once the fold
+    /// has committed they are durable in the map and need no journal record. If the fold
+    /// fails they go back, in order, before any written since.
+    pub(crate) async fn fold_pass(&self, take_pending: bool) -> Result<()> {
         let _one = self.fold_lock.lock().await;
         self.check_fence()?;
         let bs = self.geometry().await.block_size;
         // What is unfolded now, and the journal records it covers: every record given a seq so
         // far holds writes made before this point, all of them in the overlay.
-        let (blocks, upto_stamp, upto_seq) = {
+        let (blocks, upto_stamp, upto_seq, taken) = {
             let mut st = self.state.lock().await;
             // Writes from now on are the next fold's.
             st.unfolded_since = None;
-            (st.overlay.snapshot(), st.stamp, st.seq)
+            let taken = if take_pending {
+                st.pending_bytes = 0;
+                std::mem::take(&mut st.pending)
+            } else {
+                Vec::new()
+            };
+            (st.overlay.snapshot(), st.stamp, st.seq, taken)
         };
-        if blocks.is_empty() {
-            return self.mark_folded(upto_seq).await;
+        let out = async {
+            let total = blocks.len();
+            for batch in blocks.chunks(FOLD_BATCH) {
+                self.fold_batch(batch.to_vec(), bs, upto_stamp).await?;
+            }
+            self.mark_folded(upto_seq).await?;
+            tracing::debug!(volume = %self.id, blocks = total, upto_seq, taken = taken.len(), "folded");
+            Ok(())
         }
+        .await;
+        if out.is_err() && !taken.is_empty() && !self.fenced.load(Ordering::Relaxed) {
+            let mut st = self.state.lock().await;
+            let mut back = taken;
+            back.append(&mut st.pending);
+            st.pending_bytes = back.iter().map(|o| o.encoded_len() as u64).sum();
+            st.pending = back;
+        }
+        out
+    }
+
+    /// Folds one batch of blocks: their chunks put, the map committed, their folded extents
+    /// dropped (readers see each group switch at once), then the chunks they replaced released.
+    /// Writers waiting for room are woken.
+    async fn fold_batch(&self, blocks: Vec<(u64, Extents)>, bs: u64, upto_stamp: u64) -> Result<()> {
+        // Each batch is a batch of its own for releases: they vouch only for committed puts.
         let fold = self.folds.fetch_add(1, Ordering::AcqRel) + 1;
         let writer = cluster::Writer { id: self.writer, seq: fold };
         let built: Vec<(u64, Option<ChunkHash>, Option<Bytes>)> = stream::iter(blocks)
@@ -79,15 +115,15 @@ impl Volume {
             .buffer_unordered(TXNS_IN_FLIGHT)
             .try_collect()
             .await?;
-        self.mark_folded(upto_seq).await?;
+        self.room.notify_waiters();
         // What was just written is what is read next (a database re-reads its pages).
         for (_, h, d) in &built {
             if let (Some(h), Some(d)) = (h, d) {
                 self.cache.insert(*h, d.clone());
             }
         }
-        // Every put of this fold is committed (and of earlier folds: one fold at a time), so
-        // this writer vouches for its puts up to `fold`. Chunks the fold still maps are kept.
+        // Every put of this batch is committed (and of earlier ones: one fold at a time), so
+        // this writer vouches for its puts up to `fold`. Chunks the batch still maps are kept.
         let kept: HashSet<ChunkHash> = built.iter().filter_map(|(_, h, _)| *h).collect();
         let mut released: Vec<ChunkHash> = replaced.into_iter().flatten().filter(|h| !kept.contains(h)).collect();
         released.sort_unstable();
@@ -99,7 +135,6 @@ impl Volume {
                 tracing::trace!(volume = %id, released = released.len(), deleted, "released replaced blocks");
             });
         }
-        tracing::debug!(volume = %self.id, blocks = built.len(), upto_seq, "folded");
         Ok(())
     }
 

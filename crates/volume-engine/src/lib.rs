@@ -58,6 +58,8 @@ pub const FOLD_BYTES: u64 = 64 << 20;
 pub const FOLD_IDLE: Duration = Duration::from_secs(2);
 /// How long unfolded writes wait at most before a background fold takes them (busy or not).
 pub const FOLD_MAX_AGE: Duration = Duration::from_secs(30);
+/// Blocks a fold commits at a time (their memory is given back batch by batch).
+const FOLD_BATCH: usize = 1024;
 /// Block-map transactions in flight during a fold.
 const TXNS_IN_FLIGHT: usize = 8;
 /// Chunk puts (and reads) in flight during a fold.
@@ -117,6 +119,8 @@ pub struct Volume {
     fenced: AtomicBool,
     /// Wakes [`Self::writeback`].
     pressure: tokio::sync::Notify,
+    /// Wakes writers waiting for room (a fold batch gave some back).
+    room: tokio::sync::Notify,
     /// How long reads, writes and flushes retry transient failures (none unless set).
     retry: IoRetry,
     /// This attachment's writer id: its puts carry it, so it can release the chunks it
@@ -206,6 +210,7 @@ impl Volume {
             failed_replicas: Default::default(),
             fenced: AtomicBool::new(false),
             pressure: tokio::sync::Notify::new(),
+            room: tokio::sync::Notify::new(),
             retry: IoRetry::none(),
             writer: cluster::Writer::new_id(),
             folds: AtomicU64::new(0),
@@ -382,9 +387,27 @@ impl Volume {
             self.pressure.notify_one();
         }
         if unfolded > MAX_DIRTY_BYTES {
-            self.fold_once().await?;
+            self.wait_for_room().await?;
         }
         Ok(())
+    }
+
+    /// Waits until no more than `MAX_DIRTY_BYTES` are unfolded: for the running fold's next
+    /// batch, or folding itself when no fold runs.
+    async fn wait_for_room(&self) -> Result<()> {
+        loop {
+            if self.state.lock().await.overlay.bytes() <= MAX_DIRTY_BYTES {
+                return Ok(());
+            }
+            let room = self.room.notified();
+            if self.fold_lock.try_lock().is_ok() {
+                self.fold_once().await?;
+                continue;
+            }
+            self.pressure.notify_one();
+            let _ = tokio::time::timeout(Duration::from_millis(200), room).await;
+            self.check_fence()?;
+        }
     }
 
     /// Writes `data` at `offset` (retrying transient failures: writing the same bytes again is
@@ -421,6 +444,7 @@ impl Volume {
                 out = self.flush().await;
             }
             if out.is_ok() && (unfolded > FOLD_BYTES || due) {
+                tracing::debug!(volume = %self.id, unfolded, due, "background fold");
                 out = self.fold().await;
             }
             if out.is_ok() && self.relocate.load(Ordering::Acquire) {
@@ -474,10 +498,19 @@ impl Volume {
     async fn flush_once(&self) -> Result<()> {
         let _one = self.flush_lock.lock().await;
         self.check_fence()?;
+        let bs = self.geometry().await.block_size;
         let (ops, first, payloads) = {
             let mut st = self.state.lock().await;
             if st.pending.is_empty() {
                 return Ok(());
+            }
+            // Mostly whole blocks (a sequential stream): fold them instead, so their bytes are
+            // written once, as chunks, not to the journal first.
+            let whole: u64 = st.pending.iter().filter(|o| o.len >= bs && o.data.is_some()).map(|o| o.len).sum();
+            let all: u64 = st.pending.iter().map(|o| o.len).sum();
+            if all >= bs && whole * 4 >= all * 3 {
+                drop(st);
+                return self.fold_pass(true).await;
             }
             let ops = std::mem::take(&mut st.pending);
             st.pending_bytes = 0;
@@ -487,6 +520,8 @@ impl Volume {
             (ops, first, payloads)
         };
         let last = first + payloads.len() as u64 - 1;
+        let t0 = std::time::Instant::now();
+        let nops = ops.len();
         let journal = self.journal.read().await.clone();
         let results: Vec<_> = stream::iter(payloads.into_iter().enumerate())
             .map(|(i, p)| journal.append(first + i as u64, p))
@@ -507,6 +542,7 @@ impl Volume {
                 Err(_) => {}
             }
         }
+        tracing::debug!(volume = %self.id, writes = nops, records = last + 1 - first, took = ?t0.elapsed(), "flushed to the journal");
         let mut st = self.state.lock().await;
         st.appended = st.appended.max(last);
         if out.is_err() && !self.fenced.load(Ordering::Relaxed) {
