@@ -195,7 +195,7 @@ mod tests {
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             let s = (seed >> 33) % bs;
             let e = s + 1 + (seed >> 20) % (bs - s);
-            let zero = (seed >> 10) % 5 == 0;
+            let zero = (seed >> 10).is_multiple_of(5);
             let v = (stamp % 251) as u8 + 1;
             let data = (!zero).then(|| Bytes::from(vec![v; (e - s) as usize]));
             ov.insert(0, s, e, data, stamp);
