@@ -18,6 +18,7 @@ pub mod lifecycle;
 pub mod local;
 pub mod meta;
 pub mod pages;
+pub mod pool;
 pub mod s3;
 
 /// Path of a workspace binary: `$CAIRN_BIN_DIR/<name>`, or next to the test's target directory.

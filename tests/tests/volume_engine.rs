@@ -6,64 +6,12 @@
 
 use std::time::Duration;
 
-use cluster::{ChunkClient, ClientConfig, Timeouts};
-use integration_tests::NodeProc;
-use integration_tests::meta::{MetaProc, meta_cluster};
+use integration_tests::pool::start;
 use metadata_client::{MetaClient, Txn};
 use rand::{Rng, SeedableRng};
 use volume_engine::{EngineError, Geometry, Volume, delete_data, set_generation};
 
 const BS: u64 = 64 << 10;
-
-struct Stack {
-    nodes: Vec<NodeProc>,
-    _meta: Vec<MetaProc>,
-    meta: MetaClient,
-    _dir: tempfile::TempDir,
-}
-
-fn start(nodes: usize, replicas: usize) -> Stack {
-    let dir = tempfile::tempdir().unwrap();
-    let meta = meta_cluster(1, dir.path(), &[]);
-    let api = meta[0].addrs.api.clone();
-    let nodes = (1..=nodes)
-        .map(|i| {
-            let id = format!("n{i}");
-            NodeProc::start(
-                &dir.path().join(&id),
-                &[
-                    "--meta",
-                    &api,
-                    "--node-id",
-                    &id,
-                    "--host",
-                    &id,
-                    "--replicas",
-                    &replicas.to_string(),
-                    "--heartbeat-ms",
-                    "200",
-                    "--down-after-ms",
-                    "1500",
-                ],
-            )
-        })
-        .collect();
-    let client = MetaClient::new(&[api]).unwrap();
-    Stack { nodes, _meta: meta, meta: client, _dir: dir }
-}
-
-async fn chunks(meta: &MetaClient, replicas: usize) -> ChunkClient {
-    let cfg = ClientConfig {
-        replicas,
-        min_replicas: 1,
-        timeouts: Timeouts { down_after: Duration::from_millis(1500), out_after: Duration::from_secs(600) },
-        rpc_timeout: Duration::from_secs(10),
-        ..ClientConfig::default()
-    };
-    let c = ChunkClient::new(meta.clone(), cfg).await.unwrap();
-    c.wait_for_up(replicas, Duration::from_secs(30)).await.unwrap();
-    c
-}
 
 async fn publish(meta: &MetaClient, id: &str, generation: u64) {
     assert!(meta.txn(set_generation(Txn::new(), id, generation)).await.unwrap().succeeded);
@@ -77,7 +25,7 @@ async fn refs_of(meta: &MetaClient, id: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn volume_engine_on_a_replicated_pool() {
     let mut s = start(3, 2);
-    let chunks = chunks(&s.meta, 2).await;
+    let chunks = integration_tests::pool::client(&s.meta, 2, 1).await;
     let g = Geometry { capacity: 64 * BS, block_size: BS };
     let id = "blk-00000000000000000000000000000001";
     publish(&s.meta, id, 1).await;
@@ -235,7 +183,7 @@ async fn volume_engine_on_a_replicated_pool() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn volume_engine_flushes_many_replaced_blocks() {
     let s = start(1, 1);
-    let chunks = chunks(&s.meta, 1).await;
+    let chunks = integration_tests::pool::client(&s.meta, 1, 1).await;
     let blocks = 300u64;
     let g = Geometry { capacity: blocks * BS, block_size: BS };
     let id = "blk-00000000000000000000000000000003";
@@ -257,7 +205,7 @@ async fn volume_engine_flushes_many_replaced_blocks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn read_cache_serves_recent_blocks_without_the_pool() {
     let mut s = start(1, 1);
-    let chunks = chunks(&s.meta, 1).await;
+    let chunks = integration_tests::pool::client(&s.meta, 1, 1).await;
     let blocks = 16u64;
     let g = Geometry { capacity: blocks * BS, block_size: BS };
     let (cached_id, plain_id) = ("blk-00000000000000000000000000000021", "blk-00000000000000000000000000000022");

@@ -7,65 +7,13 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cluster::{ChunkClient, ClientConfig, Timeouts};
-use integration_tests::meta::{MetaProc, meta_cluster};
 use integration_tests::pages;
-use integration_tests::{NodeProc, bin};
+use integration_tests::bin;
+use integration_tests::pool::{client as pool, start};
 use metadata_client::{MetaClient, Txn};
 use volume_engine::{Geometry, Volume, set_generation};
 
 const BS: u64 = 64 << 10;
-
-struct Stack {
-    nodes: Vec<NodeProc>,
-    _meta: Vec<MetaProc>,
-    meta: MetaClient,
-    api: String,
-    _dir: tempfile::TempDir,
-}
-
-fn start(nodes: usize, replicas: usize) -> Stack {
-    let dir = tempfile::tempdir().unwrap();
-    let meta = meta_cluster(1, dir.path(), &[]);
-    let api = meta[0].addrs.api.clone();
-    let nodes = (1..=nodes)
-        .map(|i| {
-            let id = format!("n{i}");
-            NodeProc::start(
-                &dir.path().join(&id),
-                &[
-                    "--meta",
-                    &api,
-                    "--node-id",
-                    &id,
-                    "--host",
-                    &id,
-                    "--replicas",
-                    &replicas.to_string(),
-                    "--heartbeat-ms",
-                    "200",
-                    "--down-after-ms",
-                    "1500",
-                ],
-            )
-        })
-        .collect();
-    let client = MetaClient::new(std::slice::from_ref(&api)).unwrap();
-    Stack { nodes, _meta: meta, meta: client, api, _dir: dir }
-}
-
-async fn pool(meta: &MetaClient, replicas: usize, min: usize) -> ChunkClient {
-    let cfg = ClientConfig {
-        replicas,
-        min_replicas: min,
-        timeouts: Timeouts { down_after: Duration::from_millis(1500), out_after: Duration::from_secs(600) },
-        rpc_timeout: Duration::from_secs(10),
-        ..ClientConfig::default()
-    };
-    let c = ChunkClient::new(meta.clone(), cfg).await.unwrap();
-    c.wait_for_up(replicas, Duration::from_secs(30)).await.unwrap();
-    c
-}
 
 async fn publish(meta: &MetaClient, id: &str, generation: u64) {
     assert!(meta.txn(set_generation(Txn::new(), id, generation)).await.unwrap().succeeded);

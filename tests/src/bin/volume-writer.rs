@@ -5,9 +5,7 @@
 //! SIGKILL may land before, during or after one. Runs until killed (or `--rounds`).
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use cluster::{ChunkClient, ClientConfig, Timeouts};
 use integration_tests::pages::{PAGES_PER_ROUND, page_of, slot_of};
 use metadata_client::MetaClient;
 use volume_engine::{Geometry, Volume};
@@ -30,15 +28,7 @@ async fn main() {
     let fold_every: u64 = arg(&args, "--fold-every").map_or(0, |r| r.parse().expect("fold every"));
     let rounds: u64 = arg(&args, "--rounds").map_or(u64::MAX, |r| r.parse().expect("rounds"));
     let start: u64 = arg(&args, "--first-round").map_or(1, |r| r.parse().expect("first round"));
-    let cfg = ClientConfig {
-        replicas,
-        min_replicas: min,
-        timeouts: Timeouts { down_after: Duration::from_millis(1500), out_after: Duration::from_secs(600) },
-        rpc_timeout: Duration::from_secs(10),
-        ..ClientConfig::default()
-    };
-    let chunks = ChunkClient::new(meta.clone(), cfg).await.expect("pool");
-    chunks.wait_for_up(replicas, Duration::from_secs(30)).await.expect("nodes up");
+    let chunks = integration_tests::pool::client(&meta, replicas, min).await;
     let g = Geometry { capacity, block_size: 64 << 10 };
     let v = Arc::new(Volume::open(meta, chunks, &id, g, generation).await.expect("attach"));
     println!("attached");
